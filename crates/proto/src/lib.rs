@@ -1,0 +1,35 @@
+//! Protobuf contracts of the platform, generated at build time from `proto/`.
+//!
+//! # Layout
+//! - one module per protobuf package (`fintech::payments::v1`, `fintech::tax::v1`, …) holding the
+//!   prost messages, the tonic client (`*_client`) and server (`*_server`) of each service;
+//! - [`FILE_DESCRIPTOR_SET`]: every contract as an encoded `FileDescriptorSet`, for gRPC server
+//!   reflection (so `grpcurl list` and `grpcurl describe` work without local `.proto` files);
+//! - [`events`]: the CloudEvents type name of each message published on Kafka.
+
+#![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+
+/// Generated code, one module per protobuf package.
+pub mod fintech {
+    /// `fintech.payments.*`
+    pub mod payments {
+        /// `fintech.payments.v1`: orders and transactions.
+        pub mod v1 {
+            tonic::include_proto!("fintech.payments.v1");
+        }
+    }
+    /// `fintech.tax.*`
+    pub mod tax {
+        /// `fintech.tax.v1`: VAT results, quotes and failures.
+        pub mod v1 {
+            tonic::include_proto!("fintech.tax.v1");
+        }
+    }
+}
+
+/// Every contract of `proto/` as an encoded `google.protobuf.FileDescriptorSet`.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/fintech_descriptor.bin"));
+
+pub use fintech::payments::v1 as payments;
+pub use fintech::tax::v1 as tax;
