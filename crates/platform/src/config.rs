@@ -1,0 +1,161 @@
+//! Configuration from environment variables, with defaults that work on a developer machine.
+//!
+//! Every variable is read once at start-up; an invalid value stops the process with a message that
+//! names the variable (`invalid configuration: KAFKA_BOOTSTRAP_SERVERS: must not be empty`).
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `GRPC_LISTEN_ADDR` | per service (payments `127.0.0.1:50051`, …) | gRPC listen address |
+//! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/fintech_<service>` | the service's own database |
+//! | `DATABASE_MAX_CONNECTIONS` | `16` | pool size |
+//! | `KAFKA_BOOTSTRAP_SERVERS` | `127.0.0.1:9092` | Kafka-protocol brokers |
+//! | `REDIS_URL` | unset (no fast path) | optional Redis for the idempotency fast path |
+//! | `GRPC_MAX_MESSAGE_BYTES` | `4194304` | largest accepted and sent gRPC message |
+//! | `OUTBOX_BATCH_SIZE` | `256` | rows one relay publishes per round |
+//! | `OUTBOX_POLL_INTERVAL_MS` | `100` | idle wait of the relay between empty rounds |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset (no export) | OTLP/gRPC collector for traces |
+//! | `RUST_LOG` | `info` | log filter |
+//! | `LOG_FORMAT` | `text` | `text` or `json` |
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Reads `name`, or `default` when it is unset or empty.
+pub fn env_or(name: &str, default: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value.trim().to_owned(),
+        _ => default.to_owned(),
+    }
+}
+
+/// Reads and parses `name`, or `default` when unset; a value that does not parse is an error that
+/// names the variable.
+pub fn env_parse<T>(name: &str, default: T) -> Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    parse_value(name, std::env::var(name).ok(), default)
+}
+
+fn parse_value<T>(name: &str, raw: Option<String>, default: T) -> Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    match raw {
+        Some(value) if !value.trim().is_empty() => value.trim().parse().map_err(|error: T::Err| Error::Config {
+            variable: name.to_owned(),
+            reason: format!("cannot parse {value:?}: {error}"),
+        }),
+        _ => Ok(default),
+    }
+}
+
+/// Reads `name` if it is set to a non-empty value.
+pub fn env_opt(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|value| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
+/// Settings every service shares.
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    /// Short service name (`payments`), used as CloudEvents source, consumer group prefix and
+    /// OpenTelemetry `service.name`.
+    pub service_name: String,
+    /// Where the gRPC server listens.
+    pub grpc_listen_addr: SocketAddr,
+    /// The service's own database.
+    pub database_url: String,
+    /// PostgreSQL pool size.
+    pub database_max_connections: u32,
+    /// Kafka bootstrap servers.
+    pub kafka_bootstrap_servers: String,
+    /// Optional Redis for the idempotency fast path.
+    pub redis_url: Option<String>,
+    /// Largest gRPC message accepted or sent.
+    pub grpc_max_message_bytes: usize,
+    /// Outbox relay batch size.
+    pub outbox_batch_size: i64,
+    /// Outbox relay idle poll interval.
+    pub outbox_poll_interval: Duration,
+}
+
+impl PlatformConfig {
+    /// Reads the shared settings from the environment, with `default_port` as the gRPC port.
+    pub fn from_env(service_name: &str, default_port: u16) -> Result<Self> {
+        let grpc_listen_addr = env_parse(
+            "GRPC_LISTEN_ADDR",
+            SocketAddr::from(([127, 0, 0, 1], default_port)),
+        )?;
+        let database_url = env_or(
+            "DATABASE_URL",
+            &format!("postgres://postgres@127.0.0.1:5432/fintech_{service_name}"),
+        );
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
+            return Err(Error::Config {
+                variable: "DATABASE_URL".to_owned(),
+                reason: "must be a postgres:// URL".to_owned(),
+            });
+        }
+        let kafka_bootstrap_servers = env_or("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092");
+        let database_max_connections = env_parse("DATABASE_MAX_CONNECTIONS", 16u32)?;
+        if database_max_connections == 0 {
+            return Err(Error::Config {
+                variable: "DATABASE_MAX_CONNECTIONS".to_owned(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        let grpc_max_message_bytes = env_parse("GRPC_MAX_MESSAGE_BYTES", 4 * 1024 * 1024usize)?;
+        let outbox_batch_size = env_parse("OUTBOX_BATCH_SIZE", 256i64)?;
+        if !(1..=10_000).contains(&outbox_batch_size) {
+            return Err(Error::Config {
+                variable: "OUTBOX_BATCH_SIZE".to_owned(),
+                reason: "must be between 1 and 10000".to_owned(),
+            });
+        }
+        let outbox_poll_interval = Duration::from_millis(env_parse("OUTBOX_POLL_INTERVAL_MS", 100u64)?);
+        Ok(Self {
+            service_name: service_name.to_owned(),
+            grpc_listen_addr,
+            database_url,
+            database_max_connections,
+            kafka_bootstrap_servers,
+            redis_url: env_opt("REDIS_URL"),
+            grpc_max_message_bytes,
+            outbox_batch_size,
+            outbox_poll_interval,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_that_does_not_parse_names_its_variable() {
+        let error = parse_value("DATABASE_MAX_CONNECTIONS", Some("many".to_owned()), 16u32).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("DATABASE_MAX_CONNECTIONS"), "{message}");
+        assert!(message.contains("many"), "{message}");
+    }
+
+    #[test]
+    fn a_set_value_is_parsed_and_trimmed() {
+        assert_eq!(parse_value("X", Some(" 42 ".to_owned()), 16u32).unwrap(), 42);
+        assert_eq!(parse_value("X", Some(String::new()), 16u32).unwrap(), 16);
+    }
+
+    #[test]
+    fn unset_variables_fall_back_to_defaults() {
+        assert_eq!(env_or("FINTECH_TEST_SURELY_UNSET_VARIABLE", "fallback"), "fallback");
+        assert_eq!(env_parse("FINTECH_TEST_SURELY_UNSET_VARIABLE", 7u16).unwrap(), 7);
+    }
+}

@@ -1,0 +1,219 @@
+//! gRPC server bootstrap shared by every service, and the error helpers handlers use.
+//!
+//! [`serve`] runs a tonic server with:
+//! - `grpc.health.v1.Health`: `NOT_SERVING` until the service's database and the broker answer,
+//!   re-checked every few seconds, and `NOT_SERVING` again as soon as shutdown starts;
+//! - server reflection, both `grpc.reflection.v1` and `v1alpha` (grpcurl 1.8 speaks only the
+//!   latter);
+//! - a layer that continues the caller's W3C trace (`traceparent` metadata) and logs every request
+//!   with its method, gRPC code and latency;
+//! - graceful shutdown: when the token fires the listener closes, in-flight requests finish, then
+//!   [`serve`] returns.
+//!
+//! Message-size limits are set per service with [`GrpcLimits`].
+
+mod layer;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_stream_shim::TcpIncoming;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_types::{ErrorDetails, StatusExt};
+
+pub use layer::{RequestTrace, RequestTraceLayer};
+
+use crate::error::{Error, Result};
+
+/// What the health check probes before it reports `SERVING`.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    /// The service's database.
+    pub pool: PgPool,
+    /// Kafka bootstrap servers.
+    pub kafka_bootstrap_servers: String,
+    /// How often to re-check.
+    pub interval: Duration,
+}
+
+/// Largest message a service accepts and sends.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcLimits {
+    /// Bytes.
+    pub max_message_bytes: usize,
+}
+
+/// Serves `routes` (the service's own tonic services, each wrapped by its generated `*Server`)
+/// plus health and reflection on `listener` until `shutdown` fires. `service_names` are the full
+/// names the health service reports on (e.g. `fintech.payments.v1.PaymentsService`).
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    service_names: &[&str],
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let names: Vec<String> = std::iter::once(String::new())
+        .chain(service_names.iter().map(|name| (*name).to_owned()))
+        .collect();
+    for name in &names {
+        reporter.set_service_status(name, ServingStatus::NotServing).await;
+    }
+
+    // Reflection advertises exactly what this server serves (not every contract of the
+    // workspace), under both protocol versions.
+    let advertised: Vec<&str> = service_names
+        .iter()
+        .copied()
+        .chain([
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ])
+        .collect();
+    let reflection = || {
+        advertised.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(fintech_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+                .include_reflection_service(false),
+            |builder, name| builder.with_service_name(*name),
+        )
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|error| Error::Reflection(error.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|error| Error::Reflection(error.to_string()))?;
+
+    let readiness_task = tokio::spawn(watch_readiness(reporter.clone(), names.clone(), readiness, shutdown.clone()));
+
+    let local_addr = listener.local_addr()?;
+    tracing::info!(%local_addr, services = ?service_names, "grpc server listening");
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let drain_signal = {
+        let shutdown = shutdown.clone();
+        let reporter = reporter.clone();
+        let names = names.clone();
+        async move {
+            shutdown.cancelled().await;
+            for name in &names {
+                reporter.set_service_status(name, ServingStatus::NotServing).await;
+            }
+            tracing::info!("grpc server draining in-flight requests");
+        }
+    };
+    let served = tonic::transport::Server::builder()
+        .layer(RequestTraceLayer)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpIncoming::new(listener), drain_signal)
+        .await;
+    readiness_task.abort();
+    served?;
+    tracing::info!("grpc server stopped");
+    Ok(())
+}
+
+async fn watch_readiness(
+    reporter: tonic_health::server::HealthReporter,
+    names: Vec<String>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let mut last: Option<bool> = None;
+    loop {
+        let database = crate::db::reachable(&readiness.pool).await;
+        let broker = crate::kafka::broker_reachable(&readiness.kafka_bootstrap_servers, Duration::from_secs(2)).await;
+        let ready = database && broker && !shutdown.is_cancelled();
+        if last != Some(ready) {
+            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+            for name in &names {
+                reporter.set_service_status(name, status).await;
+            }
+            tracing::info!(ready, database, broker, "health status changed");
+            last = Some(ready);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(readiness.interval) => {}
+        }
+    }
+}
+
+/// `INVALID_ARGUMENT` with one `google.rpc.BadRequest` field violation per `(field, description)`.
+pub fn invalid_argument(violations: &[(String, String)]) -> Status {
+    let mut details = ErrorDetails::new();
+    for (field, description) in violations {
+        details.add_bad_request_violation(field.clone(), description.clone());
+    }
+    let summary = violations
+        .iter()
+        .map(|(field, description)| format!("{field}: {description}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Status::with_error_details(tonic::Code::InvalidArgument, format!("invalid request: {summary}"), details)
+}
+
+/// `INTERNAL` (or `UNAVAILABLE` for a database that cannot be reached) without leaking details;
+/// the error itself is logged.
+pub fn internal(error: &(dyn std::error::Error + 'static)) -> Status {
+    tracing::error!(error = %error, "request failed");
+    Status::internal("internal error; the request can be retried")
+}
+
+/// Maps a platform error to a status (details logged, not sent).
+pub fn status_from_platform(error: &Error) -> Status {
+    match error {
+        Error::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
+            tracing::error!(%error, "database unavailable");
+            Status::unavailable("the database is unavailable; retry later")
+        }
+        other => internal(other),
+    }
+}
+
+/// Incoming-connection stream over a bound listener (keeps `tokio-stream` out of the services).
+mod tokio_stream_shim {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Accepted connections of a listener, as the stream tonic serves from.
+    #[derive(Debug)]
+    pub(crate) struct TcpIncoming {
+        listener: TcpListener,
+    }
+
+    impl TcpIncoming {
+        pub(crate) fn new(listener: TcpListener) -> Self {
+            Self { listener }
+        }
+    }
+
+    impl futures::Stream for TcpIncoming {
+        type Item = std::io::Result<TcpStream>;
+
+        fn poll_next(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            match self.listener.poll_accept(context) {
+                Poll::Ready(Ok((stream, _))) => {
+                    let _ = stream.set_nodelay(true);
+                    Poll::Ready(Some(Ok(stream)))
+                }
+                Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error))),
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! CloudEvents Kafka protocol binding, binary mode: the event's attributes travel as `ce_*` record
+//! headers, the protobuf payload is the record value, and W3C trace context rides along as
+//! `traceparent` / `tracestate`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+use crate::telemetry::TraceHeaders;
+
+/// CloudEvents spec version written on every event.
+pub const SPEC_VERSION: &str = "1.0";
+/// `content-type` of every event: the value is a protobuf message.
+pub const CONTENT_TYPE_PROTOBUF: &str = "application/protobuf";
+/// Header that carries the reason a record was dead-lettered.
+pub const DEAD_LETTER_REASON: &str = "dlq_reason";
+/// Headers that say where a dead-lettered record came from.
+pub const DEAD_LETTER_TOPIC: &str = "dlq_original_topic";
+/// Partition of the dead-lettered record.
+pub const DEAD_LETTER_PARTITION: &str = "dlq_original_partition";
+/// Offset of the dead-lettered record.
+pub const DEAD_LETTER_OFFSET: &str = "dlq_original_offset";
+
+/// The attributes of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMetadata {
+    /// `ce_id`: unique per event; consumers deduplicate on it.
+    pub id: String,
+    /// `ce_type`, e.g. `fintech.payments.v1.order.created`.
+    pub event_type: String,
+    /// `ce_source`, e.g. `/fintech/payments`.
+    pub source: String,
+    /// `ce_time`: when the change happened.
+    pub time: DateTime<Utc>,
+    /// `ce_subject`: the aggregate id (also the record key).
+    pub subject: Option<String>,
+    /// Protobuf full name of the payload, sent as
+    /// `ce_dataschema: type.googleapis.com/<name>`.
+    pub payload_type: String,
+    /// Trace context of the change that produced the event.
+    pub trace: TraceHeaders,
+}
+
+impl EventMetadata {
+    /// The record headers for this event.
+    pub fn to_headers(&self) -> OwnedHeaders {
+        let time = self.time.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let schema = format!("type.googleapis.com/{}", self.payload_type);
+        let mut headers = OwnedHeaders::new_with_capacity(10)
+            .insert(header("ce_id", &self.id))
+            .insert(header("ce_type", &self.event_type))
+            .insert(header("ce_source", &self.source))
+            .insert(header("ce_specversion", SPEC_VERSION))
+            .insert(header("ce_time", &time))
+            .insert(header("ce_dataschema", &schema))
+            .insert(header("content-type", CONTENT_TYPE_PROTOBUF));
+        if let Some(subject) = &self.subject {
+            headers = headers.insert(header("ce_subject", subject));
+        }
+        if let Some(traceparent) = &self.trace.traceparent {
+            headers = headers.insert(header("traceparent", traceparent));
+        }
+        if let Some(tracestate) = &self.trace.tracestate {
+            headers = headers.insert(header("tracestate", tracestate));
+        }
+        headers
+    }
+
+    /// Reads the attributes back from record headers; the error names the first missing or
+    /// invalid attribute.
+    pub fn from_headers(headers: Option<&impl Headers>) -> Result<Self, String> {
+        let get = |name: &str| headers.and_then(|headers| header_str(headers, name));
+        let required = |name: &str| get(name).ok_or_else(|| format!("missing header {name}"));
+        let spec = required("ce_specversion")?;
+        if spec != SPEC_VERSION {
+            return Err(format!("unsupported ce_specversion {spec:?}"));
+        }
+        let time = DateTime::parse_from_rfc3339(&required("ce_time")?)
+            .map_err(|error| format!("invalid ce_time: {error}"))?
+            .with_timezone(&Utc);
+        let payload_type = get("ce_dataschema")
+            .map(|schema| schema.trim_start_matches("type.googleapis.com/").to_owned())
+            .unwrap_or_default();
+        Ok(Self {
+            id: required("ce_id")?,
+            event_type: required("ce_type")?,
+            source: required("ce_source")?,
+            time,
+            subject: get("ce_subject"),
+            payload_type,
+            trace: TraceHeaders { traceparent: get("traceparent"), tracestate: get("tracestate") },
+        })
+    }
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+    Header { key, value: Some(value) }
+}
+
+/// The UTF-8 value of the last header named `name`.
+pub fn header_str(headers: &impl Headers, name: &str) -> Option<String> {
+    headers
+        .iter()
+        .filter(|header| header.key == name)
+        .filter_map(|header| header.value)
+        .filter_map(|value| std::str::from_utf8(value).ok())
+        .last()
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trips_through_headers() {
+        let metadata = EventMetadata {
+            id: "7d3b1c9e-3f4f-4a53-9f57-2f5d1b0b4c11".to_owned(),
+            event_type: "fintech.payments.v1.order.created".to_owned(),
+            source: "/fintech/payments".to_owned(),
+            time: DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123456Z").unwrap().with_timezone(&Utc),
+            subject: Some("order-1".to_owned()),
+            payload_type: "fintech.payments.v1.Order".to_owned(),
+            trace: TraceHeaders {
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+                tracestate: None,
+            },
+        };
+        let headers = metadata.to_headers();
+        assert_eq!(header_str(&headers, "content-type").as_deref(), Some("application/protobuf"));
+        assert_eq!(EventMetadata::from_headers(Some(&headers)).unwrap(), metadata);
+    }
+
+    #[test]
+    fn a_missing_attribute_is_named() {
+        let headers = OwnedHeaders::new().insert(header("ce_specversion", "1.0"));
+        let error = EventMetadata::from_headers(Some(&headers)).unwrap_err();
+        assert!(error.contains("ce_time"), "{error}");
+        let none: Option<&OwnedHeaders> = None;
+        assert!(EventMetadata::from_headers(none).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! Shared plumbing of every service. Write it once, test it hard.
+//!
+//! # Layout
+//! - [`config`]: settings from environment variables with documented defaults;
+//! - [`telemetry`]: `tracing` + OpenTelemetry, W3C trace-context helpers;
+//! - [`db`]: PostgreSQL pool and migrations (platform tables + the service's own);
+//! - [`grpc`]: tonic server bootstrap with health, reflection, trace extraction, request logging,
+//!   size limits and graceful shutdown, plus the error helpers every service uses;
+//! - [`kafka`]: idempotent producer, consumer loop with manual commits and dead letters,
+//!   CloudEvents + trace headers;
+//! - [`outbox`]: transactional outbox and its relay;
+//! - [`idempotency`]: idempotent commands keyed by the `idempotency-key` metadata;
+//! - [`shutdown`]: the SIGTERM/SIGINT cancellation token.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod idempotency;
+pub mod kafka;
+pub mod outbox;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,343 @@
+//! Transactional outbox: an event is written to the `outbox` table in the same PostgreSQL
+//! transaction as the business change it describes, and a relay publishes it to Kafka afterwards.
+//!
+//! # Guarantees
+//! - **Nothing lost**: the event commits if and only if the change commits; a row stays until the
+//!   broker acknowledged it (`acks=all`, idempotent producer). A relay killed between the publish
+//!   and the `published_at` update publishes the row again on restart: delivery is at-least-once
+//!   and consumers deduplicate on `ce_id` (the row's `event_id`).
+//! - **Several relays at once**: a relay claims rows with `FOR UPDATE SKIP LOCKED` and holds the
+//!   row locks until it has published them and marked them, so two relays never publish the same
+//!   row in the same round.
+//! - **Order per key**: a relay only claims the *oldest* unpublished row of each record key, so the
+//!   events of one aggregate reach the broker in commit order even with several relays (the next
+//!   row of a key becomes eligible once the previous one is marked published).
+//! - **Broker down**: sends fail after the producer's delivery timeout, the round rolls back
+//!   (rows stay unpublished, `attempts` and `last_error` record the failure) and the relay backs
+//!   off exponentially up to `max_backoff`, then resumes by itself.
+//! - **Trace context**: the `traceparent` of the request that wrote the row is stored with it; the
+//!   relay publishes inside a span that is a child of it, so consumers continue the same trace.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, Row};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::kafka::{EventMetadata, EventProducer};
+use crate::telemetry::{self, TraceHeaders};
+
+/// An event to publish, as the business code describes it.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    /// Kafka topic, e.g. `orders.created`.
+    pub topic: String,
+    /// Record key: the aggregate id.
+    pub key: String,
+    /// CloudEvents type, e.g. `fintech.payments.v1.order.created`.
+    pub event_type: String,
+    /// Protobuf full name of the payload, e.g. `fintech.payments.v1.Order`.
+    pub payload_type: String,
+    /// The encoded protobuf payload (the whole entity).
+    pub payload: Vec<u8>,
+    /// When the change happened.
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl OutboxEvent {
+    /// An event carrying `message` encoded as protobuf.
+    pub fn protobuf(
+        topic: impl Into<String>,
+        key: impl Into<String>,
+        event_type: impl Into<String>,
+        payload_type: impl Into<String>,
+        message: &impl prost::Message,
+        occurred_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            topic: topic.into(),
+            key: key.into(),
+            event_type: event_type.into(),
+            payload_type: payload_type.into(),
+            payload: message.encode_to_vec(),
+            occurred_at,
+        }
+    }
+}
+
+/// Writes `event` into the outbox inside the caller's open transaction, with the trace context of
+/// the current span. Returns the event id (`ce_id`).
+#[tracing::instrument(skip(conn, event), fields(topic = %event.topic, key = %event.key))]
+pub async fn enqueue(conn: &mut PgConnection, source: &str, event: &OutboxEvent) -> Result<Uuid> {
+    let event_id = Uuid::now_v7();
+    let trace = TraceHeaders::current();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, topic, record_key, event_type, event_source, payload_type, payload, \
+         traceparent, tracestate, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(event_id)
+    .bind(&event.topic)
+    .bind(&event.key)
+    .bind(&event.event_type)
+    .bind(source)
+    .bind(&event.payload_type)
+    .bind(&event.payload)
+    .bind(&trace.traceparent)
+    .bind(&trace.tracestate)
+    .bind(event.occurred_at)
+    .execute(conn)
+    .await?;
+    Ok(event_id)
+}
+
+/// How far behind the relay is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backlog {
+    /// Rows not yet published.
+    pub unpublished: i64,
+    /// Age of the oldest unpublished row (`None` when there is none).
+    pub oldest_age: Option<Duration>,
+}
+
+/// The outbox backlog: count and age of the oldest unpublished row.
+pub async fn backlog(pool: &PgPool) -> Result<Backlog> {
+    let row = sqlx::query(
+        "SELECT count(*) AS unpublished, \
+         EXTRACT(EPOCH FROM (now() - min(occurred_at)))::float8 AS oldest_seconds \
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    let oldest_seconds: Option<f64> = row.try_get("oldest_seconds")?;
+    Ok(Backlog {
+        unpublished: row.try_get("unpublished")?,
+        oldest_age: oldest_seconds.map(|seconds| Duration::from_secs_f64(seconds.max(0.0))),
+    })
+}
+
+/// Deletes published rows older than `age` (retention); returns how many.
+pub async fn purge_published(pool: &PgPool, age: Duration) -> Result<u64> {
+    let seconds = age.as_secs_f64();
+    let done = sqlx::query(
+        "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)",
+    )
+    .bind(seconds)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Settings of a relay.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Rows claimed per round.
+    pub batch_size: i64,
+    /// Wait between rounds that found nothing.
+    pub poll_interval: Duration,
+    /// Longest wait between rounds while the broker fails.
+    pub max_backoff: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self { batch_size: 256, poll_interval: Duration::from_millis(100), max_backoff: Duration::from_secs(10) }
+    }
+}
+
+/// Publishes outbox rows to Kafka. Run one or more per database.
+#[derive(Debug, Clone)]
+pub struct OutboxRelay {
+    pool: PgPool,
+    producer: EventProducer,
+    settings: RelaySettings,
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundOutcome {
+    /// Rows published and marked.
+    pub published: usize,
+    /// Rows whose send failed (left unpublished).
+    pub failed: usize,
+}
+
+struct ClaimedRow {
+    id: i64,
+    event_id: Uuid,
+    topic: String,
+    record_key: String,
+    event_type: String,
+    event_source: String,
+    payload_type: String,
+    payload: Vec<u8>,
+    trace: TraceHeaders,
+    occurred_at: DateTime<Utc>,
+}
+
+impl OutboxRelay {
+    /// A relay over `pool` publishing through `producer`.
+    pub fn new(pool: PgPool, producer: EventProducer, settings: RelaySettings) -> Self {
+        Self { pool, producer, settings }
+    }
+
+    /// Runs rounds until `shutdown` fires; backs off while the broker or the database fails.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = self.settings.poll_interval;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let wait = match self.publish_round().await {
+                Ok(outcome) if outcome.failed == 0 && outcome.published > 0 => {
+                    backoff = self.settings.poll_interval;
+                    Duration::ZERO
+                }
+                Ok(outcome) if outcome.failed == 0 => {
+                    backoff = self.settings.poll_interval;
+                    self.settings.poll_interval
+                }
+                Ok(outcome) => {
+                    tracing::warn!(failed = outcome.failed, backoff_ms = backoff.as_millis() as u64, "outbox publish failed, backing off");
+                    next_backoff(&mut backoff, self.settings.max_backoff)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, backoff_ms = backoff.as_millis() as u64, "outbox round failed, backing off");
+                    next_backoff(&mut backoff, self.settings.max_backoff)
+                }
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        tracing::info!("outbox relay stopped");
+    }
+
+    /// One round: claim up to `batch_size` rows (the oldest unpublished row of each key), publish
+    /// them, mark the acknowledged ones, commit.
+    pub async fn publish_round(&self) -> Result<RoundOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT o.id, o.event_id, o.topic, o.record_key, o.event_type, o.event_source, o.payload_type, \
+                    o.payload, o.traceparent, o.tracestate, o.occurred_at \
+             FROM outbox o \
+             WHERE o.published_at IS NULL \
+               AND NOT EXISTS (SELECT 1 FROM outbox older \
+                               WHERE older.record_key = o.record_key \
+                                 AND older.published_at IS NULL AND older.id < o.id) \
+             ORDER BY o.id \
+             LIMIT $1 \
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.settings.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(RoundOutcome::default());
+        }
+        let claimed = rows
+            .into_iter()
+            .map(|row| -> Result<ClaimedRow> {
+                Ok(ClaimedRow {
+                    id: row.try_get("id")?,
+                    event_id: row.try_get("event_id")?,
+                    topic: row.try_get("topic")?,
+                    record_key: row.try_get("record_key")?,
+                    event_type: row.try_get("event_type")?,
+                    event_source: row.try_get("event_source")?,
+                    payload_type: row.try_get("payload_type")?,
+                    payload: row.try_get("payload")?,
+                    trace: TraceHeaders { traceparent: row.try_get("traceparent")?, tracestate: row.try_get("tracestate")? },
+                    occurred_at: row.try_get("occurred_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let sends = claimed.iter().map(|row| self.publish(row));
+        let results = futures::future::join_all(sends).await;
+
+        let mut published = Vec::new();
+        let mut failed = Vec::new();
+        for (row, result) in claimed.iter().zip(results) {
+            match result {
+                Ok(()) => published.push(row.id),
+                Err(error) => failed.push((row.id, error.to_string())),
+            }
+        }
+        if !published.is_empty() {
+            sqlx::query("UPDATE outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)")
+                .bind(&published)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (id, error) in &failed {
+            sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
+                .bind(id)
+                .bind(error)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(RoundOutcome { published: published.len(), failed: failed.len() })
+    }
+
+    async fn publish(&self, row: &ClaimedRow) -> Result<()> {
+        let span = tracing::info_span!(
+            "outbox.publish",
+            otel.kind = "producer",
+            topic = %row.topic,
+            ce_id = %row.event_id,
+            ce_type = %row.event_type,
+        );
+        telemetry::set_remote_parent(&span, &row.trace);
+        async {
+            // The publish span is a child of the request's span: same trace id, its own span id.
+            let trace = match TraceHeaders::current() {
+                headers if headers.traceparent.is_some() => headers,
+                _ => row.trace.clone(),
+            };
+            let metadata = EventMetadata {
+                id: row.event_id.to_string(),
+                event_type: row.event_type.clone(),
+                source: row.event_source.clone(),
+                time: row.occurred_at,
+                subject: Some(row.record_key.clone()),
+                payload_type: row.payload_type.clone(),
+                trace,
+            };
+            self.producer
+                .send_event(&row.topic, &row.record_key, &row.payload, &metadata)
+                .await
+                .map(|_| ())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn next_backoff(backoff: &mut Duration, max: Duration) -> Duration {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(max);
+    wait
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut backoff = Duration::from_millis(100);
+        let waits: Vec<_> = (0..6).map(|_| next_backoff(&mut backoff, Duration::from_millis(1000))).collect();
+        assert_eq!(
+            waits,
+            [100, 200, 400, 800, 1000, 1000].map(Duration::from_millis).to_vec()
+        );
+    }
+}

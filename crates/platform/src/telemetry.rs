@@ -1,0 +1,174 @@
+//! Logs and traces: `tracing` with an OpenTelemetry layer, and W3C trace-context propagation.
+//!
+//! A tracer provider is always installed, so every span has a real trace id that travels in gRPC
+//! metadata, in outbox rows and in Kafka headers; spans are *exported* only when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (OTLP over gRPC).
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{env_opt, env_or};
+use crate::error::{Error, Result};
+
+/// Keeps the tracer provider alive; dropping it flushes pending spans.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber (log filter from `RUST_LOG`, `LOG_FORMAT=json` for JSON lines),
+/// the OpenTelemetry layer and the W3C propagator. Calling it twice in one process is harmless: the
+/// second call keeps the first subscriber (tests start several services in one process).
+pub fn init(service_name: &str) -> Result<TelemetryGuard> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = env_opt("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()
+            .map_err(|error| Error::Telemetry(format!("OTEL_EXPORTER_OTLP_ENDPOINT: {error}")))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer(service_name.to_owned());
+
+    let filter = EnvFilter::try_new(env_or("RUST_LOG", "info"))
+        .map_err(|error| Error::Config { variable: "RUST_LOG".to_owned(), reason: error.to_string() })?;
+    let format = env_or("LOG_FORMAT", "text");
+    let fmt_layer = match format.as_str() {
+        "json" => tracing_subscriber::fmt::layer().json().with_current_span(true).boxed(),
+        "text" => tracing_subscriber::fmt::layer().with_target(true).boxed(),
+        other => {
+            return Err(Error::Config {
+                variable: "LOG_FORMAT".to_owned(),
+                reason: format!("must be text or json, got {other:?}"),
+            });
+        }
+    };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()
+        .is_ok();
+    if installed {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        Ok(TelemetryGuard { provider: Some(provider) })
+    } else {
+        // Another subscriber (an earlier init in this process) stays in charge.
+        let _ = provider.shutdown();
+        Ok(TelemetryGuard { provider: None })
+    }
+}
+
+/// W3C `traceparent` / `tracestate` of a span, for storing with an outbox row or sending on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceHeaders {
+    /// `traceparent`, when the span belongs to a sampled or remote trace.
+    pub traceparent: Option<String>,
+    /// `tracestate`, when not empty.
+    pub tracestate: Option<String>,
+}
+
+impl TraceHeaders {
+    /// The trace context of the current `tracing` span.
+    pub fn current() -> Self {
+        Self::of_context(&tracing::Span::current().context())
+    }
+
+    /// The trace context of an OpenTelemetry context.
+    pub fn of_context(context: &opentelemetry::Context) -> Self {
+        let mut carrier: HashMap<String, String> = HashMap::new();
+        TraceContextPropagator::new().inject_context(context, &mut carrier);
+        Self {
+            traceparent: carrier.remove("traceparent"),
+            tracestate: carrier.remove("tracestate").filter(|state| !state.is_empty()),
+        }
+    }
+
+    /// The OpenTelemetry context these headers describe (empty when there is no valid
+    /// `traceparent`).
+    pub fn to_context(&self) -> opentelemetry::Context {
+        let mut carrier: HashMap<String, String> = HashMap::new();
+        if let Some(traceparent) = &self.traceparent {
+            carrier.insert("traceparent".to_owned(), traceparent.clone());
+        }
+        if let Some(tracestate) = &self.tracestate {
+            carrier.insert("tracestate".to_owned(), tracestate.clone());
+        }
+        TraceContextPropagator::new().extract(&carrier)
+    }
+
+    /// The 32-hex-digit trace id of `traceparent`, if any.
+    pub fn trace_id(&self) -> Option<&str> {
+        trace_id_of(self.traceparent.as_deref()?)
+    }
+}
+
+/// The trace id field of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let _version = parts.next()?;
+    let trace_id = parts.next()?;
+    (trace_id.len() == 32 && trace_id.bytes().all(|byte| byte.is_ascii_hexdigit())).then_some(trace_id)
+}
+
+/// Makes `span` a child of the remote context described by `headers` (no-op without one).
+pub fn set_remote_parent(span: &tracing::Span, headers: &TraceHeaders) {
+    let context = headers.to_context();
+    if context.span().span_context().is_valid() {
+        let _ = span.set_parent(context);
+    }
+}
+
+/// The trace id of the current span, as 32 hex digits, when it has a valid one.
+pub fn current_trace_id() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| span_context.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_is_read_from_a_traceparent() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id_of(traceparent), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(trace_id_of("garbage"), None);
+        assert_eq!(trace_id_of("00-xyz-00f067aa0ba902b7-01"), None);
+    }
+
+    #[test]
+    fn headers_round_trip_through_a_context() {
+        let headers = TraceHeaders {
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+            tracestate: Some("vendor=value".to_owned()),
+        };
+        let again = TraceHeaders::of_context(&headers.to_context());
+        assert_eq!(again, headers);
+    }
+}

@@ -1,0 +1,596 @@
+//! The shared consumer loop against the real broker and PostgreSQL: poison records go to the
+//! dead-letter topic without blocking their partition, a crash before the commit redelivers
+//! without a second effect, the producer's trace continues in the handler, and transient failures
+//! are retried until they pass, never skipped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fintech_platform::CancellationToken;
+use fintech_platform::kafka::EventProducer;
+use fintech_platform::kafka::consumer::{
+    ConsumedEvent, ConsumerSettings, EventHandler, HandlerError, mark_processed, run_consumer,
+};
+use fintech_platform::kafka::headers::{
+    DEAD_LETTER_OFFSET, DEAD_LETTER_PARTITION, DEAD_LETTER_REASON, DEAD_LETTER_TOPIC, EventMetadata,
+};
+use fintech_platform::telemetry::{TraceHeaders, current_trace_id};
+use fintech_proto::payments::Order;
+use fintech_tests::{
+    TestDb, create_topics, header, kafka_bootstrap, read_extra, read_records, reader, unique_topic,
+};
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Message as _, OwnedHeaders};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Upper bound for anything the broker has to do (group join, delivery, commit).
+const WAIT: Duration = Duration::from_secs(60);
+
+fn order(order_id: &str, amount: i64) -> Order {
+    Order {
+        order_id: order_id.to_owned(),
+        customer_id: "customer-1".to_owned(),
+        country: "DE".to_owned(),
+        currency: "EUR".to_owned(),
+        amount,
+        product_type: "standard".to_owned(),
+        ..Default::default()
+    }
+}
+
+fn metadata(subject: &str, trace: TraceHeaders) -> EventMetadata {
+    EventMetadata {
+        id: uuid::Uuid::new_v4().to_string(),
+        event_type: "fintech.payments.v1.order.created".to_owned(),
+        source: "/fintech/tests".to_owned(),
+        time: chrono::Utc::now(),
+        subject: Some(subject.to_owned()),
+        payload_type: "fintech.payments.v1.Order".to_owned(),
+        trace,
+    }
+}
+
+fn producer() -> EventProducer {
+    EventProducer::new(&kafka_bootstrap(), "test-producer", Duration::from_secs(20))
+        .expect("producer")
+}
+
+fn settings(topic: &str, dead_letter_topic: &str, group: &str) -> ConsumerSettings {
+    let mut settings = ConsumerSettings::new(
+        kafka_bootstrap(),
+        group,
+        vec![topic.to_owned()],
+        dead_letter_topic,
+    );
+    settings.max_backoff = Duration::from_millis(400);
+    settings
+}
+
+fn unique_group(prefix: &str) -> String {
+    format!("test-{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn start(
+    settings: ConsumerSettings,
+    handler: Arc<dyn EventHandler>,
+) -> (JoinHandle<fintech_platform::Result<()>>, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_consumer(
+        settings,
+        handler,
+        producer(),
+        shutdown.clone(),
+    ));
+    (task, shutdown)
+}
+
+/// Cancels the consumer and checks it returns `Ok` promptly.
+async fn stop(task: JoinHandle<fintech_platform::Result<()>>, shutdown: CancellationToken) {
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("consumer stops after shutdown")
+        .expect("consumer task does not panic")
+        .expect("consumer returns Ok");
+}
+
+async fn next<T>(receiver: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
+    tokio::time::timeout(WAIT, receiver.recv())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .expect("handler channel open")
+}
+
+/// The offset `group` committed for `topic`/`partition`, as the broker reports it.
+async fn committed_offset(group: &str, topic: &str, partition: i32) -> Option<i64> {
+    let (group, topic) = (group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_bootstrap())
+            .set("broker.address.family", "v4")
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("offset probe consumer");
+        let mut partitions = TopicPartitionList::new();
+        partitions.add_partition(&topic, partition);
+        let committed = consumer
+            .committed_offsets(partitions, Duration::from_secs(5))
+            .ok()?;
+        match committed.find_partition(&topic, partition)?.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        }
+    })
+    .await
+    .expect("offset probe task")
+}
+
+/// Waits until the broker reports `expected` as `group`'s committed offset.
+async fn wait_for_commit(group: &str, topic: &str, partition: i32, expected: i64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let committed = committed_offset(group, topic, partition).await;
+        if committed == Some(expected) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed offset of {group} on {topic}[{partition}] is {committed:?}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Records every order it decodes.
+#[derive(Debug)]
+struct Collect {
+    handled: mpsc::UnboundedSender<(i64, Order)>,
+}
+
+#[async_trait]
+impl EventHandler for Collect {
+    async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
+        let order: Order = event.decode()?;
+        self.handled
+            .send((event.offset, order))
+            .expect("test listens");
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_are_dead_lettered_and_the_next_record_is_handled() {
+    let _telemetry = fintech_platform::telemetry::init("test").expect("telemetry");
+    let topic = unique_topic("consumer.poison");
+    let dead_letter_topic = unique_topic("consumer.poison.dlq");
+    create_topics(&kafka_bootstrap(), &[&topic, &dead_letter_topic], 3).await;
+
+    let producer = producer();
+    let key = "order-poison-1";
+    // 1) no CloudEvents headers at all, value not protobuf.
+    let garbage = b"\xff\xfenot a protobuf".to_vec();
+    let first = producer
+        .send_raw(&topic, key.as_bytes(), &garbage, OwnedHeaders::new())
+        .await
+        .expect("send garbage");
+    // 2) valid headers, value not an `Order`.
+    let undecodable = vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f];
+    let undecodable_metadata = metadata(key, TraceHeaders::default());
+    let second = producer
+        .send_event(&topic, key, &undecodable, &undecodable_metadata)
+        .await
+        .expect("send undecodable");
+    // 3) a good event behind them on the same partition.
+    let good = order(key, 1999);
+    let third = producer
+        .send_event(
+            &topic,
+            key,
+            &good.encode_to_vec(),
+            &metadata(key, TraceHeaders::default()),
+        )
+        .await
+        .expect("send good");
+    assert_eq!(
+        (first.partition, second.partition),
+        (third.partition, third.partition),
+        "same key, same partition"
+    );
+
+    let (handled, mut handled_rx) = mpsc::unbounded_channel();
+    let group = unique_group("poison");
+    let (task, shutdown) = start(
+        settings(&topic, &dead_letter_topic, &group),
+        Arc::new(Collect { handled }),
+    );
+
+    let (offset, order) = next(&mut handled_rx, "the good record").await;
+    assert_eq!(offset, third.offset);
+    assert_eq!(order, good);
+    wait_for_commit(&group, &topic, third.partition, third.offset + 1).await;
+
+    let dead_letters = reader(&kafka_bootstrap(), &[&dead_letter_topic]);
+    let records = read_records(&dead_letters, 2, WAIT).await;
+    assert_eq!(records.len(), 2, "both poison records are dead-lettered");
+    let partition = third.partition.to_string();
+
+    let no_headers = &records[0];
+    assert_eq!(no_headers.payload(), Some(&garbage[..]));
+    assert_eq!(no_headers.key(), Some(key.as_bytes()));
+    let reason = header(no_headers, DEAD_LETTER_REASON).expect("dlq_reason");
+    assert!(reason.contains("missing header"), "{reason}");
+    assert_eq!(
+        header(no_headers, DEAD_LETTER_TOPIC).as_deref(),
+        Some(topic.as_str())
+    );
+    assert_eq!(
+        header(no_headers, DEAD_LETTER_PARTITION),
+        Some(partition.clone())
+    );
+    assert_eq!(
+        header(no_headers, DEAD_LETTER_OFFSET),
+        Some(first.offset.to_string())
+    );
+
+    let bad_value = &records[1];
+    assert_eq!(bad_value.payload(), Some(&undecodable[..]));
+    assert_eq!(
+        header(bad_value, "ce_id"),
+        Some(undecodable_metadata.id.clone()),
+        "original headers kept"
+    );
+    let reason = header(bad_value, DEAD_LETTER_REASON).expect("dlq_reason");
+    assert!(reason.contains("not a valid"), "{reason}");
+    assert_eq!(
+        header(bad_value, DEAD_LETTER_OFFSET),
+        Some(second.offset.to_string())
+    );
+
+    stop(task, shutdown).await;
+    assert!(
+        handled_rx.try_recv().is_err(),
+        "the handler saw only the good record"
+    );
+}
+
+/// Applies each order once: an effect row and the inbox row in one transaction. On the event
+/// whose id is `crash_on`, it commits and then hangs like a process killed before the offset commit.
+#[derive(Debug)]
+struct ApplyOnce {
+    pool: PgPool,
+    crash_on: Option<String>,
+    crashed: AtomicBool,
+    /// (offset, whether this delivery applied the effect)
+    handled: mpsc::UnboundedSender<(i64, bool)>,
+}
+
+#[async_trait]
+impl EventHandler for ApplyOnce {
+    async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
+        let order: Order = event.decode()?;
+        let event_id = event.valid_metadata()?.id.clone();
+        let mut tx = self.pool.begin().await?;
+        let first_time = mark_processed(&mut tx, "test-ledger", &event_id).await?;
+        if first_time {
+            sqlx::query("INSERT INTO effects (event_id, order_id, amount) VALUES ($1, $2, $3)")
+                .bind(&event_id)
+                .bind(&order.order_id)
+                .bind(order.amount)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.handled
+            .send((event.offset, first_time))
+            .expect("test listens");
+        if self.crash_on.as_deref() == Some(event_id.as_str())
+            && !self.crashed.swap(true, Ordering::SeqCst)
+        {
+            // The effect is committed; the offset never will be by this consumer.
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_the_commit_redelivers_without_a_second_effect() {
+    let _telemetry = fintech_platform::telemetry::init("test").expect("telemetry");
+    let db = TestDb::with_platform_tables().await;
+    // No unique constraint on purpose: only the inbox may prevent a second effect.
+    sqlx::query("CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL, order_id TEXT NOT NULL, amount BIGINT NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .expect("create effects");
+    let topic = unique_topic("consumer.crash");
+    let dead_letter_topic = unique_topic("consumer.crash.dlq");
+    create_topics(&kafka_bootstrap(), &[&topic, &dead_letter_topic], 1).await;
+
+    let producer = producer();
+    let before = metadata("order-a", TraceHeaders::default());
+    let crashing = metadata("order-b", TraceHeaders::default());
+    producer
+        .send_event(
+            &topic,
+            "order-a",
+            &order("order-a", 100).encode_to_vec(),
+            &before,
+        )
+        .await
+        .expect("send first");
+    let crash_delivery = producer
+        .send_event(
+            &topic,
+            "order-b",
+            &order("order-b", 250).encode_to_vec(),
+            &crashing,
+        )
+        .await
+        .expect("send second");
+
+    let group = unique_group("crash");
+    let (handled, mut handled_rx) = mpsc::unbounded_channel();
+    let handler = ApplyOnce {
+        pool: db.pool.clone(),
+        crash_on: Some(crashing.id.clone()),
+        crashed: AtomicBool::new(false),
+        handled: handled.clone(),
+    };
+    let (task, _shutdown) = start(
+        settings(&topic, &dead_letter_topic, &group),
+        Arc::new(handler),
+    );
+    assert_eq!(next(&mut handled_rx, "first event").await, (0, true));
+    assert_eq!(
+        next(&mut handled_rx, "second event").await,
+        (crash_delivery.offset, true)
+    );
+    // The first offset reaches the broker; the second is never committed. Then the process dies.
+    wait_for_commit(&group, &topic, 0, crash_delivery.offset).await;
+    task.abort();
+    assert!(task.await.expect_err("aborted").is_cancelled());
+    assert_eq!(
+        committed_offset(&group, &topic, 0).await,
+        Some(crash_delivery.offset)
+    );
+
+    // Restart in the same group: only the uncommitted event comes again, and changes nothing.
+    let handler = ApplyOnce {
+        pool: db.pool.clone(),
+        crash_on: None,
+        crashed: AtomicBool::new(false),
+        handled,
+    };
+    let (task, shutdown) = start(
+        settings(&topic, &dead_letter_topic, &group),
+        Arc::new(handler),
+    );
+    assert_eq!(
+        next(&mut handled_rx, "redelivery").await,
+        (crash_delivery.offset, false)
+    );
+    wait_for_commit(&group, &topic, 0, crash_delivery.offset + 1).await;
+    stop(task, shutdown).await;
+    assert!(handled_rx.try_recv().is_err(), "no other delivery");
+
+    let effects: Vec<(String, i64)> =
+        sqlx::query_as("SELECT order_id, amount FROM effects ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("read effects");
+    assert_eq!(
+        effects,
+        [("order-a".to_owned(), 100), ("order-b".to_owned(), 250)]
+    );
+    let crashed_effects: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM effects WHERE event_id = $1")
+            .bind(&crashing.id)
+            .fetch_one(&db.pool)
+            .await
+            .expect("count effects");
+    assert_eq!(
+        crashed_effects, 1,
+        "exactly one effect for the redelivered event"
+    );
+    let inbox: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer = 'test-ledger'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count inbox");
+    assert_eq!(inbox, 2);
+}
+
+/// Reports the trace id the handler runs in.
+#[derive(Debug)]
+struct TraceProbe {
+    seen: mpsc::UnboundedSender<Option<String>>,
+}
+
+#[async_trait]
+impl EventHandler for TraceProbe {
+    async fn handle(&self, _event: &ConsumedEvent) -> Result<(), HandlerError> {
+        self.seen.send(current_trace_id()).expect("test listens");
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handler_runs_in_the_producers_trace() {
+    let _telemetry = fintech_platform::telemetry::init("test").expect("telemetry");
+    let topic = unique_topic("consumer.trace");
+    let dead_letter_topic = unique_topic("consumer.trace.dlq");
+    create_topics(&kafka_bootstrap(), &[&topic, &dead_letter_topic], 1).await;
+
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let trace = TraceHeaders {
+        traceparent: Some(format!("00-{trace_id}-00f067aa0ba902b7-01")),
+        tracestate: None,
+    };
+    producer()
+        .send_event(
+            &topic,
+            "order-t",
+            &order("order-t", 5).encode_to_vec(),
+            &metadata("order-t", trace),
+        )
+        .await
+        .expect("send");
+
+    let (seen, mut seen_rx) = mpsc::unbounded_channel();
+    let group = unique_group("trace");
+    let (task, shutdown) = start(
+        settings(&topic, &dead_letter_topic, &group),
+        Arc::new(TraceProbe { seen }),
+    );
+    assert_eq!(next(&mut seen_rx, "the traced event").await, Some(trace_id));
+    stop(task, shutdown).await;
+}
+
+/// Fails transiently on its first `failures` attempts, then succeeds; reports every attempt.
+#[derive(Debug)]
+struct Flaky {
+    failures: u32,
+    attempts: AtomicU32,
+    /// (offset, whether the attempt succeeded)
+    attempted: mpsc::UnboundedSender<(i64, bool)>,
+}
+
+#[async_trait]
+impl EventHandler for Flaky {
+    async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
+        let attempt = self.attempts.fetch_add(1, Ordering::SeqCst);
+        let succeeded = attempt >= self.failures;
+        self.attempted
+            .send((event.offset, succeeded))
+            .expect("test listens");
+        if succeeded {
+            Ok(())
+        } else {
+            Err(HandlerError::transient("database unavailable"))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_until_the_event_is_handled() {
+    let _telemetry = fintech_platform::telemetry::init("test").expect("telemetry");
+    let topic = unique_topic("consumer.transient");
+    let dead_letter_topic = unique_topic("consumer.transient.dlq");
+    create_topics(&kafka_bootstrap(), &[&topic, &dead_letter_topic], 1).await;
+    let producer = producer();
+    for id in ["order-x", "order-y"] {
+        producer
+            .send_event(
+                &topic,
+                id,
+                &order(id, 42).encode_to_vec(),
+                &metadata(id, TraceHeaders::default()),
+            )
+            .await
+            .expect("send");
+    }
+
+    let (attempted, mut attempted_rx) = mpsc::unbounded_channel();
+    let group = unique_group("transient");
+    let handler = Flaky {
+        failures: 4,
+        attempts: AtomicU32::new(0),
+        attempted,
+    };
+    let (task, shutdown) = start(
+        settings(&topic, &dead_letter_topic, &group),
+        Arc::new(handler),
+    );
+
+    let mut attempts = Vec::new();
+    for _ in 0..6 {
+        attempts.push(next(&mut attempted_rx, "an attempt").await);
+    }
+    // The first event is retried in place (never skipped) until it passes; only then the second.
+    assert_eq!(
+        attempts,
+        [
+            (0, false),
+            (0, false),
+            (0, false),
+            (0, false),
+            (0, true),
+            (1, true)
+        ]
+    );
+    wait_for_commit(&group, &topic, 0, 2).await;
+    stop(task, shutdown).await;
+    assert!(attempted_rx.try_recv().is_err(), "no further attempts");
+
+    let dead_letters = reader(&kafka_bootstrap(), &[&dead_letter_topic]);
+    assert!(
+        read_extra(&dead_letters, Duration::from_secs(3))
+            .await
+            .is_empty(),
+        "nothing dead-lettered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_retrying_leaves_the_event_uncommitted() {
+    let _telemetry = fintech_platform::telemetry::init("test").expect("telemetry");
+    let topic = unique_topic("consumer.shutdown");
+    let dead_letter_topic = unique_topic("consumer.shutdown.dlq");
+    create_topics(&kafka_bootstrap(), &[&topic, &dead_letter_topic], 1).await;
+    let producer = producer();
+    for id in ["order-1", "order-2"] {
+        producer
+            .send_event(
+                &topic,
+                id,
+                &order(id, 7).encode_to_vec(),
+                &metadata(id, TraceHeaders::default()),
+            )
+            .await
+            .expect("send");
+    }
+
+    // Succeeds once (offset 0), then fails forever (offset 1).
+    struct FirstOnly {
+        attempted: mpsc::UnboundedSender<(i64, bool)>,
+    }
+    impl std::fmt::Debug for FirstOnly {
+        fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("FirstOnly")
+        }
+    }
+    #[async_trait]
+    impl EventHandler for FirstOnly {
+        async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
+            let succeeded = event.offset == 0;
+            self.attempted
+                .send((event.offset, succeeded))
+                .expect("test listens");
+            if succeeded {
+                Ok(())
+            } else {
+                Err(HandlerError::transient("still down"))
+            }
+        }
+    }
+
+    let (attempted, mut attempted_rx) = mpsc::unbounded_channel();
+    let group = unique_group("shutdown");
+    let (task, shutdown) = start(
+        settings(&topic, &dead_letter_topic, &group),
+        Arc::new(FirstOnly { attempted }),
+    );
+    assert_eq!(next(&mut attempted_rx, "first event").await, (0, true));
+    assert_eq!(next(&mut attempted_rx, "second event").await, (1, false));
+    assert_eq!(next(&mut attempted_rx, "a retry").await, (1, false));
+    stop(task, shutdown).await;
+    // The finished event is committed (synchronously on shutdown at the latest); the failing one is not.
+    assert_eq!(committed_offset(&group, &topic, 0).await, Some(1));
+}

@@ -1,0 +1,224 @@
+//! Transactional outbox against the real PostgreSQL and the real broker: the round trip keeps key,
+//! payload, CloudEvents headers and trace id; two relays publish every row exactly once and in key
+//! order; a broker outage loses nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use fintech_platform::kafka::EventProducer;
+use fintech_platform::outbox::{self, OutboxEvent, OutboxRelay, RelaySettings};
+use fintech_platform::telemetry;
+use fintech_proto::payments::Order;
+use fintech_tests::broker::PrivateBroker;
+use fintech_tests::{TestDb, create_topics, header, kafka_bootstrap, read_extra, read_records, reader, unique_topic};
+use prost::Message as _;
+use rdkafka::Message as _;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+fn order(key: &str, version: i64) -> Order {
+    Order {
+        order_id: key.to_owned(),
+        customer_id: "cust-1".to_owned(),
+        country: "DE".to_owned(),
+        currency: "EUR".to_owned(),
+        amount: 1000 + version,
+        product_type: "standard".to_owned(),
+        created_at: None,
+        updated_at: None,
+        version,
+    }
+}
+
+async fn enqueue_orders(db: &TestDb, topic: &str, keys: usize, versions: i64) {
+    let mut tx = db.pool.begin().await.expect("begin");
+    for version in 1..=versions {
+        for key in 0..keys {
+            let key = format!("order-{key}");
+            let event = OutboxEvent::protobuf(
+                topic,
+                &key,
+                "fintech.payments.v1.order.updated",
+                "fintech.payments.v1.Order",
+                &order(&key, version),
+                chrono::Utc::now(),
+            );
+            outbox::enqueue(&mut tx, "/fintech/test", &event).await.expect("enqueue");
+        }
+    }
+    tx.commit().await.expect("commit");
+}
+
+async fn wait_for_empty_backlog(db: &TestDb, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let backlog = outbox::backlog(&db.pool).await.expect("backlog");
+        if backlog.unpublished == 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "backlog still {backlog:?} after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn round_trip_keeps_key_payload_cloudevents_headers_and_trace_id() {
+    let _telemetry = telemetry::init("test");
+    let db = TestDb::with_platform_tables().await;
+    let bootstrap = kafka_bootstrap();
+    let topic = unique_topic("outbox");
+    create_topics(&bootstrap, &[&topic], 3).await;
+
+    let payload = order("order-42", 1);
+    let request_span = tracing::info_span!("request");
+    telemetry::set_remote_parent(
+        &request_span,
+        &telemetry::TraceHeaders { traceparent: Some(format!("00-{TRACE_ID}-00f067aa0ba902b7-01")), tracestate: None },
+    );
+    let event_id = async {
+        let mut tx = db.pool.begin().await.expect("begin");
+        let event = OutboxEvent::protobuf(
+            &topic,
+            "order-42",
+            "fintech.payments.v1.order.created",
+            "fintech.payments.v1.Order",
+            &payload,
+            chrono::Utc::now(),
+        );
+        let id = outbox::enqueue(&mut tx, "/fintech/payments", &event).await.expect("enqueue");
+        tx.commit().await.expect("commit");
+        id
+    }
+    .instrument(request_span)
+    .await;
+
+    let backlog = outbox::backlog(&db.pool).await.expect("backlog");
+    assert_eq!(backlog.unpublished, 1);
+    assert!(backlog.oldest_age.is_some());
+
+    let producer = EventProducer::new(&bootstrap, "test-relay", Duration::from_secs(10)).expect("producer");
+    let relay = OutboxRelay::new(db.pool.clone(), producer, RelaySettings::default());
+    let outcome = relay.publish_round().await.expect("round");
+    assert_eq!((outcome.published, outcome.failed), (1, 0));
+    assert_eq!(outbox::backlog(&db.pool).await.expect("backlog").unpublished, 0);
+
+    let consumer = reader(&bootstrap, &[&topic]);
+    let records = read_records(&consumer, 1, Duration::from_secs(20)).await;
+    assert_eq!(records.len(), 1, "the event reached the topic");
+    let record = &records[0];
+    assert_eq!(record.key(), Some(&b"order-42"[..]));
+    assert_eq!(Order::decode(record.payload().expect("payload")).expect("decodes"), payload);
+    assert_eq!(header(record, "ce_id"), Some(event_id.to_string()));
+    assert_eq!(header(record, "ce_type").as_deref(), Some("fintech.payments.v1.order.created"));
+    assert_eq!(header(record, "ce_source").as_deref(), Some("/fintech/payments"));
+    assert_eq!(header(record, "ce_specversion").as_deref(), Some("1.0"));
+    assert_eq!(header(record, "content-type").as_deref(), Some("application/protobuf"));
+    assert_eq!(header(record, "ce_dataschema").as_deref(), Some("type.googleapis.com/fintech.payments.v1.Order"));
+    let ce_time = header(record, "ce_time").expect("ce_time");
+    assert!(chrono::DateTime::parse_from_rfc3339(&ce_time).is_ok(), "ce_time is RFC 3339: {ce_time}");
+    let traceparent = header(record, "traceparent").expect("traceparent header");
+    assert_eq!(telemetry::trace_id_of(&traceparent), Some(TRACE_ID), "same trace as the request");
+    assert!(read_extra(&consumer, Duration::from_secs(1)).await.is_empty(), "exactly one record");
+}
+
+#[tokio::test]
+async fn two_relays_publish_every_row_exactly_once_and_in_key_order() {
+    let _telemetry = telemetry::init("test");
+    let db = TestDb::with_platform_tables().await;
+    let bootstrap = kafka_bootstrap();
+    let topic = unique_topic("outbox-relays");
+    create_topics(&bootstrap, &[&topic], 3).await;
+    let (keys, versions) = (20, 10);
+    enqueue_orders(&db, &topic, keys, versions).await;
+    let total = keys * versions as usize;
+
+    let shutdown = CancellationToken::new();
+    let settings = RelaySettings { batch_size: 7, poll_interval: Duration::from_millis(10), ..RelaySettings::default() };
+    let relays: Vec<_> = (0..2)
+        .map(|index| {
+            let producer = EventProducer::new(&bootstrap, &format!("test-relay-{index}"), Duration::from_secs(10))
+                .expect("producer");
+            let relay = OutboxRelay::new(db.pool.clone(), producer, settings.clone());
+            tokio::spawn(relay.run(shutdown.clone()))
+        })
+        .collect();
+    wait_for_empty_backlog(&db, Duration::from_secs(60)).await;
+    shutdown.cancel();
+    for relay in relays {
+        relay.await.expect("relay task");
+    }
+
+    let consumer = reader(&bootstrap, &[&topic]);
+    let mut records = read_records(&consumer, total, Duration::from_secs(30)).await;
+    records.extend(read_extra(&consumer, Duration::from_secs(2)).await);
+    let mut seen = HashSet::new();
+    for record in &records {
+        assert!(seen.insert(header(record, "ce_id").expect("ce_id")), "a row was published twice");
+    }
+    assert_eq!(seen.len(), total, "every row published exactly once");
+
+    // Records of one key share a partition; read in partition order their versions must ascend.
+    let mut last_version: HashMap<Vec<u8>, i64> = HashMap::new();
+    for record in &records {
+        let version = Order::decode(record.payload().expect("payload")).expect("decodes").version;
+        let key = record.key().expect("key").to_vec();
+        let previous = last_version.insert(key.clone(), version).unwrap_or(0);
+        assert_eq!(version, previous + 1, "key {:?} out of order", String::from_utf8_lossy(&key));
+    }
+}
+
+#[tokio::test]
+async fn broker_outage_loses_nothing_and_the_relay_resumes_by_itself() {
+    let _telemetry = telemetry::init("test");
+    let db = TestDb::with_platform_tables().await;
+    let mut broker = PrivateBroker::start().await;
+    let bootstrap = broker.bootstrap();
+    let topic = unique_topic("outbox-outage");
+    create_topics(&bootstrap, &[&topic], 1).await;
+
+    let shutdown = CancellationToken::new();
+    let producer = EventProducer::new(&bootstrap, "test-relay-outage", Duration::from_secs(2)).expect("producer");
+    let settings = RelaySettings {
+        batch_size: 50,
+        poll_interval: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(1),
+    };
+    let relay = tokio::spawn(OutboxRelay::new(db.pool.clone(), producer, settings).run(shutdown.clone()));
+
+    broker.stop();
+    enqueue_orders(&db, &topic, 5, 4).await;
+
+    // While the broker is down the rows stay, and the failures are recorded on them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE last_error IS NOT NULL")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+        if failed > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the relay never tried while the broker was down");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(outbox::backlog(&db.pool).await.expect("backlog").unpublished, 20, "nothing marked while down");
+
+    broker.resume().await;
+    wait_for_empty_backlog(&db, Duration::from_secs(90)).await;
+    shutdown.cancel();
+    relay.await.expect("relay task");
+
+    let consumer = reader(&bootstrap, &[&topic]);
+    let records = read_records(&consumer, 20, Duration::from_secs(30)).await;
+    let ids: HashSet<_> = records.iter().filter_map(|record| header(record, "ce_id")).collect();
+    let expected: Vec<String> = sqlx::query_scalar("SELECT event_id::text FROM outbox")
+        .fetch_all(&db.pool)
+        .await
+        .expect("ids");
+    assert_eq!(expected.len(), 20);
+    for id in &expected {
+        assert!(ids.contains(id), "event {id} lost");
+    }
+}
