@@ -23,14 +23,8 @@ fn latest_baseline() -> std::path::PathBuf {
 fn buf_breaking_after(edit: impl Fn(&str) -> String) -> Output {
     let scratch = tempfile::tempdir().expect("temp dir");
     copy_dir(&repo_root().join("proto"), &scratch.path().join("proto"));
-    std::fs::copy(
-        repo_root().join("buf.yaml"),
-        scratch.path().join("buf.yaml"),
-    )
-    .expect("copy buf.yaml");
-    let payments = scratch
-        .path()
-        .join("proto/fintech/payments/v1/payments.proto");
+    std::fs::copy(repo_root().join("buf.yaml"), scratch.path().join("buf.yaml")).expect("copy buf.yaml");
+    let payments = scratch.path().join("proto/fintech/payments/v1/payments.proto");
     let source = std::fs::read_to_string(&payments).expect("read payments.proto");
     std::fs::write(&payments, edit(&source)).expect("write payments.proto");
     Command::new(node_tool("buf"))
@@ -66,11 +60,7 @@ fn report(output: &Output) -> String {
 #[test]
 fn unchanged_contracts_pass_buf_breaking() {
     let output = buf_breaking_after(|source| source.to_owned());
-    assert!(
-        output.status.success(),
-        "unchanged copy must pass: {}",
-        report(&output)
-    );
+    assert!(output.status.success(), "unchanged copy must pass: {}", report(&output));
 }
 
 #[test]
@@ -85,10 +75,7 @@ fn renumbered_order_field_fails_buf_breaking() {
         !output.status.success(),
         "a renumbered field must fail buf breaking: {text}"
     );
-    assert!(
-        text.contains("Order"),
-        "the failure names the message: {text}"
-    );
+    assert!(text.contains("Order"), "the failure names the message: {text}");
 }
 
 #[test]
@@ -122,10 +109,7 @@ fn descriptor_set_holds_every_service_for_reflection() {
                 .map(move |service| format!("{}.{}", file.package(), service.name()))
         })
         .collect();
-    for expected in [
-        "fintech.payments.v1.PaymentsService",
-        "fintech.tax.v1.TaxService",
-    ] {
+    for expected in ["fintech.payments.v1.PaymentsService", "fintech.tax.v1.TaxService"] {
         assert!(
             services.iter().any(|service| service == expected),
             "{expected} missing from {services:?}"

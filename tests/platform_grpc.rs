@@ -8,9 +8,9 @@ use fintech_platform::telemetry;
 use fintech_tests::{TestDb, kafka_bootstrap, venv_tool};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 struct Running {
     address: String,
@@ -22,7 +22,11 @@ async fn start(db: &TestDb, kafka_bootstrap_servers: String) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address").to_string();
     let shutdown = CancellationToken::new();
-    let readiness = Readiness { pool: db.pool.clone(), kafka_bootstrap_servers, interval: Duration::from_millis(200) };
+    let readiness = Readiness {
+        pool: db.pool.clone(),
+        kafka_bootstrap_servers,
+        interval: Duration::from_millis(200),
+    };
     let server = tokio::spawn(grpc::serve(
         listener,
         tonic::service::Routes::default(),
@@ -30,7 +34,11 @@ async fn start(db: &TestDb, kafka_bootstrap_servers: String) -> Running {
         readiness,
         shutdown.clone(),
     ));
-    Running { address, shutdown, server }
+    Running {
+        address,
+        shutdown,
+        server,
+    }
 }
 
 async fn health(address: &str, service: &str) -> ServingStatus {
@@ -41,7 +49,9 @@ async fn health(address: &str, service: &str) -> ServingStatus {
         .expect("connect");
     let mut client = HealthClient::new(channel);
     let response = client
-        .check(HealthCheckRequest { service: service.to_owned() })
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
         .await
         .expect("health check answers");
     ServingStatus::try_from(response.into_inner().status).expect("known status")
@@ -54,7 +64,10 @@ async fn wait_for_health(address: &str, service: &str, expected: ServingStatus) 
         if status == expected {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "health of {service:?} stayed {status:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health of {service:?} stayed {status:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -78,9 +91,20 @@ async fn health_serves_once_database_and_broker_answer_and_reflection_lists_serv
     .await
     .expect("grpcurl task");
     let listed = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "grpcurl list failed: {}", String::from_utf8_lossy(&output.stderr));
-    for service in ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"] {
-        assert!(listed.lines().any(|line| line == service), "{service} missing from:\n{listed}");
+    assert!(
+        output.status.success(),
+        "grpcurl list failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for service in [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            listed.lines().any(|line| line == service),
+            "{service} missing from:\n{listed}"
+        );
     }
     assert!(
         !listed.contains("fintech.payments.v1.PaymentsService"),
@@ -106,7 +130,10 @@ async fn health_is_not_serving_while_the_broker_is_unreachable() {
     let running = start(&db, dead_broker).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(health(&running.address, "").await, ServingStatus::NotServing);
-    assert_eq!(health(&running.address, "fintech.test.v1.TestService").await, ServingStatus::NotServing);
+    assert_eq!(
+        health(&running.address, "fintech.test.v1.TestService").await,
+        ServingStatus::NotServing
+    );
     running.shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), running.server).await;
 }

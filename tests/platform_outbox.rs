@@ -45,7 +45,9 @@ async fn enqueue_orders(db: &TestDb, topic: &str, keys: usize, versions: i64) {
                 &order(&key, version),
                 chrono::Utc::now(),
             );
-            outbox::enqueue(&mut tx, "/fintech/test", &event).await.expect("enqueue");
+            outbox::enqueue(&mut tx, "/fintech/test", &event)
+                .await
+                .expect("enqueue");
         }
     }
     tx.commit().await.expect("commit");
@@ -58,7 +60,10 @@ async fn wait_for_empty_backlog(db: &TestDb, timeout: Duration) {
         if backlog.unpublished == 0 {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "backlog still {backlog:?} after {timeout:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog still {backlog:?} after {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -75,7 +80,10 @@ async fn round_trip_keeps_key_payload_cloudevents_headers_and_trace_id() {
     let request_span = tracing::info_span!("request");
     telemetry::set_remote_parent(
         &request_span,
-        &telemetry::TraceHeaders { traceparent: Some(format!("00-{TRACE_ID}-00f067aa0ba902b7-01")), tracestate: None },
+        &telemetry::TraceHeaders {
+            traceparent: Some(format!("00-{TRACE_ID}-00f067aa0ba902b7-01")),
+            tracestate: None,
+        },
     );
     let event_id = async {
         let mut tx = db.pool.begin().await.expect("begin");
@@ -87,7 +95,9 @@ async fn round_trip_keeps_key_payload_cloudevents_headers_and_trace_id() {
             &payload,
             chrono::Utc::now(),
         );
-        let id = outbox::enqueue(&mut tx, "/fintech/payments", &event).await.expect("enqueue");
+        let id = outbox::enqueue(&mut tx, "/fintech/payments", &event)
+            .await
+            .expect("enqueue");
         tx.commit().await.expect("commit");
         id
     }
@@ -109,18 +119,37 @@ async fn round_trip_keeps_key_payload_cloudevents_headers_and_trace_id() {
     assert_eq!(records.len(), 1, "the event reached the topic");
     let record = &records[0];
     assert_eq!(record.key(), Some(&b"order-42"[..]));
-    assert_eq!(Order::decode(record.payload().expect("payload")).expect("decodes"), payload);
+    assert_eq!(
+        Order::decode(record.payload().expect("payload")).expect("decodes"),
+        payload
+    );
     assert_eq!(header(record, "ce_id"), Some(event_id.to_string()));
-    assert_eq!(header(record, "ce_type").as_deref(), Some("fintech.payments.v1.order.created"));
+    assert_eq!(
+        header(record, "ce_type").as_deref(),
+        Some("fintech.payments.v1.order.created")
+    );
     assert_eq!(header(record, "ce_source").as_deref(), Some("/fintech/payments"));
     assert_eq!(header(record, "ce_specversion").as_deref(), Some("1.0"));
     assert_eq!(header(record, "content-type").as_deref(), Some("application/protobuf"));
-    assert_eq!(header(record, "ce_dataschema").as_deref(), Some("type.googleapis.com/fintech.payments.v1.Order"));
+    assert_eq!(
+        header(record, "ce_dataschema").as_deref(),
+        Some("type.googleapis.com/fintech.payments.v1.Order")
+    );
     let ce_time = header(record, "ce_time").expect("ce_time");
-    assert!(chrono::DateTime::parse_from_rfc3339(&ce_time).is_ok(), "ce_time is RFC 3339: {ce_time}");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&ce_time).is_ok(),
+        "ce_time is RFC 3339: {ce_time}"
+    );
     let traceparent = header(record, "traceparent").expect("traceparent header");
-    assert_eq!(telemetry::trace_id_of(&traceparent), Some(TRACE_ID), "same trace as the request");
-    assert!(read_extra(&consumer, Duration::from_secs(1)).await.is_empty(), "exactly one record");
+    assert_eq!(
+        telemetry::trace_id_of(&traceparent),
+        Some(TRACE_ID),
+        "same trace as the request"
+    );
+    assert!(
+        read_extra(&consumer, Duration::from_secs(1)).await.is_empty(),
+        "exactly one record"
+    );
 }
 
 #[tokio::test]
@@ -135,7 +164,11 @@ async fn two_relays_publish_every_row_exactly_once_and_in_key_order() {
     let total = keys * versions as usize;
 
     let shutdown = CancellationToken::new();
-    let settings = RelaySettings { batch_size: 7, poll_interval: Duration::from_millis(10), ..RelaySettings::default() };
+    let settings = RelaySettings {
+        batch_size: 7,
+        poll_interval: Duration::from_millis(10),
+        ..RelaySettings::default()
+    };
     let relays: Vec<_> = (0..2)
         .map(|index| {
             let producer = EventProducer::new(&bootstrap, &format!("test-relay-{index}"), Duration::from_secs(10))
@@ -155,17 +188,27 @@ async fn two_relays_publish_every_row_exactly_once_and_in_key_order() {
     records.extend(read_extra(&consumer, Duration::from_secs(2)).await);
     let mut seen = HashSet::new();
     for record in &records {
-        assert!(seen.insert(header(record, "ce_id").expect("ce_id")), "a row was published twice");
+        assert!(
+            seen.insert(header(record, "ce_id").expect("ce_id")),
+            "a row was published twice"
+        );
     }
     assert_eq!(seen.len(), total, "every row published exactly once");
 
     // Records of one key share a partition; read in partition order their versions must ascend.
     let mut last_version: HashMap<Vec<u8>, i64> = HashMap::new();
     for record in &records {
-        let version = Order::decode(record.payload().expect("payload")).expect("decodes").version;
+        let version = Order::decode(record.payload().expect("payload"))
+            .expect("decodes")
+            .version;
         let key = record.key().expect("key").to_vec();
         let previous = last_version.insert(key.clone(), version).unwrap_or(0);
-        assert_eq!(version, previous + 1, "key {:?} out of order", String::from_utf8_lossy(&key));
+        assert_eq!(
+            version,
+            previous + 1,
+            "key {:?} out of order",
+            String::from_utf8_lossy(&key)
+        );
     }
 }
 
@@ -200,10 +243,17 @@ async fn broker_outage_loses_nothing_and_the_relay_resumes_by_itself() {
         if failed > 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the relay never tried while the broker was down");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never tried while the broker was down"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(outbox::backlog(&db.pool).await.expect("backlog").unpublished, 20, "nothing marked while down");
+    assert_eq!(
+        outbox::backlog(&db.pool).await.expect("backlog").unpublished,
+        20,
+        "nothing marked while down"
+    );
 
     broker.resume().await;
     wait_for_empty_backlog(&db, Duration::from_secs(90)).await;

@@ -29,7 +29,7 @@ def probe(host: str, port: int, timeout: float) -> bool:
     except OSError:
         return False
     size, got_id = struct.unpack(">ii", header)
-    return size >= 4 and got_id == correlation_id
+    return bool(size >= 4 and got_id == correlation_id)
 
 
 def main() -> int:

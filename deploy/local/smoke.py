@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 HEADER_KEYS = ("message-id", "content-type", "source")
 
@@ -23,9 +23,9 @@ HEADER_KEYS = ("message-id", "content-type", "source")
 def produce(bootstrap: str, topic: str) -> str:
     message_id = str(uuid.uuid4())
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
-    delivered: list = []
+    delivered: list[tuple[int, int]] = []
 
-    def on_delivery(err, msg):
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             raise SystemExit(f"error: delivery failed: {err}")
         delivered.append((msg.partition(), msg.offset()))

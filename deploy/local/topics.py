@@ -3,6 +3,7 @@
 
 Run with the project venv (scripts/install-tools): .tools/venv/bin/python deploy/local/topics.py
 Bootstrap servers come from KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092). Existing topics are left alone.
+Never "fix" a topic by deleting it: Tansu 0.6.0 (SQLite engine) deletes every topic on any DeleteTopics request.
 """
 
 import os

@@ -23,7 +23,11 @@ fn tansu_binary() -> PathBuf {
     }
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned());
     let installed = PathBuf::from(home).join(".cargo/bin/tansu");
-    if installed.exists() { installed } else { PathBuf::from("tansu") }
+    if installed.exists() {
+        installed
+    } else {
+        PathBuf::from("tansu")
+    }
 }
 
 fn free_port() -> u16 {
@@ -36,7 +40,11 @@ fn free_port() -> u16 {
 impl PrivateBroker {
     /// Starts a broker and waits until it answers.
     pub async fn start() -> Self {
-        let mut broker = Self { port: free_port(), data: tempfile::tempdir().expect("temp dir"), child: None };
+        let mut broker = Self {
+            port: free_port(),
+            data: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
         broker.resume().await;
         broker
     }
@@ -73,7 +81,10 @@ impl PrivateBroker {
         let bootstrap = self.bootstrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !fintech_platform::kafka::broker_reachable(&bootstrap, Duration::from_secs(1)).await {
-            assert!(tokio::time::Instant::now() < deadline, "private broker did not answer within 30s");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "private broker did not answer within 30s"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

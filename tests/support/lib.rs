@@ -7,6 +7,7 @@
 //! parallel without seeing each other.
 
 pub mod broker;
+pub mod payments;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,7 +43,8 @@ pub fn kafka_bootstrap() -> String {
 }
 
 fn admin_database_url() -> String {
-    std::env::var("TEST_ADMIN_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("TEST_ADMIN_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A database created for one test, named `fintech_test_<uuid>`; `scripts/test` drops leftovers.
@@ -70,12 +72,17 @@ impl TestDb {
     pub async fn empty() -> Self {
         let name = format!("fintech_test_{}", uuid::Uuid::new_v4().simple());
         let admin_url = admin_database_url();
-        let mut admin = PgConnection::connect(&admin_url).await.expect("admin connection to PostgreSQL");
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("admin connection to PostgreSQL");
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
             .await
             .expect("create test database");
-        let base = admin_url.rsplit_once('/').map(|(base, _)| base).expect("url has a database");
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .expect("url has a database");
         let url = format!("{base}/{name}");
         let pool = fintech_platform::db::connect(&url, 16, Duration::from_secs(10))
             .await
@@ -102,7 +109,10 @@ pub async fn create_topics(bootstrap: &str, topics: &[&str], partitions: i32) {
         .map(|topic| NewTopic::new(topic, partitions, TopicReplication::Fixed(1)))
         .collect();
     let results = admin
-        .create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            &new_topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .expect("create topics request");
     for result in results {

@@ -90,10 +90,7 @@ pub struct PlatformConfig {
 impl PlatformConfig {
     /// Reads the shared settings from the environment, with `default_port` as the gRPC port.
     pub fn from_env(service_name: &str, default_port: u16) -> Result<Self> {
-        let grpc_listen_addr = env_parse(
-            "GRPC_LISTEN_ADDR",
-            SocketAddr::from(([127, 0, 0, 1], default_port)),
-        )?;
+        let grpc_listen_addr = env_parse("GRPC_LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], default_port)))?;
         let database_url = env_or(
             "DATABASE_URL",
             &format!("postgres://postgres@127.0.0.1:5432/fintech_{service_name}"),

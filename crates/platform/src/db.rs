@@ -37,17 +37,26 @@ pub async fn connect(database_url: &str, max_connections: u32, wait: Duration) -
 
 /// Applies the platform migrations, then the service's own.
 pub async fn migrate(pool: &PgPool, service: &Migrator) -> Result<()> {
-    let mut platform = Migrator { ignore_missing: true, ..clone_migrator(&PLATFORM_MIGRATOR) };
+    let mut platform = Migrator {
+        ignore_missing: true,
+        ..clone_migrator(&PLATFORM_MIGRATOR)
+    };
     platform.set_locking(true);
     platform.run(pool).await?;
-    let service = Migrator { ignore_missing: true, ..clone_migrator(service) };
+    let service = Migrator {
+        ignore_missing: true,
+        ..clone_migrator(service)
+    };
     service.run(pool).await?;
     Ok(())
 }
 
 /// Applies only the platform migrations (for tests of the shared plumbing).
 pub async fn migrate_platform(pool: &PgPool) -> Result<()> {
-    let platform = Migrator { ignore_missing: true, ..clone_migrator(&PLATFORM_MIGRATOR) };
+    let platform = Migrator {
+        ignore_missing: true,
+        ..clone_migrator(&PLATFORM_MIGRATOR)
+    };
     platform.run(pool).await?;
     Ok(())
 }

@@ -1,0 +1,864 @@
+//! Idempotent commands keyed by the `idempotency-key` gRPC metadata entry.
+//!
+//! A client that may retry a command (after a timeout, a dropped connection, a crash) sends the
+//! same `idempotency-key` with every attempt. The service runs the command at most once per
+//! `(scope, key)` and answers every attempt with the response of the one that committed.
+//!
+//! # Protocol
+//!
+//! PostgreSQL is the authority. [`IdempotencyStore::execute`] (or [`IdempotencyStore::claim`] and
+//! [`IdempotencyStore::complete`] inside a transaction the caller runs) does, in **one
+//! transaction with the business change**:
+//!
+//! 1. `INSERT` a placeholder row into `idempotency_keys` (primary key `(scope, idempotency_key)`)
+//!    with `ON CONFLICT DO NOTHING`, under a `lock_timeout` of `lock_wait`;
+//! 2. run the command;
+//! 3. store the encoded response in that row, and commit.
+//!
+//! A duplicate that arrives while the first attempt runs blocks on the primary key until the first
+//! transaction ends: if it committed, the duplicate reads the committed row (same request
+//! fingerprint: the stored response is returned; another request: rejected); if it rolled back,
+//! the duplicate's insert succeeds and it runs the command itself.
+//!
+//! # Guarantees
+//!
+//! - **At most one committed execution per `(scope, key)`**: the row and the business change
+//!   commit together or not at all, and the primary key admits one row.
+//! - **Every retry gets the same response**: the bytes stored at commit, decoded again.
+//! - **A failed command leaves no trace**: its transaction rolls back with the placeholder, so a
+//!   retry runs the command again. This includes business rejections (`INVALID_ARGUMENT`,
+//!   `FAILED_PRECONDITION`, …) returned by the command: they are not replayed.
+//! - **Reusing a key for another request is rejected** with `FAILED_PRECONDITION` naming the key;
+//!   nothing runs.
+//! - **A retry while the first attempt still runs** waits up to `lock_wait`, then gets `ABORTED`
+//!   ("still being processed; retry"); nothing runs.
+//! - An ambiguous commit (the connection drops while `COMMIT` is in flight) reaches the client as
+//!   `UNAVAILABLE`; its retry replays the stored response if the commit happened.
+//!
+//! # Failure modes and limits
+//!
+//! - Only effects inside the transaction are covered. A command that calls another service or
+//!   publishes to Kafka directly is not made idempotent by this module: write such effects to the
+//!   [outbox](crate::outbox) in the same transaction.
+//! - A key is remembered until [`purge_older_than`] removes its row; a retry after that runs the
+//!   command again. Keep retention longer than any client retries (and at least the Redis cache
+//!   TTL, 24 h by default).
+//! - Keys are per `scope`, not per caller. Two callers who pick the same key for the same scope
+//!   collide (the second is rejected or replayed). When keys are not globally unique (UUIDs),
+//!   put the caller's identity in the scope.
+//! - The fingerprint is the SHA-256 of the request as prost encodes it. prost encodes a message
+//!   the same way every time except `map` fields held in a `HashMap` (iteration order varies per
+//!   process): generate such fields as `BTreeMap` before using them in an idempotent command.
+//!   Unknown fields are dropped by the decode, so they do not count.
+//! - The claim relies on READ COMMITTED (PostgreSQL's default, what [`IdempotencyStore::execute`]
+//!   uses): under REPEATABLE READ a duplicate fails with a serialization error instead of seeing
+//!   the committed row.
+//! - A waiting duplicate holds a pooled connection for up to `lock_wait`; a burst of duplicates of
+//!   a slow command can exhaust the pool (then `UNAVAILABLE`). The Redis marker below avoids that.
+//!
+//! # Redis fast path (optional)
+//!
+//! With a Redis URL, [`IdempotencyStore::execute`] also:
+//!
+//! - caches `(fingerprint, response)` under `idem:{scope}:{key}` for 24 h after the commit, and
+//!   checks it first: a hit replays (or rejects a different request) without a PostgreSQL
+//!   transaction;
+//! - takes an in-flight marker `idem-lock:{scope}:{key}` (`SET NX PX`) before the PostgreSQL path,
+//!   so concurrent duplicates poll the cache in Redis instead of holding pooled connections. A
+//!   duplicate polls for at most `lock_wait`, and stops as soon as the marker is gone (the first
+//!   attempt failed or the marker expired); then it takes the PostgreSQL path, which decides. So a
+//!   duplicate of a slow command waits up to twice `lock_wait` before `ABORTED`. A marker left by
+//!   a crashed or cancelled attempt only delays duplicates (by at most `lock_wait` each) until it
+//!   expires after `in_flight_ttl` (30 s by default).
+//!
+//! Redis only ever answers with responses that PostgreSQL committed, and never with an error of
+//! its own: every Redis error is logged and the request continues on PostgreSQL, and after a
+//! failed connection attempt Redis is skipped for a second. Flushing Redis, losing it or pointing
+//! at a wrong host costs latency, never correctness. Scopes that contain `:` skip Redis so that
+//! `idem:{scope}:{key}` stays unambiguous (gRPC method paths never contain one).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use fintech_platform::idempotency::{IdempotencyStore, key_from_metadata};
+//! use fintech_proto::payments::{CreateOrderRequest, CreateOrderResponse};
+//! use sqlx::PgPool;
+//! use tonic::{Request, Response, Status};
+//!
+//! async fn create_order(
+//!     store: &IdempotencyStore,
+//!     pool: &PgPool,
+//!     request: Request<CreateOrderRequest>,
+//! ) -> Result<Response<CreateOrderResponse>, Status> {
+//!     let key = key_from_metadata(request.metadata())?;
+//!     let request = request.into_inner();
+//!     let scope = "/fintech.payments.v1.PaymentsService/CreateOrder";
+//!     let response = store
+//!         .execute(pool, scope, key, &request, async |conn| {
+//!             let order_id = uuid::Uuid::new_v4();
+//!             sqlx::query("INSERT INTO orders (order_id, customer_id) VALUES ($1, $2)")
+//!                 .bind(order_id)
+//!                 .bind(&request.customer_id)
+//!                 .execute(&mut *conn)
+//!                 .await
+//!                 .map_err(|error| Status::internal(error.to_string()))?;
+//!             Ok(CreateOrderResponse::default())
+//!         })
+//!         .await?;
+//!     Ok(Response::new(response))
+//! }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use redis::aio::MultiplexedConnection;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::db::{self, LOCK_NOT_AVAILABLE, SERIALIZATION_FAILURE};
+
+/// The gRPC metadata entry that carries the key.
+pub const METADATA_KEY: &str = "idempotency-key";
+/// Longest accepted key, in characters.
+pub const MAX_KEY_LEN: usize = 128;
+/// How long a duplicate waits for the first attempt before `ABORTED`, unless configured.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How long Redis keeps a committed response, unless configured.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long the Redis in-flight marker lives if its owner never removes it, unless configured.
+pub const DEFAULT_IN_FLIGHT_TTL: Duration = Duration::from_secs(30);
+
+/// Connect and response timeout of every Redis call: the fast path must stay fast or be skipped.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// After a failed Redis connection attempt, skip Redis this long instead of paying the timeout on
+/// every request.
+const REDIS_RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+/// Bounds of the interval at which a duplicate polls Redis for the first attempt's response.
+const POLL_MIN: Duration = Duration::from_millis(10);
+const POLL_MAX: Duration = Duration::from_millis(100);
+/// Rows one `DELETE` of [`purge_older_than`] removes, so a purge never holds many locks at once.
+const PURGE_BATCH: i64 = 10_000;
+/// Length of a [`fingerprint`] (hex SHA-256); the Redis cache value starts with one.
+const FINGERPRINT_LEN: usize = 64;
+
+const INSERT_PLACEHOLDER: &str = "INSERT INTO idempotency_keys (scope, idempotency_key, request_fingerprint, response) \
+     VALUES ($1, $2, $3, '\\x'::bytea) ON CONFLICT (scope, idempotency_key) DO NOTHING";
+const SELECT_STORED: &str =
+    "SELECT request_fingerprint, response FROM idempotency_keys WHERE scope = $1 AND idempotency_key = $2";
+const STORE_RESPONSE: &str = "UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND idempotency_key = $2";
+const PURGE: &str = "DELETE FROM idempotency_keys WHERE (scope, idempotency_key) IN ( \
+         SELECT scope, idempotency_key FROM idempotency_keys \
+         WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)";
+/// Deletes the in-flight marker only if it is still ours (it may have expired and been retaken).
+const RELEASE_MARKER: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/// A validated idempotency key: 1 to 128 visible ASCII characters (`!` to `~`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Validates `value` as a key.
+    pub fn parse(value: &str) -> Result<Self, InvalidIdempotencyKey> {
+        if value.is_empty() {
+            return Err(InvalidIdempotencyKey::Empty);
+        }
+        if value.len() > MAX_KEY_LEN {
+            return Err(InvalidIdempotencyKey::TooLong);
+        }
+        if !value.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(InvalidIdempotencyKey::NotVisibleAscii);
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The key as sent by the client.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for IdempotencyKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a string is not a valid [`IdempotencyKey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidIdempotencyKey {
+    /// The key is empty.
+    #[error("must not be empty")]
+    Empty,
+    /// The key is longer than [`MAX_KEY_LEN`].
+    #[error("must be at most {} characters", MAX_KEY_LEN)]
+    TooLong,
+    /// The key holds a space, a control character or a non-ASCII byte.
+    #[error("must contain only visible ASCII characters ('!' to '~')")]
+    NotVisibleAscii,
+}
+
+/// Reads the `idempotency-key` metadata entry: `None` when absent, `INVALID_ARGUMENT` with a
+/// `google.rpc.BadRequest` violation on field `idempotency-key` when sent but invalid (or sent
+/// more than once).
+pub fn key_from_metadata(metadata: &MetadataMap) -> Result<Option<IdempotencyKey>, Status> {
+    let mut values = metadata.get_all(METADATA_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(invalid_key_status("must be sent at most once"));
+    }
+    let text = std::str::from_utf8(value.as_encoded_bytes())
+        .map_err(|_| invalid_key_status(&InvalidIdempotencyKey::NotVisibleAscii.to_string()))?;
+    IdempotencyKey::parse(text)
+        .map(Some)
+        .map_err(|error| invalid_key_status(&error.to_string()))
+}
+
+fn invalid_key_status(reason: &str) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid {METADATA_KEY} metadata: {reason}"),
+        ErrorDetails::with_bad_request_violation(METADATA_KEY, reason),
+    )
+}
+
+/// The request's fingerprint: lowercase hex SHA-256 of its protobuf encoding.
+pub fn fingerprint(request: &impl Message) -> String {
+    hex::encode(Sha256::digest(request.encode_to_vec()))
+}
+
+/// Outcome of [`IdempotencyStore::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// First attempt: run the command, then [`IdempotencyStore::complete`] in the same
+    /// transaction.
+    New,
+    /// Committed earlier with the same request: return this encoded response, run nothing.
+    Replay(Vec<u8>),
+}
+
+/// Errors of the idempotency protocol. `impl From<IdempotencyError> for Status` maps them.
+#[derive(Debug, thiserror::Error)]
+pub enum IdempotencyError {
+    /// The key was already used in this scope with a different request.
+    #[error("idempotency key {key:?} was already used with a different request")]
+    Conflict {
+        /// The reused key.
+        key: IdempotencyKey,
+    },
+    /// Another attempt with this key still runs (or holds its row lock) after `lock_wait`.
+    #[error("a request with idempotency key {key:?} is still being processed")]
+    InProgress {
+        /// The key being processed.
+        key: IdempotencyKey,
+    },
+    /// [`IdempotencyStore::complete`] found no row: `claim` did not return `New` in this
+    /// transaction (a bug in the caller).
+    #[error("idempotency key {key:?} was not claimed in this transaction")]
+    NotClaimed {
+        /// The key that was not claimed.
+        key: IdempotencyKey,
+    },
+    /// PostgreSQL failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<IdempotencyError> for Status {
+    fn from(error: IdempotencyError) -> Self {
+        match error {
+            IdempotencyError::Conflict { key } => {
+                let message = format!("idempotency key \"{key}\" was already used with a different request");
+                Status::with_error_details(
+                    Code::FailedPrecondition,
+                    message.clone(),
+                    ErrorDetails::with_precondition_failure_violation("IDEMPOTENCY_KEY_REUSED", METADATA_KEY, message),
+                )
+            }
+            IdempotencyError::InProgress { .. } => {
+                Status::aborted("a request with this idempotency key is still being processed; retry")
+            }
+            IdempotencyError::NotClaimed { key } => {
+                tracing::error!(key = %key, "idempotency response stored without a claim");
+                Status::internal("internal error")
+            }
+            IdempotencyError::Database(error) => database_status(&error, "idempotency storage failed"),
+        }
+    }
+}
+
+/// Maps a database error to a status, logging the details that are not sent.
+fn database_status(error: &sqlx::Error, context: &'static str) -> Status {
+    tracing::error!(%error, context, "database error in an idempotent command");
+    let sqlstate = db::sqlstate(error);
+    match (error, sqlstate.as_deref()) {
+        (
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed,
+            _,
+        ) => Status::unavailable("the database is unavailable; retry"),
+        // connection exceptions (08xxx), shutdowns and crashes (57P0x)
+        (_, Some(code)) if code.starts_with("08") || code.starts_with("57P0") => {
+            Status::unavailable("the database is unavailable; retry")
+        }
+        (_, Some(code)) if code == SERIALIZATION_FAILURE || code == "40P01" => {
+            Status::aborted("the request conflicted with a concurrent one; retry")
+        }
+        _ => Status::internal("internal error"),
+    }
+}
+
+/// Runs commands at most once per `(scope, idempotency key)`; see the [module](self) docs.
+///
+/// Cheap to clone: clones share the Redis connection.
+#[derive(Clone, Debug)]
+pub struct IdempotencyStore {
+    /// How long a duplicate waits for the first attempt before `ABORTED`.
+    lock_wait: Duration,
+    /// The optional fast path; `None` without a Redis URL.
+    redis: Option<RedisCache>,
+}
+
+impl IdempotencyStore {
+    /// A store with the optional Redis fast path at `redis_url` (e.g. `redis://127.0.0.1:6379`).
+    /// Only an unparsable URL fails; an unreachable Redis is skipped at run time.
+    pub fn new(redis_url: Option<&str>) -> crate::Result<Self> {
+        let redis = match redis_url {
+            Some(url) => Some(RedisCache {
+                client: redis::Client::open(url)?,
+                connection: Arc::new(tokio::sync::Mutex::new(RedisConnection::default())),
+                cache_ttl: DEFAULT_CACHE_TTL,
+                in_flight_ttl: DEFAULT_IN_FLIGHT_TTL,
+            }),
+            None => None,
+        };
+        Ok(Self {
+            lock_wait: DEFAULT_LOCK_WAIT,
+            redis,
+        })
+    }
+
+    /// Sets how long a duplicate waits for the first attempt before `ABORTED` (at least 1 ms:
+    /// PostgreSQL reads a `lock_timeout` of 0 as "wait forever").
+    #[must_use]
+    pub fn with_lock_wait(mut self, lock_wait: Duration) -> Self {
+        // PostgreSQL's lock_timeout is an i32 of milliseconds.
+        let longest = Duration::from_millis(i32::MAX.unsigned_abs().into());
+        self.lock_wait = lock_wait.clamp(Duration::from_millis(1), longest);
+        self
+    }
+
+    /// Sets how long Redis keeps a committed response (no effect without Redis).
+    #[must_use]
+    pub fn with_cache_ttl(mut self, cache_ttl: Duration) -> Self {
+        if let Some(redis) = &mut self.redis {
+            redis.cache_ttl = cache_ttl.max(Duration::from_millis(1));
+        }
+        self
+    }
+
+    /// Sets how long an abandoned Redis in-flight marker lives (no effect without Redis).
+    #[must_use]
+    pub fn with_in_flight_ttl(mut self, in_flight_ttl: Duration) -> Self {
+        if let Some(redis) = &mut self.redis {
+            redis.in_flight_ttl = in_flight_ttl.max(Duration::from_millis(1));
+        }
+        self
+    }
+
+    /// How long a duplicate waits for the first attempt.
+    pub fn lock_wait(&self) -> Duration {
+        self.lock_wait
+    }
+
+    /// Claims `(scope, key)` inside the caller's open transaction (READ COMMITTED).
+    ///
+    /// Waits up to `lock_wait` for a concurrent attempt with the same key to end. On `New`, run
+    /// the command and call [`complete`](Self::complete) before committing. On `Err`, roll back
+    /// (after `InProgress` or a database error the transaction is aborted anyway).
+    #[tracing::instrument(name = "idempotency.claim", skip_all, fields(scope = %scope, key = %key))]
+    pub async fn claim(
+        &self,
+        conn: &mut PgConnection,
+        scope: &str,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+    ) -> Result<Claim, IdempotencyError> {
+        // Set for the claim only and restored after it, so the command's own statements keep the
+        // session's lock_timeout.
+        let previous_lock_timeout: String = sqlx::query_scalar("SELECT current_setting('lock_timeout')")
+            .fetch_one(&mut *conn)
+            .await?;
+        set_local_lock_timeout(conn, &format!("{}ms", self.lock_wait.as_millis())).await?;
+        let claim = claim_row(conn, scope, key, fingerprint).await?;
+        set_local_lock_timeout(conn, &previous_lock_timeout).await?;
+        claim
+    }
+
+    /// Stores the encoded response of a claimed key, in the same transaction as the claim and
+    /// the business change, before the commit.
+    #[tracing::instrument(name = "idempotency.complete", skip_all, fields(scope = %scope, key = %key))]
+    pub async fn complete(
+        &self,
+        conn: &mut PgConnection,
+        scope: &str,
+        key: &IdempotencyKey,
+        response: &[u8],
+    ) -> Result<(), IdempotencyError> {
+        let updated = sqlx::query(STORE_RESPONSE)
+            .bind(scope)
+            .bind(key.as_str())
+            .bind(response)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        if updated != 1 {
+            return Err(IdempotencyError::NotClaimed { key: key.clone() });
+        }
+        Ok(())
+    }
+
+    /// Runs `body` in a new transaction, at most once per `(scope, key)` when a key is given.
+    ///
+    /// `body` gets the open transaction's connection; its effects commit together with the
+    /// stored response. A retry with the same request gets the stored response without running
+    /// `body`; see the [module](self) docs for the errors. Without a key, `body` simply runs in a
+    /// transaction.
+    ///
+    /// `body` is an async closure (`async |conn| { … }`, see the [module](self) example): unlike a
+    /// closure returning a boxed future, it may borrow both the connection and its surroundings.
+    #[tracing::instrument(
+        name = "idempotency.execute",
+        skip_all,
+        fields(scope = %scope, key = key.as_ref().map(IdempotencyKey::as_str))
+    )]
+    pub async fn execute<Req, Resp, F>(
+        &self,
+        pool: &PgPool,
+        scope: &str,
+        key: Option<IdempotencyKey>,
+        request: &Req,
+        body: F,
+    ) -> Result<Resp, Status>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        F: AsyncFnOnce(&mut PgConnection) -> Result<Resp, Status>,
+    {
+        let Some(key) = key else {
+            let mut transaction = pool.begin().await.map_err(|error| database_status(&error, "begin"))?;
+            let response = body(&mut *transaction).await?;
+            transaction
+                .commit()
+                .await
+                .map_err(|error| database_status(&error, "commit"))?;
+            return Ok(response);
+        };
+        let fingerprint = fingerprint(request);
+        let redis = self.redis.as_ref().filter(|_| !scope.contains(':'));
+        let Some(redis) = redis else {
+            return self
+                .execute_in_postgres(pool, scope, &key, &fingerprint, body)
+                .await
+                .map(|(response, _)| response);
+        };
+
+        let cache_key = format!("idem:{scope}:{key}");
+        let marker_key = format!("idem-lock:{scope}:{key}");
+        if let Some(cached) = redis.lookup(&cache_key, &fingerprint).await {
+            return replay_cached(cached, &key);
+        }
+        let marker = uuid::Uuid::new_v4().to_string();
+        let owns_marker = match redis.mark_in_flight(&marker_key, &marker).await {
+            Some(true) => true,
+            Some(false) => {
+                let deadline = Instant::now() + self.lock_wait;
+                if let Some(cached) = redis
+                    .wait_for_response(&cache_key, &marker_key, &fingerprint, deadline)
+                    .await
+                {
+                    return replay_cached(cached, &key);
+                }
+                false
+            }
+            None => false,
+        };
+        let outcome = self.execute_in_postgres(pool, scope, &key, &fingerprint, body).await;
+        if let Ok((_, encoded)) = &outcome {
+            redis.store(&cache_key, &fingerprint, encoded).await;
+        }
+        if owns_marker {
+            redis.release(&marker_key, &marker).await;
+        }
+        outcome.map(|(response, _)| response)
+    }
+
+    /// The authoritative path: claim, run, complete and commit in one transaction. Returns the
+    /// response and its encoding (for the cache).
+    async fn execute_in_postgres<Resp, F>(
+        &self,
+        pool: &PgPool,
+        scope: &str,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        body: F,
+    ) -> Result<(Resp, Vec<u8>), Status>
+    where
+        Resp: Message + Default,
+        F: AsyncFnOnce(&mut PgConnection) -> Result<Resp, Status>,
+    {
+        let mut transaction = pool.begin().await.map_err(|error| database_status(&error, "begin"))?;
+        match self.claim(&mut transaction, scope, key, fingerprint).await {
+            Ok(Claim::New) => {}
+            Ok(Claim::Replay(encoded)) => {
+                rollback(transaction).await;
+                let response = decode_stored(&encoded, key)?;
+                return Ok((response, encoded));
+            }
+            Err(error) => {
+                rollback(transaction).await;
+                return Err(error.into());
+            }
+        }
+        let response = match body(&mut *transaction).await {
+            Ok(response) => response,
+            Err(status) => {
+                // Promptly, so that duplicates blocked on our row run the command themselves.
+                rollback(transaction).await;
+                return Err(status);
+            }
+        };
+        let encoded = response.encode_to_vec();
+        if let Err(error) = self.complete(&mut transaction, scope, key, &encoded).await {
+            rollback(transaction).await;
+            return Err(error.into());
+        }
+        transaction
+            .commit()
+            .await
+            .map_err(|error| database_status(&error, "commit"))?;
+        Ok((response, encoded))
+    }
+}
+
+async fn set_local_lock_timeout(conn: &mut PgConnection, value: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(value)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Inserts the placeholder or reads the committed row, under the caller's lock_timeout. Returns
+/// the outer `Err` when the transaction is aborted, the inner one when it is still usable.
+async fn claim_row(
+    conn: &mut PgConnection,
+    scope: &str,
+    key: &IdempotencyKey,
+    fingerprint: &str,
+) -> Result<Result<Claim, IdempotencyError>, IdempotencyError> {
+    // A second round only when the row we conflicted with was purged before we could read it.
+    for _ in 0..3 {
+        let inserted = sqlx::query(INSERT_PLACEHOLDER)
+            .bind(scope)
+            .bind(key.as_str())
+            .bind(fingerprint)
+            .execute(&mut *conn)
+            .await;
+        match inserted {
+            Ok(result) if result.rows_affected() == 1 => return Ok(Ok(Claim::New)),
+            Ok(_) => {}
+            Err(error) if db::sqlstate(&error).as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+                return Err(IdempotencyError::InProgress { key: key.clone() });
+            }
+            Err(error) => return Err(error.into()),
+        }
+        let stored: Option<(String, Vec<u8>)> = sqlx::query_as(SELECT_STORED)
+            .bind(scope)
+            .bind(key.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+        match stored {
+            Some((stored_fingerprint, response)) if stored_fingerprint == fingerprint => {
+                return Ok(Ok(Claim::Replay(response)));
+            }
+            Some(_) => return Ok(Err(IdempotencyError::Conflict { key: key.clone() })),
+            None => continue,
+        }
+    }
+    Ok(Err(IdempotencyError::InProgress { key: key.clone() }))
+}
+
+async fn rollback(transaction: sqlx::Transaction<'static, sqlx::Postgres>) {
+    if let Err(error) = transaction.rollback().await {
+        // The pool discards or resets the connection; nothing was committed either way.
+        tracing::warn!(%error, "rollback of an idempotent command failed");
+    }
+}
+
+fn decode_stored<Resp: Message + Default>(encoded: &[u8], key: &IdempotencyKey) -> Result<Resp, Status> {
+    Resp::decode(encoded).map_err(|error| {
+        tracing::error!(%error, key = %key, "stored idempotent response does not decode");
+        Status::internal("internal error")
+    })
+}
+
+fn replay_cached<Resp: Message + Default>(cached: Cached, key: &IdempotencyKey) -> Result<Resp, Status> {
+    match cached {
+        Cached::Response(encoded) => decode_stored(&encoded, key),
+        Cached::Conflict => Err(IdempotencyError::Conflict { key: key.clone() }.into()),
+    }
+}
+
+/// Removes keys created more than `age` ago, in batches; returns how many. A retry with a removed
+/// key runs its command again, so keep `age` above the longest client retry horizon.
+#[tracing::instrument(name = "idempotency.purge", skip(pool))]
+pub async fn purge_older_than(pool: &PgPool, age: Duration) -> crate::Result<u64> {
+    let mut purged = 0;
+    loop {
+        let deleted = sqlx::query(PURGE)
+            .bind(age.as_secs_f64())
+            .bind(PURGE_BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        purged += deleted;
+        if deleted < PURGE_BATCH.unsigned_abs() {
+            tracing::debug!(purged, "purged idempotency keys");
+            return Ok(purged);
+        }
+    }
+}
+
+/// What the Redis cache holds for a key (committed in PostgreSQL before it was cached).
+#[derive(Debug)]
+enum Cached {
+    /// The same request committed this encoded response.
+    Response(Vec<u8>),
+    /// Another request committed under this key.
+    Conflict,
+}
+
+/// The optional Redis fast path. Every method swallows Redis errors (logged) and reports "nothing
+/// known", so callers fall back to PostgreSQL.
+#[derive(Clone)]
+struct RedisCache {
+    client: redis::Client,
+    /// Shared by clones; the multiplexed connection is replaced after an error.
+    connection: Arc<tokio::sync::Mutex<RedisConnection>>,
+    cache_ttl: Duration,
+    in_flight_ttl: Duration,
+}
+
+#[derive(Default)]
+struct RedisConnection {
+    current: Option<MultiplexedConnection>,
+    /// No connection attempt before this instant (after a failed one).
+    retry_after: Option<Instant>,
+}
+
+impl fmt::Debug for RedisCache {
+    // The connection info may hold a password: print the address only.
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("RedisCache")
+            .field("addr", &self.client.get_connection_info().addr.to_string())
+            .field("cache_ttl", &self.cache_ttl)
+            .field("in_flight_ttl", &self.in_flight_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisCache {
+    async fn connection(&self) -> Option<MultiplexedConnection> {
+        let mut state = self.connection.lock().await;
+        if let Some(connection) = &state.current {
+            return Some(connection.clone());
+        }
+        if state
+            .retry_after
+            .is_some_and(|retry_after| Instant::now() < retry_after)
+        {
+            return None;
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(REDIS_TIMEOUT)
+            .set_response_timeout(REDIS_TIMEOUT);
+        match self.client.get_multiplexed_async_connection_with_config(&config).await {
+            Ok(connection) => {
+                state.current = Some(connection.clone());
+                state.retry_after = None;
+                Some(connection)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "redis unreachable, idempotency falls back to postgresql");
+                state.retry_after = Some(Instant::now() + REDIS_RECONNECT_BACKOFF);
+                None
+            }
+        }
+    }
+
+    /// Runs one command; `None` when Redis is unavailable or failed.
+    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd, what: &'static str) -> Option<T> {
+        let mut connection = self.connection().await?;
+        match command.query_async(&mut connection).await {
+            Ok(value) => Some(value),
+            Err(error) => {
+                tracing::warn!(%error, what, "redis command failed, idempotency falls back to postgresql");
+                // A fresh connection on the next call; cheap, and a broken one never heals.
+                self.connection.lock().await.current = None;
+                None
+            }
+        }
+    }
+
+    async fn lookup(&self, cache_key: &str, fingerprint: &str) -> Option<Cached> {
+        let value: Option<Vec<u8>> = self
+            .query(redis::cmd("GET").arg(cache_key), "get cached response")
+            .await?;
+        parse_cached(value?, fingerprint)
+    }
+
+    /// `Some(true)` when we took the marker, `Some(false)` when another attempt holds it.
+    async fn mark_in_flight(&self, marker_key: &str, marker: &str) -> Option<bool> {
+        let mut command = redis::cmd("SET");
+        command
+            .arg(marker_key)
+            .arg(marker)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(self.in_flight_ttl));
+        let reply: Option<String> = self.query(&command, "set in-flight marker").await?;
+        Some(reply.is_some())
+    }
+
+    /// Polls until the response is cached, the marker is gone or `deadline` passes.
+    async fn wait_for_response(
+        &self,
+        cache_key: &str,
+        marker_key: &str,
+        fingerprint: &str,
+        deadline: Instant,
+    ) -> Option<Cached> {
+        let mut interval = POLL_MIN;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return None;
+            }
+            tokio::time::sleep(interval.min(remaining)).await;
+            interval = (interval * 2).min(POLL_MAX);
+            let mut command = redis::cmd("MGET");
+            command.arg(cache_key).arg(marker_key);
+            let (cached, marker): (Option<Vec<u8>>, Option<Vec<u8>>) =
+                self.query(&command, "poll cached response").await?;
+            if let Some(cached) = cached {
+                return parse_cached(cached, fingerprint);
+            }
+            if marker.is_none() {
+                // The first attempt failed (or its marker expired): PostgreSQL decides.
+                return None;
+            }
+        }
+    }
+
+    async fn store(&self, cache_key: &str, fingerprint: &str, encoded: &[u8]) {
+        let mut value = Vec::with_capacity(FINGERPRINT_LEN + encoded.len());
+        value.extend_from_slice(fingerprint.as_bytes());
+        value.extend_from_slice(encoded);
+        let mut command = redis::cmd("SET");
+        command.arg(cache_key).arg(value).arg("PX").arg(millis(self.cache_ttl));
+        let _: Option<()> = self.query(&command, "cache response").await;
+    }
+
+    async fn release(&self, marker_key: &str, marker: &str) {
+        let mut command = redis::cmd("EVAL");
+        command.arg(RELEASE_MARKER).arg(1).arg(marker_key).arg(marker);
+        let _: Option<i64> = self.query(&command, "release in-flight marker").await;
+    }
+}
+
+/// A cached value is the 64-character fingerprint followed by the encoded response.
+fn parse_cached(mut value: Vec<u8>, fingerprint: &str) -> Option<Cached> {
+    if value.len() < FINGERPRINT_LEN {
+        tracing::warn!(len = value.len(), "malformed cached idempotent response ignored");
+        return None;
+    }
+    if &value[..FINGERPRINT_LEN] != fingerprint.as_bytes() {
+        return Some(Cached::Conflict);
+    }
+    Some(Cached::Response(value.split_off(FINGERPRINT_LEN)))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_one_to_128_visible_ascii_characters() {
+        assert!(IdempotencyKey::parse("a").is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(MAX_KEY_LEN)).is_ok());
+        assert!(IdempotencyKey::parse("order-42:retry/1~!").is_ok());
+        assert_eq!(IdempotencyKey::parse(""), Err(InvalidIdempotencyKey::Empty));
+        assert_eq!(
+            IdempotencyKey::parse(&"k".repeat(MAX_KEY_LEN + 1)),
+            Err(InvalidIdempotencyKey::TooLong)
+        );
+        for bad in ["a b", "a\tb", "caf\u{e9}", "\u{7f}"] {
+            assert_eq!(
+                IdempotencyKey::parse(bad),
+                Err(InvalidIdempotencyKey::NotVisibleAscii),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fingerprints_are_hex_sha256_of_the_encoding() {
+        let request = prost_types::Timestamp { seconds: 1, nanos: 2 };
+        let print = fingerprint(&request);
+        assert_eq!(print.len(), FINGERPRINT_LEN);
+        assert_eq!(print, fingerprint(&request.clone()));
+        assert_ne!(print, fingerprint(&prost_types::Timestamp { seconds: 1, nanos: 3 }));
+        assert_eq!(
+            fingerprint(&prost_types::Timestamp::default()),
+            // sha256 of the empty string: a default message encodes to nothing
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn cached_values_compare_the_fingerprint() {
+        let print = "a".repeat(FINGERPRINT_LEN);
+        let mut value = print.clone().into_bytes();
+        value.extend_from_slice(b"resp");
+        assert!(matches!(parse_cached(value.clone(), &print), Some(Cached::Response(r)) if r == b"resp"));
+        assert!(matches!(
+            parse_cached(value, &"b".repeat(FINGERPRINT_LEN)),
+            Some(Cached::Conflict)
+        ));
+        assert!(parse_cached(b"short".to_vec(), &print).is_none());
+    }
+}

@@ -143,7 +143,11 @@ pub struct RelaySettings {
 
 impl Default for RelaySettings {
     fn default() -> Self {
-        Self { batch_size: 256, poll_interval: Duration::from_millis(100), max_backoff: Duration::from_secs(10) }
+        Self {
+            batch_size: 256,
+            poll_interval: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
     }
 }
 
@@ -180,7 +184,11 @@ struct ClaimedRow {
 impl OutboxRelay {
     /// A relay over `pool` publishing through `producer`.
     pub fn new(pool: PgPool, producer: EventProducer, settings: RelaySettings) -> Self {
-        Self { pool, producer, settings }
+        Self {
+            pool,
+            producer,
+            settings,
+        }
     }
 
     /// Runs rounds until `shutdown` fires; backs off while the broker or the database fails.
@@ -200,7 +208,11 @@ impl OutboxRelay {
                     self.settings.poll_interval
                 }
                 Ok(outcome) => {
-                    tracing::warn!(failed = outcome.failed, backoff_ms = backoff.as_millis() as u64, "outbox publish failed, backing off");
+                    tracing::warn!(
+                        failed = outcome.failed,
+                        backoff_ms = backoff.as_millis() as u64,
+                        "outbox publish failed, backing off"
+                    );
                     next_backoff(&mut backoff, self.settings.max_backoff)
                 }
                 Err(error) => {
@@ -253,7 +265,10 @@ impl OutboxRelay {
                     event_source: row.try_get("event_source")?,
                     payload_type: row.try_get("payload_type")?,
                     payload: row.try_get("payload")?,
-                    trace: TraceHeaders { traceparent: row.try_get("traceparent")?, tracestate: row.try_get("tracestate")? },
+                    trace: TraceHeaders {
+                        traceparent: row.try_get("traceparent")?,
+                        tracestate: row.try_get("tracestate")?,
+                    },
                     occurred_at: row.try_get("occurred_at")?,
                 })
             })
@@ -271,10 +286,12 @@ impl OutboxRelay {
             }
         }
         if !published.is_empty() {
-            sqlx::query("UPDATE outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)")
-                .bind(&published)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)",
+            )
+            .bind(&published)
+            .execute(&mut *tx)
+            .await?;
         }
         for (id, error) in &failed {
             sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
@@ -284,7 +301,10 @@ impl OutboxRelay {
                 .await?;
         }
         tx.commit().await?;
-        Ok(RoundOutcome { published: published.len(), failed: failed.len() })
+        Ok(RoundOutcome {
+            published: published.len(),
+            failed: failed.len(),
+        })
     }
 
     async fn publish(&self, row: &ClaimedRow) -> Result<()> {
@@ -334,7 +354,9 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let mut backoff = Duration::from_millis(100);
-        let waits: Vec<_> = (0..6).map(|_| next_backoff(&mut backoff, Duration::from_millis(1000))).collect();
+        let waits: Vec<_> = (0..6)
+            .map(|_| next_backoff(&mut backoff, Duration::from_millis(1000)))
+            .collect();
         assert_eq!(
             waits,
             [100, 200, 400, 800, 1000, 1000].map(Duration::from_millis).to_vec()

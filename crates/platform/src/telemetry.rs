@@ -54,8 +54,10 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard> {
     let provider = builder.build();
     let tracer = provider.tracer(service_name.to_owned());
 
-    let filter = EnvFilter::try_new(env_or("RUST_LOG", "info"))
-        .map_err(|error| Error::Config { variable: "RUST_LOG".to_owned(), reason: error.to_string() })?;
+    let filter = EnvFilter::try_new(env_or("RUST_LOG", "info")).map_err(|error| Error::Config {
+        variable: "RUST_LOG".to_owned(),
+        reason: error.to_string(),
+    })?;
     let format = env_or("LOG_FORMAT", "text");
     let fmt_layer = match format.as_str() {
         "json" => tracing_subscriber::fmt::layer().json().with_current_span(true).boxed(),
@@ -75,7 +77,9 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard> {
         .is_ok();
     if installed {
         opentelemetry::global::set_tracer_provider(provider.clone());
-        Ok(TelemetryGuard { provider: Some(provider) })
+        Ok(TelemetryGuard {
+            provider: Some(provider),
+        })
     } else {
         // Another subscriber (an earlier init in this process) stays in charge.
         let _ = provider.shutdown();

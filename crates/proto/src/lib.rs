@@ -28,8 +28,7 @@ pub mod fintech {
 }
 
 /// Every contract of `proto/` as an encoded `google.protobuf.FileDescriptorSet`.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/fintech_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fintech_descriptor.bin"));
 
 pub use fintech::payments::v1 as payments;
 pub use fintech::tax::v1 as tax;

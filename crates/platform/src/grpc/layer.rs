@@ -52,7 +52,10 @@ where
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_owned)
         };
-        let remote = TraceHeaders { traceparent: header("traceparent"), tracestate: header("tracestate") };
+        let remote = TraceHeaders {
+            traceparent: header("traceparent"),
+            tracestate: header("tracestate"),
+        };
         let method = request.uri().path().to_owned();
         let span = tracing::info_span!(
             "grpc.request",

@@ -94,7 +94,12 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|error| Error::Reflection(error.to_string()))?;
 
-    let readiness_task = tokio::spawn(watch_readiness(reporter.clone(), names.clone(), readiness, shutdown.clone()));
+    let readiness_task = tokio::spawn(watch_readiness(
+        reporter.clone(),
+        names.clone(),
+        readiness,
+        shutdown.clone(),
+    ));
 
     let local_addr = listener.local_addr()?;
     tracing::info!(%local_addr, services = ?service_names, "grpc server listening");
@@ -137,7 +142,11 @@ async fn watch_readiness(
         let broker = crate::kafka::broker_reachable(&readiness.kafka_bootstrap_servers, Duration::from_secs(2)).await;
         let ready = database && broker && !shutdown.is_cancelled();
         if last != Some(ready) {
-            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             for name in &names {
                 reporter.set_service_status(name, status).await;
             }
@@ -162,7 +171,11 @@ pub fn invalid_argument(violations: &[(String, String)]) -> Status {
         .map(|(field, description)| format!("{field}: {description}"))
         .collect::<Vec<_>>()
         .join("; ");
-    Status::with_error_details(tonic::Code::InvalidArgument, format!("invalid request: {summary}"), details)
+    Status::with_error_details(
+        tonic::Code::InvalidArgument,
+        format!("invalid request: {summary}"),
+        details,
+    )
 }
 
 /// `INTERNAL` (or `UNAVAILABLE` for a database that cannot be reached) without leaking details;

@@ -40,9 +40,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::{Offset, TopicPartitionList};
@@ -51,8 +49,7 @@ use tracing::Instrument;
 
 use super::client_config;
 use super::headers::{
-    DEAD_LETTER_OFFSET, DEAD_LETTER_PARTITION, DEAD_LETTER_REASON, DEAD_LETTER_TOPIC,
-    EventMetadata, header_str,
+    DEAD_LETTER_OFFSET, DEAD_LETTER_PARTITION, DEAD_LETTER_REASON, DEAD_LETTER_TOPIC, EventMetadata, header_str,
 };
 use super::producer::{Delivery, EventProducer};
 use crate::error::Result;
@@ -85,15 +82,14 @@ impl ConsumedEvent {
     /// Copies a record out of the consumer's buffer and reads its CloudEvents attributes.
     pub fn from_message(message: &impl Message) -> Self {
         let headers = message.headers().map(|headers| {
-            headers.iter().fold(
-                OwnedHeaders::new_with_capacity(headers.count()),
-                |owned, header| {
+            headers
+                .iter()
+                .fold(OwnedHeaders::new_with_capacity(headers.count()), |owned, header| {
                     owned.insert(Header {
                         key: header.key,
                         value: header.value,
                     })
-                },
-            )
+                })
         });
         let metadata = EventMetadata::from_headers(headers.as_ref());
         Self {
@@ -114,35 +110,26 @@ impl ConsumedEvent {
             .as_deref()
             .ok_or_else(|| HandlerError::Permanent("record has no value".to_owned()))?;
         M::decode(payload).map_err(|error| {
-            HandlerError::Permanent(format!(
-                "value is not a valid {}: {error}",
-                std::any::type_name::<M>()
-            ))
+            HandlerError::Permanent(format!("value is not a valid {}: {error}", std::any::type_name::<M>()))
         })
     }
 
     /// The CloudEvents attributes, or a permanent error naming what is wrong with them.
     pub fn valid_metadata(&self) -> Result<&EventMetadata, HandlerError> {
-        self.metadata.as_ref().map_err(|reason| {
-            HandlerError::Permanent(format!("invalid cloudevents headers: {reason}"))
-        })
+        self.metadata
+            .as_ref()
+            .map_err(|reason| HandlerError::Permanent(format!("invalid cloudevents headers: {reason}")))
     }
 
     /// The UTF-8 record key, if there is one.
     pub fn key_str(&self) -> Option<&str> {
-        self.key
-            .as_deref()
-            .and_then(|key| std::str::from_utf8(key).ok())
+        self.key.as_deref().and_then(|key| std::str::from_utf8(key).ok())
     }
 
     /// The trace context of the record (taken from the raw headers, so even a record with invalid
     /// CloudEvents attributes keeps its trace).
     fn trace_headers(&self) -> TraceHeaders {
-        let get = |name: &str| {
-            self.headers
-                .as_ref()
-                .and_then(|headers| header_str(headers, name))
-        };
+        let get = |name: &str| self.headers.as_ref().and_then(|headers| header_str(headers, name));
         TraceHeaders {
             traceparent: get("traceparent"),
             tracestate: get("tracestate"),
@@ -250,22 +237,18 @@ pub async fn run_consumer(
     dead_letters: EventProducer,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let consumer: StreamConsumer<LoggingContext> =
-        client_config(&settings.bootstrap_servers, &settings.client_id)
-            .set("group.id", &settings.group_id)
-            .set("enable.auto.commit", "false")
-            // Offsets are committed explicitly, per record; never from librdkafka's stored position.
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set(
-                "session.timeout.ms",
-                settings.session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "max.poll.interval.ms",
-                settings.max_poll_interval.as_millis().to_string(),
-            )
-            .create_with_context(LoggingContext)?;
+    let consumer: StreamConsumer<LoggingContext> = client_config(&settings.bootstrap_servers, &settings.client_id)
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        // Offsets are committed explicitly, per record; never from librdkafka's stored position.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
+        .set(
+            "max.poll.interval.ms",
+            settings.max_poll_interval.as_millis().to_string(),
+        )
+        .create_with_context(LoggingContext)?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     tracing::info!(group = %settings.group_id, topics = ?settings.topics, "consumer started");
@@ -285,24 +268,10 @@ pub async fn run_consumer(
                 continue;
             }
         };
-        match process(
-            &event,
-            handler.as_ref(),
-            &dead_letters,
-            &settings,
-            &shutdown,
-        )
-        .await
-        {
+        match process(&event, handler.as_ref(), &dead_letters, &settings, &shutdown).await {
             Outcome::Finished => {
                 let next = event.offset + 1;
-                if let Err(error) = commit(
-                    &consumer,
-                    &event.topic,
-                    event.partition,
-                    next,
-                    CommitMode::Async,
-                ) {
+                if let Err(error) = commit(&consumer, &event.topic, event.partition, next, CommitMode::Async) {
                     tracing::warn!(%error, topic = %event.topic, partition = event.partition, offset = event.offset,
                         "offset commit failed; the record may be delivered again");
                 }
@@ -320,11 +289,7 @@ pub async fn run_consumer(
 /// Records that consumer `consumer` applied event `event_id`; `true` when it had not before.
 /// Call it inside the transaction that applies the event's effect and skip the effect on `false`,
 /// so a redelivered event changes nothing.
-pub async fn mark_processed(
-    conn: &mut sqlx::PgConnection,
-    consumer: &str,
-    event_id: &str,
-) -> Result<bool> {
+pub async fn mark_processed(conn: &mut sqlx::PgConnection, consumer: &str, event_id: &str) -> Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT (consumer, event_id) DO NOTHING",
     )
@@ -373,15 +338,17 @@ async fn process(
         let mut attempt: u32 = 0;
         loop {
             let failure = match &dead_letter_reason {
-                Some(reason) => match send_dead_letter(event, reason, dead_letters, &settings.dead_letter_topic).await {
-                    Ok(delivery) => {
-                        tracing::warn!(%reason, dead_letter_topic = %settings.dead_letter_topic,
+                Some(reason) => {
+                    match send_dead_letter(event, reason, dead_letters, &settings.dead_letter_topic).await {
+                        Ok(delivery) => {
+                            tracing::warn!(%reason, dead_letter_topic = %settings.dead_letter_topic,
                             dead_letter_partition = delivery.partition, dead_letter_offset = delivery.offset,
                             "event dead-lettered");
-                        return Outcome::Finished;
+                            return Outcome::Finished;
+                        }
+                        Err(error) => format!("dead-lettering failed: {error}"),
                     }
-                    Err(error) => format!("dead-lettering failed: {error}"),
-                },
+                }
                 None => match handler.handle(event).await {
                     Ok(()) => return Outcome::Finished,
                     Err(HandlerError::Permanent(reason)) => {
@@ -460,9 +427,7 @@ fn dead_letter_headers(event: &ConsumedEvent, reason: &str) -> OwnedHeaders {
 
 /// Delay before retry number `attempt` (0-based): 100 ms doubling, capped at `max`.
 fn backoff_delay(attempt: u32, max: Duration) -> Duration {
-    INITIAL_BACKOFF
-        .saturating_mul(2u32.saturating_pow(attempt))
-        .min(max)
+    INITIAL_BACKOFF.saturating_mul(2u32.saturating_pow(attempt)).min(max)
 }
 
 fn commit<C: ConsumerContext>(
@@ -479,10 +444,7 @@ fn commit<C: ConsumerContext>(
 
 /// Synchronously commits the finished offsets of the partitions still assigned (a revoked
 /// partition's offsets are another member's business now).
-fn commit_finished<C: ConsumerContext>(
-    consumer: &StreamConsumer<C>,
-    finished: &HashMap<(String, i32), i64>,
-) {
+fn commit_finished<C: ConsumerContext>(consumer: &StreamConsumer<C>, finished: &HashMap<(String, i32), i64>) {
     let assignment = match consumer.assignment() {
         Ok(assignment) => assignment,
         Err(error) => {
@@ -495,9 +457,7 @@ fn commit_finished<C: ConsumerContext>(
         if assignment.find_partition(topic, *partition).is_none() {
             continue;
         }
-        if let Err(error) =
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next_offset))
-        {
+        if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next_offset)) {
             tracing::warn!(%error, %topic, partition, "cannot add an offset to the final commit");
         }
     }
@@ -541,14 +501,7 @@ fn partition_names(partitions: &TopicPartitionList) -> Vec<String> {
     partitions
         .elements()
         .iter()
-        .map(|element| {
-            format!(
-                "{}[{}]@{:?}",
-                element.topic(),
-                element.partition(),
-                element.offset()
-            )
-        })
+        .map(|element| format!("{}[{}]@{:?}", element.topic(), element.partition(), element.offset()))
         .collect()
 }
 
@@ -569,9 +522,7 @@ mod tests {
             subject: Some("thing-1".to_owned()),
             payload_type: "google.protobuf.Timestamp".to_owned(),
             trace: TraceHeaders {
-                traceparent: Some(
-                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
-                ),
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
                 tracestate: None,
             },
         }
@@ -593,15 +544,10 @@ mod tests {
     #[test]
     fn backoff_doubles_from_100ms_up_to_the_cap() {
         let max = Duration::from_secs(1);
-        let delays: Vec<u128> = (0..6)
-            .map(|attempt| backoff_delay(attempt, max).as_millis())
-            .collect();
+        let delays: Vec<u128> = (0..6).map(|attempt| backoff_delay(attempt, max).as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(backoff_delay(u32::MAX, max), max);
-        assert_eq!(
-            backoff_delay(0, Duration::from_millis(50)),
-            Duration::from_millis(50)
-        );
+        assert_eq!(backoff_delay(0, Duration::from_millis(50)), Duration::from_millis(50));
     }
 
     #[test]
@@ -615,10 +561,7 @@ mod tests {
             Some(metadata().to_headers()),
         );
         assert_eq!(event.metadata.as_ref().unwrap().id, "event-1");
-        assert_eq!(
-            event.valid_metadata().unwrap().subject.as_deref(),
-            Some("thing-1")
-        );
+        assert_eq!(event.valid_metadata().unwrap().subject.as_deref(), Some("thing-1"));
         assert_eq!(event.key_str(), Some("thing-1"));
         assert_eq!(event.decode::<prost_types::Timestamp>().unwrap(), timestamp);
         assert_eq!(event.trace_headers(), metadata().trace);
@@ -661,14 +604,8 @@ mod tests {
             header_str(&headers, DEAD_LETTER_TOPIC).as_deref(),
             Some("things.happened")
         );
-        assert_eq!(
-            header_str(&headers, DEAD_LETTER_PARTITION).as_deref(),
-            Some("2")
-        );
-        assert_eq!(
-            header_str(&headers, DEAD_LETTER_OFFSET).as_deref(),
-            Some("41")
-        );
+        assert_eq!(header_str(&headers, DEAD_LETTER_PARTITION).as_deref(), Some("2"));
+        assert_eq!(header_str(&headers, DEAD_LETTER_OFFSET).as_deref(), Some("41"));
 
         let bare = dead_letter_headers(&event(None, None), "no headers");
         assert_eq!(bare.count(), 4);

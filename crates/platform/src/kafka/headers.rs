@@ -87,13 +87,19 @@ impl EventMetadata {
             time,
             subject: get("ce_subject"),
             payload_type,
-            trace: TraceHeaders { traceparent: get("traceparent"), tracestate: get("tracestate") },
+            trace: TraceHeaders {
+                traceparent: get("traceparent"),
+                tracestate: get("tracestate"),
+            },
         })
     }
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
-    Header { key, value: Some(value) }
+    Header {
+        key,
+        value: Some(value),
+    }
 }
 
 /// The UTF-8 value of the last header named `name`.
@@ -117,7 +123,9 @@ mod tests {
             id: "7d3b1c9e-3f4f-4a53-9f57-2f5d1b0b4c11".to_owned(),
             event_type: "fintech.payments.v1.order.created".to_owned(),
             source: "/fintech/payments".to_owned(),
-            time: DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123456Z").unwrap().with_timezone(&Utc),
+            time: DateTime::parse_from_rfc3339("2026-11-22T10:00:00.123456Z")
+                .unwrap()
+                .with_timezone(&Utc),
             subject: Some("order-1".to_owned()),
             payload_type: "fintech.payments.v1.Order".to_owned(),
             trace: TraceHeaders {
@@ -126,7 +134,10 @@ mod tests {
             },
         };
         let headers = metadata.to_headers();
-        assert_eq!(header_str(&headers, "content-type").as_deref(), Some("application/protobuf"));
+        assert_eq!(
+            header_str(&headers, "content-type").as_deref(),
+            Some("application/protobuf")
+        );
         assert_eq!(EventMetadata::from_headers(Some(&headers)).unwrap(), metadata);
     }
 

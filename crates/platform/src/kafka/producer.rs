@@ -54,14 +54,18 @@ impl EventProducer {
         payload: &[u8],
         metadata: &EventMetadata,
     ) -> Result<Delivery> {
-        self.send_raw(topic, key.as_bytes(), payload, metadata.to_headers()).await
+        self.send_raw(topic, key.as_bytes(), payload, metadata.to_headers())
+            .await
     }
 
     /// Sends a record with headers given as they are (dead-lettering keeps the original ones).
     pub async fn send_raw(&self, topic: &str, key: &[u8], payload: &[u8], headers: OwnedHeaders) -> Result<Delivery> {
         let record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
         match self.inner.send(record, Timeout::Never).await {
-            Ok(delivery) => Ok(Delivery { partition: delivery.partition, offset: delivery.offset }),
+            Ok(delivery) => Ok(Delivery {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
             Err((error, _message)) => Err(error.into()),
         }
     }

@@ -1,0 +1,635 @@
+//! The payments domain: orders, transactions, their validation and lifecycle. No tonic, sqlx or
+//! rdkafka here; `grpc/` converts to and from these types and `storage/` persists them.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use fintech_types::{Country, Currency};
+use uuid::Uuid;
+
+/// Longest customer id accepted.
+pub const MAX_CUSTOMER_ID_LEN: usize = 64;
+/// Longest product type accepted.
+pub const MAX_PRODUCT_TYPE_LEN: usize = 64;
+
+/// One rejected field: the field path and what is wrong with it.
+pub type Violation = (String, String);
+
+/// Everything wrong with a command's input (all fields are checked, not only the first).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Violations(pub Vec<Violation>);
+
+impl Violations {
+    fn add(&mut self, field: &str, description: impl Into<String>) {
+        self.0.push((field.to_owned(), description.into()));
+    }
+
+    fn into_result<T>(self, value: impl FnOnce() -> T) -> Result<T, PaymentsError> {
+        if self.0.is_empty() {
+            Ok(value())
+        } else {
+            Err(PaymentsError::Invalid(self))
+        }
+    }
+}
+
+/// Errors of the payments domain; `grpc::status` maps each to a gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentsError {
+    /// Some input fields are invalid.
+    #[error("invalid input: {0:?}")]
+    Invalid(Violations),
+    /// No such order.
+    #[error("order {0} not found")]
+    OrderNotFound(String),
+    /// No such transaction.
+    #[error("transaction {0} not found")]
+    TransactionNotFound(String),
+    /// The caller's expected version is not the current one.
+    #[error("{entity} {id} is at version {actual}, not the expected {expected}")]
+    VersionConflict {
+        /// `order` or `transaction`.
+        entity: &'static str,
+        /// Its id.
+        id: String,
+        /// The version the caller sent.
+        expected: i64,
+        /// The current version.
+        actual: i64,
+    },
+    /// The status change is not allowed from the current status.
+    #[error("transaction {id} cannot go from {from} to {to}")]
+    IllegalTransition {
+        /// The transaction.
+        id: String,
+        /// Current status.
+        from: TransactionStatus,
+        /// Requested status.
+        to: TransactionStatus,
+    },
+    /// The transaction's currency differs from its order's.
+    #[error("currency {given} does not match the order's currency {order}")]
+    CurrencyMismatch {
+        /// The order's currency.
+        order: String,
+        /// The currency sent.
+        given: String,
+    },
+    /// Storage or plumbing failed.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The current time at the database's precision (microseconds), so what a command returns equals
+/// what a later read and the published event carry.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// Parses a UUID id field.
+pub fn parse_id(field: &str, value: &str, violations: &mut Violations) -> Option<Uuid> {
+    if value.is_empty() {
+        violations.add(field, "is required");
+        return None;
+    }
+    match Uuid::parse_str(value) {
+        Ok(id) => Some(id),
+        Err(_) => {
+            violations.add(field, format!("must be a UUID, got {value:?}"));
+            None
+        }
+    }
+}
+
+/// Validates a single id outside a larger command.
+pub fn require_id(field: &str, value: &str) -> Result<Uuid, PaymentsError> {
+    let mut violations = Violations::default();
+    let id = parse_id(field, value, &mut violations);
+    violations.into_result(|| id.unwrap_or_default())
+}
+
+fn check_customer_id(value: &str, violations: &mut Violations) {
+    if value.is_empty() {
+        violations.add("customer_id", "is required");
+    } else if value.chars().count() > MAX_CUSTOMER_ID_LEN {
+        violations.add(
+            "customer_id",
+            format!("must be at most {MAX_CUSTOMER_ID_LEN} characters"),
+        );
+    } else if value.chars().any(char::is_control) {
+        violations.add("customer_id", "must not contain control characters");
+    }
+}
+
+fn check_country(value: &str, violations: &mut Violations) {
+    if let Err(error) = Country::parse(value) {
+        violations.add("country", error.to_string());
+    }
+}
+
+fn check_currency(field: &str, value: &str, violations: &mut Violations) {
+    if let Err(error) = Currency::parse(value) {
+        violations.add(field, error.to_string());
+    }
+}
+
+fn check_amount(value: i64, violations: &mut Violations) {
+    if value <= 0 {
+        violations.add("amount", format!("must be greater than 0 (minor units), got {value}"));
+    }
+}
+
+fn check_product_type(value: &str, violations: &mut Violations) {
+    let valid = !value.is_empty()
+        && value.len() <= MAX_PRODUCT_TYPE_LEN
+        && value.as_bytes()[0].is_ascii_lowercase()
+        && value
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_');
+    if value.is_empty() {
+        violations.add("product_type", "is required");
+    } else if !valid {
+        violations.add(
+            "product_type",
+            format!(
+                "must match [a-z][a-z0-9_]{{0,{}}}, got {value:?}",
+                MAX_PRODUCT_TYPE_LEN - 1
+            ),
+        );
+    }
+}
+
+/// An order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    /// Server-assigned id.
+    pub order_id: Uuid,
+    /// The customer.
+    pub customer_id: String,
+    /// ISO 3166-1 alpha-2.
+    pub country: String,
+    /// ISO 4217.
+    pub currency: String,
+    /// Minor units, > 0.
+    pub amount: i64,
+    /// Lowercase product type.
+    pub product_type: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// 1 on creation, +1 per change.
+    pub version: i64,
+}
+
+/// Input of CreateOrder, as received.
+#[derive(Debug, Clone)]
+pub struct CreateOrder {
+    /// The customer.
+    pub customer_id: String,
+    /// Country code.
+    pub country: String,
+    /// Currency code.
+    pub currency: String,
+    /// Minor units.
+    pub amount: i64,
+    /// Product type.
+    pub product_type: String,
+}
+
+impl CreateOrder {
+    /// Validates every field and builds the new order (version 1).
+    pub fn into_order(self, now: DateTime<Utc>) -> Result<Order, PaymentsError> {
+        let mut violations = Violations::default();
+        check_customer_id(&self.customer_id, &mut violations);
+        check_country(&self.country, &mut violations);
+        check_currency("currency", &self.currency, &mut violations);
+        check_amount(self.amount, &mut violations);
+        check_product_type(&self.product_type, &mut violations);
+        violations.into_result(|| Order {
+            order_id: Uuid::new_v4(),
+            customer_id: self.customer_id,
+            country: self.country,
+            currency: self.currency,
+            amount: self.amount,
+            product_type: self.product_type,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        })
+    }
+}
+
+/// Input of UpdateOrder, validated.
+#[derive(Debug, Clone)]
+pub struct OrderChanges {
+    /// The order.
+    pub order_id: Uuid,
+    /// The version the caller read.
+    pub expected_version: i64,
+    /// New country.
+    pub country: Option<String>,
+    /// New amount.
+    pub amount: Option<i64>,
+    /// New product type.
+    pub product_type: Option<String>,
+}
+
+impl OrderChanges {
+    /// Validates the raw fields.
+    pub fn parse(
+        order_id: &str,
+        expected_version: i64,
+        country: Option<String>,
+        amount: Option<i64>,
+        product_type: Option<String>,
+    ) -> Result<Self, PaymentsError> {
+        let mut violations = Violations::default();
+        let id = parse_id("order_id", order_id, &mut violations);
+        if expected_version < 1 {
+            violations.add("expected_version", "must be the order's current version (>= 1)");
+        }
+        if let Some(country) = &country {
+            check_country(country, &mut violations);
+        }
+        if let Some(amount) = amount {
+            check_amount(amount, &mut violations);
+        }
+        if let Some(product_type) = &product_type {
+            check_product_type(product_type, &mut violations);
+        }
+        if country.is_none() && amount.is_none() && product_type.is_none() {
+            violations.add("country", "at least one of country, amount, product_type must be set");
+        }
+        violations.into_result(|| Self {
+            order_id: id.unwrap_or_default(),
+            expected_version,
+            country,
+            amount,
+            product_type,
+        })
+    }
+
+    /// The order after the change, or the conflict if the caller's version is stale.
+    pub fn apply(&self, current: &Order, now: DateTime<Utc>) -> Result<Order, PaymentsError> {
+        if current.version != self.expected_version {
+            return Err(PaymentsError::VersionConflict {
+                entity: "order",
+                id: current.order_id.to_string(),
+                expected: self.expected_version,
+                actual: current.version,
+            });
+        }
+        let mut next = current.clone();
+        if let Some(country) = &self.country {
+            next.country.clone_from(country);
+        }
+        if let Some(amount) = self.amount {
+            next.amount = amount;
+        }
+        if let Some(product_type) = &self.product_type {
+            next.product_type.clone_from(product_type);
+        }
+        next.updated_at = now;
+        next.version += 1;
+        Ok(next)
+    }
+}
+
+/// Lifecycle of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransactionStatus {
+    /// Outcome not known yet.
+    Pending,
+    /// Money moved.
+    Succeeded,
+    /// Money did not move (terminal).
+    Failed,
+    /// Money moved and was returned (terminal).
+    Refunded,
+}
+
+impl TransactionStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Refunded => "refunded",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn from_stored(value: &str) -> Option<Self> {
+        match value {
+            "pending" => Some(Self::Pending),
+            "succeeded" => Some(Self::Succeeded),
+            "failed" => Some(Self::Failed),
+            "refunded" => Some(Self::Refunded),
+            _ => None,
+        }
+    }
+
+    /// Whether `self -> next` is a legal transition: pending -> succeeded | failed,
+    /// succeeded -> refunded. Nothing leaves failed or refunded.
+    pub fn can_become(self, next: Self) -> bool {
+        matches!(
+            (self, next),
+            (Self::Pending, Self::Succeeded) | (Self::Pending, Self::Failed) | (Self::Succeeded, Self::Refunded)
+        )
+    }
+
+    /// A status a transaction may be created with.
+    pub fn is_initial(self) -> bool {
+        matches!(self, Self::Pending | Self::Succeeded | Self::Failed)
+    }
+}
+
+impl std::fmt::Display for TransactionStatus {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// A payment against an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// Server-assigned id.
+    pub transaction_id: Uuid,
+    /// The order.
+    pub order_id: Uuid,
+    /// The order's customer.
+    pub customer_id: String,
+    /// Minor units, > 0.
+    pub amount: i64,
+    /// The order's currency.
+    pub currency: String,
+    /// Lifecycle state.
+    pub status: TransactionStatus,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// 1 on creation, +1 per change.
+    pub version: i64,
+}
+
+/// Input of CreateTransaction, validated in isolation (the order checks come with the order).
+#[derive(Debug, Clone)]
+pub struct CreateTransaction {
+    /// The order.
+    pub order_id: Uuid,
+    /// Minor units.
+    pub amount: i64,
+    /// Currency sent.
+    pub currency: String,
+    /// Initial status.
+    pub status: TransactionStatus,
+}
+
+impl CreateTransaction {
+    /// Validates the raw fields; `status` is `None` when unspecified (then pending) and
+    /// `Err(raw)` when the wire value is unknown.
+    pub fn parse(
+        order_id: &str,
+        amount: i64,
+        currency: &str,
+        status: Result<Option<TransactionStatus>, i32>,
+    ) -> Result<Self, PaymentsError> {
+        let mut violations = Violations::default();
+        let id = parse_id("order_id", order_id, &mut violations);
+        check_amount(amount, &mut violations);
+        check_currency("currency", currency, &mut violations);
+        let status = match status {
+            Ok(None) => Some(TransactionStatus::Pending),
+            Ok(Some(status)) if status.is_initial() => Some(status),
+            Ok(Some(status)) => {
+                violations.add("status", format!("a transaction cannot be created as {status}"));
+                None
+            }
+            Err(raw) => {
+                violations.add("status", format!("unknown status value {raw}"));
+                None
+            }
+        };
+        violations.into_result(|| Self {
+            order_id: id.unwrap_or_default(),
+            amount,
+            currency: currency.to_owned(),
+            status: status.unwrap_or(TransactionStatus::Pending),
+        })
+    }
+
+    /// The new transaction on `order`, or why it cannot be created.
+    pub fn on_order(self, order: &Order, now: DateTime<Utc>) -> Result<Transaction, PaymentsError> {
+        if self.currency != order.currency {
+            return Err(PaymentsError::CurrencyMismatch {
+                order: order.currency.clone(),
+                given: self.currency,
+            });
+        }
+        Ok(Transaction {
+            transaction_id: Uuid::new_v4(),
+            order_id: order.order_id,
+            customer_id: order.customer_id.clone(),
+            amount: self.amount,
+            currency: self.currency,
+            status: self.status,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        })
+    }
+}
+
+/// A status change, validated against the current transaction.
+pub fn change_status(
+    current: &Transaction,
+    expected_version: i64,
+    next: TransactionStatus,
+    now: DateTime<Utc>,
+) -> Result<Transaction, PaymentsError> {
+    if current.version != expected_version {
+        return Err(PaymentsError::VersionConflict {
+            entity: "transaction",
+            id: current.transaction_id.to_string(),
+            expected: expected_version,
+            actual: current.version,
+        });
+    }
+    if !current.status.can_become(next) {
+        return Err(PaymentsError::IllegalTransition {
+            id: current.transaction_id.to_string(),
+            from: current.status,
+            to: next,
+        });
+    }
+    let mut updated = current.clone();
+    updated.status = next;
+    updated.updated_at = now;
+    updated.version += 1;
+    Ok(updated)
+}
+
+/// A page request, validated: 1..=500 items (0 means 50) after an optional cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Items per page.
+    pub size: i64,
+    /// Position after which the page starts.
+    pub after: Option<Cursor>,
+}
+
+/// Keyset position: the sort timestamp and the id of the last item of the previous page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Sort timestamp.
+    pub created_at: DateTime<Utc>,
+    /// Tie-breaker.
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// The opaque token handed to clients.
+    pub fn token(&self) -> String {
+        hex::encode(format!("v1|{}|{}", self.created_at.timestamp_micros(), self.id))
+    }
+
+    fn from_token(token: &str) -> Option<Self> {
+        let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
+        let mut parts = text.split('|');
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let micros: i64 = parts.next()?.parse().ok()?;
+        let id = Uuid::parse_str(parts.next()?).ok()?;
+        Some(Self {
+            created_at: DateTime::from_timestamp_micros(micros)?,
+            id,
+        })
+    }
+}
+
+impl PageRequest {
+    /// Validates `page_size` and `page_token`.
+    pub fn parse(page_size: i32, page_token: &str) -> Result<Self, PaymentsError> {
+        let mut violations = Violations::default();
+        let size = match page_size {
+            0 => 50,
+            1..=500 => i64::from(page_size),
+            other => {
+                violations.add("page_size", format!("must be between 0 and 500, got {other}"));
+                0
+            }
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            let cursor = Cursor::from_token(page_token);
+            if cursor.is_none() {
+                violations.add("page_token", "is not a token returned by this API");
+            }
+            cursor
+        };
+        violations.into_result(|| Self { size, after })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid_order() -> CreateOrder {
+        CreateOrder {
+            customer_id: "cust-1".to_owned(),
+            country: "DE".to_owned(),
+            currency: "EUR".to_owned(),
+            amount: 1000,
+            product_type: "standard".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_valid_order_starts_at_version_one() {
+        let order = valid_order().into_order(now()).unwrap();
+        assert_eq!(order.version, 1);
+        assert_eq!(order.created_at, order.updated_at);
+    }
+
+    #[test]
+    fn every_bad_field_is_reported() {
+        let command = CreateOrder {
+            customer_id: String::new(),
+            country: "XX".to_owned(),
+            currency: "EURO".to_owned(),
+            amount: 0,
+            product_type: "Crypto!".to_owned(),
+        };
+        let Err(PaymentsError::Invalid(violations)) = command.into_order(now()) else {
+            panic!("must be invalid")
+        };
+        let fields: Vec<_> = violations.0.iter().map(|(field, _)| field.as_str()).collect();
+        assert_eq!(fields, ["customer_id", "country", "currency", "amount", "product_type"]);
+    }
+
+    #[test]
+    fn long_customer_ids_are_rejected() {
+        let command = CreateOrder {
+            customer_id: "c".repeat(65),
+            ..valid_order()
+        };
+        assert!(matches!(command.into_order(now()), Err(PaymentsError::Invalid(_))));
+        let command = CreateOrder {
+            customer_id: "c".repeat(64),
+            ..valid_order()
+        };
+        assert!(command.into_order(now()).is_ok());
+    }
+
+    #[test]
+    fn transitions_follow_the_lifecycle() {
+        use TransactionStatus::*;
+        let all = [Pending, Succeeded, Failed, Refunded];
+        let legal: Vec<_> = all
+            .iter()
+            .flat_map(|from| all.iter().map(move |to| (*from, *to)))
+            .filter(|(from, to)| from.can_become(*to))
+            .collect();
+        assert_eq!(legal, [(Pending, Succeeded), (Pending, Failed), (Succeeded, Refunded)]);
+    }
+
+    #[test]
+    fn a_stale_version_is_a_conflict() {
+        let order = valid_order().into_order(now()).unwrap();
+        let changes = OrderChanges::parse(&order.order_id.to_string(), 2, None, Some(5), None).unwrap();
+        assert!(matches!(
+            changes.apply(&order, now()),
+            Err(PaymentsError::VersionConflict { actual: 1, .. })
+        ));
+        let changes = OrderChanges::parse(&order.order_id.to_string(), 1, None, Some(5), None).unwrap();
+        let updated = changes.apply(&order, now()).unwrap();
+        assert_eq!((updated.version, updated.amount), (2, 5));
+    }
+
+    #[test]
+    fn the_transaction_currency_must_match_the_order() {
+        let order = valid_order().into_order(now()).unwrap();
+        let command = CreateTransaction::parse(&order.order_id.to_string(), 10, "USD", Ok(None)).unwrap();
+        assert!(matches!(
+            command.on_order(&order, now()),
+            Err(PaymentsError::CurrencyMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_garbage_is_rejected() {
+        let cursor = Cursor {
+            created_at: now(),
+            id: Uuid::new_v4(),
+        };
+        let page = PageRequest::parse(10, &cursor.token()).unwrap();
+        assert_eq!(page.after, Some(cursor));
+        assert!(PageRequest::parse(10, "zz").is_err());
+        assert!(PageRequest::parse(501, "").is_err());
+        assert_eq!(PageRequest::parse(0, "").unwrap().size, 50);
+    }
+}

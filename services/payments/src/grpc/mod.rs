@@ -1,0 +1,307 @@
+//! `fintech.payments.v1.PaymentsService`: decodes requests, runs the domain inside one
+//! PostgreSQL transaction (business row + outbox event + idempotency key), encodes the answer.
+
+mod status;
+
+use fintech_platform::idempotency::{IdempotencyStore, key_from_metadata};
+use fintech_platform::outbox;
+use fintech_proto::payments as pb;
+use fintech_proto::payments::payments_service_server::PaymentsService;
+use sqlx::{PgConnection, PgPool};
+use tonic::{Request, Response, Status};
+
+use crate::domain::{self, CreateOrder, CreateTransaction, OrderChanges, PageRequest, PaymentsError};
+use crate::events::{Change, SOURCE, Topics};
+use crate::proto::status_from_wire;
+use crate::storage;
+
+pub use status::to_status;
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct Payments {
+    pool: PgPool,
+    idempotency: IdempotencyStore,
+    topics: Topics,
+}
+
+impl Payments {
+    /// A service over `pool` publishing on `topics`.
+    pub fn new(pool: PgPool, idempotency: IdempotencyStore, topics: Topics) -> Self {
+        Self {
+            pool,
+            idempotency,
+            topics,
+        }
+    }
+
+    async fn read<T>(
+        &self,
+        body: impl AsyncFnOnce(&mut PgConnection) -> Result<T, PaymentsError>,
+    ) -> Result<T, Status> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|error| to_status(PaymentsError::Internal(error.into())))?;
+        body(&mut conn).await.map_err(to_status)
+    }
+}
+
+fn method(name: &str) -> String {
+    format!("/fintech.payments.v1.PaymentsService/{name}")
+}
+
+#[tonic::async_trait]
+impl PaymentsService for Payments {
+    #[tracing::instrument(skip_all)]
+    async fn create_order(
+        &self,
+        request: Request<pb::CreateOrderRequest>,
+    ) -> Result<Response<pb::CreateOrderResponse>, Status> {
+        let key = key_from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        let command = CreateOrder {
+            customer_id: request.customer_id.clone(),
+            country: request.country.clone(),
+            currency: request.currency.clone(),
+            amount: request.amount,
+            product_type: request.product_type.clone(),
+        };
+        let order = command.into_order(domain::now()).map_err(to_status)?;
+        let response = self
+            .idempotency
+            .execute(&self.pool, &method("CreateOrder"), key, &request, async |conn| {
+                storage::insert_order(conn, &order).await.map_err(internal)?;
+                outbox::enqueue(conn, SOURCE, &self.topics.order_event(&order, Change::Created))
+                    .await
+                    .map_err(|error| internal(error.into()))?;
+                Ok(pb::CreateOrderResponse {
+                    order: Some(pb::Order::from(&order)),
+                })
+            })
+            .await?;
+        tracing::info!(
+            order_id = response.order.as_ref().map(|order| order.order_id.as_str()),
+            "order created"
+        );
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_order(
+        &self,
+        request: Request<pb::UpdateOrderRequest>,
+    ) -> Result<Response<pb::UpdateOrderResponse>, Status> {
+        let key = key_from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        let changes = OrderChanges::parse(
+            &request.order_id,
+            request.expected_version,
+            request.country.clone(),
+            request.amount,
+            request.product_type.clone(),
+        )
+        .map_err(to_status)?;
+        let response = self
+            .idempotency
+            .execute(&self.pool, &method("UpdateOrder"), key, &request, async |conn| {
+                let current = storage::get_order(conn, changes.order_id, true)
+                    .await
+                    .map_err(internal)?
+                    .ok_or_else(|| to_status(PaymentsError::OrderNotFound(request.order_id.clone())))?;
+                let order = changes.apply(&current, domain::now()).map_err(to_status)?;
+                storage::update_order(conn, &order).await.map_err(internal)?;
+                outbox::enqueue(conn, SOURCE, &self.topics.order_event(&order, Change::Updated))
+                    .await
+                    .map_err(|error| internal(error.into()))?;
+                Ok(pb::UpdateOrderResponse {
+                    order: Some(pb::Order::from(&order)),
+                })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let request = request.into_inner();
+        let order_id = domain::require_id("order_id", &request.order_id).map_err(to_status)?;
+        let order = self
+            .read(async |conn| {
+                storage::get_order(conn, order_id, false)
+                    .await?
+                    .ok_or_else(|| PaymentsError::OrderNotFound(request.order_id.clone()))
+            })
+            .await?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(pb::Order::from(&order)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let request = request.into_inner();
+        if request.customer_id.is_empty() {
+            return Err(fintech_platform::grpc::invalid_argument(&[(
+                "customer_id".to_owned(),
+                "is required".to_owned(),
+            )]));
+        }
+        let page = PageRequest::parse(request.page_size, &request.page_token).map_err(to_status)?;
+        let (orders, next) = self
+            .read(async |conn| Ok(storage::list_orders(conn, &request.customer_id, &page).await?))
+            .await?;
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: orders.iter().map(pb::Order::from).collect(),
+            next_page_token: next.map(|cursor| cursor.token()).unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_transaction(
+        &self,
+        request: Request<pb::CreateTransactionRequest>,
+    ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
+        let key = key_from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        let command = CreateTransaction::parse(
+            &request.order_id,
+            request.amount,
+            &request.currency,
+            status_from_wire(request.status),
+        )
+        .map_err(to_status)?;
+        let response = self
+            .idempotency
+            .execute(&self.pool, &method("CreateTransaction"), key, &request, async |conn| {
+                // The row lock orders this transaction's event after any concurrent order update.
+                let order = storage::get_order(conn, command.order_id, true)
+                    .await
+                    .map_err(internal)?
+                    .ok_or_else(|| to_status(PaymentsError::OrderNotFound(request.order_id.clone())))?;
+                let transaction = command.on_order(&order, domain::now()).map_err(to_status)?;
+                storage::insert_transaction(conn, &transaction)
+                    .await
+                    .map_err(internal)?;
+                outbox::enqueue(
+                    conn,
+                    SOURCE,
+                    &self.topics.transaction_event(&transaction, Change::Created),
+                )
+                .await
+                .map_err(|error| internal(error.into()))?;
+                Ok(pb::CreateTransactionResponse {
+                    transaction: Some(pb::Transaction::from(&transaction)),
+                })
+            })
+            .await?;
+        tracing::info!(
+            transaction_id = response
+                .transaction
+                .as_ref()
+                .map(|transaction| transaction.transaction_id.as_str()),
+            "transaction created"
+        );
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_transaction_status(
+        &self,
+        request: Request<pb::UpdateTransactionStatusRequest>,
+    ) -> Result<Response<pb::UpdateTransactionStatusResponse>, Status> {
+        let key = key_from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        let transaction_id = domain::require_id("transaction_id", &request.transaction_id).map_err(to_status)?;
+        let next = match status_from_wire(request.status) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                return Err(fintech_platform::grpc::invalid_argument(&[(
+                    "status".to_owned(),
+                    "is required".to_owned(),
+                )]));
+            }
+            Err(raw) => {
+                return Err(fintech_platform::grpc::invalid_argument(&[(
+                    "status".to_owned(),
+                    format!("unknown status value {raw}"),
+                )]));
+            }
+        };
+        let response = self
+            .idempotency
+            .execute(
+                &self.pool,
+                &method("UpdateTransactionStatus"),
+                key,
+                &request,
+                async |conn| {
+                    let current = storage::get_transaction(conn, transaction_id, true)
+                        .await
+                        .map_err(internal)?
+                        .ok_or_else(|| to_status(PaymentsError::TransactionNotFound(request.transaction_id.clone())))?;
+                    let transaction = domain::change_status(&current, request.expected_version, next, domain::now())
+                        .map_err(to_status)?;
+                    storage::update_transaction(conn, &transaction)
+                        .await
+                        .map_err(internal)?;
+                    outbox::enqueue(
+                        conn,
+                        SOURCE,
+                        &self.topics.transaction_event(&transaction, Change::Updated),
+                    )
+                    .await
+                    .map_err(|error| internal(error.into()))?;
+                    Ok(pb::UpdateTransactionStatusResponse {
+                        transaction: Some(pb::Transaction::from(&transaction)),
+                    })
+                },
+            )
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_transaction(
+        &self,
+        request: Request<pb::GetTransactionRequest>,
+    ) -> Result<Response<pb::GetTransactionResponse>, Status> {
+        let request = request.into_inner();
+        let transaction_id = domain::require_id("transaction_id", &request.transaction_id).map_err(to_status)?;
+        let transaction = self
+            .read(async |conn| {
+                storage::get_transaction(conn, transaction_id, false)
+                    .await?
+                    .ok_or_else(|| PaymentsError::TransactionNotFound(request.transaction_id.clone()))
+            })
+            .await?;
+        Ok(Response::new(pb::GetTransactionResponse {
+            transaction: Some(pb::Transaction::from(&transaction)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        let request = request.into_inner();
+        let order_id = domain::require_id("order_id", &request.order_id).map_err(to_status)?;
+        let page = PageRequest::parse(request.page_size, &request.page_token).map_err(to_status)?;
+        let (transactions, next) = self
+            .read(async |conn| Ok(storage::list_transactions(conn, order_id, &page).await?))
+            .await?;
+        Ok(Response::new(pb::ListTransactionsResponse {
+            transactions: transactions.iter().map(pb::Transaction::from).collect(),
+            next_page_token: next.map(|cursor| cursor.token()).unwrap_or_default(),
+        }))
+    }
+}
+
+fn internal(error: anyhow::Error) -> Status {
+    to_status(PaymentsError::Internal(error))
+}

@@ -1,0 +1,241 @@
+//! The payments tables (`migrations/payments/`). Every function runs on the connection it is
+//! given, so commands compose them with the outbox and idempotency rows in one transaction.
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::domain::{Cursor, Order, PageRequest, Transaction, TransactionStatus};
+
+const ORDER_COLUMNS: &str =
+    "order_id, customer_id, country, currency, amount, product_type, created_at, updated_at, version";
+const TRANSACTION_COLUMNS: &str =
+    "transaction_id, order_id, customer_id, amount, currency, status, created_at, updated_at, version";
+
+fn order_from_row(row: &PgRow) -> anyhow::Result<Order> {
+    Ok(Order {
+        order_id: row.try_get("order_id")?,
+        customer_id: row.try_get("customer_id")?,
+        country: row.try_get("country")?,
+        currency: row.try_get("currency")?,
+        amount: row.try_get("amount")?,
+        product_type: row.try_get("product_type")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        version: row.try_get("version")?,
+    })
+}
+
+fn transaction_from_row(row: &PgRow) -> anyhow::Result<Transaction> {
+    let status: String = row.try_get("status")?;
+    Ok(Transaction {
+        transaction_id: row.try_get("transaction_id")?,
+        order_id: row.try_get("order_id")?,
+        customer_id: row.try_get("customer_id")?,
+        amount: row.try_get("amount")?,
+        currency: row.try_get("currency")?,
+        status: TransactionStatus::from_stored(&status).with_context(|| format!("unknown stored status {status:?}"))?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        version: row.try_get("version")?,
+    })
+}
+
+/// Inserts a new order.
+#[tracing::instrument(skip_all, fields(order_id = %order.order_id))]
+pub async fn insert_order(conn: &mut PgConnection, order: &Order) -> anyhow::Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    ))
+    .bind(order.order_id)
+    .bind(&order.customer_id)
+    .bind(&order.country)
+    .bind(&order.currency)
+    .bind(order.amount)
+    .bind(&order.product_type)
+    .bind(order.created_at)
+    .bind(order.updated_at)
+    .bind(order.version)
+    .execute(conn)
+    .await
+    .context("insert order")?;
+    Ok(())
+}
+
+/// Reads an order; `lock` takes a row lock until the transaction ends.
+#[tracing::instrument(skip(conn))]
+pub async fn get_order(conn: &mut PgConnection, order_id: Uuid, lock: bool) -> anyhow::Result<Option<Order>> {
+    let suffix = if lock { " FOR UPDATE" } else { "" };
+    let row = sqlx::query(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1{suffix}"
+    ))
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await
+    .context("read order")?;
+    row.as_ref().map(order_from_row).transpose()
+}
+
+/// Writes an order's new state; fails unless the stored version is the one before it.
+#[tracing::instrument(skip_all, fields(order_id = %order.order_id, version = order.version))]
+pub async fn update_order(conn: &mut PgConnection, order: &Order) -> anyhow::Result<()> {
+    let updated = sqlx::query(
+        "UPDATE orders SET country = $2, amount = $3, product_type = $4, updated_at = $5, version = $6 \
+         WHERE order_id = $1 AND version = $6 - 1",
+    )
+    .bind(order.order_id)
+    .bind(&order.country)
+    .bind(order.amount)
+    .bind(&order.product_type)
+    .bind(order.updated_at)
+    .bind(order.version)
+    .execute(conn)
+    .await
+    .context("update order")?;
+    anyhow::ensure!(
+        updated.rows_affected() == 1,
+        "order {} moved during the update",
+        order.order_id
+    );
+    Ok(())
+}
+
+/// A customer's orders, newest first, after `page.after`; returns the page and the next cursor.
+#[tracing::instrument(skip(conn))]
+pub async fn list_orders(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    page: &PageRequest,
+) -> anyhow::Result<(Vec<Order>, Option<Cursor>)> {
+    let (after_time, after_id) = cursor_bounds(page.after, far_future(), Uuid::max());
+    let rows = sqlx::query(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE customer_id = $1 AND (created_at, order_id) < ($2, $3) \
+         ORDER BY created_at DESC, order_id DESC LIMIT $4"
+    ))
+    .bind(customer_id)
+    .bind(after_time)
+    .bind(after_id)
+    .bind(page.size + 1)
+    .fetch_all(conn)
+    .await
+    .context("list orders")?;
+    let mut orders = rows.iter().map(order_from_row).collect::<anyhow::Result<Vec<_>>>()?;
+    let next = next_cursor(&mut orders, page.size, |order| Cursor {
+        created_at: order.created_at,
+        id: order.order_id,
+    });
+    Ok((orders, next))
+}
+
+/// Inserts a new transaction.
+#[tracing::instrument(skip_all, fields(transaction_id = %transaction.transaction_id))]
+pub async fn insert_transaction(conn: &mut PgConnection, transaction: &Transaction) -> anyhow::Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO transactions ({TRANSACTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    ))
+    .bind(transaction.transaction_id)
+    .bind(transaction.order_id)
+    .bind(&transaction.customer_id)
+    .bind(transaction.amount)
+    .bind(&transaction.currency)
+    .bind(transaction.status.as_str())
+    .bind(transaction.created_at)
+    .bind(transaction.updated_at)
+    .bind(transaction.version)
+    .execute(conn)
+    .await
+    .context("insert transaction")?;
+    Ok(())
+}
+
+/// Reads a transaction; `lock` takes a row lock until the transaction ends.
+#[tracing::instrument(skip(conn))]
+pub async fn get_transaction(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+    lock: bool,
+) -> anyhow::Result<Option<Transaction>> {
+    let suffix = if lock { " FOR UPDATE" } else { "" };
+    let row = sqlx::query(&format!(
+        "SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE transaction_id = $1{suffix}"
+    ))
+    .bind(transaction_id)
+    .fetch_optional(conn)
+    .await
+    .context("read transaction")?;
+    row.as_ref().map(transaction_from_row).transpose()
+}
+
+/// Writes a transaction's new status; fails unless the stored version is the one before it.
+#[tracing::instrument(skip_all, fields(transaction_id = %transaction.transaction_id, version = transaction.version))]
+pub async fn update_transaction(conn: &mut PgConnection, transaction: &Transaction) -> anyhow::Result<()> {
+    let updated = sqlx::query(
+        "UPDATE transactions SET status = $2, updated_at = $3, version = $4 \
+         WHERE transaction_id = $1 AND version = $4 - 1",
+    )
+    .bind(transaction.transaction_id)
+    .bind(transaction.status.as_str())
+    .bind(transaction.updated_at)
+    .bind(transaction.version)
+    .execute(conn)
+    .await
+    .context("update transaction")?;
+    anyhow::ensure!(
+        updated.rows_affected() == 1,
+        "transaction {} moved during the update",
+        transaction.transaction_id
+    );
+    Ok(())
+}
+
+/// An order's transactions, oldest first, after `page.after`.
+#[tracing::instrument(skip(conn))]
+pub async fn list_transactions(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    page: &PageRequest,
+) -> anyhow::Result<(Vec<Transaction>, Option<Cursor>)> {
+    let (after_time, after_id) = cursor_bounds(page.after, DateTime::UNIX_EPOCH, Uuid::nil());
+    let rows = sqlx::query(&format!(
+        "SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE order_id = $1 AND (created_at, transaction_id) > ($2, $3) \
+         ORDER BY created_at, transaction_id LIMIT $4"
+    ))
+    .bind(order_id)
+    .bind(after_time)
+    .bind(after_id)
+    .bind(page.size + 1)
+    .fetch_all(conn)
+    .await
+    .context("list transactions")?;
+    let mut transactions = rows
+        .iter()
+        .map(transaction_from_row)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let next = next_cursor(&mut transactions, page.size, |transaction| Cursor {
+        created_at: transaction.created_at,
+        id: transaction.transaction_id,
+    });
+    Ok((transactions, next))
+}
+
+/// 9999-12-31T23:59:59Z: later than any stored timestamp, and inside PostgreSQL's range.
+fn far_future() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+fn cursor_bounds(after: Option<Cursor>, time: DateTime<Utc>, id: Uuid) -> (DateTime<Utc>, Uuid) {
+    after.map_or((time, id), |cursor| (cursor.created_at, cursor.id))
+}
+
+/// Trims the look-ahead item and returns the cursor of the page's last item when there is more.
+fn next_cursor<T>(items: &mut Vec<T>, size: i64, cursor: impl Fn(&T) -> Cursor) -> Option<Cursor> {
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    if items.len() > size {
+        items.truncate(size);
+        items.last().map(cursor)
+    } else {
+        None
+    }
+}
