@@ -18,9 +18,7 @@ use fintech_platform::kafka::headers::{
 };
 use fintech_platform::telemetry::{TraceHeaders, current_trace_id};
 use fintech_proto::payments::Order;
-use fintech_tests::{
-    TestDb, create_topics, header, kafka_bootstrap, read_extra, read_records, reader, unique_topic,
-};
+use fintech_tests::{TestDb, create_topics, header, kafka_bootstrap, read_extra, read_records, reader, unique_topic};
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message as _, OwnedHeaders};
@@ -57,17 +55,11 @@ fn metadata(subject: &str, trace: TraceHeaders) -> EventMetadata {
 }
 
 fn producer() -> EventProducer {
-    EventProducer::new(&kafka_bootstrap(), "test-producer", Duration::from_secs(20))
-        .expect("producer")
+    EventProducer::new(&kafka_bootstrap(), "test-producer", Duration::from_secs(20)).expect("producer")
 }
 
 fn settings(topic: &str, dead_letter_topic: &str, group: &str) -> ConsumerSettings {
-    let mut settings = ConsumerSettings::new(
-        kafka_bootstrap(),
-        group,
-        vec![topic.to_owned()],
-        dead_letter_topic,
-    );
+    let mut settings = ConsumerSettings::new(kafka_bootstrap(), group, vec![topic.to_owned()], dead_letter_topic);
     settings.max_backoff = Duration::from_millis(400);
     settings
 }
@@ -81,12 +73,7 @@ fn start(
     handler: Arc<dyn EventHandler>,
 ) -> (JoinHandle<fintech_platform::Result<()>>, CancellationToken) {
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_consumer(
-        settings,
-        handler,
-        producer(),
-        shutdown.clone(),
-    ));
+    let task = tokio::spawn(run_consumer(settings, handler, producer(), shutdown.clone()));
     (task, shutdown)
 }
 
@@ -120,9 +107,7 @@ async fn committed_offset(group: &str, topic: &str, partition: i32) -> Option<i6
             .expect("offset probe consumer");
         let mut partitions = TopicPartitionList::new();
         partitions.add_partition(&topic, partition);
-        let committed = consumer
-            .committed_offsets(partitions, Duration::from_secs(5))
-            .ok()?;
+        let committed = consumer.committed_offsets(partitions, Duration::from_secs(5)).ok()?;
         match committed.find_partition(&topic, partition)?.offset() {
             Offset::Offset(offset) => Some(offset),
             _ => None,
@@ -158,9 +143,7 @@ struct Collect {
 impl EventHandler for Collect {
     async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
         let order: Order = event.decode()?;
-        self.handled
-            .send((event.offset, order))
-            .expect("test listens");
+        self.handled.send((event.offset, order)).expect("test listens");
         Ok(())
     }
 }
@@ -226,18 +209,9 @@ async fn poison_records_are_dead_lettered_and_the_next_record_is_handled() {
     assert_eq!(no_headers.key(), Some(key.as_bytes()));
     let reason = header(no_headers, DEAD_LETTER_REASON).expect("dlq_reason");
     assert!(reason.contains("missing header"), "{reason}");
-    assert_eq!(
-        header(no_headers, DEAD_LETTER_TOPIC).as_deref(),
-        Some(topic.as_str())
-    );
-    assert_eq!(
-        header(no_headers, DEAD_LETTER_PARTITION),
-        Some(partition.clone())
-    );
-    assert_eq!(
-        header(no_headers, DEAD_LETTER_OFFSET),
-        Some(first.offset.to_string())
-    );
+    assert_eq!(header(no_headers, DEAD_LETTER_TOPIC).as_deref(), Some(topic.as_str()));
+    assert_eq!(header(no_headers, DEAD_LETTER_PARTITION), Some(partition.clone()));
+    assert_eq!(header(no_headers, DEAD_LETTER_OFFSET), Some(first.offset.to_string()));
 
     let bad_value = &records[1];
     assert_eq!(bad_value.payload(), Some(&undecodable[..]));
@@ -248,16 +222,10 @@ async fn poison_records_are_dead_lettered_and_the_next_record_is_handled() {
     );
     let reason = header(bad_value, DEAD_LETTER_REASON).expect("dlq_reason");
     assert!(reason.contains("not a valid"), "{reason}");
-    assert_eq!(
-        header(bad_value, DEAD_LETTER_OFFSET),
-        Some(second.offset.to_string())
-    );
+    assert_eq!(header(bad_value, DEAD_LETTER_OFFSET), Some(second.offset.to_string()));
 
     stop(task, shutdown).await;
-    assert!(
-        handled_rx.try_recv().is_err(),
-        "the handler saw only the good record"
-    );
+    assert!(handled_rx.try_recv().is_err(), "the handler saw only the good record");
 }
 
 /// Applies each order once: an effect row and the inbox row in one transaction. On the event
@@ -287,12 +255,8 @@ impl EventHandler for ApplyOnce {
                 .await?;
         }
         tx.commit().await?;
-        self.handled
-            .send((event.offset, first_time))
-            .expect("test listens");
-        if self.crash_on.as_deref() == Some(event_id.as_str())
-            && !self.crashed.swap(true, Ordering::SeqCst)
-        {
+        self.handled.send((event.offset, first_time)).expect("test listens");
+        if self.crash_on.as_deref() == Some(event_id.as_str()) && !self.crashed.swap(true, Ordering::SeqCst) {
             // The effect is committed; the offset never will be by this consumer.
             std::future::pending::<()>().await;
         }
@@ -317,21 +281,11 @@ async fn a_crash_before_the_commit_redelivers_without_a_second_effect() {
     let before = metadata("order-a", TraceHeaders::default());
     let crashing = metadata("order-b", TraceHeaders::default());
     producer
-        .send_event(
-            &topic,
-            "order-a",
-            &order("order-a", 100).encode_to_vec(),
-            &before,
-        )
+        .send_event(&topic, "order-a", &order("order-a", 100).encode_to_vec(), &before)
         .await
         .expect("send first");
     let crash_delivery = producer
-        .send_event(
-            &topic,
-            "order-b",
-            &order("order-b", 250).encode_to_vec(),
-            &crashing,
-        )
+        .send_event(&topic, "order-b", &order("order-b", 250).encode_to_vec(), &crashing)
         .await
         .expect("send second");
 
@@ -343,10 +297,7 @@ async fn a_crash_before_the_commit_redelivers_without_a_second_effect() {
         crashed: AtomicBool::new(false),
         handled: handled.clone(),
     };
-    let (task, _shutdown) = start(
-        settings(&topic, &dead_letter_topic, &group),
-        Arc::new(handler),
-    );
+    let (task, _shutdown) = start(settings(&topic, &dead_letter_topic, &group), Arc::new(handler));
     assert_eq!(next(&mut handled_rx, "first event").await, (0, true));
     assert_eq!(
         next(&mut handled_rx, "second event").await,
@@ -356,10 +307,7 @@ async fn a_crash_before_the_commit_redelivers_without_a_second_effect() {
     wait_for_commit(&group, &topic, 0, crash_delivery.offset).await;
     task.abort();
     assert!(task.await.expect_err("aborted").is_cancelled());
-    assert_eq!(
-        committed_offset(&group, &topic, 0).await,
-        Some(crash_delivery.offset)
-    );
+    assert_eq!(committed_offset(&group, &topic, 0).await, Some(crash_delivery.offset));
 
     // Restart in the same group: only the uncommitted event comes again, and changes nothing.
     let handler = ApplyOnce {
@@ -368,10 +316,7 @@ async fn a_crash_before_the_commit_redelivers_without_a_second_effect() {
         crashed: AtomicBool::new(false),
         handled,
     };
-    let (task, shutdown) = start(
-        settings(&topic, &dead_letter_topic, &group),
-        Arc::new(handler),
-    );
+    let (task, shutdown) = start(settings(&topic, &dead_letter_topic, &group), Arc::new(handler));
     assert_eq!(
         next(&mut handled_rx, "redelivery").await,
         (crash_delivery.offset, false)
@@ -380,30 +325,21 @@ async fn a_crash_before_the_commit_redelivers_without_a_second_effect() {
     stop(task, shutdown).await;
     assert!(handled_rx.try_recv().is_err(), "no other delivery");
 
-    let effects: Vec<(String, i64)> =
-        sqlx::query_as("SELECT order_id, amount FROM effects ORDER BY id")
-            .fetch_all(&db.pool)
-            .await
-            .expect("read effects");
-    assert_eq!(
-        effects,
-        [("order-a".to_owned(), 100), ("order-b".to_owned(), 250)]
-    );
-    let crashed_effects: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM effects WHERE event_id = $1")
-            .bind(&crashing.id)
-            .fetch_one(&db.pool)
-            .await
-            .expect("count effects");
-    assert_eq!(
-        crashed_effects, 1,
-        "exactly one effect for the redelivered event"
-    );
-    let inbox: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer = 'test-ledger'")
-            .fetch_one(&db.pool)
-            .await
-            .expect("count inbox");
+    let effects: Vec<(String, i64)> = sqlx::query_as("SELECT order_id, amount FROM effects ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("read effects");
+    assert_eq!(effects, [("order-a".to_owned(), 100), ("order-b".to_owned(), 250)]);
+    let crashed_effects: i64 = sqlx::query_scalar("SELECT count(*) FROM effects WHERE event_id = $1")
+        .bind(&crashing.id)
+        .fetch_one(&db.pool)
+        .await
+        .expect("count effects");
+    assert_eq!(crashed_effects, 1, "exactly one effect for the redelivered event");
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer = 'test-ledger'")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count inbox");
     assert_eq!(inbox, 2);
 }
 
@@ -467,9 +403,7 @@ impl EventHandler for Flaky {
     async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
         let attempt = self.attempts.fetch_add(1, Ordering::SeqCst);
         let succeeded = attempt >= self.failures;
-        self.attempted
-            .send((event.offset, succeeded))
-            .expect("test listens");
+        self.attempted.send((event.offset, succeeded)).expect("test listens");
         if succeeded {
             Ok(())
         } else {
@@ -504,10 +438,7 @@ async fn transient_failures_are_retried_until_the_event_is_handled() {
         attempts: AtomicU32::new(0),
         attempted,
     };
-    let (task, shutdown) = start(
-        settings(&topic, &dead_letter_topic, &group),
-        Arc::new(handler),
-    );
+    let (task, shutdown) = start(settings(&topic, &dead_letter_topic, &group), Arc::new(handler));
 
     let mut attempts = Vec::new();
     for _ in 0..6 {
@@ -516,14 +447,7 @@ async fn transient_failures_are_retried_until_the_event_is_handled() {
     // The first event is retried in place (never skipped) until it passes; only then the second.
     assert_eq!(
         attempts,
-        [
-            (0, false),
-            (0, false),
-            (0, false),
-            (0, false),
-            (0, true),
-            (1, true)
-        ]
+        [(0, false), (0, false), (0, false), (0, false), (0, true), (1, true)]
     );
     wait_for_commit(&group, &topic, 0, 2).await;
     stop(task, shutdown).await;
@@ -531,9 +455,7 @@ async fn transient_failures_are_retried_until_the_event_is_handled() {
 
     let dead_letters = reader(&kafka_bootstrap(), &[&dead_letter_topic]);
     assert!(
-        read_extra(&dead_letters, Duration::from_secs(3))
-            .await
-            .is_empty(),
+        read_extra(&dead_letters, Duration::from_secs(3)).await.is_empty(),
         "nothing dead-lettered"
     );
 }
@@ -570,9 +492,7 @@ async fn shutdown_while_retrying_leaves_the_event_uncommitted() {
     impl EventHandler for FirstOnly {
         async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
             let succeeded = event.offset == 0;
-            self.attempted
-                .send((event.offset, succeeded))
-                .expect("test listens");
+            self.attempted.send((event.offset, succeeded)).expect("test listens");
             if succeeded {
                 Ok(())
             } else {

@@ -8,6 +8,8 @@
 
 pub mod broker;
 pub mod payments;
+pub mod process;
+pub mod tax;
 
 use std::path::PathBuf;
 use std::time::Duration;

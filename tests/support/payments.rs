@@ -26,6 +26,11 @@ pub struct PaymentsHarness {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// A fresh topic prefix, `test.<uuid>.`.
+pub fn unique_prefix() -> String {
+    format!("test.{}.", uuid::Uuid::new_v4().simple())
+}
+
 /// The settings a test instance runs with.
 pub fn platform_config(service: &str, database_url: &str, bootstrap: &str) -> PlatformConfig {
     PlatformConfig {
@@ -62,8 +67,13 @@ pub async fn connect(address: &str) -> Channel {
 impl PaymentsHarness {
     /// Starts payments with a fresh database and fresh topics.
     pub async fn start() -> Self {
+        Self::start_with_prefix(&unique_prefix()).await
+    }
+
+    /// Starts payments writing to the topics of `prefix` (shared with other harnesses).
+    pub async fn start_with_prefix(prefix: &str) -> Self {
         let db = TestDb::empty().await;
-        let prefix = format!("test.{}.", uuid::Uuid::new_v4().simple());
+        let prefix = prefix.to_owned();
         let bootstrap = kafka_bootstrap();
         let topics: Vec<String> = fintech_payments::events::TOPICS
             .iter()

@@ -773,10 +773,9 @@ impl RedisCache {
             if let Some(cached) = cached {
                 return parse_cached(cached, fingerprint);
             }
-            if marker.is_none() {
-                // The first attempt failed (or its marker expired): PostgreSQL decides.
-                return None;
-            }
+            // Marker gone without a cached response: the first attempt failed or its marker
+            // expired, so PostgreSQL decides.
+            marker?;
         }
     }
 

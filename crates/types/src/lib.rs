@@ -1,7 +1,9 @@
 //! Validated value types every service speaks: ISO 3166-1 alpha-2 countries and ISO 4217
-//! currencies. Construct with `parse`; a value that exists is valid.
+//! currencies, and keyset pagination ([`paging`]). Construct with `parse`; a value that exists is
+//! valid.
 
 mod iso_data;
+pub mod paging;
 
 use std::fmt;
 

@@ -470,68 +470,11 @@ pub fn change_status(
     Ok(updated)
 }
 
-/// A page request, validated: 1..=500 items (0 means 50) after an optional cursor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageRequest {
-    /// Items per page.
-    pub size: i64,
-    /// Position after which the page starts.
-    pub after: Option<Cursor>,
-}
+pub use fintech_types::paging::{Cursor, PageRequest};
 
-/// Keyset position: the sort timestamp and the id of the last item of the previous page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    /// Sort timestamp.
-    pub created_at: DateTime<Utc>,
-    /// Tie-breaker.
-    pub id: Uuid,
-}
-
-impl Cursor {
-    /// The opaque token handed to clients.
-    pub fn token(&self) -> String {
-        hex::encode(format!("v1|{}|{}", self.created_at.timestamp_micros(), self.id))
-    }
-
-    fn from_token(token: &str) -> Option<Self> {
-        let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
-        let mut parts = text.split('|');
-        if parts.next()? != "v1" {
-            return None;
-        }
-        let micros: i64 = parts.next()?.parse().ok()?;
-        let id = Uuid::parse_str(parts.next()?).ok()?;
-        Some(Self {
-            created_at: DateTime::from_timestamp_micros(micros)?,
-            id,
-        })
-    }
-}
-
-impl PageRequest {
-    /// Validates `page_size` and `page_token`.
-    pub fn parse(page_size: i32, page_token: &str) -> Result<Self, PaymentsError> {
-        let mut violations = Violations::default();
-        let size = match page_size {
-            0 => 50,
-            1..=500 => i64::from(page_size),
-            other => {
-                violations.add("page_size", format!("must be between 0 and 500, got {other}"));
-                0
-            }
-        };
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            let cursor = Cursor::from_token(page_token);
-            if cursor.is_none() {
-                violations.add("page_token", "is not a token returned by this API");
-            }
-            cursor
-        };
-        violations.into_result(|| Self { size, after })
-    }
+/// Validates paging fields into the domain's error.
+pub fn page(page_size: i32, page_token: &str) -> Result<PageRequest, PaymentsError> {
+    PageRequest::parse(page_size, page_token).map_err(|violations| PaymentsError::Invalid(Violations(violations)))
 }
 
 #[cfg(test)]
@@ -618,18 +561,5 @@ mod tests {
             command.on_order(&order, now()),
             Err(PaymentsError::CurrencyMismatch { .. })
         ));
-    }
-
-    #[test]
-    fn page_tokens_round_trip_and_garbage_is_rejected() {
-        let cursor = Cursor {
-            created_at: now(),
-            id: Uuid::new_v4(),
-        };
-        let page = PageRequest::parse(10, &cursor.token()).unwrap();
-        assert_eq!(page.after, Some(cursor));
-        assert!(PageRequest::parse(10, "zz").is_err());
-        assert!(PageRequest::parse(501, "").is_err());
-        assert_eq!(PageRequest::parse(0, "").unwrap().size, 50);
     }
 }

@@ -10,7 +10,7 @@ use fintech_proto::payments::payments_service_server::PaymentsService;
 use sqlx::{PgConnection, PgPool};
 use tonic::{Request, Response, Status};
 
-use crate::domain::{self, CreateOrder, CreateTransaction, OrderChanges, PageRequest, PaymentsError};
+use crate::domain::{self, CreateOrder, CreateTransaction, OrderChanges, PaymentsError};
 use crate::events::{Change, SOURCE, Topics};
 use crate::proto::status_from_wire;
 use crate::storage;
@@ -151,7 +151,7 @@ impl PaymentsService for Payments {
                 "is required".to_owned(),
             )]));
         }
-        let page = PageRequest::parse(request.page_size, &request.page_token).map_err(to_status)?;
+        let page = domain::page(request.page_size, &request.page_token).map_err(to_status)?;
         let (orders, next) = self
             .read(async |conn| Ok(storage::list_orders(conn, &request.customer_id, &page).await?))
             .await?;
@@ -291,7 +291,7 @@ impl PaymentsService for Payments {
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
         let request = request.into_inner();
         let order_id = domain::require_id("order_id", &request.order_id).map_err(to_status)?;
-        let page = PageRequest::parse(request.page_size, &request.page_token).map_err(to_status)?;
+        let page = domain::page(request.page_size, &request.page_token).map_err(to_status)?;
         let (transactions, next) = self
             .read(async |conn| Ok(storage::list_transactions(conn, order_id, &page).await?))
             .await?;

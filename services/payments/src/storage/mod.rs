@@ -2,7 +2,6 @@
 //! given, so commands compose them with the outbox and idempotency rows in one transaction.
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -109,7 +108,7 @@ pub async fn list_orders(
     customer_id: &str,
     page: &PageRequest,
 ) -> anyhow::Result<(Vec<Order>, Option<Cursor>)> {
-    let (after_time, after_id) = cursor_bounds(page.after, far_future(), Uuid::max());
+    let (after_time, after_id) = page.descending_bound();
     let rows = sqlx::query(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE customer_id = $1 AND (created_at, order_id) < ($2, $3) \
          ORDER BY created_at DESC, order_id DESC LIMIT $4"
@@ -117,12 +116,12 @@ pub async fn list_orders(
     .bind(customer_id)
     .bind(after_time)
     .bind(after_id)
-    .bind(page.size + 1)
+    .bind(page.fetch_limit())
     .fetch_all(conn)
     .await
     .context("list orders")?;
     let mut orders = rows.iter().map(order_from_row).collect::<anyhow::Result<Vec<_>>>()?;
-    let next = next_cursor(&mut orders, page.size, |order| Cursor {
+    let next = page.next_cursor(&mut orders, |order| Cursor {
         created_at: order.created_at,
         id: order.order_id,
     });
@@ -197,7 +196,7 @@ pub async fn list_transactions(
     order_id: Uuid,
     page: &PageRequest,
 ) -> anyhow::Result<(Vec<Transaction>, Option<Cursor>)> {
-    let (after_time, after_id) = cursor_bounds(page.after, DateTime::UNIX_EPOCH, Uuid::nil());
+    let (after_time, after_id) = page.ascending_bound();
     let rows = sqlx::query(&format!(
         "SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE order_id = $1 AND (created_at, transaction_id) > ($2, $3) \
          ORDER BY created_at, transaction_id LIMIT $4"
@@ -205,7 +204,7 @@ pub async fn list_transactions(
     .bind(order_id)
     .bind(after_time)
     .bind(after_id)
-    .bind(page.size + 1)
+    .bind(page.fetch_limit())
     .fetch_all(conn)
     .await
     .context("list transactions")?;
@@ -213,29 +212,9 @@ pub async fn list_transactions(
         .iter()
         .map(transaction_from_row)
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let next = next_cursor(&mut transactions, page.size, |transaction| Cursor {
+    let next = page.next_cursor(&mut transactions, |transaction| Cursor {
         created_at: transaction.created_at,
         id: transaction.transaction_id,
     });
     Ok((transactions, next))
-}
-
-/// 9999-12-31T23:59:59Z: later than any stored timestamp, and inside PostgreSQL's range.
-fn far_future() -> DateTime<Utc> {
-    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::UNIX_EPOCH)
-}
-
-fn cursor_bounds(after: Option<Cursor>, time: DateTime<Utc>, id: Uuid) -> (DateTime<Utc>, Uuid) {
-    after.map_or((time, id), |cursor| (cursor.created_at, cursor.id))
-}
-
-/// Trims the look-ahead item and returns the cursor of the page's last item when there is more.
-fn next_cursor<T>(items: &mut Vec<T>, size: i64, cursor: impl Fn(&T) -> Cursor) -> Option<Cursor> {
-    let size = usize::try_from(size).unwrap_or(usize::MAX);
-    if items.len() > size {
-        items.truncate(size);
-        items.last().map(cursor)
-    } else {
-        None
-    }
 }

@@ -1,0 +1,361 @@
+//! The tax tables (`migrations/tax/`). Functions run on the connection they are given so the
+//! event handlers compose them with the outbox and the consumer inbox in one transaction.
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use fintech_types::paging::{Cursor, PageRequest};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::domain::vat::TaxReason;
+use crate::domain::{CachedOrder, FailureReason, TaxedTransaction};
+
+/// Serializes work on one order across consumer instances (a transaction and its order may be
+/// handled by two instances at once); released at commit or rollback.
+pub async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))")
+        .bind(order_id)
+        .execute(conn)
+        .await
+        .context("lock order")?;
+    Ok(())
+}
+
+/// Stores `order` unless the cache already holds the same or a newer version; true when stored.
+#[tracing::instrument(skip_all, fields(order_id = %order.order_id, version = order.version))]
+pub async fn upsert_order(conn: &mut PgConnection, order: &CachedOrder) -> anyhow::Result<bool> {
+    let payload = serde_json::to_value(order).context("order to json")?;
+    let stored = sqlx::query(
+        "INSERT INTO order_cache (id, payload, version, order_created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (id) DO UPDATE SET payload = EXCLUDED.payload, version = EXCLUDED.version, updated_at = now() \
+         WHERE order_cache.version < EXCLUDED.version",
+    )
+    .bind(order.order_id)
+    .bind(payload)
+    .bind(order.version)
+    .bind(order.created_at)
+    .execute(conn)
+    .await
+    .context("upsert order")?;
+    Ok(stored.rows_affected() == 1)
+}
+
+/// The cached order, if it arrived.
+pub async fn get_order(conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<Option<CachedOrder>> {
+    let payload: Option<serde_json::Value> = sqlx::query_scalar("SELECT payload FROM order_cache WHERE id = $1")
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await
+        .context("read cached order")?;
+    payload.map(|payload| serde_json::from_value(payload).context("cached order json")).transpose()
+}
+
+/// A transaction waiting for its order.
+#[derive(Debug, Clone)]
+pub struct Parked {
+    /// Transaction id.
+    pub transaction_id: Uuid,
+    /// The order it waits for.
+    pub order_id: Uuid,
+    /// CloudEvents type of the original event.
+    pub event_type: String,
+    /// The original event's value.
+    pub payload: Vec<u8>,
+    /// Trace of the original event.
+    pub traceparent: Option<String>,
+    /// Trace state of the original event.
+    pub tracestate: Option<String>,
+}
+
+fn parked_from_row(row: &PgRow) -> anyhow::Result<Parked> {
+    Ok(Parked {
+        transaction_id: row.try_get("transaction_id")?,
+        order_id: row.try_get("order_id")?,
+        event_type: row.try_get("event_type")?,
+        payload: row.try_get("payload")?,
+        traceparent: row.try_get("traceparent")?,
+        tracestate: row.try_get("tracestate")?,
+    })
+}
+
+/// Parks a transaction until `deadline` (a redelivered one keeps its first deadline).
+pub async fn park(conn: &mut PgConnection, parked: &Parked, deadline: DateTime<Utc>) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO parked_transactions (transaction_id, order_id, event_type, payload, traceparent, tracestate, deadline) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (transaction_id) DO NOTHING",
+    )
+    .bind(parked.transaction_id)
+    .bind(parked.order_id)
+    .bind(&parked.event_type)
+    .bind(&parked.payload)
+    .bind(&parked.traceparent)
+    .bind(&parked.tracestate)
+    .bind(deadline)
+    .execute(conn)
+    .await
+    .context("park transaction")?;
+    Ok(())
+}
+
+/// Removes and returns the transactions parked for `order_id`.
+pub async fn take_parked_for_order(conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<Vec<Parked>> {
+    let rows = sqlx::query("DELETE FROM parked_transactions WHERE order_id = $1 RETURNING *")
+        .bind(order_id)
+        .fetch_all(conn)
+        .await
+        .context("release parked transactions")?;
+    rows.iter().map(parked_from_row).collect()
+}
+
+/// Removes and returns up to `limit` parked transactions whose deadline has passed (rows another
+/// instance is handling are skipped).
+pub async fn take_expired(conn: &mut PgConnection, limit: i64) -> anyhow::Result<Vec<Parked>> {
+    let rows = sqlx::query(
+        "DELETE FROM parked_transactions WHERE transaction_id IN ( \
+           SELECT transaction_id FROM parked_transactions WHERE deadline < now() \
+           ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING *",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+    .context("take expired parked transactions")?;
+    rows.iter().map(parked_from_row).collect()
+}
+
+/// How many transactions are parked (for tests and status).
+pub async fn parked_count(conn: &mut PgConnection) -> anyhow::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM parked_transactions").fetch_one(conn).await.context("count parked")
+}
+
+fn reason_to_stored(reason: TaxReason) -> &'static str {
+    match reason {
+        TaxReason::StandardRate => "standard_rate",
+        TaxReason::ReducedRate => "reduced_rate",
+        TaxReason::Exempt => "exempt",
+        TaxReason::ZeroRated => "zero_rated",
+    }
+}
+
+fn reason_from_stored(value: &str) -> Option<TaxReason> {
+    [TaxReason::StandardRate, TaxReason::ReducedRate, TaxReason::Exempt, TaxReason::ZeroRated]
+        .into_iter()
+        .find(|reason| reason_to_stored(*reason) == value)
+}
+
+const TAXED_COLUMNS: &str = "transaction_id, order_id, customer_id, base_amount, tax_applied, total_amount, currency, \
+     country, product_type, tax_rate_bps, reason, rule_version, tax_date, calculated_at";
+
+fn taxed_from_row(row: &PgRow) -> anyhow::Result<TaxedTransaction> {
+    let reason: String = row.try_get("reason")?;
+    Ok(TaxedTransaction {
+        transaction_id: row.try_get("transaction_id")?,
+        order_id: row.try_get("order_id")?,
+        customer_id: row.try_get("customer_id")?,
+        base_amount: row.try_get("base_amount")?,
+        tax_applied: row.try_get("tax_applied")?,
+        total_amount: row.try_get("total_amount")?,
+        currency: row.try_get("currency")?,
+        country: row.try_get("country")?,
+        product_type: row.try_get("product_type")?,
+        tax_rate_bps: row.try_get("tax_rate_bps")?,
+        reason: reason_from_stored(&reason).with_context(|| format!("unknown stored reason {reason:?}"))?,
+        rule_version: row.try_get("rule_version")?,
+        tax_date: row.try_get("tax_date")?,
+        calculated_at: row.try_get("calculated_at")?,
+    })
+}
+
+/// Stores a result; false when the transaction already has one (nothing is changed then).
+#[tracing::instrument(skip_all, fields(transaction_id = %taxed.transaction_id))]
+pub async fn insert_taxed(conn: &mut PgConnection, taxed: &TaxedTransaction) -> anyhow::Result<bool> {
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO taxed_transactions ({TAXED_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         ON CONFLICT (transaction_id) DO NOTHING"
+    ))
+    .bind(taxed.transaction_id)
+    .bind(taxed.order_id)
+    .bind(&taxed.customer_id)
+    .bind(taxed.base_amount)
+    .bind(taxed.tax_applied)
+    .bind(taxed.total_amount)
+    .bind(&taxed.currency)
+    .bind(&taxed.country)
+    .bind(&taxed.product_type)
+    .bind(taxed.tax_rate_bps)
+    .bind(reason_to_stored(taxed.reason))
+    .bind(&taxed.rule_version)
+    .bind(taxed.tax_date)
+    .bind(taxed.calculated_at)
+    .execute(conn)
+    .await
+    .context("insert taxed transaction")?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Whether a transaction already has a result.
+pub async fn is_taxed(conn: &mut PgConnection, transaction_id: Uuid) -> anyhow::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM taxed_transactions WHERE transaction_id = $1)")
+        .bind(transaction_id)
+        .fetch_one(conn)
+        .await
+        .context("check taxed")
+}
+
+/// One result.
+pub async fn get_taxed(conn: &mut PgConnection, transaction_id: Uuid) -> anyhow::Result<Option<TaxedTransaction>> {
+    let row = sqlx::query(&format!("SELECT {TAXED_COLUMNS} FROM taxed_transactions WHERE transaction_id = $1"))
+        .bind(transaction_id)
+        .fetch_optional(conn)
+        .await
+        .context("read taxed transaction")?;
+    row.as_ref().map(taxed_from_row).transpose()
+}
+
+/// Filter of ListTaxedTransactions.
+#[derive(Debug, Clone)]
+pub enum TaxedFilter {
+    /// One order's results.
+    Order(Uuid),
+    /// One customer's results.
+    Customer(String),
+}
+
+/// Results by order or customer, oldest first.
+pub async fn list_taxed(
+    conn: &mut PgConnection,
+    filter: &TaxedFilter,
+    page: &PageRequest,
+) -> anyhow::Result<(Vec<TaxedTransaction>, Option<Cursor>)> {
+    let (after_time, after_id) = page.ascending_bound();
+    let column = match filter {
+        TaxedFilter::Order(_) => "order_id",
+        TaxedFilter::Customer(_) => "customer_id",
+    };
+    let query = format!(
+        "SELECT {TAXED_COLUMNS} FROM taxed_transactions WHERE {column} = $1 \
+         AND (calculated_at, transaction_id) > ($2, $3) ORDER BY calculated_at, transaction_id LIMIT $4"
+    );
+    let query = sqlx::query(&query);
+    let query = match filter {
+        TaxedFilter::Order(order_id) => query.bind(*order_id),
+        TaxedFilter::Customer(customer_id) => query.bind(customer_id.clone()),
+    };
+    let rows =
+        query.bind(after_time).bind(after_id).bind(page.fetch_limit()).fetch_all(conn).await.context("list taxed")?;
+    let mut items = rows.iter().map(taxed_from_row).collect::<anyhow::Result<Vec<_>>>()?;
+    let next = page.next_cursor(&mut items, |item| Cursor { created_at: item.calculated_at, id: item.transaction_id });
+    Ok((items, next))
+}
+
+/// A recorded failure.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Transaction id.
+    pub transaction_id: Uuid,
+    /// Its order.
+    pub order_id: Uuid,
+    /// Why.
+    pub reason: FailureReason,
+    /// Detail for humans.
+    pub detail: String,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// CloudEvents type of the original event.
+    pub original_event_type: String,
+    /// The original event's value.
+    pub original_event: Vec<u8>,
+    /// Trace of the original event.
+    pub traceparent: Option<String>,
+    /// Trace state of the original event.
+    pub tracestate: Option<String>,
+    /// When it last failed.
+    pub failed_at: DateTime<Utc>,
+}
+
+fn failure_from_row(row: &PgRow) -> anyhow::Result<Failure> {
+    let reason: String = row.try_get("reason")?;
+    Ok(Failure {
+        transaction_id: row.try_get("transaction_id")?,
+        order_id: row.try_get("order_id")?,
+        reason: FailureReason::from_stored(&reason).with_context(|| format!("unknown failure reason {reason:?}"))?,
+        detail: row.try_get("detail")?,
+        attempts: row.try_get("attempts")?,
+        original_event_type: row.try_get("original_event_type")?,
+        original_event: row.try_get("original_event")?,
+        traceparent: row.try_get("traceparent")?,
+        tracestate: row.try_get("tracestate")?,
+        failed_at: row.try_get("failed_at")?,
+    })
+}
+
+/// Records (or re-records) a failure and returns it with its attempt count.
+pub async fn record_failure(
+    conn: &mut PgConnection,
+    parked: &Parked,
+    reason: FailureReason,
+    detail: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Failure> {
+    let row = sqlx::query(
+        "INSERT INTO tax_failures (transaction_id, order_id, reason, detail, original_event_type, original_event, \
+           traceparent, tracestate, failed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (transaction_id) DO UPDATE SET reason = EXCLUDED.reason, detail = EXCLUDED.detail, \
+           attempts = tax_failures.attempts + 1, failed_at = EXCLUDED.failed_at, resolved_at = NULL \
+         RETURNING *",
+    )
+    .bind(parked.transaction_id)
+    .bind(parked.order_id)
+    .bind(reason.as_str())
+    .bind(detail)
+    .bind(&parked.event_type)
+    .bind(&parked.payload)
+    .bind(&parked.traceparent)
+    .bind(&parked.tracestate)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .context("record failure")?;
+    failure_from_row(&row)
+}
+
+/// An open failure, locked for a retry.
+pub async fn get_open_failure(conn: &mut PgConnection, transaction_id: Uuid) -> anyhow::Result<Option<Failure>> {
+    let row = sqlx::query("SELECT * FROM tax_failures WHERE transaction_id = $1 AND resolved_at IS NULL FOR UPDATE")
+        .bind(transaction_id)
+        .fetch_optional(conn)
+        .await
+        .context("read failure")?;
+    row.as_ref().map(failure_from_row).transpose()
+}
+
+/// Marks a failure resolved (its retry produced a result).
+pub async fn resolve_failure(conn: &mut PgConnection, transaction_id: Uuid) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tax_failures SET resolved_at = now() WHERE transaction_id = $1")
+        .bind(transaction_id)
+        .execute(conn)
+        .await
+        .context("resolve failure")?;
+    Ok(())
+}
+
+/// Open failures, oldest first.
+pub async fn list_open_failures(
+    conn: &mut PgConnection,
+    page: &PageRequest,
+) -> anyhow::Result<(Vec<Failure>, Option<Cursor>)> {
+    let (after_time, after_id) = page.ascending_bound();
+    let rows = sqlx::query(
+        "SELECT * FROM tax_failures WHERE resolved_at IS NULL AND (failed_at, transaction_id) > ($1, $2) \
+         ORDER BY failed_at, transaction_id LIMIT $3",
+    )
+    .bind(after_time)
+    .bind(after_id)
+    .bind(page.fetch_limit())
+    .fetch_all(conn)
+    .await
+    .context("list failures")?;
+    let mut items = rows.iter().map(failure_from_row).collect::<anyhow::Result<Vec<_>>>()?;
+    let next = page.next_cursor(&mut items, |item| Cursor { created_at: item.failed_at, id: item.transaction_id });
+    Ok((items, next))
+}

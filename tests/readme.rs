@@ -1,0 +1,84 @@
+//! The README's promises, run for real: its grpcurl block against a running payments service, and
+//! the generated Python and TypeScript clients creating and reading back an order and a transaction.
+
+use std::process::Command;
+
+use fintech_platform::telemetry;
+use fintech_tests::payments::PaymentsHarness;
+use fintech_tests::{repo_root, venv_tool};
+
+/// The fenced shell block between `<!-- readme-test:<name>:start -->` and `...:end -->`.
+fn readme_block(name: &str) -> String {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let start = format!("<!-- readme-test:{name}:start -->");
+    let end = format!("<!-- readme-test:{name}:end -->");
+    let section = readme
+        .split_once(&start)
+        .and_then(|(_, rest)| rest.split_once(&end))
+        .map(|(section, _)| section)
+        .unwrap_or_else(|| panic!("README has no {name} block"));
+    let body = section.trim().strip_prefix("```sh").and_then(|body| body.strip_suffix("```")).expect("a ```sh block");
+    body.to_owned()
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().expect("command runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "command failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn the_readme_grpcurl_calls_create_and_read_back_an_order_and_a_transaction() {
+    let _telemetry = telemetry::init("test");
+    let harness = PaymentsHarness::start().await;
+    let script = readme_block("payments").replace("localhost:50051", &harness.address);
+    let path = format!("{}:{}", venv_tool("").display(), std::env::var("PATH").unwrap_or_default());
+    let output = tokio::task::spawn_blocking(move || run(Command::new("bash").args(["-euo", "pipefail", "-c", &script]).env("PATH", path)))
+        .await
+        .expect("script task");
+    assert!(output.contains("\"customerId\": \"cust-42\""), "GetOrder printed the order:\n{output}");
+    assert!(output.contains("TRANSACTION_STATUS_PENDING"), "GetTransaction printed the transaction:\n{output}");
+    let (orders, transactions): (i64, i64) = (
+        sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&harness.db.pool).await.expect("count"),
+        sqlx::query_scalar("SELECT count(*) FROM transactions").fetch_one(&harness.db.pool).await.expect("count"),
+    );
+    assert_eq!((orders, transactions), (1, 1));
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn the_generated_python_and_typescript_clients_create_and_read_back_with_idempotency_keys() {
+    let _telemetry = telemetry::init("test");
+    let harness = PaymentsHarness::start().await;
+    let address = harness.address.clone();
+    let root = repo_root();
+    let (python, typescript) = tokio::task::spawn_blocking(move || {
+        let python = run(Command::new(venv_tool("python"))
+            .arg("examples/payments_demo.py")
+            .arg(&address)
+            .env("PYTHONPATH", "src")
+            .current_dir(root.join("clients/python")));
+        let typescript_dir = root.join("clients/typescript");
+        run(Command::new(typescript_dir.join("node_modules/.bin/tsc"))
+            .args(["-p", ".", "--noEmit", "false", "--outDir", "dist"])
+            .current_dir(&typescript_dir));
+        let typescript =
+            run(Command::new("node").arg("dist/examples/payments_demo.js").arg(&address).current_dir(&typescript_dir));
+        (python, typescript)
+    })
+    .await
+    .expect("client task");
+    assert!(python.contains("python client ok"), "{python}");
+    assert!(typescript.contains("typescript client ok"), "{typescript}");
+    let (orders, transactions): (i64, i64) = (
+        sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&harness.db.pool).await.expect("count"),
+        sqlx::query_scalar("SELECT count(*) FROM transactions").fetch_one(&harness.db.pool).await.expect("count"),
+    );
+    assert_eq!((orders, transactions), (2, 2), "each client's retried CreateOrder executed once");
+    harness.stop().await;
+}

@@ -1,0 +1,51 @@
+//! Service binaries run as real processes, for tests that SIGKILL them.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// The path of a workspace binary, built (incrementally) first.
+pub fn service_binary(package: &str, binary: &str) -> PathBuf {
+    let _guard = BUILD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+        .args(["build", "--quiet", "-p", package, "--bin", binary])
+        .current_dir(crate::repo_root())
+        .status()
+        .expect("cargo build runs");
+    assert!(status.success(), "building {binary} failed");
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| crate::repo_root().join("target"), PathBuf::from);
+    target.join("debug").join(binary)
+}
+
+/// A service process, SIGKILLed when dropped.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    child: Child,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with `env`, logging to `log`.
+    pub fn spawn(binary: &PathBuf, env: &[(&str, String)], log: &std::path::Path) -> Self {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let mut command = Command::new(binary);
+        command.stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        Self { child: command.spawn().expect("service starts") }
+    }
+
+    /// SIGKILL: no shutdown hook runs, nothing is flushed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
