@@ -49,7 +49,8 @@ fn admin_database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-/// A database created for one test, named `fintech_test_<uuid>`; `scripts/test` drops leftovers.
+/// A database created for one test, named `fintech_test_<uuid>`, dropped when the value is
+/// dropped (`scripts/test` drops what killed runs left behind).
 #[derive(Debug)]
 pub struct TestDb {
     /// Connection URL of the new database.
@@ -90,6 +91,23 @@ impl TestDb {
             .await
             .expect("connect to test database");
         Self { url, name, pool }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop cannot await: a short-lived thread with its own runtime drops the database,
+        // terminating whatever connections the test left open.
+        let name = self.name.clone();
+        let dropper = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                }
+            });
+        });
+        let _ = dropper.join();
     }
 }
 
