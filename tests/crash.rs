@@ -19,7 +19,10 @@ use prost::Message as _;
 use rdkafka::Message as _;
 
 fn free_address() -> String {
-    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("free port").to_string()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .to_string()
 }
 
 #[tokio::test]
@@ -28,8 +31,16 @@ async fn payments_killed_right_after_an_acknowledged_command_publishes_it_after_
     let db = TestDb::empty().await;
     let mut broker = PrivateBroker::start().await;
     let prefix = unique_prefix();
-    let topics: Vec<String> = fintech_payments::events::TOPICS.iter().map(|topic| format!("{prefix}{topic}")).collect();
-    create_topics(&broker.bootstrap(), &topics.iter().map(String::as_str).collect::<Vec<_>>(), 1).await;
+    let topics: Vec<String> = fintech_payments::events::TOPICS
+        .iter()
+        .map(|topic| format!("{prefix}{topic}"))
+        .collect();
+    create_topics(
+        &broker.bootstrap(),
+        &topics.iter().map(String::as_str).collect::<Vec<_>>(),
+        1,
+    )
+    .await;
     // The broker is down while the command is served, so nothing can be published before the kill.
     broker.stop();
 
@@ -63,8 +74,15 @@ async fn payments_killed_right_after_an_acknowledged_command_publishes_it_after_
     let _service = ServiceProcess::spawn(&binary, &env, log.path());
     let consumer = reader(&broker.bootstrap(), &[&format!("{prefix}orders.created")]);
     let records = read_records(&consumer, 1, Duration::from_secs(60)).await;
-    assert_eq!(records.len(), 1, "the acknowledged order was published after the restart");
-    assert_eq!(payments::Order::decode(records[0].payload().expect("payload")).expect("order"), order);
+    assert_eq!(
+        records.len(),
+        1,
+        "the acknowledged order was published after the restart"
+    );
+    assert_eq!(
+        payments::Order::decode(records[0].payload().expect("payload")).expect("order"),
+        order
+    );
 }
 
 #[tokio::test]
@@ -75,7 +93,10 @@ async fn tax_killed_in_the_middle_of_1000_transactions_yields_exactly_one_result
     create_tax_topics(&prefix).await;
     let bootstrap = kafka_bootstrap();
     let producer = EventProducer::new(&bootstrap, "crash-test-producer", Duration::from_secs(30)).expect("producer");
-    let created_at = prost_types::Timestamp { seconds: 1_790_000_000, nanos: 0 };
+    let created_at = prost_types::Timestamp {
+        seconds: 1_790_000_000,
+        nanos: 0,
+    };
     let metadata = |event_type: &str, payload_type: &str, key: &str| EventMetadata {
         id: uuid::Uuid::new_v4().to_string(),
         event_type: event_type.to_owned(),
@@ -101,8 +122,17 @@ async fn tax_killed_in_the_middle_of_1000_transactions_yields_exactly_one_result
             updated_at: Some(created_at),
             version: 1,
         };
-        let order_metadata = metadata("fintech.payments.v1.order.created", "fintech.payments.v1.Order", &order_id);
-        sends.push((format!("{prefix}orders.created"), order_id.clone(), order.encode_to_vec(), order_metadata));
+        let order_metadata = metadata(
+            "fintech.payments.v1.order.created",
+            "fintech.payments.v1.Order",
+            &order_id,
+        );
+        sends.push((
+            format!("{prefix}orders.created"),
+            order_id.clone(),
+            order.encode_to_vec(),
+            order_metadata,
+        ));
         for _ in 0..20 {
             let transaction_id = uuid::Uuid::new_v4().to_string();
             expected.insert(transaction_id.clone());
@@ -117,13 +147,23 @@ async fn tax_killed_in_the_middle_of_1000_transactions_yields_exactly_one_result
                 version: 1,
                 currency: "EUR".to_owned(),
             };
-            let transaction_metadata =
-                metadata("fintech.payments.v1.transaction.created", "fintech.payments.v1.Transaction", &order_id);
-            sends.push((format!("{prefix}transactions.created"), order_id.clone(), transaction.encode_to_vec(), transaction_metadata));
+            let transaction_metadata = metadata(
+                "fintech.payments.v1.transaction.created",
+                "fintech.payments.v1.Transaction",
+                &order_id,
+            );
+            sends.push((
+                format!("{prefix}transactions.created"),
+                order_id.clone(),
+                transaction.encode_to_vec(),
+                transaction_metadata,
+            ));
         }
     }
     for chunk in sends.chunks(100) {
-        let batch = chunk.iter().map(|(topic, key, payload, metadata)| producer.send_event(topic, key, payload, metadata));
+        let batch = chunk
+            .iter()
+            .map(|(topic, key, payload, metadata)| producer.send_event(topic, key, payload, metadata));
         for result in futures::future::join_all(batch).await {
             result.expect("published");
         }
@@ -139,22 +179,36 @@ async fn tax_killed_in_the_middle_of_1000_transactions_yields_exactly_one_result
         ("TOPIC_PREFIX", prefix.clone()),
     ];
     let taxed = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM taxed_transactions").fetch_one(&db.pool).await.unwrap_or(0)
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM taxed_transactions")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or(0)
     };
     let mut service = ServiceProcess::spawn(&binary, &env, log.path());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while taxed().await < 150 {
-        assert!(tokio::time::Instant::now() < deadline, "tax made no progress; log: {:?}", log.path());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tax made no progress; log: {:?}",
+            log.path()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     service.kill();
     let at_kill = taxed().await;
-    assert!(at_kill < 1_000, "the kill must land in the middle of the stream (taxed {at_kill})");
+    assert!(
+        at_kill < 1_000,
+        "the kill must land in the middle of the stream (taxed {at_kill})"
+    );
 
     let _service = ServiceProcess::spawn(&binary, &env, log.path());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     while taxed().await < 1_000 {
-        assert!(tokio::time::Instant::now() < deadline, "only {} of 1000 taxed after restart", taxed().await);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 1000 taxed after restart",
+            taxed().await
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -165,14 +219,21 @@ async fn tax_killed_in_the_middle_of_1000_transactions_yields_exactly_one_result
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while events.len() < 1_000 && tokio::time::Instant::now() < deadline {
         for record in read_records(&consumer, 1_000, Duration::from_secs(5)).await {
-            let taxed = fintech_proto::tax::TaxedTransaction::decode(record.payload().expect("payload")).expect("decodes");
-            events.entry(taxed.transaction_id).or_default().insert(header(&record, "ce_id").expect("ce_id"));
+            let taxed =
+                fintech_proto::tax::TaxedTransaction::decode(record.payload().expect("payload")).expect("decodes");
+            events
+                .entry(taxed.transaction_id)
+                .or_default()
+                .insert(header(&record, "ce_id").expect("ce_id"));
         }
     }
     assert_eq!(events.len(), 1_000, "every transaction has a tax.calculated");
     let keys: HashSet<&String> = events.keys().collect();
     assert_eq!(keys, expected.iter().collect::<HashSet<_>>());
     let repeated: Vec<_> = events.iter().filter(|(_, ids)| ids.len() != 1).collect();
-    assert!(repeated.is_empty(), "transactions with more than one tax.calculated event: {repeated:?}");
+    assert!(
+        repeated.is_empty(),
+        "transactions with more than one tax.calculated event: {repeated:?}"
+    );
     assert_eq!(taxed().await, 1_000);
 }

@@ -17,7 +17,11 @@ fn readme_block(name: &str) -> String {
         .and_then(|(_, rest)| rest.split_once(&end))
         .map(|(section, _)| section)
         .unwrap_or_else(|| panic!("README has no {name} block"));
-    let body = section.trim().strip_prefix("```sh").and_then(|body| body.strip_suffix("```")).expect("a ```sh block");
+    let body = section
+        .trim()
+        .strip_prefix("```sh")
+        .and_then(|body| body.strip_suffix("```"))
+        .expect("a ```sh block");
     body.to_owned()
 }
 
@@ -37,15 +41,35 @@ async fn the_readme_grpcurl_calls_create_and_read_back_an_order_and_a_transactio
     let _telemetry = telemetry::init("test");
     let harness = PaymentsHarness::start().await;
     let script = readme_block("payments").replace("localhost:50051", &harness.address);
-    let path = format!("{}:{}", venv_tool("").display(), std::env::var("PATH").unwrap_or_default());
-    let output = tokio::task::spawn_blocking(move || run(Command::new("bash").args(["-euo", "pipefail", "-c", &script]).env("PATH", path)))
-        .await
-        .expect("script task");
-    assert!(output.contains("\"customerId\": \"cust-42\""), "GetOrder printed the order:\n{output}");
-    assert!(output.contains("TRANSACTION_STATUS_PENDING"), "GetTransaction printed the transaction:\n{output}");
+    let path = format!(
+        "{}:{}",
+        venv_tool("").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        run(Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .env("PATH", path))
+    })
+    .await
+    .expect("script task");
+    assert!(
+        output.contains("\"customerId\": \"cust-42\""),
+        "GetOrder printed the order:\n{output}"
+    );
+    assert!(
+        output.contains("TRANSACTION_STATUS_PENDING"),
+        "GetTransaction printed the transaction:\n{output}"
+    );
     let (orders, transactions): (i64, i64) = (
-        sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&harness.db.pool).await.expect("count"),
-        sqlx::query_scalar("SELECT count(*) FROM transactions").fetch_one(&harness.db.pool).await.expect("count"),
+        sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(&harness.db.pool)
+            .await
+            .expect("count"),
+        sqlx::query_scalar("SELECT count(*) FROM transactions")
+            .fetch_one(&harness.db.pool)
+            .await
+            .expect("count"),
     );
     assert_eq!((orders, transactions), (1, 1));
     harness.stop().await;
@@ -67,8 +91,10 @@ async fn the_generated_python_and_typescript_clients_create_and_read_back_with_i
         run(Command::new(typescript_dir.join("node_modules/.bin/tsc"))
             .args(["-p", ".", "--noEmit", "false", "--outDir", "dist"])
             .current_dir(&typescript_dir));
-        let typescript =
-            run(Command::new("node").arg("dist/examples/payments_demo.js").arg(&address).current_dir(&typescript_dir));
+        let typescript = run(Command::new("node")
+            .arg("dist/examples/payments_demo.js")
+            .arg(&address)
+            .current_dir(&typescript_dir));
         (python, typescript)
     })
     .await
@@ -76,9 +102,19 @@ async fn the_generated_python_and_typescript_clients_create_and_read_back_with_i
     assert!(python.contains("python client ok"), "{python}");
     assert!(typescript.contains("typescript client ok"), "{typescript}");
     let (orders, transactions): (i64, i64) = (
-        sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&harness.db.pool).await.expect("count"),
-        sqlx::query_scalar("SELECT count(*) FROM transactions").fetch_one(&harness.db.pool).await.expect("count"),
+        sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(&harness.db.pool)
+            .await
+            .expect("count"),
+        sqlx::query_scalar("SELECT count(*) FROM transactions")
+            .fetch_one(&harness.db.pool)
+            .await
+            .expect("count"),
     );
-    assert_eq!((orders, transactions), (2, 2), "each client's retried CreateOrder executed once");
+    assert_eq!(
+        (orders, transactions),
+        (2, 2),
+        "each client's retried CreateOrder executed once"
+    );
     harness.stop().await;
 }

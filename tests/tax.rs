@@ -20,14 +20,18 @@ const TRACE_ID: &str = "5e1b5f3f9a2d4c7e8b6a0d1c2f3e4a5b";
 
 fn traced<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("traceparent", format!("00-{TRACE_ID}-1111111111111111-01").parse().expect("ascii"));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-1111111111111111-01").parse().expect("ascii"),
+    );
     request
 }
 
 fn order(order_id: &str, country: &str, product_type: &str, version: i64) -> payments::Order {
-    let now = prost_types::Timestamp { seconds: 1_790_000_000, nanos: 0 };
+    let now = prost_types::Timestamp {
+        seconds: 1_790_000_000,
+        nanos: 0,
+    };
     payments::Order {
         order_id: order_id.to_owned(),
         customer_id: "cust-7".to_owned(),
@@ -43,7 +47,10 @@ fn order(order_id: &str, country: &str, product_type: &str, version: i64) -> pay
 
 fn transaction(transaction_id: &str, order_id: &str, amount: i64) -> payments::Transaction {
     // 2026-09-21: a 2026 tax date.
-    let at = prost_types::Timestamp { seconds: 1_790_000_100, nanos: 0 };
+    let at = prost_types::Timestamp {
+        seconds: 1_790_000_100,
+        nanos: 0,
+    };
     payments::Transaction {
         transaction_id: transaction_id.to_owned(),
         order_id: order_id.to_owned(),
@@ -58,8 +65,19 @@ fn transaction(transaction_id: &str, order_id: &str, amount: i64) -> payments::T
 }
 
 /// Publishes an event the way payments' outbox relay does (same headers), with a chosen `ce_id`.
-async fn publish(producer: &EventProducer, topic: &str, key: &str, event_type: &str, payload: &impl prost::Message, id: &str) {
-    let payload_type = if event_type.contains("order") { "fintech.payments.v1.Order" } else { "fintech.payments.v1.Transaction" };
+async fn publish(
+    producer: &EventProducer,
+    topic: &str,
+    key: &str,
+    event_type: &str,
+    payload: &impl prost::Message,
+    id: &str,
+) {
+    let payload_type = if event_type.contains("order") {
+        "fintech.payments.v1.Order"
+    } else {
+        "fintech.payments.v1.Transaction"
+    };
     let metadata = EventMetadata {
         id: id.to_owned(),
         event_type: event_type.to_owned(),
@@ -67,9 +85,15 @@ async fn publish(producer: &EventProducer, topic: &str, key: &str, event_type: &
         time: chrono::Utc::now(),
         subject: Some(key.to_owned()),
         payload_type: payload_type.to_owned(),
-        trace: TraceHeaders { traceparent: Some(format!("00-{TRACE_ID}-2222222222222222-01")), tracestate: None },
+        trace: TraceHeaders {
+            traceparent: Some(format!("00-{TRACE_ID}-2222222222222222-01")),
+            tracestate: None,
+        },
     };
-    producer.send_event(topic, key, &payload.encode_to_vec(), &metadata).await.expect("publish");
+    producer
+        .send_event(topic, key, &payload.encode_to_vec(), &metadata)
+        .await
+        .expect("publish");
 }
 
 fn producer() -> EventProducer {
@@ -122,17 +146,32 @@ async fn an_order_and_transaction_through_payments_yield_one_tax_calculated_on_t
     let published = pb::TaxedTransaction::decode(record.payload().expect("payload")).expect("decodes");
     assert_eq!(published.transaction_id, transaction.transaction_id);
     // DE standard rate 19% of 123.45 EUR = 23.4555 -> 23.46 (half away from zero).
-    assert_eq!((published.base_amount, published.tax_applied, published.total_amount), (12_345, 2_346, 14_691));
-    assert_eq!((published.tax_rate_bps, published.reason), (1900, pb::TaxReason::StandardRate as i32));
+    assert_eq!(
+        (published.base_amount, published.tax_applied, published.total_amount),
+        (12_345, 2_346, 14_691)
+    );
+    assert_eq!(
+        (published.tax_rate_bps, published.reason),
+        (1900, pb::TaxReason::StandardRate as i32)
+    );
     assert_eq!((published.country.as_str(), published.currency.as_str()), ("DE", "EUR"));
     assert_eq!(record.key(), Some(created.order_id.as_bytes()));
-    assert_eq!(header(record, "ce_type").as_deref(), Some("fintech.tax.v1.tax.calculated"));
+    assert_eq!(
+        header(record, "ce_type").as_deref(),
+        Some("fintech.tax.v1.tax.calculated")
+    );
     let traceparent = header(record, "traceparent").expect("traceparent");
-    assert_eq!(telemetry::trace_id_of(&traceparent), Some(TRACE_ID), "trace of the CreateTransaction call");
+    assert_eq!(
+        telemetry::trace_id_of(&traceparent),
+        Some(TRACE_ID),
+        "trace of the CreateTransaction call"
+    );
 
     let stored = tax
         .client
-        .get_taxed_transaction(pb::GetTaxedTransactionRequest { transaction_id: transaction.transaction_id.clone() })
+        .get_taxed_transaction(pb::GetTaxedTransactionRequest {
+            transaction_id: transaction.transaction_id.clone(),
+        })
         .await
         .expect("get")
         .into_inner()
@@ -149,7 +188,10 @@ async fn an_order_and_transaction_through_payments_yield_one_tax_calculated_on_t
         .expect("list")
         .into_inner();
     assert_eq!(listed.taxed_transactions, [published]);
-    assert!(read_extra(&calculated, Duration::from_secs(1)).await.is_empty(), "exactly one");
+    assert!(
+        read_extra(&calculated, Duration::from_secs(1)).await.is_empty(),
+        "exactly one"
+    );
     payments.stop().await;
     tax.stop().await;
 }
@@ -167,27 +209,66 @@ async fn a_transaction_before_its_order_is_parked_then_calculated_and_an_orphan_
     let orphan_order_id = new_id();
     let orphan_id = new_id();
     let txn_topic = tax.topic("transactions.created");
-    publish(&producer, &txn_topic, &order_id, "fintech.payments.v1.transaction.created", &transaction(&transaction_id, &order_id, 10_000), &new_id()).await;
-    publish(&producer, &txn_topic, &orphan_order_id, "fintech.payments.v1.transaction.created", &transaction(&orphan_id, &orphan_order_id, 500), &new_id()).await;
+    publish(
+        &producer,
+        &txn_topic,
+        &order_id,
+        "fintech.payments.v1.transaction.created",
+        &transaction(&transaction_id, &order_id, 10_000),
+        &new_id(),
+    )
+    .await;
+    publish(
+        &producer,
+        &txn_topic,
+        &orphan_order_id,
+        "fintech.payments.v1.transaction.created",
+        &transaction(&orphan_id, &orphan_order_id, 500),
+        &new_id(),
+    )
+    .await;
 
     // Both wait, durably, for their orders.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let parked: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM parked_transactions").fetch_one(&tax.db.pool).await.expect("count");
+        let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_transactions")
+            .fetch_one(&tax.db.pool)
+            .await
+            .expect("count");
         if parked == 2 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "transactions were not parked ({parked})");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "transactions were not parked ({parked})"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    publish(&producer, &tax.topic("orders.created"), &order_id, "fintech.payments.v1.order.created", &order(&order_id, "FR", "standard", 1), &new_id()).await;
+    publish(
+        &producer,
+        &tax.topic("orders.created"),
+        &order_id,
+        "fintech.payments.v1.order.created",
+        &order(&order_id, "FR", "standard", 1),
+        &new_id(),
+    )
+    .await;
     let records = read_records(&calculated, 1, Duration::from_secs(20)).await;
-    assert_eq!(records.len(), 1, "the parked transaction was calculated once its order arrived");
+    assert_eq!(
+        records.len(),
+        1,
+        "the parked transaction was calculated once its order arrived"
+    );
     let taxed = pb::TaxedTransaction::decode(records[0].payload().expect("payload")).expect("decodes");
-    assert_eq!((taxed.transaction_id.as_str(), taxed.tax_applied, taxed.tax_rate_bps), (transaction_id.as_str(), 2_000, 2000));
-    assert_eq!(telemetry::trace_id_of(&header(&records[0], "traceparent").expect("traceparent")), Some(TRACE_ID));
+    assert_eq!(
+        (taxed.transaction_id.as_str(), taxed.tax_applied, taxed.tax_rate_bps),
+        (transaction_id.as_str(), 2_000, 2000)
+    );
+    assert_eq!(
+        telemetry::trace_id_of(&header(&records[0], "traceparent").expect("traceparent")),
+        Some(TRACE_ID)
+    );
 
     let records = read_records(&failed, 1, Duration::from_secs(20)).await;
     assert_eq!(records.len(), 1, "the orphan failed after the deadline");
@@ -201,25 +282,52 @@ async fn a_transaction_before_its_order_is_parked_then_calculated_and_an_orphan_
     );
 
     // The order turns up late: an operator re-drives the failure.
-    let listed = tax.client.list_failed(pb::ListFailedRequest::default()).await.expect("list").into_inner();
+    let listed = tax
+        .client
+        .list_failed(pb::ListFailedRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
     assert_eq!(listed.failures.len(), 1);
-    publish(&producer, &tax.topic("orders.created"), &orphan_order_id, "fintech.payments.v1.order.created", &order(&orphan_order_id, "IT", "standard", 1), &new_id()).await;
+    publish(
+        &producer,
+        &tax.topic("orders.created"),
+        &orphan_order_id,
+        "fintech.payments.v1.order.created",
+        &order(&orphan_order_id, "IT", "standard", 1),
+        &new_id(),
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let retried = loop {
         let response = tax
             .client
-            .retry_failed(pb::RetryFailedRequest { transaction_id: orphan_id.clone() })
+            .retry_failed(pb::RetryFailedRequest {
+                transaction_id: orphan_id.clone(),
+            })
             .await
             .expect("retry")
             .into_inner();
         if response.taxed_transaction.is_some() {
             break response;
         }
-        assert!(tokio::time::Instant::now() < deadline, "order never cached: {response:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "order never cached: {response:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    assert_eq!(retried.taxed_transaction.expect("taxed").tax_applied, 110, "IT 22% of 500");
-    let listed = tax.client.list_failed(pb::ListFailedRequest::default()).await.expect("list").into_inner();
+    assert_eq!(
+        retried.taxed_transaction.expect("taxed").tax_applied,
+        110,
+        "IT 22% of 500"
+    );
+    let listed = tax
+        .client
+        .list_failed(pb::ListFailedRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
     assert!(listed.failures.is_empty(), "a successful retry resolves the failure");
     tax.stop().await;
 }
@@ -239,22 +347,75 @@ async fn events_delivered_twice_yield_one_result_and_malformed_records_are_dead_
 
     // A malformed record on each input topic, ahead of the good ones on the same key/partition.
     producer
-        .send_raw(&orders_topic, order_id.as_bytes(), b"\xff\xff not protobuf", rdkafka::message::OwnedHeaders::new())
+        .send_raw(
+            &orders_topic,
+            order_id.as_bytes(),
+            b"\xff\xff not protobuf",
+            rdkafka::message::OwnedHeaders::new(),
+        )
         .await
         .expect("garbage order");
-    publish(&producer, &txn_topic, &order_id, "fintech.payments.v1.transaction.created", &payments::Order::default(), &new_id()).await;
+    publish(
+        &producer,
+        &txn_topic,
+        &order_id,
+        "fintech.payments.v1.transaction.created",
+        &payments::Order::default(),
+        &new_id(),
+    )
+    .await;
 
-    publish(&producer, &orders_topic, &order_id, "fintech.payments.v1.order.created", &order(&order_id, "AT", "standard", 1), &order_event_id).await;
-    publish(&producer, &orders_topic, &order_id, "fintech.payments.v1.order.created", &order(&order_id, "AT", "standard", 1), &order_event_id).await;
+    publish(
+        &producer,
+        &orders_topic,
+        &order_id,
+        "fintech.payments.v1.order.created",
+        &order(&order_id, "AT", "standard", 1),
+        &order_event_id,
+    )
+    .await;
+    publish(
+        &producer,
+        &orders_topic,
+        &order_id,
+        "fintech.payments.v1.order.created",
+        &order(&order_id, "AT", "standard", 1),
+        &order_event_id,
+    )
+    .await;
     let transaction_ids: Vec<String> = (0..3).map(|_| new_id()).collect();
     for transaction_id in &transaction_ids {
         let event_id = new_id();
         let event = transaction(transaction_id, &order_id, 1_000);
-        publish(&producer, &txn_topic, &order_id, "fintech.payments.v1.transaction.created", &event, &event_id).await;
-        publish(&producer, &txn_topic, &order_id, "fintech.payments.v1.transaction.created", &event, &event_id).await;
+        publish(
+            &producer,
+            &txn_topic,
+            &order_id,
+            "fintech.payments.v1.transaction.created",
+            &event,
+            &event_id,
+        )
+        .await;
+        publish(
+            &producer,
+            &txn_topic,
+            &order_id,
+            "fintech.payments.v1.transaction.created",
+            &event,
+            &event_id,
+        )
+        .await;
     }
     // The same transaction again under a new event id (e.g. a replayed outbox row) changes nothing.
-    publish(&producer, &txn_topic, &order_id, "fintech.payments.v1.transaction.created", &transaction(&transaction_ids[0], &order_id, 1_000), &new_id()).await;
+    publish(
+        &producer,
+        &txn_topic,
+        &order_id,
+        "fintech.payments.v1.transaction.created",
+        &transaction(&transaction_ids[0], &order_id, 1_000),
+        &new_id(),
+    )
+    .await;
 
     let records = read_records(&calculated, 3, Duration::from_secs(30)).await;
     let mut extra = read_extra(&calculated, Duration::from_secs(3)).await;
@@ -285,15 +446,37 @@ async fn unsupported_countries_fail_with_a_reason_and_quotes_store_nothing() {
     let failed = reader(&kafka_bootstrap(), &[&tax.topic("tax.failed")]);
     let producer = producer();
     let (order_id, transaction_id) = (new_id(), new_id());
-    publish(&producer, &tax.topic("orders.created"), &order_id, "fintech.payments.v1.order.created", &order(&order_id, "US", "standard", 1), &new_id()).await;
-    publish(&producer, &tax.topic("transactions.created"), &order_id, "fintech.payments.v1.transaction.created", &transaction(&transaction_id, &order_id, 700), &new_id()).await;
+    publish(
+        &producer,
+        &tax.topic("orders.created"),
+        &order_id,
+        "fintech.payments.v1.order.created",
+        &order(&order_id, "US", "standard", 1),
+        &new_id(),
+    )
+    .await;
+    publish(
+        &producer,
+        &tax.topic("transactions.created"),
+        &order_id,
+        "fintech.payments.v1.transaction.created",
+        &transaction(&transaction_id, &order_id, 700),
+        &new_id(),
+    )
+    .await;
     let records = read_records(&failed, 1, Duration::from_secs(20)).await;
     assert_eq!(records.len(), 1);
     let failure = pb::TaxFailure::decode(records[0].payload().expect("payload")).expect("decodes");
-    assert_eq!(failure.reason, pb::TaxFailureReason::UnsupportedCountry as i32, "never a silent zero");
+    assert_eq!(
+        failure.reason,
+        pb::TaxFailureReason::UnsupportedCountry as i32,
+        "never a silent zero"
+    );
     let retried = tax
         .client
-        .retry_failed(pb::RetryFailedRequest { transaction_id: transaction_id.clone() })
+        .retry_failed(pb::RetryFailedRequest {
+            transaction_id: transaction_id.clone(),
+        })
         .await
         .expect("retry")
         .into_inner();
@@ -311,7 +494,10 @@ async fn unsupported_countries_fail_with_a_reason_and_quotes_store_nothing() {
         .await
         .expect("quote")
         .into_inner();
-    assert_eq!((quote.tax_applied, quote.total_amount, quote.tax_rate_bps), (210, 1_210, 2100));
+    assert_eq!(
+        (quote.tax_applied, quote.total_amount, quote.tax_rate_bps),
+        (210, 1_210, 2100)
+    );
     let exempt = tax
         .client
         .quote_tax(pb::QuoteTaxRequest {
@@ -339,12 +525,159 @@ async fn unsupported_countries_fail_with_a_reason_and_quotes_store_nothing() {
     assert_eq!(unsupported.code(), Code::InvalidArgument);
     let bad = tax
         .client
-        .quote_tax(pb::QuoteTaxRequest { country: "ZZ".to_owned(), amount: -1, ..Default::default() })
+        .quote_tax(pb::QuoteTaxRequest {
+            country: "ZZ".to_owned(),
+            amount: -1,
+            ..Default::default()
+        })
         .await
         .expect_err("bad input");
     assert_eq!(bad.code(), Code::InvalidArgument);
-    let stored: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM taxed_transactions").fetch_one(&tax.db.pool).await.expect("count");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM taxed_transactions")
+        .fetch_one(&tax.db.pool)
+        .await
+        .expect("count");
     assert_eq!(stored, 0, "quotes and failures store no result");
     tax.stop().await;
+}
+
+#[tokio::test]
+async fn a_refund_reverses_the_vat_once_and_a_failure_before_creation_voids_the_transaction() {
+    let _telemetry = telemetry::init("test");
+    let prefix = unique_prefix();
+    let tax = TaxHarness::start(&prefix, Duration::from_secs(60)).await;
+    let mut payments = PaymentsHarness::start_with_prefix(&prefix).await;
+    let calculated = reader(&kafka_bootstrap(), &[&tax.topic("tax.calculated")]);
+    let reversed = reader(&kafka_bootstrap(), &[&tax.topic("tax.reversed")]);
+
+    // Through payments: succeeded, taxed, then refunded (twice delivered changes nothing).
+    let created_order = payments
+        .client
+        .create_order(payments::CreateOrderRequest {
+            customer_id: "cust-refund".to_owned(),
+            country: "BE".to_owned(),
+            currency: "EUR".to_owned(),
+            amount: 5_000,
+            product_type: "standard".to_owned(),
+        })
+        .await
+        .expect("order")
+        .into_inner()
+        .order
+        .expect("order");
+    let refunded = payments
+        .client
+        .create_transaction(payments::CreateTransactionRequest {
+            order_id: created_order.order_id.clone(),
+            amount: 5_000,
+            currency: "EUR".to_owned(),
+            status: payments::TransactionStatus::Succeeded as i32,
+        })
+        .await
+        .expect("transaction")
+        .into_inner()
+        .transaction
+        .expect("transaction");
+    let records = read_records(&calculated, 1, Duration::from_secs(30)).await;
+    let taxed = pb::TaxedTransaction::decode(records[0].payload().expect("payload")).expect("decodes");
+    assert_eq!(taxed.tax_applied, 1_050, "BE 21% of 5000");
+    payments
+        .client
+        .update_transaction_status(payments::UpdateTransactionStatusRequest {
+            transaction_id: refunded.transaction_id.clone(),
+            expected_version: 1,
+            status: payments::TransactionStatus::Refunded as i32,
+        })
+        .await
+        .expect("refund");
+    let records = read_records(&reversed, 1, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), 1, "one tax.reversed");
+    let reversal = pb::TaxReversal::decode(records[0].payload().expect("payload")).expect("decodes");
+    assert_eq!(reversal.transaction_id, refunded.transaction_id);
+    assert_eq!(
+        (reversal.base_amount, reversal.tax_reversed, reversal.total_amount),
+        (5_000, 1_050, 6_050)
+    );
+    assert_eq!(reversal.reason, pb::TaxReversalReason::TransactionRefunded as i32);
+    assert_eq!(reversal.transaction_version, 2);
+
+    // Out of order: the failure arrives before the creation; the transaction is never taxed.
+    let producer = producer();
+    let (order_id, transaction_id) = (new_id(), new_id());
+    let mut failed = transaction_event_with_status(&transaction_id, &order_id, payments::TransactionStatus::Failed);
+    failed.version = 2;
+    publish(
+        &producer,
+        &tax.topic("transactions.updated"),
+        &order_id,
+        "fintech.payments.v1.transaction.updated",
+        &failed,
+        &new_id(),
+    )
+    .await;
+    // Topics are not ordered with each other: wait until the failure was handled.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let voided_query = format!("SELECT count(*) FROM tax_reversals WHERE transaction_id = '{transaction_id}'");
+    while sqlx::query_scalar::<_, i64>(&voided_query)
+        .fetch_one(&tax.db.pool)
+        .await
+        .expect("count")
+        == 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the failure was never handled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish(
+        &producer,
+        &tax.topic("orders.created"),
+        &order_id,
+        "fintech.payments.v1.order.created",
+        &order(&order_id, "DE", "standard", 1),
+        &new_id(),
+    )
+    .await;
+    publish(
+        &producer,
+        &tax.topic("transactions.created"),
+        &order_id,
+        "fintech.payments.v1.transaction.created",
+        &transaction(&transaction_id, &order_id, 800),
+        &new_id(),
+    )
+    .await;
+    // A later, unrelated transaction on the same order proves the stream was processed past it.
+    let marker_id = new_id();
+    publish(
+        &producer,
+        &tax.topic("transactions.created"),
+        &order_id,
+        "fintech.payments.v1.transaction.created",
+        &transaction(&marker_id, &order_id, 100),
+        &new_id(),
+    )
+    .await;
+    let records = read_records(&calculated, 1, Duration::from_secs(30)).await;
+    let marker = pb::TaxedTransaction::decode(records[0].payload().expect("payload")).expect("decodes");
+    assert_eq!(
+        marker.transaction_id, marker_id,
+        "the voided transaction produced no tax.calculated"
+    );
+    assert!(read_extra(&calculated, Duration::from_secs(1)).await.is_empty());
+    assert!(
+        read_extra(&reversed, Duration::from_secs(1)).await.is_empty(),
+        "nothing to reverse for a voided one"
+    );
+    payments.stop().await;
+    tax.stop().await;
+}
+
+fn transaction_event_with_status(
+    transaction_id: &str,
+    order_id: &str,
+    status: payments::TransactionStatus,
+) -> payments::Transaction {
+    payments::Transaction {
+        status: status as i32,
+        ..transaction(transaction_id, order_id, 800)
+    }
 }

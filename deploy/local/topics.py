@@ -20,6 +20,8 @@ TOPICS = [
     ("transactions.updated", 3, 1),
     ("tax.calculated", 3, 1),
     ("tax.failed", 3, 1),
+    ("tax.reversed", 3, 1),
+    ("tax.dlq", 3, 1),
     ("ledger.entry_posted", 3, 1),
 ]
 

@@ -7,6 +7,7 @@
 //! parallel without seeing each other.
 
 pub mod broker;
+pub mod ledger;
 pub mod payments;
 pub mod process;
 pub mod tax;
@@ -100,10 +101,14 @@ impl Drop for TestDb {
         // terminating whatever connections the test left open.
         let name = self.name.clone();
         let dropper = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
             runtime.block_on(async move {
                 if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
                 }
             });
         });

@@ -28,13 +28,19 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `binary` with `env`, logging to `log`.
     pub fn spawn(binary: &PathBuf, env: &[(&str, String)], log: &std::path::Path) -> Self {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
         let mut command = Command::new(binary);
         command.stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info");
         for (name, value) in env {
             command.env(name, value);
         }
-        Self { child: command.spawn().expect("service starts") }
+        Self {
+            child: command.spawn().expect("service starts"),
+        }
     }
 
     /// SIGKILL: no shutdown hook runs, nothing is flushed.

@@ -33,7 +33,12 @@ pub async fn create_tax_topics(prefix: &str) {
         .chain(fintech_tax::events::OUTPUT_TOPICS.iter())
         .map(|topic| format!("{prefix}{topic}"))
         .collect();
-    create_topics(&kafka_bootstrap(), &topics.iter().map(String::as_str).collect::<Vec<_>>(), 3).await;
+    create_topics(
+        &kafka_bootstrap(),
+        &topics.iter().map(String::as_str).collect::<Vec<_>>(),
+        3,
+    )
+    .await;
 }
 
 impl TaxHarness {
@@ -53,7 +58,14 @@ impl TaxHarness {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(fintech_tax::run(config, listener, shutdown.clone()));
         let client = TaxServiceClient::new(connect(&address).await);
-        Self { db, address, prefix: prefix.to_owned(), client, shutdown, task }
+        Self {
+            db,
+            address,
+            prefix: prefix.to_owned(),
+            client,
+            shutdown,
+            task,
+        }
     }
 
     /// The full name of a topic under this prefix.
@@ -72,7 +84,10 @@ impl TaxHarness {
             if stored >= count {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "only {stored} of {count} taxed after {timeout:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {stored} of {count} taxed after {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -33,7 +33,10 @@ impl Cursor {
         }
         let micros: i64 = parts.next()?.parse().ok()?;
         let id = Uuid::parse_str(parts.next()?).ok()?;
-        Some(Self { created_at: DateTime::from_timestamp_micros(micros)?, id })
+        Some(Self {
+            created_at: DateTime::from_timestamp_micros(micros)?,
+            id,
+        })
     }
 }
 
@@ -55,7 +58,10 @@ impl PageRequest {
             0 => DEFAULT_PAGE_SIZE,
             1..=MAX_PAGE_SIZE => i64::from(page_size),
             other => {
-                violations.push(("page_size".to_owned(), format!("must be between 0 and {MAX_PAGE_SIZE}, got {other}")));
+                violations.push((
+                    "page_size".to_owned(),
+                    format!("must be between 0 and {MAX_PAGE_SIZE}, got {other}"),
+                ));
                 0
             }
         };
@@ -64,22 +70,32 @@ impl PageRequest {
         } else {
             let cursor = Cursor::from_token(page_token);
             if cursor.is_none() {
-                violations.push(("page_token".to_owned(), "is not a token returned by this API".to_owned()));
+                violations.push((
+                    "page_token".to_owned(),
+                    "is not a token returned by this API".to_owned(),
+                ));
             }
             cursor
         };
-        if violations.is_empty() { Ok(Self { size, after }) } else { Err(violations) }
+        if violations.is_empty() {
+            Ok(Self { size, after })
+        } else {
+            Err(violations)
+        }
     }
 
     /// The lower bound of an ascending page: the cursor, or the beginning of time.
     pub fn ascending_bound(&self) -> (DateTime<Utc>, Uuid) {
-        self.after.map_or((DateTime::UNIX_EPOCH, Uuid::nil()), |cursor| (cursor.created_at, cursor.id))
+        self.after.map_or((DateTime::UNIX_EPOCH, Uuid::nil()), |cursor| {
+            (cursor.created_at, cursor.id)
+        })
     }
 
     /// The upper bound of a descending page: the cursor, or 9999-12-31 (inside PostgreSQL's range).
     pub fn descending_bound(&self) -> (DateTime<Utc>, Uuid) {
         let far_future = DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::UNIX_EPOCH);
-        self.after.map_or((far_future, Uuid::max()), |cursor| (cursor.created_at, cursor.id))
+        self.after
+            .map_or((far_future, Uuid::max()), |cursor| (cursor.created_at, cursor.id))
     }
 
     /// Items fetched for this page: one more than its size, to learn whether another page exists.
@@ -105,7 +121,10 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_garbage_is_rejected() {
-        let cursor = Cursor { created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(), id: Uuid::new_v4() };
+        let cursor = Cursor {
+            created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            id: Uuid::new_v4(),
+        };
         let page = PageRequest::parse(10, &cursor.token()).unwrap();
         assert_eq!(page.after, Some(cursor));
         assert_eq!(PageRequest::parse(10, "zz").unwrap_err()[0].0, "page_token");
@@ -117,7 +136,10 @@ mod tests {
     #[test]
     fn the_look_ahead_item_is_trimmed() {
         let page = PageRequest::parse(2, "").unwrap();
-        let at = |second| Cursor { created_at: DateTime::from_timestamp(second, 0).unwrap(), id: Uuid::nil() };
+        let at = |second| Cursor {
+            created_at: DateTime::from_timestamp(second, 0).unwrap(),
+            id: Uuid::nil(),
+        };
         let mut items = vec![1, 2, 3];
         assert_eq!(page.next_cursor(&mut items, |item| at(*item)), Some(at(2)));
         assert_eq!(items, [1, 2]);

@@ -41,7 +41,12 @@ pub const SERVICE_NAME: &str = "fintech.tax.v1.TaxService";
 /// hand, then stops the rest.
 pub async fn run(config: TaxConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let platform = &config.platform;
-    let pool = db::connect(&platform.database_url, platform.database_max_connections, Duration::from_secs(30)).await?;
+    let pool = db::connect(
+        &platform.database_url,
+        platform.database_max_connections,
+        Duration::from_secs(30),
+    )
+    .await?;
     db::migrate(&pool, &MIGRATOR).await?;
 
     let topics = events::Topics::with_prefix(&config.topic_prefix);
@@ -50,14 +55,19 @@ pub async fn run(config: TaxConfig, listener: TcpListener, shutdown: Cancellatio
     let mut tasks = Vec::new();
 
     for index in 0..config.outbox_relays {
-        let producer =
-            EventProducer::new(&platform.kafka_bootstrap_servers, &format!("tax-outbox-{index}"), Duration::from_secs(10))?;
+        let producer = EventProducer::new(
+            &platform.kafka_bootstrap_servers,
+            &format!("tax-outbox-{index}"),
+            Duration::from_secs(10),
+        )?;
         let settings = RelaySettings {
             batch_size: platform.outbox_batch_size,
             poll_interval: platform.outbox_poll_interval,
             ..RelaySettings::default()
         };
-        tasks.push(tokio::spawn(OutboxRelay::new(pool.clone(), producer, settings).run(background.clone())));
+        tasks.push(tokio::spawn(
+            OutboxRelay::new(pool.clone(), producer, settings).run(background.clone()),
+        ));
     }
     tasks.push(tokio::spawn(events::run_deadline_sweeper(
         pool.clone(),
@@ -71,7 +81,11 @@ pub async fn run(config: TaxConfig, listener: TcpListener, shutdown: Cancellatio
         events::INPUT_TOPICS.iter().map(|topic| topics.name(topic)).collect(),
         topics.name(events::TAX_DLQ),
     );
-    let dead_letters = EventProducer::new(&platform.kafka_bootstrap_servers, "tax-dead-letters", Duration::from_secs(10))?;
+    let dead_letters = EventProducer::new(
+        &platform.kafka_bootstrap_servers,
+        "tax-dead-letters",
+        Duration::from_secs(10),
+    )?;
     let consumer_stop = CancellationToken::new();
     let consumer = tokio::spawn(run_consumer(
         consumer_settings,
@@ -88,9 +102,14 @@ pub async fn run(config: TaxConfig, listener: TcpListener, shutdown: Cancellatio
         kafka_bootstrap_servers: platform.kafka_bootstrap_servers.clone(),
         interval: Duration::from_secs(5),
     };
-    let served =
-        fintech_platform::grpc::serve(listener, tonic::service::Routes::new(server), &[SERVICE_NAME], readiness, shutdown)
-            .await;
+    let served = fintech_platform::grpc::serve(
+        listener,
+        tonic::service::Routes::new(server),
+        &[SERVICE_NAME],
+        readiness,
+        shutdown,
+    )
+    .await;
 
     // Stop taking records (the one in hand is finished and committed), then the background work.
     consumer_stop.cancel();

@@ -9,7 +9,12 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = fintech_platform::telemetry::init("tax")?;
     let listener = tokio::net::TcpListener::bind(config.platform.grpc_listen_addr)
         .await
-        .with_context(|| format!("GRPC_LISTEN_ADDR: cannot listen on {}", config.platform.grpc_listen_addr))?;
+        .with_context(|| {
+            format!(
+                "GRPC_LISTEN_ADDR: cannot listen on {}",
+                config.platform.grpc_listen_addr
+            )
+        })?;
     let shutdown = fintech_platform::shutdown::on_signals();
     fintech_tax::run(config, listener, shutdown).await
 }

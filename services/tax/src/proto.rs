@@ -5,12 +5,15 @@ use fintech_proto::{payments, tax as pb};
 use uuid::Uuid;
 
 use crate::domain::vat::TaxReason;
-use crate::domain::{CachedOrder, FailureReason, TaxableTransaction, TaxedTransaction};
+use crate::domain::{CachedOrder, FailureReason, ReversalReason, TaxableTransaction, TaxedTransaction};
 use crate::storage::Failure;
 
 /// A protobuf timestamp.
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
 }
 
 /// A chrono time from a protobuf timestamp; `None` when absent or out of range.
@@ -55,7 +58,10 @@ pub fn taxable_transaction(transaction: &payments::Transaction) -> Result<Taxabl
         amount: transaction.amount,
         currency: transaction.currency.clone(),
         created_at: from_timestamp(transaction.created_at.as_ref()).ok_or("transaction created_at is missing")?,
-        taxable: matches!(status, payments::TransactionStatus::Pending | payments::TransactionStatus::Succeeded),
+        taxable: matches!(
+            status,
+            payments::TransactionStatus::Pending | payments::TransactionStatus::Succeeded
+        ),
     })
 }
 
@@ -115,5 +121,41 @@ impl From<&Failure> for pb::TaxFailure {
             original_event: failure.original_event.clone(),
             failed_at: Some(timestamp(failure.failed_at)),
         }
+    }
+}
+
+/// The reason a transaction update stops it being taxable, if it does (failed or refunded).
+pub fn reversal_reason(transaction: &payments::Transaction) -> Option<ReversalReason> {
+    match payments::TransactionStatus::try_from(transaction.status) {
+        Ok(payments::TransactionStatus::Failed) => Some(ReversalReason::Failed),
+        Ok(payments::TransactionStatus::Refunded) => Some(ReversalReason::Refunded),
+        _ => None,
+    }
+}
+
+/// The `tax.reversed` value for a result reversed for `reason`.
+pub fn reversal(
+    taxed: &TaxedTransaction,
+    reason: ReversalReason,
+    transaction_version: i64,
+    reversed_at: DateTime<Utc>,
+) -> pb::TaxReversal {
+    pb::TaxReversal {
+        transaction_id: taxed.transaction_id.to_string(),
+        order_id: taxed.order_id.to_string(),
+        customer_id: taxed.customer_id.clone(),
+        base_amount: taxed.base_amount,
+        tax_reversed: taxed.tax_applied,
+        total_amount: taxed.total_amount,
+        currency: taxed.currency.clone(),
+        country: taxed.country.clone(),
+        tax_rate_bps: taxed.tax_rate_bps,
+        reason: match reason {
+            ReversalReason::Failed => pb::TaxReversalReason::TransactionFailed,
+            ReversalReason::Refunded => pb::TaxReversalReason::TransactionRefunded,
+        } as i32,
+        rule_version: taxed.rule_version.clone(),
+        reversed_at: Some(timestamp(reversed_at)),
+        transaction_version,
     }
 }

@@ -92,6 +92,15 @@ impl FailureReason {
     }
 }
 
+/// Why a transaction stopped being taxable (`transactions.updated`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReversalReason {
+    /// It failed: no supply took place.
+    Failed,
+    /// It was refunded.
+    Refunded,
+}
+
 /// A calculated result (mirrors `fintech.tax.v1.TaxedTransaction`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaxedTransaction {
@@ -152,10 +161,18 @@ pub fn decide(
     if order.currency != transaction.currency {
         return Decision::Fail(
             FailureReason::CurrencyMismatch,
-            format!("transaction is in {} but its order is in {}", transaction.currency, order.currency),
+            format!(
+                "transaction is in {} but its order is in {}",
+                transaction.currency, order.currency
+            ),
         );
     }
-    match rates.calculate(&order.country, &order.product_type, transaction.created_at.date_naive(), transaction.amount) {
+    match rates.calculate(
+        &order.country,
+        &order.product_type,
+        transaction.created_at.date_naive(),
+        transaction.amount,
+    ) {
         Ok(calculation) => Decision::Taxed(TaxedTransaction {
             transaction_id: transaction.transaction_id,
             order_id: order.order_id,
@@ -181,7 +198,9 @@ pub fn failure_reason(error: &vat::VatError) -> FailureReason {
     match error {
         vat::VatError::UnsupportedCountry { .. } => FailureReason::UnsupportedCountry,
         vat::VatError::UnsupportedProductType { .. } => FailureReason::UnsupportedProductType,
-        vat::VatError::AmountOutOfRange { .. } | vat::VatError::NonPositiveAmount { .. } => FailureReason::AmountOutOfRange,
+        vat::VatError::AmountOutOfRange { .. } | vat::VatError::NonPositiveAmount { .. } => {
+            FailureReason::AmountOutOfRange
+        }
         // `calculate` never returns rate-table errors: those are caught when the table loads.
         vat::VatError::InvalidRateTable { .. }
         | vat::VatError::RateOutOfRange { .. }

@@ -6,6 +6,9 @@
 //! - `transactions.created` -> with its order cached: calculated (or failed); without: parked
 //!   durably in `parked_transactions` with a deadline (never by sleeping in the consumer, never by
 //!   blocking the partition).
+//! - `transactions.updated` to failed or refunded -> with a result: the VAT is reversed on
+//!   `tax.reversed` (once); without one yet: the transaction is voided (unparked, and a late
+//!   `transactions.created` is not taxed).
 //! - the deadline sweeper fails parked transactions whose order did not arrive in time
 //!   (`order_not_found`).
 //! - results go to `tax.calculated` (`TaxedTransaction`), failures to `tax.failed` (`TaxFailure`
@@ -50,16 +53,25 @@ pub const ORDERS_CREATED: &str = "orders.created";
 pub const ORDERS_UPDATED: &str = "orders.updated";
 /// Input: new transactions.
 pub const TRANSACTIONS_CREATED: &str = "transactions.created";
+/// Input: changed transactions (a failure or refund reverses the VAT).
+pub const TRANSACTIONS_UPDATED: &str = "transactions.updated";
 /// Output: results.
 pub const TAX_CALCULATED: &str = "tax.calculated";
 /// Output: failures.
 pub const TAX_FAILED: &str = "tax.failed";
+/// Output: reversals of calculated VAT.
+pub const TAX_REVERSED: &str = "tax.reversed";
 /// Output: records that could not be decoded.
 pub const TAX_DLQ: &str = "tax.dlq";
 /// Topics tax reads.
-pub const INPUT_TOPICS: [&str; 3] = [ORDERS_CREATED, ORDERS_UPDATED, TRANSACTIONS_CREATED];
+pub const INPUT_TOPICS: [&str; 4] = [
+    ORDERS_CREATED,
+    ORDERS_UPDATED,
+    TRANSACTIONS_CREATED,
+    TRANSACTIONS_UPDATED,
+];
 /// Topics tax writes.
-pub const OUTPUT_TOPICS: [&str; 3] = [TAX_CALCULATED, TAX_FAILED, TAX_DLQ];
+pub const OUTPUT_TOPICS: [&str; 4] = [TAX_CALCULATED, TAX_FAILED, TAX_REVERSED, TAX_DLQ];
 
 /// Topic names with an optional prefix.
 #[derive(Debug, Clone, Default)]
@@ -109,7 +121,11 @@ pub struct Processor {
 impl Processor {
     /// A processor publishing on `topics`, parking for at most `park_deadline`.
     pub fn new(topics: Topics, rates: &'static RateTable, park_deadline: Duration) -> Self {
-        Self { topics, rates, park_deadline }
+        Self {
+            topics,
+            rates,
+            park_deadline,
+        }
     }
 
     /// The rate table in use.
@@ -124,17 +140,30 @@ impl Processor {
         // Results continue the trace of the transaction's event, even when an order event releases it.
         telemetry::set_remote_parent(
             &span,
-            &TraceHeaders { traceparent: envelope.traceparent.clone(), tracestate: envelope.tracestate.clone() },
+            &TraceHeaders {
+                traceparent: envelope.traceparent.clone(),
+                tracestate: envelope.tracestate.clone(),
+            },
         );
         self.process_in_span(conn, envelope, may_park).instrument(span).await
     }
 
-    async fn process_in_span(&self, conn: &mut PgConnection, envelope: &Parked, may_park: bool) -> anyhow::Result<Outcome> {
-        let transaction = payments::Transaction::decode(envelope.payload.as_slice()).context("decode parked transaction")?;
+    async fn process_in_span(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Parked,
+        may_park: bool,
+    ) -> anyhow::Result<Outcome> {
+        let transaction =
+            payments::Transaction::decode(envelope.payload.as_slice()).context("decode parked transaction")?;
         let transaction = proto::taxable_transaction(&transaction).map_err(anyhow::Error::msg)?;
         storage::lock_order(conn, transaction.order_id).await?;
         if storage::is_taxed(conn, transaction.transaction_id).await? {
             return Ok(Outcome::AlreadyTaxed);
+        }
+        if storage::is_reversed(conn, transaction.transaction_id).await? {
+            // It failed or was refunded before it could be taxed (its update came first).
+            return Ok(Outcome::NotTaxable);
         }
         let order = storage::get_order(conn, transaction.order_id).await?;
         let now = Utc::now();
@@ -153,7 +182,11 @@ impl Processor {
                     taxed.calculated_at,
                 );
                 outbox::enqueue(conn, SOURCE, &event).await?;
-                tracing::info!(tax_applied = taxed.tax_applied, rate_bps = taxed.tax_rate_bps, "tax calculated");
+                tracing::info!(
+                    tax_applied = taxed.tax_applied,
+                    rate_bps = taxed.tax_rate_bps,
+                    "tax calculated"
+                );
                 Ok(Outcome::Taxed(taxed))
             }
             Decision::Park if may_park => {
@@ -169,6 +202,50 @@ impl Processor {
             Decision::NotTaxable => Ok(Outcome::NotTaxable),
             Decision::Fail(reason, detail) => self.fail(conn, envelope, reason, &detail).await,
         }
+    }
+
+    /// Records that `transaction` stopped being taxable: reverses its result on `tax.reversed`
+    /// if it has one, otherwise voids it (drops it from parking; a late creation is not taxed).
+    /// Returns whether a reversal was published.
+    pub async fn reverse(
+        &self,
+        conn: &mut PgConnection,
+        transaction: &domain::TaxableTransaction,
+        reason: domain::ReversalReason,
+        transaction_version: i64,
+    ) -> anyhow::Result<bool> {
+        storage::lock_order(conn, transaction.order_id).await?;
+        let taxed = storage::get_taxed(conn, transaction.transaction_id).await?;
+        let now = fintech_now(Utc::now());
+        let recorded = storage::insert_reversal(
+            conn,
+            transaction.transaction_id,
+            transaction.order_id,
+            reason,
+            transaction_version,
+            taxed.is_some(),
+            now,
+        )
+        .await?;
+        if !recorded {
+            return Ok(false);
+        }
+        let Some(taxed) = taxed else {
+            let unparked = storage::unpark(conn, transaction.transaction_id).await?;
+            tracing::info!(transaction_id = %transaction.transaction_id, unparked, "transaction voided before it was taxed");
+            return Ok(false);
+        };
+        let event = OutboxEvent::protobuf(
+            self.topics.name(TAX_REVERSED),
+            taxed.order_id.to_string(),
+            "fintech.tax.v1.tax.reversed",
+            "fintech.tax.v1.TaxReversal",
+            &proto::reversal(&taxed, reason, transaction_version, now),
+            now,
+        );
+        outbox::enqueue(conn, SOURCE, &event).await?;
+        tracing::info!(transaction_id = %taxed.transaction_id, tax_reversed = taxed.tax_applied, "tax reversed");
+        Ok(true)
     }
 
     async fn fail(
@@ -188,7 +265,12 @@ impl Processor {
             failure.failed_at,
         );
         outbox::enqueue(conn, SOURCE, &event).await?;
-        tracing::warn!(reason = reason.as_str(), detail, attempts = failure.attempts, "transaction could not be taxed");
+        tracing::warn!(
+            reason = reason.as_str(),
+            detail,
+            attempts = failure.attempts,
+            "transaction could not be taxed"
+        );
         Ok(Outcome::Failed(failure))
     }
 }
@@ -210,28 +292,49 @@ pub struct TaxHandler {
 impl TaxHandler {
     /// A handler over `pool`.
     pub fn new(pool: PgPool, processor: Processor, topics: Topics) -> Self {
-        Self { pool, processor, topics }
+        Self {
+            pool,
+            processor,
+            topics,
+        }
     }
 
     async fn on_order(&self, event: &ConsumedEvent, event_id: &str) -> Result<(), HandlerError> {
         let order: payments::Order = event.decode()?;
         let order = proto::cached_order(&order).map_err(HandlerError::permanent)?;
         let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
-        if !mark_processed(&mut tx, CONSUMER, event_id).await.map_err(HandlerError::transient)? {
+        if !mark_processed(&mut tx, CONSUMER, event_id)
+            .await
+            .map_err(HandlerError::transient)?
+        {
             return Ok(());
         }
-        storage::lock_order(&mut tx, order.order_id).await.map_err(HandlerError::transient)?;
-        let stored = storage::upsert_order(&mut tx, &order).await.map_err(HandlerError::transient)?;
+        storage::lock_order(&mut tx, order.order_id)
+            .await
+            .map_err(HandlerError::transient)?;
+        let stored = storage::upsert_order(&mut tx, &order)
+            .await
+            .map_err(HandlerError::transient)?;
         tracing::info!(order_id = %order.order_id, version = order.version, stored, "order cached");
-        let released = storage::take_parked_for_order(&mut tx, order.order_id).await.map_err(HandlerError::transient)?;
+        let released = storage::take_parked_for_order(&mut tx, order.order_id)
+            .await
+            .map_err(HandlerError::transient)?;
         for parked in &released {
-            self.processor.process(&mut tx, parked, true).await.map_err(HandlerError::transient)?;
+            self.processor
+                .process(&mut tx, parked, true)
+                .await
+                .map_err(HandlerError::transient)?;
         }
         tx.commit().await.map_err(HandlerError::transient)?;
         Ok(())
     }
 
-    async fn on_transaction(&self, event: &ConsumedEvent, event_id: &str, event_type: &str) -> Result<(), HandlerError> {
+    async fn on_transaction(
+        &self,
+        event: &ConsumedEvent,
+        event_id: &str,
+        event_type: &str,
+    ) -> Result<(), HandlerError> {
         let transaction: payments::Transaction = event.decode()?;
         let taxable = proto::taxable_transaction(&transaction).map_err(HandlerError::permanent)?;
         let trace = TraceHeaders::current();
@@ -244,10 +347,40 @@ impl TaxHandler {
             tracestate: trace.tracestate,
         };
         let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
-        if !mark_processed(&mut tx, CONSUMER, event_id).await.map_err(HandlerError::transient)? {
+        if !mark_processed(&mut tx, CONSUMER, event_id)
+            .await
+            .map_err(HandlerError::transient)?
+        {
             return Ok(());
         }
-        self.processor.process(&mut tx, &envelope, true).await.map_err(HandlerError::transient)?;
+        self.processor
+            .process(&mut tx, &envelope, true)
+            .await
+            .map_err(HandlerError::transient)?;
+        tx.commit().await.map_err(HandlerError::transient)?;
+        Ok(())
+    }
+}
+
+impl TaxHandler {
+    async fn on_transaction_update(&self, event: &ConsumedEvent, event_id: &str) -> Result<(), HandlerError> {
+        let transaction: payments::Transaction = event.decode()?;
+        let Some(reason) = proto::reversal_reason(&transaction) else {
+            // Pending -> succeeded changes nothing taxable: VAT is due from creation.
+            return Ok(());
+        };
+        let taxable = proto::taxable_transaction(&transaction).map_err(HandlerError::permanent)?;
+        let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
+        if !mark_processed(&mut tx, CONSUMER, event_id)
+            .await
+            .map_err(HandlerError::transient)?
+        {
+            return Ok(());
+        }
+        self.processor
+            .reverse(&mut tx, &taxable, reason, transaction.version)
+            .await
+            .map_err(HandlerError::transient)?;
         tx.commit().await.map_err(HandlerError::transient)?;
         Ok(())
     }
@@ -261,6 +394,7 @@ impl EventHandler for TaxHandler {
         match self.topics.unprefixed(&event.topic) {
             ORDERS_CREATED | ORDERS_UPDATED => self.on_order(event, &event_id).await,
             TRANSACTIONS_CREATED => self.on_transaction(event, &event_id, &event_type).await,
+            TRANSACTIONS_UPDATED => self.on_transaction_update(event, &event_id).await,
             other => Err(HandlerError::permanent(format!("tax does not consume topic {other}"))),
         }
     }

@@ -53,7 +53,12 @@ fn page(page_size: i32, page_token: &str) -> Result<PageRequest, Status> {
 
 fn not_found(kind: &str, id: &str) -> Status {
     let mut details = ErrorDetails::new();
-    details.set_resource_info(format!("fintech.tax.v1.{kind}"), id, "", format!("no {kind} for this transaction"));
+    details.set_resource_info(
+        format!("fintech.tax.v1.{kind}"),
+        id,
+        "",
+        format!("no {kind} for this transaction"),
+    );
     Status::with_error_details(Code::NotFound, format!("no {kind} for transaction {id}"), details)
 }
 
@@ -71,7 +76,9 @@ impl TaxService for Tax {
             .await
             .map_err(internal)?
             .ok_or_else(|| not_found("TaxedTransaction", &request.transaction_id))?;
-        Ok(Response::new(pb::GetTaxedTransactionResponse { taxed_transaction: Some((&taxed).into()) }))
+        Ok(Response::new(pb::GetTaxedTransactionResponse {
+            taxed_transaction: Some((&taxed).into()),
+        }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -105,7 +112,10 @@ impl TaxService for Tax {
             violations.push(("currency".to_owned(), error.to_string()));
         }
         if request.amount <= 0 {
-            violations.push(("amount".to_owned(), format!("must be greater than 0 (minor units), got {}", request.amount)));
+            violations.push((
+                "amount".to_owned(),
+                format!("must be greater than 0 (minor units), got {}", request.amount),
+            ));
         }
         if request.product_type.is_empty() {
             violations.push(("product_type".to_owned(), "is required".to_owned()));
@@ -141,7 +151,10 @@ impl TaxService for Tax {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_failed(&self, request: Request<pb::ListFailedRequest>) -> Result<Response<pb::ListFailedResponse>, Status> {
+    async fn list_failed(
+        &self,
+        request: Request<pb::ListFailedRequest>,
+    ) -> Result<Response<pb::ListFailedResponse>, Status> {
         let request = request.into_inner();
         let page = page(request.page_size, &request.page_token)?;
         let mut conn = self.pool.acquire().await.map_err(|error| internal(error.into()))?;
@@ -153,7 +166,10 @@ impl TaxService for Tax {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn retry_failed(&self, request: Request<pb::RetryFailedRequest>) -> Result<Response<pb::RetryFailedResponse>, Status> {
+    async fn retry_failed(
+        &self,
+        request: Request<pb::RetryFailedRequest>,
+    ) -> Result<Response<pb::RetryFailedResponse>, Status> {
         let request = request.into_inner();
         let id = parse_uuid("transaction_id", &request.transaction_id)?;
         let mut tx = self.pool.begin().await.map_err(|error| internal(error.into()))?;
@@ -169,14 +185,27 @@ impl TaxService for Tax {
             traceparent: failure.traceparent.clone(),
             tracestate: failure.tracestate.clone(),
         };
-        let outcome = self.processor.process(&mut tx, &envelope, false).await.map_err(internal)?;
+        let outcome = self
+            .processor
+            .process(&mut tx, &envelope, false)
+            .await
+            .map_err(internal)?;
         let response = match outcome {
-            Outcome::Taxed(taxed) => pb::RetryFailedResponse { taxed_transaction: Some((&taxed).into()), failure: None },
-            Outcome::Failed(failure) => pb::RetryFailedResponse { taxed_transaction: None, failure: Some((&failure).into()) },
+            Outcome::Taxed(taxed) => pb::RetryFailedResponse {
+                taxed_transaction: Some((&taxed).into()),
+                failure: None,
+            },
+            Outcome::Failed(failure) => pb::RetryFailedResponse {
+                taxed_transaction: None,
+                failure: Some((&failure).into()),
+            },
             Outcome::AlreadyTaxed | Outcome::NotTaxable | Outcome::Parked => {
                 storage::resolve_failure(&mut tx, id).await.map_err(internal)?;
                 let taxed = storage::get_taxed(&mut tx, id).await.map_err(internal)?;
-                pb::RetryFailedResponse { taxed_transaction: taxed.as_ref().map(Into::into), failure: None }
+                pb::RetryFailedResponse {
+                    taxed_transaction: taxed.as_ref().map(Into::into),
+                    failure: None,
+                }
             }
         };
         tx.commit().await.map_err(|error| internal(error.into()))?;

@@ -9,7 +9,7 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::domain::vat::TaxReason;
-use crate::domain::{CachedOrder, FailureReason, TaxedTransaction};
+use crate::domain::{CachedOrder, FailureReason, ReversalReason, TaxedTransaction};
 
 /// Serializes work on one order across consumer instances (a transaction and its order may be
 /// handled by two instances at once); released at commit or rollback.
@@ -48,7 +48,9 @@ pub async fn get_order(conn: &mut PgConnection, order_id: Uuid) -> anyhow::Resul
         .fetch_optional(conn)
         .await
         .context("read cached order")?;
-    payload.map(|payload| serde_json::from_value(payload).context("cached order json")).transpose()
+    payload
+        .map(|payload| serde_json::from_value(payload).context("cached order json"))
+        .transpose()
 }
 
 /// A transaction waiting for its order.
@@ -125,7 +127,10 @@ pub async fn take_expired(conn: &mut PgConnection, limit: i64) -> anyhow::Result
 
 /// How many transactions are parked (for tests and status).
 pub async fn parked_count(conn: &mut PgConnection) -> anyhow::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM parked_transactions").fetch_one(conn).await.context("count parked")
+    sqlx::query_scalar("SELECT count(*) FROM parked_transactions")
+        .fetch_one(conn)
+        .await
+        .context("count parked")
 }
 
 fn reason_to_stored(reason: TaxReason) -> &'static str {
@@ -138,9 +143,14 @@ fn reason_to_stored(reason: TaxReason) -> &'static str {
 }
 
 fn reason_from_stored(value: &str) -> Option<TaxReason> {
-    [TaxReason::StandardRate, TaxReason::ReducedRate, TaxReason::Exempt, TaxReason::ZeroRated]
-        .into_iter()
-        .find(|reason| reason_to_stored(*reason) == value)
+    [
+        TaxReason::StandardRate,
+        TaxReason::ReducedRate,
+        TaxReason::Exempt,
+        TaxReason::ZeroRated,
+    ]
+    .into_iter()
+    .find(|reason| reason_to_stored(*reason) == value)
 }
 
 const TAXED_COLUMNS: &str = "transaction_id, order_id, customer_id, base_amount, tax_applied, total_amount, currency, \
@@ -204,11 +214,13 @@ pub async fn is_taxed(conn: &mut PgConnection, transaction_id: Uuid) -> anyhow::
 
 /// One result.
 pub async fn get_taxed(conn: &mut PgConnection, transaction_id: Uuid) -> anyhow::Result<Option<TaxedTransaction>> {
-    let row = sqlx::query(&format!("SELECT {TAXED_COLUMNS} FROM taxed_transactions WHERE transaction_id = $1"))
-        .bind(transaction_id)
-        .fetch_optional(conn)
-        .await
-        .context("read taxed transaction")?;
+    let row = sqlx::query(&format!(
+        "SELECT {TAXED_COLUMNS} FROM taxed_transactions WHERE transaction_id = $1"
+    ))
+    .bind(transaction_id)
+    .fetch_optional(conn)
+    .await
+    .context("read taxed transaction")?;
     row.as_ref().map(taxed_from_row).transpose()
 }
 
@@ -241,10 +253,18 @@ pub async fn list_taxed(
         TaxedFilter::Order(order_id) => query.bind(*order_id),
         TaxedFilter::Customer(customer_id) => query.bind(customer_id.clone()),
     };
-    let rows =
-        query.bind(after_time).bind(after_id).bind(page.fetch_limit()).fetch_all(conn).await.context("list taxed")?;
+    let rows = query
+        .bind(after_time)
+        .bind(after_id)
+        .bind(page.fetch_limit())
+        .fetch_all(conn)
+        .await
+        .context("list taxed")?;
     let mut items = rows.iter().map(taxed_from_row).collect::<anyhow::Result<Vec<_>>>()?;
-    let next = page.next_cursor(&mut items, |item| Cursor { created_at: item.calculated_at, id: item.transaction_id });
+    let next = page.next_cursor(&mut items, |item| Cursor {
+        created_at: item.calculated_at,
+        id: item.transaction_id,
+    });
     Ok((items, next))
 }
 
@@ -356,6 +376,61 @@ pub async fn list_open_failures(
     .await
     .context("list failures")?;
     let mut items = rows.iter().map(failure_from_row).collect::<anyhow::Result<Vec<_>>>()?;
-    let next = page.next_cursor(&mut items, |item| Cursor { created_at: item.failed_at, id: item.transaction_id });
+    let next = page.next_cursor(&mut items, |item| Cursor {
+        created_at: item.failed_at,
+        id: item.transaction_id,
+    });
     Ok((items, next))
+}
+
+fn reversal_reason_to_stored(reason: ReversalReason) -> &'static str {
+    match reason {
+        ReversalReason::Failed => "transaction_failed",
+        ReversalReason::Refunded => "transaction_refunded",
+    }
+}
+
+/// Records that a transaction is no longer taxable; false when it already was recorded.
+pub async fn insert_reversal(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+    order_id: Uuid,
+    reason: ReversalReason,
+    transaction_version: i64,
+    reversed_result: bool,
+    now: DateTime<Utc>,
+) -> anyhow::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO tax_reversals (transaction_id, order_id, reason, transaction_version, reversed_result, reversed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (transaction_id) DO NOTHING",
+    )
+    .bind(transaction_id)
+    .bind(order_id)
+    .bind(reversal_reason_to_stored(reason))
+    .bind(transaction_version)
+    .bind(reversed_result)
+    .bind(now)
+    .execute(conn)
+    .await
+    .context("insert reversal")?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Whether a transaction was voided or reversed.
+pub async fn is_reversed(conn: &mut PgConnection, transaction_id: Uuid) -> anyhow::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tax_reversals WHERE transaction_id = $1)")
+        .bind(transaction_id)
+        .fetch_one(conn)
+        .await
+        .context("check reversal")
+}
+
+/// Removes a parked transaction (it stopped being taxable before its order arrived).
+pub async fn unpark(conn: &mut PgConnection, transaction_id: Uuid) -> anyhow::Result<bool> {
+    let deleted = sqlx::query("DELETE FROM parked_transactions WHERE transaction_id = $1")
+        .bind(transaction_id)
+        .execute(conn)
+        .await
+        .context("unpark transaction")?;
+    Ok(deleted.rows_affected() == 1)
 }

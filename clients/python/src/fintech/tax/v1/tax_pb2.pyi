@@ -4,7 +4,8 @@ isort:skip_file
 Tax calculates VAT for every transaction from the order state that Payments' events carried to it
 (Event-Carried State Transfer: it never calls Payments). Results are published on
 `tax.calculated` (value: `TaxedTransaction`), what cannot be calculated on `tax.failed`
-(value: `TaxFailure`); the record key of both is the order id.
+(value: `TaxFailure`), reversals after a failure or refund on `tax.reversed` (value:
+`TaxReversal`); the record key of all three is the order id.
 """
 
 from collections import abc as _abc
@@ -95,6 +96,30 @@ TAX_FAILURE_REASON_INVALID_EVENT: TaxFailureReason.ValueType  # 5
 TAX_FAILURE_REASON_AMOUNT_OUT_OF_RANGE: TaxFailureReason.ValueType  # 6
 """The tax does not fit in a 64-bit amount."""
 Global___TaxFailureReason: _TypeAlias = TaxFailureReason  # noqa: Y015
+
+class _TaxReversalReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaxReversalReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaxReversalReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TAX_REVERSAL_REASON_UNSPECIFIED: _TaxReversalReason.ValueType  # 0
+    """Never valid on the wire."""
+    TAX_REVERSAL_REASON_TRANSACTION_FAILED: _TaxReversalReason.ValueType  # 1
+    """The transaction failed after its VAT was calculated: no supply took place."""
+    TAX_REVERSAL_REASON_TRANSACTION_REFUNDED: _TaxReversalReason.ValueType  # 2
+    """The transaction was refunded: the VAT charged is returned."""
+
+class TaxReversalReason(_TaxReversalReason, metaclass=_TaxReversalReasonEnumTypeWrapper):
+    """Why VAT already calculated for a transaction was reversed."""
+
+TAX_REVERSAL_REASON_UNSPECIFIED: TaxReversalReason.ValueType  # 0
+"""Never valid on the wire."""
+TAX_REVERSAL_REASON_TRANSACTION_FAILED: TaxReversalReason.ValueType  # 1
+"""The transaction failed after its VAT was calculated: no supply took place."""
+TAX_REVERSAL_REASON_TRANSACTION_REFUNDED: TaxReversalReason.ValueType  # 2
+"""The transaction was refunded: the VAT charged is returned."""
+Global___TaxReversalReason: _TypeAlias = TaxReversalReason  # noqa: Y015
 
 @_typing.final
 class TaxedTransaction(_message.Message):
@@ -225,6 +250,81 @@ class TaxFailure(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaxFailure: _TypeAlias = TaxFailure  # noqa: Y015
+
+@_typing.final
+class TaxReversal(_message.Message):
+    """The reversal of a transaction's VAT, published on `tax.reversed` (record key: the order id) when
+    payments reports the transaction failed or refunded after `tax.calculated`. Amounts are the
+    positive amounts being reversed; at most one reversal per transaction.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    BASE_AMOUNT_FIELD_NUMBER: _builtins.int
+    TAX_REVERSED_FIELD_NUMBER: _builtins.int
+    TOTAL_AMOUNT_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    COUNTRY_FIELD_NUMBER: _builtins.int
+    TAX_RATE_BPS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RULE_VERSION_FIELD_NUMBER: _builtins.int
+    REVERSED_AT_FIELD_NUMBER: _builtins.int
+    TRANSACTION_VERSION_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    """The transaction whose VAT is reversed."""
+    order_id: _builtins.str
+    """Its order."""
+    customer_id: _builtins.str
+    """The order's customer."""
+    base_amount: _builtins.int
+    """The taxable amount reversed, in minor units (the original `base_amount`)."""
+    tax_reversed: _builtins.int
+    """The VAT reversed, in minor units (the original `tax_applied`)."""
+    total_amount: _builtins.int
+    """`base_amount + tax_reversed`."""
+    currency: _builtins.str
+    """ISO 4217 currency of the amounts."""
+    country: _builtins.str
+    """ISO 3166-1 alpha-2 country whose rules applied."""
+    tax_rate_bps: _builtins.int
+    """The rate that was applied, in basis points."""
+    reason: Global___TaxReversalReason.ValueType
+    """Why the VAT is reversed."""
+    rule_version: _builtins.str
+    """Version of the rate table of the original calculation."""
+    transaction_version: _builtins.int
+    """The payments version of the transaction state that caused the reversal."""
+    @_builtins.property
+    def reversed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the reversal was recorded (server clock)."""
+
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        order_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        base_amount: _builtins.int = ...,
+        tax_reversed: _builtins.int = ...,
+        total_amount: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        country: _builtins.str = ...,
+        tax_rate_bps: _builtins.int = ...,
+        reason: Global___TaxReversalReason.ValueType = ...,
+        rule_version: _builtins.str = ...,
+        reversed_at: _timestamp_pb2.Timestamp | None = ...,
+        transaction_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reversed_at", b"reversed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_amount", b"base_amount", "country", b"country", "currency", b"currency", "customer_id", b"customer_id", "order_id", b"order_id", "reason", b"reason", "reversed_at", b"reversed_at", "rule_version", b"rule_version", "tax_rate_bps", b"tax_rate_bps", "tax_reversed", b"tax_reversed", "total_amount", b"total_amount", "transaction_id", b"transaction_id", "transaction_version", b"transaction_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaxReversal: _TypeAlias = TaxReversal  # noqa: Y015
 
 @_typing.final
 class GetTaxedTransactionRequest(_message.Message):

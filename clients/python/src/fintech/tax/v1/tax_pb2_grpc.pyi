@@ -4,7 +4,8 @@ isort:skip_file
 Tax calculates VAT for every transaction from the order state that Payments' events carried to it
 (Event-Carried State Transfer: it never calls Payments). Results are published on
 `tax.calculated` (value: `TaxedTransaction`), what cannot be calculated on `tax.failed`
-(value: `TaxFailure`); the record key of both is the order id.
+(value: `TaxFailure`), reversals after a failure or refund on `tax.reversed` (value:
+`TaxReversal`); the record key of all three is the order id.
 """
 
 from collections import abc as _abc

@@ -5,7 +5,8 @@
 // Tax calculates VAT for every transaction from the order state that Payments' events carried to it
 // (Event-Carried State Transfer: it never calls Payments). Results are published on
 // `tax.calculated` (value: `TaxedTransaction`), what cannot be calculated on `tax.failed`
-// (value: `TaxFailure`); the record key of both is the order id.
+// (value: `TaxFailure`), reversals after a failure or refund on `tax.reversed` (value:
+// `TaxReversal`); the record key of all three is the order id.
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
@@ -17,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fintech/tax/v1/tax.proto.
  */
 export const file_fintech_tax_v1_tax: GenFile = /*@__PURE__*/
-  fileDesc("ChhmaW50ZWNoL3RheC92MS90YXgucHJvdG8SDmZpbnRlY2gudGF4LnYxIoIDChBUYXhlZFRyYW5zYWN0aW9uEhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJEhAKCG9yZGVyX2lkGAIgASgJEhMKC2N1c3RvbWVyX2lkGAMgASgJEhMKC2Jhc2VfYW1vdW50GAQgASgDEhMKC3RheF9hcHBsaWVkGAUgASgDEhQKDHRvdGFsX2Ftb3VudBgGIAEoAxIQCghjdXJyZW5jeRgHIAEoCRIPCgdjb3VudHJ5GAggASgJEhQKDHByb2R1Y3RfdHlwZRgJIAEoCRIUCgx0YXhfcmF0ZV9icHMYCiABKAUSKQoGcmVhc29uGAsgASgOMhkuZmludGVjaC50YXgudjEuVGF4UmVhc29uEhQKDHJ1bGVfdmVyc2lvbhgMIAEoCRIxCg1jYWxjdWxhdGVkX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgh0YXhfZGF0ZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi7gEKClRheEZhaWx1cmUSFgoOdHJhbnNhY3Rpb25faWQYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSMAoGcmVhc29uGAMgASgOMiAuZmludGVjaC50YXgudjEuVGF4RmFpbHVyZVJlYXNvbhIOCgZkZXRhaWwYBCABKAkSEAoIYXR0ZW1wdHMYBSABKAUSGwoTb3JpZ2luYWxfZXZlbnRfdHlwZRgGIAEoCRIWCg5vcmlnaW5hbF9ldmVudBgHIAEoDBItCglmYWlsZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjQKGkdldFRheGVkVHJhbnNhY3Rpb25SZXF1ZXN0EhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJIloKG0dldFRheGVkVHJhbnNhY3Rpb25SZXNwb25zZRI7ChF0YXhlZF90cmFuc2FjdGlvbhgBIAEoCzIgLmZpbnRlY2gudGF4LnYxLlRheGVkVHJhbnNhY3Rpb24ibAocTGlzdFRheGVkVHJhbnNhY3Rpb25zUmVxdWVzdBIQCghvcmRlcl9pZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJ2Ch1MaXN0VGF4ZWRUcmFuc2FjdGlvbnNSZXNwb25zZRI8ChJ0YXhlZF90cmFuc2FjdGlvbnMYASADKAsyIC5maW50ZWNoLnRheC52MS5UYXhlZFRyYW5zYWN0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKIAQoPUXVvdGVUYXhSZXF1ZXN0Eg8KB2NvdW50cnkYASABKAkSFAoMcHJvZHVjdF90eXBlGAIgASgJEg4KBmFtb3VudBgDIAEoAxIQCghjdXJyZW5jeRgEIAEoCRIsCgh0YXhfZGF0ZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiuwEKEFF1b3RlVGF4UmVzcG9uc2USEwoLYmFzZV9hbW91bnQYASABKAMSEwoLdGF4X2FwcGxpZWQYAiABKAMSFAoMdG90YWxfYW1vdW50GAMgASgDEhQKDHRheF9yYXRlX2JwcxgEIAEoBRIpCgZyZWFzb24YBSABKA4yGS5maW50ZWNoLnRheC52MS5UYXhSZWFzb24SFAoMcnVsZV92ZXJzaW9uGAYgASgJEhAKCGN1cnJlbmN5GAcgASgJIjoKEUxpc3RGYWlsZWRSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlsKEkxpc3RGYWlsZWRSZXNwb25zZRIsCghmYWlsdXJlcxgBIAMoCzIaLmZpbnRlY2gudGF4LnYxLlRheEZhaWx1cmUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiwKElJldHJ5RmFpbGVkUmVxdWVzdBIWCg50cmFuc2FjdGlvbl9pZBgBIAEoCSJ/ChNSZXRyeUZhaWxlZFJlc3BvbnNlEjsKEXRheGVkX3RyYW5zYWN0aW9uGAEgASgLMiAuZmludGVjaC50YXgudjEuVGF4ZWRUcmFuc2FjdGlvbhIrCgdmYWlsdXJlGAIgASgLMhouZmludGVjaC50YXgudjEuVGF4RmFpbHVyZSqUAQoJVGF4UmVhc29uEhoKFlRBWF9SRUFTT05fVU5TUEVDSUZJRUQQABIcChhUQVhfUkVBU09OX1NUQU5EQVJEX1JBVEUQARIbChdUQVhfUkVBU09OX1JFRFVDRURfUkFURRACEhUKEVRBWF9SRUFTT05fRVhFTVBUEAMSGQoVVEFYX1JFQVNPTl9aRVJPX1JBVEVEEAQqtwIKEFRheEZhaWx1cmVSZWFzb24SIgoeVEFYX0ZBSUxVUkVfUkVBU09OX1VOU1BFQ0lGSUVEEAASJgoiVEFYX0ZBSUxVUkVfUkVBU09OX09SREVSX05PVF9GT1VORBABEioKJlRBWF9GQUlMVVJFX1JFQVNPTl9VTlNVUFBPUlRFRF9DT1VOVFJZEAISLworVEFYX0ZBSUxVUkVfUkVBU09OX1VOU1VQUE9SVEVEX1BST0RVQ1RfVFlQRRADEigKJFRBWF9GQUlMVVJFX1JFQVNPTl9DVVJSRU5DWV9NSVNNQVRDSBAEEiQKIFRBWF9GQUlMVVJFX1JFQVNPTl9JTlZBTElEX0VWRU5UEAUSKgomVEFYX0ZBSUxVUkVfUkVBU09OX0FNT1VOVF9PVVRfT0ZfUkFOR0UQBjLuAwoKVGF4U2VydmljZRJuChNHZXRUYXhlZFRyYW5zYWN0aW9uEiouZmludGVjaC50YXgudjEuR2V0VGF4ZWRUcmFuc2FjdGlvblJlcXVlc3QaKy5maW50ZWNoLnRheC52MS5HZXRUYXhlZFRyYW5zYWN0aW9uUmVzcG9uc2USdAoVTGlzdFRheGVkVHJhbnNhY3Rpb25zEiwuZmludGVjaC50YXgudjEuTGlzdFRheGVkVHJhbnNhY3Rpb25zUmVxdWVzdBotLmZpbnRlY2gudGF4LnYxLkxpc3RUYXhlZFRyYW5zYWN0aW9uc1Jlc3BvbnNlEk0KCFF1b3RlVGF4Eh8uZmludGVjaC50YXgudjEuUXVvdGVUYXhSZXF1ZXN0GiAuZmludGVjaC50YXgudjEuUXVvdGVUYXhSZXNwb25zZRJTCgpMaXN0RmFpbGVkEiEuZmludGVjaC50YXgudjEuTGlzdEZhaWxlZFJlcXVlc3QaIi5maW50ZWNoLnRheC52MS5MaXN0RmFpbGVkUmVzcG9uc2USVgoLUmV0cnlGYWlsZWQSIi5maW50ZWNoLnRheC52MS5SZXRyeUZhaWxlZFJlcXVlc3QaIy5maW50ZWNoLnRheC52MS5SZXRyeUZhaWxlZFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChhmaW50ZWNoL3RheC92MS90YXgucHJvdG8SDmZpbnRlY2gudGF4LnYxIoIDChBUYXhlZFRyYW5zYWN0aW9uEhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJEhAKCG9yZGVyX2lkGAIgASgJEhMKC2N1c3RvbWVyX2lkGAMgASgJEhMKC2Jhc2VfYW1vdW50GAQgASgDEhMKC3RheF9hcHBsaWVkGAUgASgDEhQKDHRvdGFsX2Ftb3VudBgGIAEoAxIQCghjdXJyZW5jeRgHIAEoCRIPCgdjb3VudHJ5GAggASgJEhQKDHByb2R1Y3RfdHlwZRgJIAEoCRIUCgx0YXhfcmF0ZV9icHMYCiABKAUSKQoGcmVhc29uGAsgASgOMhkuZmludGVjaC50YXgudjEuVGF4UmVhc29uEhQKDHJ1bGVfdmVyc2lvbhgMIAEoCRIxCg1jYWxjdWxhdGVkX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgh0YXhfZGF0ZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi7gEKClRheEZhaWx1cmUSFgoOdHJhbnNhY3Rpb25faWQYASABKAkSEAoIb3JkZXJfaWQYAiABKAkSMAoGcmVhc29uGAMgASgOMiAuZmludGVjaC50YXgudjEuVGF4RmFpbHVyZVJlYXNvbhIOCgZkZXRhaWwYBCABKAkSEAoIYXR0ZW1wdHMYBSABKAUSGwoTb3JpZ2luYWxfZXZlbnRfdHlwZRgGIAEoCRIWCg5vcmlnaW5hbF9ldmVudBgHIAEoDBItCglmYWlsZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIt0CCgtUYXhSZXZlcnNhbBIWCg50cmFuc2FjdGlvbl9pZBgBIAEoCRIQCghvcmRlcl9pZBgCIAEoCRITCgtjdXN0b21lcl9pZBgDIAEoCRITCgtiYXNlX2Ftb3VudBgEIAEoAxIUCgx0YXhfcmV2ZXJzZWQYBSABKAMSFAoMdG90YWxfYW1vdW50GAYgASgDEhAKCGN1cnJlbmN5GAcgASgJEg8KB2NvdW50cnkYCCABKAkSFAoMdGF4X3JhdGVfYnBzGAkgASgFEjEKBnJlYXNvbhgKIAEoDjIhLmZpbnRlY2gudGF4LnYxLlRheFJldmVyc2FsUmVhc29uEhQKDHJ1bGVfdmVyc2lvbhgLIAEoCRIvCgtyZXZlcnNlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoTdHJhbnNhY3Rpb25fdmVyc2lvbhgNIAEoAyI0ChpHZXRUYXhlZFRyYW5zYWN0aW9uUmVxdWVzdBIWCg50cmFuc2FjdGlvbl9pZBgBIAEoCSJaChtHZXRUYXhlZFRyYW5zYWN0aW9uUmVzcG9uc2USOwoRdGF4ZWRfdHJhbnNhY3Rpb24YASABKAsyIC5maW50ZWNoLnRheC52MS5UYXhlZFRyYW5zYWN0aW9uImwKHExpc3RUYXhlZFRyYW5zYWN0aW9uc1JlcXVlc3QSEAoIb3JkZXJfaWQYASABKAkSEwoLY3VzdG9tZXJfaWQYAiABKAkSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkidgodTGlzdFRheGVkVHJhbnNhY3Rpb25zUmVzcG9uc2USPAoSdGF4ZWRfdHJhbnNhY3Rpb25zGAEgAygLMiAuZmludGVjaC50YXgudjEuVGF4ZWRUcmFuc2FjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiiAEKD1F1b3RlVGF4UmVxdWVzdBIPCgdjb3VudHJ5GAEgASgJEhQKDHByb2R1Y3RfdHlwZRgCIAEoCRIOCgZhbW91bnQYAyABKAMSEAoIY3VycmVuY3kYBCABKAkSLAoIdGF4X2RhdGUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrsBChBRdW90ZVRheFJlc3BvbnNlEhMKC2Jhc2VfYW1vdW50GAEgASgDEhMKC3RheF9hcHBsaWVkGAIgASgDEhQKDHRvdGFsX2Ftb3VudBgDIAEoAxIUCgx0YXhfcmF0ZV9icHMYBCABKAUSKQoGcmVhc29uGAUgASgOMhkuZmludGVjaC50YXgudjEuVGF4UmVhc29uEhQKDHJ1bGVfdmVyc2lvbhgGIAEoCRIQCghjdXJyZW5jeRgHIAEoCSI6ChFMaXN0RmFpbGVkUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJbChJMaXN0RmFpbGVkUmVzcG9uc2USLAoIZmFpbHVyZXMYASADKAsyGi5maW50ZWNoLnRheC52MS5UYXhGYWlsdXJlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIsChJSZXRyeUZhaWxlZFJlcXVlc3QSFgoOdHJhbnNhY3Rpb25faWQYASABKAkifwoTUmV0cnlGYWlsZWRSZXNwb25zZRI7ChF0YXhlZF90cmFuc2FjdGlvbhgBIAEoCzIgLmZpbnRlY2gudGF4LnYxLlRheGVkVHJhbnNhY3Rpb24SKwoHZmFpbHVyZRgCIAEoCzIaLmZpbnRlY2gudGF4LnYxLlRheEZhaWx1cmUqlAEKCVRheFJlYXNvbhIaChZUQVhfUkVBU09OX1VOU1BFQ0lGSUVEEAASHAoYVEFYX1JFQVNPTl9TVEFOREFSRF9SQVRFEAESGwoXVEFYX1JFQVNPTl9SRURVQ0VEX1JBVEUQAhIVChFUQVhfUkVBU09OX0VYRU1QVBADEhkKFVRBWF9SRUFTT05fWkVST19SQVRFRBAEKrcCChBUYXhGYWlsdXJlUmVhc29uEiIKHlRBWF9GQUlMVVJFX1JFQVNPTl9VTlNQRUNJRklFRBAAEiYKIlRBWF9GQUlMVVJFX1JFQVNPTl9PUkRFUl9OT1RfRk9VTkQQARIqCiZUQVhfRkFJTFVSRV9SRUFTT05fVU5TVVBQT1JURURfQ09VTlRSWRACEi8KK1RBWF9GQUlMVVJFX1JFQVNPTl9VTlNVUFBPUlRFRF9QUk9EVUNUX1RZUEUQAxIoCiRUQVhfRkFJTFVSRV9SRUFTT05fQ1VSUkVOQ1lfTUlTTUFUQ0gQBBIkCiBUQVhfRkFJTFVSRV9SRUFTT05fSU5WQUxJRF9FVkVOVBAFEioKJlRBWF9GQUlMVVJFX1JFQVNPTl9BTU9VTlRfT1VUX09GX1JBTkdFEAYqkgEKEVRheFJldmVyc2FsUmVhc29uEiMKH1RBWF9SRVZFUlNBTF9SRUFTT05fVU5TUEVDSUZJRUQQABIqCiZUQVhfUkVWRVJTQUxfUkVBU09OX1RSQU5TQUNUSU9OX0ZBSUxFRBABEiwKKFRBWF9SRVZFUlNBTF9SRUFTT05fVFJBTlNBQ1RJT05fUkVGVU5ERUQQAjLuAwoKVGF4U2VydmljZRJuChNHZXRUYXhlZFRyYW5zYWN0aW9uEiouZmludGVjaC50YXgudjEuR2V0VGF4ZWRUcmFuc2FjdGlvblJlcXVlc3QaKy5maW50ZWNoLnRheC52MS5HZXRUYXhlZFRyYW5zYWN0aW9uUmVzcG9uc2USdAoVTGlzdFRheGVkVHJhbnNhY3Rpb25zEiwuZmludGVjaC50YXgudjEuTGlzdFRheGVkVHJhbnNhY3Rpb25zUmVxdWVzdBotLmZpbnRlY2gudGF4LnYxLkxpc3RUYXhlZFRyYW5zYWN0aW9uc1Jlc3BvbnNlEk0KCFF1b3RlVGF4Eh8uZmludGVjaC50YXgudjEuUXVvdGVUYXhSZXF1ZXN0GiAuZmludGVjaC50YXgudjEuUXVvdGVUYXhSZXNwb25zZRJTCgpMaXN0RmFpbGVkEiEuZmludGVjaC50YXgudjEuTGlzdEZhaWxlZFJlcXVlc3QaIi5maW50ZWNoLnRheC52MS5MaXN0RmFpbGVkUmVzcG9uc2USVgoLUmV0cnlGYWlsZWQSIi5maW50ZWNoLnRheC52MS5SZXRyeUZhaWxlZFJlcXVlc3QaIy5maW50ZWNoLnRheC52MS5SZXRyeUZhaWxlZFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * The VAT outcome of one transaction. Money is an integer count of minor units of `currency`.
@@ -202,6 +203,113 @@ export const TaxFailureSchema: GenMessage<TaxFailure> = /*@__PURE__*/
   messageDesc(file_fintech_tax_v1_tax, 1);
 
 /**
+ * The reversal of a transaction's VAT, published on `tax.reversed` (record key: the order id) when
+ * payments reports the transaction failed or refunded after `tax.calculated`. Amounts are the
+ * positive amounts being reversed; at most one reversal per transaction.
+ *
+ * @generated from message fintech.tax.v1.TaxReversal
+ */
+export type TaxReversal = Message<"fintech.tax.v1.TaxReversal"> & {
+  /**
+   * The transaction whose VAT is reversed.
+   *
+   * @generated from field: string transaction_id = 1;
+   */
+  transactionId: string;
+
+  /**
+   * Its order.
+   *
+   * @generated from field: string order_id = 2;
+   */
+  orderId: string;
+
+  /**
+   * The order's customer.
+   *
+   * @generated from field: string customer_id = 3;
+   */
+  customerId: string;
+
+  /**
+   * The taxable amount reversed, in minor units (the original `base_amount`).
+   *
+   * @generated from field: int64 base_amount = 4;
+   */
+  baseAmount: bigint;
+
+  /**
+   * The VAT reversed, in minor units (the original `tax_applied`).
+   *
+   * @generated from field: int64 tax_reversed = 5;
+   */
+  taxReversed: bigint;
+
+  /**
+   * `base_amount + tax_reversed`.
+   *
+   * @generated from field: int64 total_amount = 6;
+   */
+  totalAmount: bigint;
+
+  /**
+   * ISO 4217 currency of the amounts.
+   *
+   * @generated from field: string currency = 7;
+   */
+  currency: string;
+
+  /**
+   * ISO 3166-1 alpha-2 country whose rules applied.
+   *
+   * @generated from field: string country = 8;
+   */
+  country: string;
+
+  /**
+   * The rate that was applied, in basis points.
+   *
+   * @generated from field: int32 tax_rate_bps = 9;
+   */
+  taxRateBps: number;
+
+  /**
+   * Why the VAT is reversed.
+   *
+   * @generated from field: fintech.tax.v1.TaxReversalReason reason = 10;
+   */
+  reason: TaxReversalReason;
+
+  /**
+   * Version of the rate table of the original calculation.
+   *
+   * @generated from field: string rule_version = 11;
+   */
+  ruleVersion: string;
+
+  /**
+   * When the reversal was recorded (server clock).
+   *
+   * @generated from field: google.protobuf.Timestamp reversed_at = 12;
+   */
+  reversedAt?: Timestamp | undefined;
+
+  /**
+   * The payments version of the transaction state that caused the reversal.
+   *
+   * @generated from field: int64 transaction_version = 13;
+   */
+  transactionVersion: bigint;
+};
+
+/**
+ * Describes the message fintech.tax.v1.TaxReversal.
+ * Use `create(TaxReversalSchema)` to create a new message.
+ */
+export const TaxReversalSchema: GenMessage<TaxReversal> = /*@__PURE__*/
+  messageDesc(file_fintech_tax_v1_tax, 2);
+
+/**
  * Input of GetTaxedTransaction.
  *
  * @generated from message fintech.tax.v1.GetTaxedTransactionRequest
@@ -220,7 +328,7 @@ export type GetTaxedTransactionRequest = Message<"fintech.tax.v1.GetTaxedTransac
  * Use `create(GetTaxedTransactionRequestSchema)` to create a new message.
  */
 export const GetTaxedTransactionRequestSchema: GenMessage<GetTaxedTransactionRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_tax_v1_tax, 2);
+  messageDesc(file_fintech_tax_v1_tax, 3);
 
 /**
  * Output of GetTaxedTransaction.
@@ -241,7 +349,7 @@ export type GetTaxedTransactionResponse = Message<"fintech.tax.v1.GetTaxedTransa
  * Use `create(GetTaxedTransactionResponseSchema)` to create a new message.
  */
 export const GetTaxedTransactionResponseSchema: GenMessage<GetTaxedTransactionResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_tax_v1_tax, 3);
+  messageDesc(file_fintech_tax_v1_tax, 4);
 
 /**
  * Input of ListTaxedTransactions: exactly one of `order_id` and `customer_id`.
@@ -283,7 +391,7 @@ export type ListTaxedTransactionsRequest = Message<"fintech.tax.v1.ListTaxedTran
  * Use `create(ListTaxedTransactionsRequestSchema)` to create a new message.
  */
 export const ListTaxedTransactionsRequestSchema: GenMessage<ListTaxedTransactionsRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_tax_v1_tax, 4);
+  messageDesc(file_fintech_tax_v1_tax, 5);
 
 /**
  * Output of ListTaxedTransactions.
@@ -311,7 +419,7 @@ export type ListTaxedTransactionsResponse = Message<"fintech.tax.v1.ListTaxedTra
  * Use `create(ListTaxedTransactionsResponseSchema)` to create a new message.
  */
 export const ListTaxedTransactionsResponseSchema: GenMessage<ListTaxedTransactionsResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_tax_v1_tax, 5);
+  messageDesc(file_fintech_tax_v1_tax, 6);
 
 /**
  * Input of QuoteTax.
@@ -360,7 +468,7 @@ export type QuoteTaxRequest = Message<"fintech.tax.v1.QuoteTaxRequest"> & {
  * Use `create(QuoteTaxRequestSchema)` to create a new message.
  */
 export const QuoteTaxRequestSchema: GenMessage<QuoteTaxRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_tax_v1_tax, 6);
+  messageDesc(file_fintech_tax_v1_tax, 7);
 
 /**
  * Output of QuoteTax.
@@ -423,7 +531,7 @@ export type QuoteTaxResponse = Message<"fintech.tax.v1.QuoteTaxResponse"> & {
  * Use `create(QuoteTaxResponseSchema)` to create a new message.
  */
 export const QuoteTaxResponseSchema: GenMessage<QuoteTaxResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_tax_v1_tax, 7);
+  messageDesc(file_fintech_tax_v1_tax, 8);
 
 /**
  * Input of ListFailed.
@@ -451,7 +559,7 @@ export type ListFailedRequest = Message<"fintech.tax.v1.ListFailedRequest"> & {
  * Use `create(ListFailedRequestSchema)` to create a new message.
  */
 export const ListFailedRequestSchema: GenMessage<ListFailedRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_tax_v1_tax, 8);
+  messageDesc(file_fintech_tax_v1_tax, 9);
 
 /**
  * Output of ListFailed.
@@ -479,7 +587,7 @@ export type ListFailedResponse = Message<"fintech.tax.v1.ListFailedResponse"> & 
  * Use `create(ListFailedResponseSchema)` to create a new message.
  */
 export const ListFailedResponseSchema: GenMessage<ListFailedResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_tax_v1_tax, 9);
+  messageDesc(file_fintech_tax_v1_tax, 10);
 
 /**
  * Input of RetryFailed.
@@ -500,7 +608,7 @@ export type RetryFailedRequest = Message<"fintech.tax.v1.RetryFailedRequest"> & 
  * Use `create(RetryFailedRequestSchema)` to create a new message.
  */
 export const RetryFailedRequestSchema: GenMessage<RetryFailedRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_tax_v1_tax, 10);
+  messageDesc(file_fintech_tax_v1_tax, 11);
 
 /**
  * Output of RetryFailed: either a result or a new failure.
@@ -528,7 +636,7 @@ export type RetryFailedResponse = Message<"fintech.tax.v1.RetryFailedResponse"> 
  * Use `create(RetryFailedResponseSchema)` to create a new message.
  */
 export const RetryFailedResponseSchema: GenMessage<RetryFailedResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_tax_v1_tax, 11);
+  messageDesc(file_fintech_tax_v1_tax, 12);
 
 /**
  * Why a given rate was applied.
@@ -639,6 +747,40 @@ export enum TaxFailureReason {
  */
 export const TaxFailureReasonSchema: GenEnum<TaxFailureReason> = /*@__PURE__*/
   enumDesc(file_fintech_tax_v1_tax, 1);
+
+/**
+ * Why VAT already calculated for a transaction was reversed.
+ *
+ * @generated from enum fintech.tax.v1.TaxReversalReason
+ */
+export enum TaxReversalReason {
+  /**
+   * Never valid on the wire.
+   *
+   * @generated from enum value: TAX_REVERSAL_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The transaction failed after its VAT was calculated: no supply took place.
+   *
+   * @generated from enum value: TAX_REVERSAL_REASON_TRANSACTION_FAILED = 1;
+   */
+  TRANSACTION_FAILED = 1,
+
+  /**
+   * The transaction was refunded: the VAT charged is returned.
+   *
+   * @generated from enum value: TAX_REVERSAL_REASON_TRANSACTION_REFUNDED = 2;
+   */
+  TRANSACTION_REFUNDED = 2,
+}
+
+/**
+ * Describes the enum fintech.tax.v1.TaxReversalReason.
+ */
+export const TaxReversalReasonSchema: GenEnum<TaxReversalReason> = /*@__PURE__*/
+  enumDesc(file_fintech_tax_v1_tax, 2);
 
 /**
  * Queries over calculated VAT, a stateless quote, and operator tools for failures.
