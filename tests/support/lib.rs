@@ -7,7 +7,6 @@
 //! parallel without seeing each other.
 
 pub mod broker;
-pub mod ledger;
 pub mod payments;
 pub mod process;
 pub mod tax;

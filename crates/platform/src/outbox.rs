@@ -341,6 +341,32 @@ impl OutboxRelay {
     }
 }
 
+/// Starts `count` relays over `pool` with the settings of `config`, each with its own idempotent
+/// producer (client id `<service>-outbox-<n>`); they stop when `shutdown` fires.
+pub fn spawn_relays(
+    pool: &PgPool,
+    config: &crate::config::PlatformConfig,
+    count: usize,
+    shutdown: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let settings = RelaySettings {
+        batch_size: config.outbox_batch_size,
+        poll_interval: config.outbox_poll_interval,
+        ..RelaySettings::default()
+    };
+    (0..count)
+        .map(|index| {
+            let producer = EventProducer::new(
+                &config.kafka_bootstrap_servers,
+                &format!("{}-outbox-{index}", config.service_name),
+                Duration::from_secs(10),
+            )?;
+            let relay = OutboxRelay::new(pool.clone(), producer, settings.clone());
+            Ok(tokio::spawn(relay.run(shutdown.clone())))
+        })
+        .collect()
+}
+
 fn next_backoff(backoff: &mut Duration, max: Duration) -> Duration {
     let wait = *backoff;
     *backoff = (*backoff * 2).min(max);

@@ -21,9 +21,7 @@ use std::time::Duration;
 
 use fintech_platform::grpc::Readiness;
 use fintech_platform::idempotency::IdempotencyStore;
-use fintech_platform::kafka::EventProducer;
-use fintech_platform::outbox::{OutboxRelay, RelaySettings};
-use fintech_platform::{CancellationToken, db};
+use fintech_platform::{CancellationToken, db, outbox};
 use fintech_proto::payments::payments_service_server::PaymentsServiceServer;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -49,22 +47,7 @@ pub async fn run(config: PaymentsConfig, listener: TcpListener, shutdown: Cancel
     db::migrate(&pool, &MIGRATOR).await?;
 
     let relays_stop = CancellationToken::new();
-    let mut relays = Vec::new();
-    for index in 0..config.outbox_relays {
-        let producer = EventProducer::new(
-            &platform.kafka_bootstrap_servers,
-            &format!("payments-outbox-{index}"),
-            Duration::from_secs(10),
-        )?;
-        let settings = RelaySettings {
-            batch_size: platform.outbox_batch_size,
-            poll_interval: platform.outbox_poll_interval,
-            ..RelaySettings::default()
-        };
-        relays.push(tokio::spawn(
-            OutboxRelay::new(pool.clone(), producer, settings).run(relays_stop.clone()),
-        ));
-    }
+    let relays = outbox::spawn_relays(&pool, platform, config.outbox_relays, &relays_stop)?;
 
     let idempotency = IdempotencyStore::new(platform.redis_url.as_deref())?;
     let service = grpc::Payments::new(

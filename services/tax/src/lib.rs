@@ -22,8 +22,7 @@ use std::time::Duration;
 use fintech_platform::grpc::Readiness;
 use fintech_platform::kafka::EventProducer;
 use fintech_platform::kafka::consumer::{ConsumerSettings, run_consumer};
-use fintech_platform::outbox::{OutboxRelay, RelaySettings};
-use fintech_platform::{CancellationToken, db};
+use fintech_platform::{CancellationToken, db, outbox};
 use fintech_proto::tax::tax_service_server::TaxServiceServer;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -54,21 +53,7 @@ pub async fn run(config: TaxConfig, listener: TcpListener, shutdown: Cancellatio
     let background = CancellationToken::new();
     let mut tasks = Vec::new();
 
-    for index in 0..config.outbox_relays {
-        let producer = EventProducer::new(
-            &platform.kafka_bootstrap_servers,
-            &format!("tax-outbox-{index}"),
-            Duration::from_secs(10),
-        )?;
-        let settings = RelaySettings {
-            batch_size: platform.outbox_batch_size,
-            poll_interval: platform.outbox_poll_interval,
-            ..RelaySettings::default()
-        };
-        tasks.push(tokio::spawn(
-            OutboxRelay::new(pool.clone(), producer, settings).run(background.clone()),
-        ));
-    }
+    tasks.extend(outbox::spawn_relays(&pool, platform, config.outbox_relays, &background)?);
     tasks.push(tokio::spawn(events::run_deadline_sweeper(
         pool.clone(),
         processor.clone(),

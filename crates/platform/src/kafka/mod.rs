@@ -15,6 +15,35 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 pub use headers::EventMetadata;
 pub use producer::EventProducer;
 
+/// Topic names with an optional prefix (`TOPIC_PREFIX`), so tests and shared brokers can run
+/// several isolated copies of the system side by side.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicNames {
+    prefix: String,
+}
+
+impl TopicNames {
+    /// Topics named `<prefix><topic>`.
+    pub fn with_prefix(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    /// The full name of `topic`.
+    pub fn name(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
+    }
+
+    /// The unprefixed name of a full topic name (itself when it lacks the prefix).
+    pub fn unprefixed<'a>(&self, topic: &'a str) -> &'a str {
+        topic.strip_prefix(self.prefix.as_str()).unwrap_or(topic)
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
 /// A client configuration with the bootstrap servers and a client id set.
 pub fn client_config(bootstrap_servers: &str, client_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();

@@ -2,6 +2,7 @@
 //! `orders.created`, `orders.updated`, `transactions.created`, `transactions.updated`, with the
 //! order id as record key for all four so an order and its transactions share a partition.
 
+use fintech_platform::kafka::TopicNames;
 use fintech_platform::outbox::OutboxEvent;
 use fintech_proto::payments as pb;
 
@@ -34,21 +35,21 @@ pub enum Change {
     Updated,
 }
 
-/// Topic names, with an optional prefix (for tests and multi-tenant brokers).
+/// The events payments writes, on topics with an optional prefix.
 #[derive(Debug, Clone, Default)]
 pub struct Topics {
-    prefix: String,
+    names: TopicNames,
 }
 
 impl Topics {
     /// Topics named `<prefix><topic>`.
     pub fn with_prefix(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self { names: TopicNames::with_prefix(prefix) }
     }
 
     /// The full name of `topic`.
     pub fn name(&self, topic: &str) -> String {
-        format!("{}{topic}", self.prefix)
+        self.names.name(topic)
     }
 
     /// The outbox event for an order's new state.

@@ -74,26 +74,7 @@ pub const INPUT_TOPICS: [&str; 4] = [
 pub const OUTPUT_TOPICS: [&str; 4] = [TAX_CALCULATED, TAX_FAILED, TAX_REVERSED, TAX_DLQ];
 
 /// Topic names with an optional prefix.
-#[derive(Debug, Clone, Default)]
-pub struct Topics {
-    prefix: String,
-}
-
-impl Topics {
-    /// Topics named `<prefix><topic>`.
-    pub fn with_prefix(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
-    }
-
-    /// The full name of `topic`.
-    pub fn name(&self, topic: &str) -> String {
-        format!("{}{topic}", self.prefix)
-    }
-
-    fn unprefixed<'a>(&self, topic: &'a str) -> &'a str {
-        topic.strip_prefix(self.prefix.as_str()).unwrap_or(topic)
-    }
-}
+pub type Topics = fintech_platform::kafka::TopicNames;
 
 /// What became of one transaction.
 #[derive(Debug, Clone)]
