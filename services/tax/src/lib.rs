@@ -53,7 +53,12 @@ pub async fn run(config: TaxConfig, listener: TcpListener, shutdown: Cancellatio
     let background = CancellationToken::new();
     let mut tasks = Vec::new();
 
-    tasks.extend(outbox::spawn_relays(&pool, platform, config.outbox_relays, &background)?);
+    tasks.extend(outbox::spawn_relays(
+        &pool,
+        platform,
+        config.outbox_relays,
+        &background,
+    )?);
     tasks.push(tokio::spawn(events::run_deadline_sweeper(
         pool.clone(),
         processor.clone(),

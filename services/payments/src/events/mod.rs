@@ -44,7 +44,9 @@ pub struct Topics {
 impl Topics {
     /// Topics named `<prefix><topic>`.
     pub fn with_prefix(prefix: impl Into<String>) -> Self {
-        Self { names: TopicNames::with_prefix(prefix) }
+        Self {
+            names: TopicNames::with_prefix(prefix),
+        }
     }
 
     /// The full name of `topic`.
