@@ -23,6 +23,7 @@ TOPICS = [
     ("tax.reversed", 3, 1),
     ("tax.dlq", 3, 1),
     ("ledger.entry_posted", 3, 1),
+    ("ledger.dlq", 3, 1),
 ]
 
 TIMEOUT_S = 20.0

@@ -7,6 +7,7 @@
 //! parallel without seeing each other.
 
 pub mod broker;
+pub mod ledger;
 pub mod payments;
 pub mod process;
 pub mod tax;

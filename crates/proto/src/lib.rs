@@ -25,10 +25,18 @@ pub mod fintech {
             tonic::include_proto!("fintech.tax.v1");
         }
     }
+    /// `fintech.ledger.*`
+    pub mod ledger {
+        /// `fintech.ledger.v1`: accounts, journal entries, balances of the double-entry ledger.
+        pub mod v1 {
+            tonic::include_proto!("fintech.ledger.v1");
+        }
+    }
 }
 
 /// Every contract of `proto/` as an encoded `google.protobuf.FileDescriptorSet`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fintech_descriptor.bin"));
 
+pub use fintech::ledger::v1 as ledger;
 pub use fintech::payments::v1 as payments;
 pub use fintech::tax::v1 as tax;

@@ -1,0 +1,66 @@
+//! Ledger settings: the shared platform variables (see `fintech_platform::config`) plus
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `TOPIC_PREFIX` | empty | prepended to every topic name (tests, shared brokers) |
+//! | `OUTBOX_RELAYS` | `1` | relays publishing this instance's outbox (0 = another process does) |
+//! | `TAX_CONSUMER_ENABLED` | `true` | post the entries of `tax.calculated` events |
+//! | `LEDGER_MAX_POST_ATTEMPTS` | `8` | attempts of one posting under contention before `ABORTED` |
+//! | `LEDGER_LOCK_STREAMS` | `true` | lock affected streams in order before reading them (`false`: pure optimistic, retry on conflict; see ADR 0004) |
+//! | `LEDGER_LOCK_TIMEOUT_MS` | `2000` | longest wait for one stream lock before the attempt is retried |
+
+use std::time::Duration;
+
+use fintech_platform::config::{PlatformConfig, env_or, env_parse};
+use fintech_platform::error::Error;
+
+use crate::posting::PostingSettings;
+
+/// Default gRPC port of the ledger.
+pub const DEFAULT_PORT: u16 = 50053;
+
+/// Everything the ledger reads at start-up.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Shared settings.
+    pub platform: PlatformConfig,
+    /// Prefix of every topic name.
+    pub topic_prefix: String,
+    /// Outbox relays to run in this process.
+    pub outbox_relays: usize,
+    /// Whether to consume `tax.calculated`.
+    pub tax_consumer_enabled: bool,
+    /// How postings retry and lock.
+    pub posting: PostingSettings,
+}
+
+impl LedgerConfig {
+    /// Reads the environment; the error names the variable at fault.
+    pub fn from_env() -> fintech_platform::Result<Self> {
+        let max_attempts = env_parse("LEDGER_MAX_POST_ATTEMPTS", 8u32)?;
+        if !(1..=100).contains(&max_attempts) {
+            return Err(Error::Config {
+                variable: "LEDGER_MAX_POST_ATTEMPTS".to_owned(),
+                reason: "must be between 1 and 100".to_owned(),
+            });
+        }
+        let lock_timeout_ms = env_parse("LEDGER_LOCK_TIMEOUT_MS", 2000u64)?;
+        if lock_timeout_ms == 0 {
+            return Err(Error::Config {
+                variable: "LEDGER_LOCK_TIMEOUT_MS".to_owned(),
+                reason: "must be at least 1 (0 would wait forever)".to_owned(),
+            });
+        }
+        Ok(Self {
+            platform: PlatformConfig::from_env("ledger", DEFAULT_PORT)?,
+            topic_prefix: env_or("TOPIC_PREFIX", ""),
+            outbox_relays: env_parse("OUTBOX_RELAYS", 1usize)?,
+            tax_consumer_enabled: env_parse("TAX_CONSUMER_ENABLED", true)?,
+            posting: PostingSettings {
+                max_attempts,
+                lock_streams: env_parse("LEDGER_LOCK_STREAMS", true)?,
+                lock_timeout: Duration::from_millis(lock_timeout_ms),
+            },
+        })
+    }
+}

@@ -1,0 +1,167 @@
+//! The ledger domain: accounts, journal entries and the rules an entry must satisfy, account
+//! streams (events, hash chain, folds) and the entry a tax result posts. No tonic, sqlx or
+//! rdkafka here; `grpc/` and `events/` convert to and from these types and `storage/` persists
+//! them.
+
+pub mod account;
+pub mod entry;
+pub mod stream;
+pub mod tax;
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+pub use account::{Account, AccountType, CreateAccount, OverdraftPolicy};
+pub use entry::{
+    AccountState, Append, BalanceView, EntryInput, Line, LineInput, NewEntry, PostedEntry, Side, StreamPosting,
+    plan_posting,
+};
+
+/// Largest page a list returns.
+pub const MAX_PAGE_SIZE: i32 = 500;
+/// Page size when the caller sends 0.
+pub const DEFAULT_PAGE_SIZE: i32 = 50;
+
+/// One rejected field: the field path and what is wrong with it.
+pub type Violation = (String, String);
+
+/// Everything wrong with a command's input (all fields are checked, not only the first).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Violations(pub Vec<Violation>);
+
+impl Violations {
+    /// Records that `field` is invalid.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push((field.into(), description.into()));
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `value()` when nothing was recorded, otherwise [`LedgerError::Invalid`].
+    pub fn into_result<T>(self, value: impl FnOnce() -> T) -> Result<T, LedgerError> {
+        if self.0.is_empty() {
+            Ok(value())
+        } else {
+            Err(LedgerError::Invalid(self))
+        }
+    }
+}
+
+/// A rule an entry breaks given the ledger's current state (`google.rpc.PreconditionFailure`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Precondition {
+    /// Machine-readable kind, e.g. `LIMIT_EXCEEDED`.
+    pub kind: &'static str,
+    /// What it is about, e.g. `lines[1].account_id` or an account id.
+    pub subject: String,
+    /// Human-readable explanation.
+    pub description: String,
+}
+
+/// Errors of the ledger; `grpc::status` maps each to a gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// Some input fields are invalid (INVALID_ARGUMENT).
+    #[error("invalid input: {0:?}")]
+    Invalid(Violations),
+    /// The account named by the request does not exist (NOT_FOUND).
+    #[error("account {0} not found")]
+    AccountNotFound(String),
+    /// No entry has this id (NOT_FOUND).
+    #[error("entry {0} not found")]
+    EntryNotFound(String),
+    /// Another account already has this code (ALREADY_EXISTS).
+    #[error("account code {0:?} is already in use")]
+    CodeTaken(String),
+    /// The entry id was posted before and its idempotency record has since been purged
+    /// (ALREADY_EXISTS): the entry is never posted twice.
+    #[error("entry {0:?} was already posted")]
+    EntryAlreadyPosted(String),
+    /// The entry is well-formed but the ledger's state does not allow it (FAILED_PRECONDITION):
+    /// unknown account, currency mismatch, limit exceeded.
+    #[error("entry rejected: {}", .0.iter().map(|p| p.description.as_str()).collect::<Vec<_>>().join("; "))]
+    Rejected(Vec<Precondition>),
+    /// A requested stream version is past the stream's head (OUT_OF_RANGE).
+    #[error("version {requested} is beyond the stream's current version {current}")]
+    VersionOutOfRange {
+        /// The version asked for.
+        requested: i64,
+        /// The stream's head.
+        current: i64,
+    },
+    /// Concurrent appends kept conflicting after every internal retry (ABORTED).
+    #[error("the entry conflicted with concurrent entries {attempts} times")]
+    Contention {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// Storage or plumbing failed (INTERNAL, details logged).
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The current time at the database's precision (microseconds), so what a command returns equals
+/// what a later read returns and what the hash chain covers.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// Parses a UUID id field.
+pub fn parse_id(field: &str, value: &str, violations: &mut Violations) -> Option<uuid::Uuid> {
+    if value.is_empty() {
+        violations.add(field, "is required");
+        return None;
+    }
+    match uuid::Uuid::parse_str(value) {
+        Ok(id) => Some(id),
+        Err(_) => {
+            violations.add(field, format!("must be a UUID, got {value:?}"));
+            None
+        }
+    }
+}
+
+/// Validates a single id outside a larger command.
+pub fn require_id(field: &str, value: &str) -> Result<uuid::Uuid, LedgerError> {
+    let mut violations = Violations::default();
+    let id = parse_id(field, value, &mut violations);
+    violations.into_result(|| id.unwrap_or_default())
+}
+
+/// The page size to use for a raw `page_size` (0 means the default).
+pub fn page_size(raw: i32, violations: &mut Violations) -> i64 {
+    match raw {
+        0 => i64::from(DEFAULT_PAGE_SIZE),
+        1..=MAX_PAGE_SIZE => i64::from(raw),
+        _ => {
+            violations.add("page_size", format!("must be between 0 and {MAX_PAGE_SIZE}, got {raw}"));
+            i64::from(DEFAULT_PAGE_SIZE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_sizes_default_and_are_bounded() {
+        let mut violations = Violations::default();
+        assert_eq!(page_size(0, &mut violations), 50);
+        assert_eq!(page_size(500, &mut violations), 500);
+        assert!(violations.is_empty());
+        page_size(501, &mut violations);
+        page_size(-1, &mut violations);
+        assert_eq!(violations.0.len(), 2);
+    }
+
+    #[test]
+    fn ids_must_be_uuids() {
+        assert!(require_id("account_id", "").is_err());
+        assert!(require_id("account_id", "nope").is_err());
+        let id = uuid::Uuid::new_v4();
+        assert_eq!(require_id("account_id", &id.to_string()).unwrap(), id);
+    }
+}

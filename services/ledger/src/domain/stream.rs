@@ -1,0 +1,537 @@
+//! Account streams: the events, their hash chain, and the folds that turn them into balances.
+//!
+//! # Hash chain
+//! Every event stores `hash = SHA-256(previous_hash, stream_id, version, event_type, occurred_at,
+//! canonical(payload))`, each part length-prefixed, where `previous_hash` is the hash of the
+//! stream's previous event (64 zeros for version 1) and `canonical` is JSON with object keys
+//! sorted at every level (so the hash does not depend on how PostgreSQL's JSONB orders keys). The
+//! chain is per stream: appends never take a ledger-wide lock.
+//!
+//! [`verify_stream`] recomputes the chain and reports the first event whose content, version or
+//! link does not match, or a stream head that disagrees with its last event. It detects any edit
+//! made without recomputing every later hash; an attacker with write access who recomputes the
+//! whole chain is caught only against a hash kept elsewhere (the hashes published with every
+//! `ledger.entry_posted` event are such anchors; see the ADR).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::account::{Account, AccountType, OverdraftPolicy};
+use super::entry::Side;
+
+/// `previous_hash` of the first event of every stream.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Event type of the first event of an account stream.
+pub const ACCOUNT_OPENED: &str = "ledger.account.opened";
+/// Event type of an entry's effect on one account.
+pub const ENTRY_POSTED: &str = "ledger.entry.posted";
+
+/// Payload of [`ACCOUNT_OPENED`]: the account's attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountOpened {
+    /// Account id (= stream id).
+    pub account_id: String,
+    /// Unique code.
+    pub code: String,
+    /// Display name.
+    pub name: String,
+    /// Stored type name.
+    pub account_type: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Stored policy name.
+    pub overdraft_policy: String,
+    /// Overdraft limit (0 unless limited).
+    pub overdraft_limit: i64,
+    /// Created by the ledger itself.
+    pub system: bool,
+}
+
+impl From<&Account> for AccountOpened {
+    fn from(account: &Account) -> Self {
+        Self {
+            account_id: account.account_id.to_string(),
+            code: account.code.clone(),
+            name: account.name.clone(),
+            account_type: account.account_type.as_str().to_owned(),
+            currency: account.currency.as_str().to_owned(),
+            overdraft_policy: account.overdraft.as_str().to_owned(),
+            overdraft_limit: account.overdraft.limit(),
+            system: account.system,
+        }
+    }
+}
+
+impl AccountOpened {
+    /// The account this event opened, at `created_at`.
+    pub fn account(&self, created_at: DateTime<Utc>) -> Result<Account, String> {
+        Ok(Account {
+            account_id: Uuid::parse_str(&self.account_id).map_err(|error| format!("account_id: {error}"))?,
+            code: self.code.clone(),
+            name: self.name.clone(),
+            account_type: AccountType::from_stored(&self.account_type)
+                .ok_or_else(|| format!("unknown account type {:?}", self.account_type))?,
+            currency: fintech_types::Currency::parse(&self.currency).map_err(|error| format!("currency: {error}"))?,
+            overdraft: OverdraftPolicy::from_stored(&self.overdraft_policy, self.overdraft_limit)
+                .ok_or_else(|| format!("unknown overdraft policy {:?}", self.overdraft_policy))?,
+            system: self.system,
+            created_at,
+        })
+    }
+}
+
+/// One line of an entry as recorded in an account's stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostedLine {
+    /// Position of the line in the entry.
+    pub line_index: usize,
+    /// `debit` or `credit`.
+    pub side: String,
+    /// Minor units.
+    pub amount: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+impl PostedLine {
+    /// The side, parsed.
+    pub fn side(&self) -> Result<Side, String> {
+        Side::from_stored(&self.side).ok_or_else(|| format!("unknown side {:?}", self.side))
+    }
+}
+
+/// Payload of [`ENTRY_POSTED`]: the entry's header and this account's lines. The header is
+/// repeated in every affected stream so that every part of an entry is covered by a hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryPosted {
+    /// The entry.
+    pub entry_id: String,
+    /// Its description.
+    pub description: String,
+    /// Its metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// How many lines the whole entry has.
+    pub line_count: usize,
+    /// This account's lines.
+    pub lines: Vec<PostedLine>,
+    /// The account's balance after the entry (informative; folds recompute it from the lines).
+    pub balance_after: i64,
+}
+
+/// What an event says happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventBody {
+    /// The account was opened.
+    AccountOpened(AccountOpened),
+    /// An entry touched the account.
+    EntryPosted(EntryPosted),
+}
+
+impl EventBody {
+    /// The stored event type.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::AccountOpened(_) => ACCOUNT_OPENED,
+            Self::EntryPosted(_) => ENTRY_POSTED,
+        }
+    }
+
+    /// The JSON payload.
+    pub fn payload(&self) -> serde_json::Value {
+        let encoded = match self {
+            Self::AccountOpened(opened) => serde_json::to_value(opened),
+            Self::EntryPosted(posted) => serde_json::to_value(posted),
+        };
+        // Plain structs of strings, integers and string maps always serialize.
+        encoded.unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Decodes a stored event's body.
+    pub fn decode(event_type: &str, payload: &serde_json::Value) -> Result<Self, String> {
+        match event_type {
+            ACCOUNT_OPENED => serde_json::from_value(payload.clone())
+                .map(Self::AccountOpened)
+                .map_err(|error| format!("payload is not a valid account opening: {error}")),
+            ENTRY_POSTED => serde_json::from_value(payload.clone())
+                .map(Self::EntryPosted)
+                .map_err(|error| format!("payload is not a valid posting: {error}")),
+            other => Err(format!("unknown event type {other:?}")),
+        }
+    }
+
+    /// The entry a posting belongs to.
+    pub fn entry_id(&self) -> Option<&str> {
+        match self {
+            Self::AccountOpened(_) => None,
+            Self::EntryPosted(posted) => Some(&posted.entry_id),
+        }
+    }
+}
+
+/// An event as stored (or about to be).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// The stream (account id).
+    pub stream_id: Uuid,
+    /// Position in the stream, from 1.
+    pub version: i64,
+    /// Event type.
+    pub event_type: String,
+    /// JSON payload.
+    pub payload: serde_json::Value,
+    /// The entry of a posting (a copy of the payload's, for lookups).
+    pub entry_id: Option<String>,
+    /// When it was appended.
+    pub occurred_at: DateTime<Utc>,
+    /// Hash of the previous event of the stream.
+    pub previous_hash: String,
+    /// This event's hash.
+    pub hash: String,
+}
+
+impl StoredEvent {
+    /// The event appending `body` at `version` after an event hashed `previous_hash`.
+    pub fn chained(
+        stream_id: Uuid,
+        version: i64,
+        previous_hash: &str,
+        occurred_at: DateTime<Utc>,
+        body: &EventBody,
+    ) -> Self {
+        let payload = body.payload();
+        let hash = event_hash(
+            previous_hash,
+            stream_id,
+            version,
+            body.event_type(),
+            occurred_at,
+            &payload,
+        );
+        Self {
+            stream_id,
+            version,
+            event_type: body.event_type().to_owned(),
+            payload,
+            entry_id: body.entry_id().map(str::to_owned),
+            occurred_at,
+            previous_hash: previous_hash.to_owned(),
+            hash,
+        }
+    }
+
+    /// The decoded body.
+    pub fn body(&self) -> Result<EventBody, String> {
+        EventBody::decode(&self.event_type, &self.payload)
+    }
+}
+
+/// The hash of one event (see the module docs).
+pub fn event_hash(
+    previous_hash: &str,
+    stream_id: Uuid,
+    version: i64,
+    event_type: &str,
+    occurred_at: DateTime<Utc>,
+    payload: &serde_json::Value,
+) -> String {
+    let mut hasher = Sha256::new();
+    let parts = [
+        previous_hash.to_owned(),
+        stream_id.to_string(),
+        version.to_string(),
+        event_type.to_owned(),
+        occurred_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        canonical_json(payload),
+    ];
+    for part in &parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// JSON with the keys of every object sorted and no insignificant whitespace.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => out.push_str(&value.to_string()),
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (index, key) in keys.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// The balance of `account` after `events` (its stream, in version order, from version 1),
+/// computed from the posted lines. Returns `(balance, version, time of the last event)`.
+pub fn fold_balance(account: &Account, events: &[StoredEvent]) -> Result<(i64, i64, DateTime<Utc>), String> {
+    let mut balance: i64 = 0;
+    let mut version = 0;
+    let mut updated_at = account.created_at;
+    for event in events {
+        if let EventBody::EntryPosted(posted) = event.body()? {
+            for line in &posted.lines {
+                balance = balance
+                    .checked_add(account.signed(line.side()?, line.amount))
+                    .ok_or_else(|| format!("balance overflows at version {}", event.version))?;
+            }
+        }
+        version = event.version;
+        updated_at = event.occurred_at;
+    }
+    Ok((balance, version, updated_at))
+}
+
+/// Outcome of [`verify_stream`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// Every event and the head match.
+    pub valid: bool,
+    /// Events checked before the first mismatch (all of them when valid).
+    pub events_checked: i64,
+    /// Version of the first event that does not match (0 when valid).
+    pub first_invalid_version: i64,
+    /// What does not match (empty when valid).
+    pub reason: String,
+    /// Hash of the last event, as recomputed.
+    pub head_hash: String,
+}
+
+/// Recomputes the chain of a stream whose head says `(head_version, head_hash)` from its events in
+/// version order, and reports the first mismatch.
+pub fn verify_stream(head_version: i64, head_hash: &str, events: &[StoredEvent]) -> Verification {
+    let mut previous = GENESIS_HASH.to_owned();
+    let mut checked = 0;
+    let invalid = |version: i64, checked: i64, previous: &str, reason: String| Verification {
+        valid: false,
+        events_checked: checked,
+        first_invalid_version: version,
+        reason,
+        head_hash: previous.to_owned(),
+    };
+    for (position, event) in events.iter().enumerate() {
+        let expected_version = position as i64 + 1;
+        if event.version != expected_version {
+            return invalid(
+                expected_version,
+                checked,
+                &previous,
+                format!("event {expected_version} is missing (found version {})", event.version),
+            );
+        }
+        if event.previous_hash != previous {
+            return invalid(
+                event.version,
+                checked,
+                &previous,
+                "previous_hash does not link to the preceding event".to_owned(),
+            );
+        }
+        let recomputed = event_hash(
+            &previous,
+            event.stream_id,
+            event.version,
+            &event.event_type,
+            event.occurred_at,
+            &event.payload,
+        );
+        if recomputed != event.hash {
+            return invalid(
+                event.version,
+                checked,
+                &previous,
+                format!(
+                    "stored hash {} does not match the content (recomputed {recomputed})",
+                    event.hash
+                ),
+            );
+        }
+        let body = match event.body() {
+            Ok(body) => body,
+            Err(reason) => return invalid(event.version, checked, &previous, reason),
+        };
+        if body.entry_id() != event.entry_id.as_deref() {
+            return invalid(
+                event.version,
+                checked,
+                &previous,
+                "the entry_id column does not match the payload".to_owned(),
+            );
+        }
+        if (event.version == 1) != matches!(body, EventBody::AccountOpened(_)) {
+            return invalid(
+                event.version,
+                checked,
+                &previous,
+                "an account stream starts with, and only with, its opening".to_owned(),
+            );
+        }
+        previous = recomputed;
+        checked += 1;
+    }
+    if head_version != checked || head_hash != previous {
+        return invalid(
+            checked + 1,
+            checked,
+            &previous,
+            format!(
+                "the stream head (version {head_version}, hash {head_hash}) does not match its last event (version {checked})"
+            ),
+        );
+    }
+    Verification {
+        valid: true,
+        events_checked: checked,
+        first_invalid_version: 0,
+        reason: String::new(),
+        head_hash: previous,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::now;
+
+    fn account() -> Account {
+        Account {
+            account_id: Uuid::new_v4(),
+            code: "cash".to_owned(),
+            name: "Cash".to_owned(),
+            account_type: AccountType::Asset,
+            currency: fintech_types::Currency::parse("EUR").unwrap(),
+            overdraft: OverdraftPolicy::Unlimited,
+            system: false,
+            created_at: now(),
+        }
+    }
+
+    fn posting(entry_id: &str, side: &str, amount: i64) -> EventBody {
+        EventBody::EntryPosted(EntryPosted {
+            entry_id: entry_id.to_owned(),
+            description: "d".to_owned(),
+            metadata: BTreeMap::from([("z".to_owned(), "1".to_owned()), ("a".to_owned(), "2".to_owned())]),
+            line_count: 2,
+            lines: vec![PostedLine {
+                line_index: 0,
+                side: side.to_owned(),
+                amount,
+                currency: "EUR".to_owned(),
+            }],
+            balance_after: 0,
+        })
+    }
+
+    fn stream(account: &Account) -> Vec<StoredEvent> {
+        let bodies = [
+            EventBody::AccountOpened(AccountOpened::from(account)),
+            posting("e1", "debit", 100),
+            posting("e2", "credit", 30),
+            posting("e3", "debit", 5),
+        ];
+        let mut previous = GENESIS_HASH.to_owned();
+        bodies
+            .iter()
+            .enumerate()
+            .map(|(index, body)| {
+                let event = StoredEvent::chained(account.account_id, index as i64 + 1, &previous, now(), body);
+                previous = event.hash.clone();
+                event
+            })
+            .collect()
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let value = serde_json::json!({"b": [{"y": 1, "x": "é\"q"}], "a": null});
+        assert_eq!(canonical_json(&value), r#"{"a":null,"b":[{"x":"é\"q","y":1}]}"#);
+    }
+
+    #[test]
+    fn folds_sum_signed_lines() {
+        let account = account();
+        let events = stream(&account);
+        let (balance, version, _) = fold_balance(&account, &events).unwrap();
+        assert_eq!((balance, version), (75, 4));
+        let (balance, version, _) = fold_balance(&account, &events[..2]).unwrap();
+        assert_eq!((balance, version), (100, 2));
+    }
+
+    #[test]
+    fn an_intact_stream_verifies() {
+        let account = account();
+        let events = stream(&account);
+        let head = events.last().unwrap().hash.clone();
+        let verification = verify_stream(4, &head, &events);
+        assert!(verification.valid, "{verification:?}");
+        assert_eq!(verification.events_checked, 4);
+        assert_eq!(verification.head_hash, head);
+    }
+
+    #[test]
+    fn an_edited_payload_is_reported_at_its_version() {
+        let account = account();
+        let mut events = stream(&account);
+        let head = events.last().unwrap().hash.clone();
+        events[2].payload["lines"][0]["amount"] = serde_json::json!(31);
+        let verification = verify_stream(4, &head, &events);
+        assert!(!verification.valid);
+        assert_eq!(verification.first_invalid_version, 3);
+        assert_eq!(verification.events_checked, 2);
+    }
+
+    #[test]
+    fn a_recomputed_hash_breaks_the_next_link_and_a_truncated_stream_the_head() {
+        let account = account();
+        let mut events = stream(&account);
+        let head = events.last().unwrap().hash.clone();
+        events[1].payload["lines"][0]["amount"] = serde_json::json!(1_000_000);
+        events[1].hash = event_hash(
+            &events[1].previous_hash,
+            account.account_id,
+            2,
+            ENTRY_POSTED,
+            events[1].occurred_at,
+            &events[1].payload,
+        );
+        assert_eq!(verify_stream(4, &head, &events).first_invalid_version, 3);
+
+        let intact = stream(&account);
+        let head = intact.last().unwrap().hash.clone();
+        let truncated = verify_stream(4, &head, &intact[..3]);
+        assert_eq!(truncated.first_invalid_version, 4);
+        let mut gap = intact.clone();
+        gap.remove(1);
+        assert_eq!(verify_stream(4, &head, &gap).first_invalid_version, 2);
+    }
+}

@@ -1,0 +1,149 @@
+//! What the ledger reads from and writes to Kafka.
+//!
+//! - Publishes every posted entry, whole (`fintech.ledger.v1.Entry`, with the version and hash of
+//!   each stream append), on `ledger.entry_posted` through the outbox; record key = entry id.
+//! - Consumes `tax.calculated` (`fintech.tax.v1.TaxedTransaction`, key = order id) and posts one
+//!   balanced entry per transaction (see [`crate::domain::tax`]). Delivery is at least once; the
+//!   handler is idempotent twice over: the CloudEvents id is recorded in `processed_events` in the
+//!   posting's transaction, and the entry id `tax:<transaction id>` is posted at most once even
+//!   when the same result arrives as a different event. Results that can never be posted
+//!   (undecodable, inconsistent amounts, or a transaction already posted with other amounts) go
+//!   to `ledger.dlq` with the reason.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use fintech_platform::kafka::consumer::{ConsumedEvent, EventHandler, HandlerError};
+use fintech_platform::outbox::OutboxEvent;
+use fintech_proto::ledger as pb;
+use fintech_proto::tax::TaxedTransaction;
+
+use crate::domain::LedgerError;
+use crate::domain::tax::TaxResultInput;
+use crate::posting::{Inbox, Ledger, PostError, PostOutcome};
+
+/// CloudEvents source of every ledger event.
+pub const SOURCE: &str = "/fintech/ledger";
+/// Topic of posted entries.
+pub const ENTRY_POSTED: &str = "ledger.entry_posted";
+/// CloudEvents type of a posted entry.
+pub const ENTRY_POSTED_TYPE: &str = "fintech.ledger.v1.entry.posted";
+/// Protobuf full name of the value of `tax.calculated`.
+pub const TAXED_TRANSACTION: &str = "fintech.tax.v1.TaxedTransaction";
+/// Topic of VAT results, consumed.
+pub const TAX_CALCULATED: &str = "tax.calculated";
+/// Where the ledger's consumer sends records it can never process.
+pub const DEAD_LETTER: &str = "ledger.dlq";
+/// Every topic the ledger reads or writes.
+pub const TOPICS: [&str; 3] = [ENTRY_POSTED, TAX_CALCULATED, DEAD_LETTER];
+/// Consumer name in `processed_events` (and suffix of the consumer group).
+pub const TAX_CONSUMER: &str = "ledger.tax-postings";
+
+/// Topic names, with an optional prefix (for tests and shared brokers).
+#[derive(Debug, Clone, Default)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    /// Topics named `<prefix><topic>`.
+    pub fn with_prefix(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    /// The full name of `topic`.
+    pub fn name(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
+    }
+
+    /// The consumer group of the tax postings consumer.
+    pub fn tax_consumer_group(&self) -> String {
+        format!("{}{TAX_CONSUMER}", self.prefix)
+    }
+
+    /// The outbox event announcing a posted entry.
+    pub fn entry_posted(&self, entry: &pb::Entry, posted_at: DateTime<Utc>) -> OutboxEvent {
+        OutboxEvent::protobuf(
+            self.name(ENTRY_POSTED),
+            entry.entry_id.clone(),
+            ENTRY_POSTED_TYPE,
+            "fintech.ledger.v1.Entry",
+            entry,
+            posted_at,
+        )
+    }
+}
+
+/// Posts the entry of every `tax.calculated` event.
+#[derive(Debug, Clone)]
+pub struct TaxPostingHandler {
+    ledger: Arc<Ledger>,
+}
+
+impl TaxPostingHandler {
+    /// A handler posting through `ledger`.
+    pub fn new(ledger: Arc<Ledger>) -> Self {
+        Self { ledger }
+    }
+}
+
+fn input_of(taxed: TaxedTransaction) -> TaxResultInput {
+    TaxResultInput {
+        transaction_id: taxed.transaction_id,
+        order_id: taxed.order_id,
+        customer_id: taxed.customer_id,
+        base_amount: taxed.base_amount,
+        tax_applied: taxed.tax_applied,
+        total_amount: taxed.total_amount,
+        currency: taxed.currency,
+        country: taxed.country,
+        product_type: taxed.product_type,
+        tax_rate_bps: taxed.tax_rate_bps,
+        rule_version: taxed.rule_version,
+    }
+}
+
+#[async_trait]
+impl EventHandler for TaxPostingHandler {
+    #[tracing::instrument(name = "ledger.post_tax", skip_all, fields(transaction_id = tracing::field::Empty))]
+    async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
+        let metadata = event.valid_metadata()?;
+        if !metadata.payload_type.is_empty() && metadata.payload_type != TAXED_TRANSACTION {
+            return Err(HandlerError::Permanent(format!(
+                "expected a {TAXED_TRANSACTION}, the event carries a {}",
+                metadata.payload_type
+            )));
+        }
+        let taxed: TaxedTransaction = event.decode()?;
+        tracing::Span::current().record("transaction_id", taxed.transaction_id.as_str());
+        let result = input_of(taxed).validate().map_err(HandlerError::Permanent)?;
+        let accounts = self
+            .ledger
+            .ensure_system_accounts(&result.system_accounts())
+            .await
+            .map_err(|error| HandlerError::transient(format!("opening system accounts: {error:#}")))?;
+        let entry = result.entry(&accounts).map_err(HandlerError::Permanent)?;
+        let inbox = Inbox {
+            consumer: TAX_CONSUMER,
+            event_id: &metadata.id,
+        };
+        match self.ledger.post(&entry, Some(inbox)).await {
+            Ok(PostOutcome::Posted(_)) => {
+                tracing::info!(entry_id = %entry.entry_id, "tax posting recorded");
+                Ok(())
+            }
+            Ok(PostOutcome::Replayed(_)) => {
+                tracing::info!(entry_id = %entry.entry_id, "transaction already posted, nothing to do");
+                Ok(())
+            }
+            Ok(PostOutcome::AlreadyProcessed) => {
+                tracing::info!(ce_id = %metadata.id, "event already processed");
+                Ok(())
+            }
+            Err(PostError::Ledger(LedgerError::EntryAlreadyPosted(_))) => Ok(()),
+            Err(error) if error.is_permanent() => Err(HandlerError::Permanent(error.to_string())),
+            Err(error) => Err(HandlerError::Transient(format!("{error:#}"))),
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! `fintech.ledger.v1.LedgerService`: decodes requests, calls the domain (through
+//! [`Ledger`] for writes, `storage` for reads), encodes the answer.
+
+mod status;
+
+use std::sync::Arc;
+
+use fintech_platform::idempotency::key_from_metadata;
+use fintech_proto::ledger as pb;
+use fintech_proto::ledger::ledger_service_server::LedgerService;
+use sqlx::PgConnection;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::stream::{fold_balance, verify_stream};
+use crate::domain::{
+    self, BalanceView, CreateAccount, EntryInput, LedgerError, PostedEntry, Violations, page_size, require_id,
+};
+use crate::posting::{Ledger, PostOutcome};
+use crate::proto::{
+    account_to_wire, account_type_from_wire, event_to_wire, from_timestamp, overdraft_from_wire, timestamp,
+};
+use crate::storage::{self, Write};
+
+pub use status::{post_status, to_status};
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct LedgerGrpc {
+    ledger: Arc<Ledger>,
+}
+
+impl LedgerGrpc {
+    /// A service over `ledger`.
+    pub fn new(ledger: Arc<Ledger>) -> Self {
+        Self { ledger }
+    }
+
+    /// Runs `body` on a pooled connection (single-statement reads).
+    async fn read<T>(&self, body: impl AsyncFnOnce(&mut PgConnection) -> Result<T, LedgerError>) -> Result<T, Status> {
+        let mut conn = self
+            .ledger
+            .pool()
+            .acquire()
+            .await
+            .map_err(|error| to_status(LedgerError::Internal(error.into())))?;
+        body(&mut conn).await.map_err(to_status)
+    }
+
+    /// Runs `body` in a read-only REPEATABLE READ transaction: one snapshot for several statements.
+    async fn read_snapshot<T>(
+        &self,
+        body: impl AsyncFnOnce(&mut PgConnection) -> Result<T, LedgerError>,
+    ) -> Result<T, Status> {
+        let internal = |error: sqlx::Error| to_status(LedgerError::Internal(error.into()));
+        let mut transaction = self.ledger.pool().begin().await.map_err(internal)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *transaction)
+            .await
+            .map_err(internal)?;
+        let result = body(&mut transaction).await.map_err(to_status);
+        transaction.rollback().await.map_err(internal)?;
+        result
+    }
+}
+
+fn method(name: &str) -> String {
+    format!("/fintech.ledger.v1.LedgerService/{name}")
+}
+
+async fn account_or_not_found(conn: &mut PgConnection, account_id: Uuid) -> Result<domain::Account, LedgerError> {
+    storage::get_account(conn, account_id)
+        .await?
+        .ok_or_else(|| LedgerError::AccountNotFound(account_id.to_string()))
+}
+
+async fn current_balance(conn: &mut PgConnection, account: &domain::Account) -> Result<BalanceView, LedgerError> {
+    let (balance, version, updated_at) = storage::current_balance(conn, account.account_id)
+        .await?
+        .ok_or_else(|| LedgerError::AccountNotFound(account.account_id.to_string()))?;
+    Ok(BalanceView {
+        account_id: account.account_id,
+        currency: account.currency.clone(),
+        balance,
+        version,
+        updated_at,
+    })
+}
+
+fn internal(reason: String) -> LedgerError {
+    LedgerError::Internal(anyhow::anyhow!(reason))
+}
+
+#[tonic::async_trait]
+impl LedgerService for LedgerGrpc {
+    #[tracing::instrument(skip_all)]
+    async fn create_account(
+        &self,
+        request: Request<pb::CreateAccountRequest>,
+    ) -> Result<Response<pb::CreateAccountResponse>, Status> {
+        let key = key_from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        let account = CreateAccount {
+            code: request.code.clone(),
+            name: request.name.clone(),
+            account_type: account_type_from_wire(request.r#type),
+            currency: request.currency.clone(),
+            overdraft_policy: overdraft_from_wire(request.overdraft_policy),
+            overdraft_limit: request.overdraft_limit,
+        }
+        .into_account(domain::now())
+        .map_err(to_status)?;
+        let response = self
+            .ledger
+            .idempotency()
+            .execute(
+                self.ledger.pool(),
+                &method("CreateAccount"),
+                key,
+                &request,
+                async |conn| match Ledger::open_account(conn, &account).await {
+                    Ok(Write::Done) => Ok(pb::CreateAccountResponse {
+                        account: Some(account_to_wire(&account, 1)),
+                    }),
+                    Ok(Write::Lost) => Err(to_status(LedgerError::CodeTaken(account.code.clone()))),
+                    Err(error) => Err(to_status(LedgerError::Internal(error))),
+                },
+            )
+            .await?;
+        tracing::info!(account_id = %account.account_id, code = %account.code, "account opened");
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let request = request.into_inner();
+        let by_id = match (request.account_id.is_empty(), request.code.is_empty()) {
+            (false, true) => Some(require_id("account_id", &request.account_id).map_err(to_status)?),
+            (true, false) => None,
+            _ => {
+                return Err(fintech_platform::grpc::invalid_argument(&[(
+                    "account_id".to_owned(),
+                    "exactly one of account_id and code is required".to_owned(),
+                )]));
+            }
+        };
+        let (account, balance) = self
+            .read_snapshot(async |conn| {
+                let account = match by_id {
+                    Some(id) => storage::get_account(conn, id).await?,
+                    None => storage::get_account_by_code(conn, &request.code).await?,
+                }
+                .ok_or_else(|| {
+                    LedgerError::AccountNotFound(if request.code.is_empty() {
+                        request.account_id.clone()
+                    } else {
+                        request.code.clone()
+                    })
+                })?;
+                let balance = current_balance(conn, &account).await?;
+                Ok((account, balance))
+            })
+            .await?;
+        Ok(Response::new(pb::GetAccountResponse {
+            account: Some(account_to_wire(&account, balance.version)),
+            balance: Some(pb::Balance::from(&balance)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let size = page_size(request.page_size, &mut violations);
+        let account_type = match account_type_from_wire(request.r#type) {
+            Ok(kind) => kind,
+            Err(raw) => {
+                violations.add("type", format!("unknown account type {raw}"));
+                None
+            }
+        };
+        if !request.currency.is_empty()
+            && let Err(error) = fintech_types::Currency::parse(&request.currency)
+        {
+            violations.add("currency", error.to_string());
+        }
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            match hex::decode(&request.page_token)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+            {
+                Some(code) => Some(code),
+                None => {
+                    violations.add("page_token", "is not a token this service issued");
+                    None
+                }
+            }
+        };
+        violations.into_result(|| ()).map_err(to_status)?;
+        let currency = (!request.currency.is_empty()).then_some(request.currency.as_str());
+        let mut accounts = self
+            .read_snapshot(async |conn| {
+                let accounts = storage::list_accounts(conn, account_type, currency, after.as_deref(), size).await?;
+                let mut listed = Vec::with_capacity(accounts.len());
+                for account in accounts {
+                    let version = current_balance(conn, &account).await?.version;
+                    listed.push(account_to_wire(&account, version));
+                }
+                Ok(listed)
+            })
+            .await?;
+        let next_page_token = if accounts.len() as i64 > size {
+            accounts.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+            accounts
+                .last()
+                .map(|account| hex::encode(&account.code))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts,
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(entry_id = %request.get_ref().entry_id))]
+    async fn post_entry(
+        &self,
+        request: Request<pb::PostEntryRequest>,
+    ) -> Result<Response<pb::PostEntryResponse>, Status> {
+        let entry = EntryInput::from(request.into_inner()).validate().map_err(to_status)?;
+        match self.ledger.post(&entry, None).await.map_err(post_status)? {
+            PostOutcome::Posted(response) => {
+                tracing::info!(lines = entry.lines.len(), "entry posted");
+                Ok(Response::new(response))
+            }
+            PostOutcome::Replayed(response) => {
+                tracing::info!("entry posted before, first response returned");
+                Ok(Response::new(response))
+            }
+            PostOutcome::AlreadyProcessed => {
+                Err(to_status(internal("a gRPC posting has no consumed event".to_owned())))
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_entry(&self, request: Request<pb::GetEntryRequest>) -> Result<Response<pb::GetEntryResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        domain::entry::check_entry_id(&request.entry_id, &mut violations);
+        violations.into_result(|| ()).map_err(to_status)?;
+        let entry = self
+            .read(async |conn| {
+                let events = storage::entry_events(conn, &request.entry_id).await?;
+                if events.is_empty() {
+                    return Err(LedgerError::EntryNotFound(request.entry_id.clone()));
+                }
+                PostedEntry::from_events(&events).map_err(internal)
+            })
+            .await?;
+        Ok(Response::new(pb::GetEntryResponse {
+            entry: Some(pb::Entry::from(&entry)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_balance(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let request = request.into_inner();
+        let account_id = require_id("account_id", &request.account_id).map_err(to_status)?;
+        let as_of = match request.as_of {
+            None => None,
+            Some(pb::get_balance_request::AsOf::AsOfVersion(version)) if version < 1 => {
+                return Err(fintech_platform::grpc::invalid_argument(&[(
+                    "as_of_version".to_owned(),
+                    format!("must be at least 1, got {version}"),
+                )]));
+            }
+            Some(pb::get_balance_request::AsOf::AsOfVersion(version)) => Some((Some(version), None)),
+            Some(pb::get_balance_request::AsOf::AsOfTime(time)) => match from_timestamp(&time) {
+                Some(time) => Some((None, Some(time))),
+                None => {
+                    return Err(fintech_platform::grpc::invalid_argument(&[(
+                        "as_of_time".to_owned(),
+                        "is not a valid timestamp".to_owned(),
+                    )]));
+                }
+            },
+        };
+        let balance = self
+            .read_snapshot(async |conn| {
+                let account = account_or_not_found(conn, account_id).await?;
+                let Some((up_to_version, up_to_time)) = as_of else {
+                    return Ok(pb::Balance::from(&current_balance(conn, &account).await?));
+                };
+                if let Some(requested) = up_to_version {
+                    let (current, _) = storage::stream_head(conn, account_id)
+                        .await?
+                        .ok_or_else(|| LedgerError::AccountNotFound(account_id.to_string()))?;
+                    if requested > current {
+                        return Err(LedgerError::VersionOutOfRange { requested, current });
+                    }
+                }
+                let events = storage::stream_events(conn, account_id, up_to_version, up_to_time).await?;
+                let (balance, version, updated_at) = fold_balance(&account, &events).map_err(internal)?;
+                Ok(pb::Balance {
+                    account_id: account_id.to_string(),
+                    currency: account.currency.as_str().to_owned(),
+                    balance,
+                    version,
+                    // Before the account was opened there is no event to date the balance.
+                    updated_at: (version > 0).then(|| timestamp(updated_at)),
+                })
+            })
+            .await?;
+        Ok(Response::new(pb::GetBalanceResponse { balance: Some(balance) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_account_events(
+        &self,
+        request: Request<pb::ListAccountEventsRequest>,
+    ) -> Result<Response<pb::ListAccountEventsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = domain::parse_id("account_id", &request.account_id, &mut violations);
+        let size = page_size(request.page_size, &mut violations);
+        let after_version = if request.page_token.is_empty() {
+            0
+        } else {
+            match request.page_token.parse::<i64>() {
+                Ok(version) if version >= 1 => version,
+                _ => {
+                    violations.add("page_token", "is not a token this service issued");
+                    0
+                }
+            }
+        };
+        let account_id = violations
+            .into_result(|| account_id.unwrap_or_default())
+            .map_err(to_status)?;
+        let mut events = self
+            .read_snapshot(async |conn| {
+                account_or_not_found(conn, account_id).await?;
+                Ok(storage::page_of_events(conn, account_id, after_version, size).await?)
+            })
+            .await?;
+        let next_page_token = if events.len() as i64 > size {
+            events.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+            events.last().map(|event| event.version.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let events = events
+            .iter()
+            .map(event_to_wire)
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|reason| to_status(internal(reason)))?;
+        Ok(Response::new(pb::ListAccountEventsResponse {
+            events,
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_trial_balance(
+        &self,
+        request: Request<pb::GetTrialBalanceRequest>,
+    ) -> Result<Response<pb::GetTrialBalanceResponse>, Status> {
+        let request = request.into_inner();
+        if !request.currency.is_empty()
+            && let Err(error) = fintech_types::Currency::parse(&request.currency)
+        {
+            return Err(fintech_platform::grpc::invalid_argument(&[(
+                "currency".to_owned(),
+                error.to_string(),
+            )]));
+        }
+        let currency = (!request.currency.is_empty()).then_some(request.currency.as_str());
+        let rows = self
+            .read(async |conn| Ok(storage::trial_balance(conn, currency).await?))
+            .await?;
+        for row in rows.iter().filter(|row| row.net != 0) {
+            // Never expected: every entry is balanced and commits whole. Loud, because it means
+            // the books are wrong.
+            tracing::error!(currency = %row.currency, net = row.net, "trial balance does not net to zero");
+        }
+        Ok(Response::new(pb::GetTrialBalanceResponse {
+            currencies: rows
+                .into_iter()
+                .map(|row| pb::CurrencyTrialBalance {
+                    currency: row.currency,
+                    debit_total: row.debit_total,
+                    credit_total: row.credit_total,
+                    net: row.net,
+                    account_count: row.account_count,
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn verify_stream(
+        &self,
+        request: Request<pb::VerifyStreamRequest>,
+    ) -> Result<Response<pb::VerifyStreamResponse>, Status> {
+        let request = request.into_inner();
+        let account_id = require_id("account_id", &request.account_id).map_err(to_status)?;
+        let verification = self
+            .read_snapshot(async |conn| {
+                let (head_version, head_hash) = storage::stream_head(conn, account_id)
+                    .await?
+                    .ok_or_else(|| LedgerError::AccountNotFound(account_id.to_string()))?;
+                let events = storage::stream_events(conn, account_id, None, None).await?;
+                Ok(verify_stream(head_version, &head_hash, &events))
+            })
+            .await?;
+        if !verification.valid {
+            tracing::error!(
+                %account_id,
+                first_invalid_version = verification.first_invalid_version,
+                reason = %verification.reason,
+                "stream failed verification"
+            );
+        }
+        Ok(Response::new(pb::VerifyStreamResponse {
+            valid: verification.valid,
+            events_checked: verification.events_checked,
+            first_invalid_version: verification.first_invalid_version,
+            reason: verification.reason,
+            head_hash: verification.head_hash,
+        }))
+    }
+}

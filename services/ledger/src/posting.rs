@@ -1,0 +1,499 @@
+//! Posting an entry: the protocol that appends it to every affected account stream at once.
+//!
+//! One attempt is one PostgreSQL transaction (READ COMMITTED) that:
+//! 1. records the consumed event in `processed_events` (postings from Kafka only) and claims the
+//!    entry id as the idempotency key of PostEntry (the shared [`IdempotencyStore`]);
+//! 2. locks the affected streams in stream-id order (`lock_streams`, on by default), then reads
+//!    the accounts, their balances and stream heads;
+//! 3. checks the entry against them ([`plan_posting`]): unknown account, currency, limits;
+//! 4. appends one event per stream, each stating the version it expects, updates the balance
+//!    projections and records the entry id in `ledger_entries`, all in one statement
+//!    (`storage::append_entry` moves a stream only from that version, and
+//!    `UNIQUE(stream_id, version)` backs it up);
+//! 5. writes `ledger.entry_posted` to the outbox and stores the response under the idempotency
+//!    key; commits.
+//!
+//! # Guarantees
+//! - **All or nothing.** Events, projections, outbox row and idempotency record commit together;
+//!   a rejected entry (invalid, unknown account, over a limit) rolls back and changes nothing.
+//! - **At most once per entry id.** A retry of the same entry gets the first response; the same
+//!   id with other content is refused (FAILED_PRECONDITION). `ledger_entries` keeps refusing the
+//!   id (ALREADY_EXISTS) after its idempotency record is purged.
+//! - **No lost update, no deadlock.** A stream moves only from the version the attempt read. With
+//!   `lock_streams` an attempt holds the streams' row locks from its read to its commit, so the
+//!   version check only fails if some writer bypassed the locks; without it (pure optimistic mode,
+//!   kept to measure the difference) conflicts are detected and retried. Locks are taken in one
+//!   global order, so two entries over the same accounts wait for each other, never deadlock.
+//! - **Bounded retries.** A version conflict, serialization failure, deadlock or lock timeout
+//!   (`lock_timeout`) restarts the attempt after a short jittered backoff, at most
+//!   `max_attempts` times; then the caller gets [`LedgerError::Contention`] (ABORTED).
+//!
+//! # Failure modes
+//! - A commit whose outcome is unknown (connection lost during COMMIT) is reported as an error;
+//!   the client's retry with the same entry id replays the stored response if it committed.
+//! - A hot account serializes the entries that touch it for the length of their transactions;
+//!   see docs/adr/0004-ledger-hot-accounts.md for the numbers and the sharding option.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fintech_platform::db::{self, LOCK_NOT_AVAILABLE, SERIALIZATION_FAILURE, UNIQUE_VIOLATION};
+use fintech_platform::idempotency::{Claim, IdempotencyError, IdempotencyKey, IdempotencyStore};
+use fintech_platform::kafka::consumer::mark_processed;
+use fintech_platform::outbox;
+use fintech_proto::ledger as pb;
+use prost::Message as _;
+use rand::Rng as _;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::stream::{AccountOpened, EntryPosted, EventBody, GENESIS_HASH, PostedLine, StoredEvent};
+use crate::domain::tax::SystemAccount;
+use crate::domain::{Account, Append, LedgerError, NewEntry, PostedEntry, Violations, now, plan_posting};
+use crate::events::{SOURCE, Topics};
+use crate::storage::{self, AppendOutcome, Write};
+
+/// Idempotency scope of PostEntry (entries posted from events share it, so an entry id means one
+/// entry whichever way it arrived).
+pub const POST_ENTRY_SCOPE: &str = "/fintech.ledger.v1.LedgerService/PostEntry";
+/// SQLSTATE of a detected deadlock.
+const DEADLOCK_DETECTED: &str = "40P01";
+/// First backoff after a conflict; doubles up to [`MAX_BACKOFF`], with full jitter.
+const FIRST_BACKOFF: Duration = Duration::from_millis(2);
+/// Longest backoff between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+
+/// How postings run.
+#[derive(Debug, Clone)]
+pub struct PostingSettings {
+    /// Attempts of one posting before ABORTED (at least 1).
+    pub max_attempts: u32,
+    /// Lock the affected streams (in order) before reading them; `false` is pure optimistic
+    /// concurrency (detect and retry), kept to measure the difference.
+    pub lock_streams: bool,
+    /// Longest wait for one lock before the attempt is retried.
+    pub lock_timeout: Duration,
+}
+
+impl Default for PostingSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            lock_streams: true,
+            lock_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A consumed event to record in `processed_events` in the posting's transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbox<'a> {
+    /// Consumer name.
+    pub consumer: &'a str,
+    /// CloudEvents id.
+    pub event_id: &'a str,
+}
+
+/// How a posting ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PostOutcome {
+    /// Posted now.
+    Posted(pb::PostEntryResponse),
+    /// Posted before with the same content: the first response.
+    Replayed(pb::PostEntryResponse),
+    /// The consumed event was processed before: nothing done.
+    AlreadyProcessed,
+}
+
+/// Why a posting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    /// The ledger refused it or failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The entry id is in use by another entry, or being posted right now.
+    #[error(transparent)]
+    Idempotency(#[from] IdempotencyError),
+}
+
+impl PostError {
+    /// Whether retrying can never help (the input or the ledger's rules refuse it).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Ledger(error) => matches!(
+                error,
+                LedgerError::Invalid(_)
+                    | LedgerError::Rejected(_)
+                    | LedgerError::EntryAlreadyPosted(_)
+                    | LedgerError::AccountNotFound(_)
+            ),
+            Self::Idempotency(error) => matches!(error, IdempotencyError::Conflict { .. }),
+        }
+    }
+}
+
+enum Attempt {
+    Done(PostOutcome),
+    Retry(String),
+}
+
+/// The ledger's write side: postings and account openings.
+#[derive(Debug)]
+pub struct Ledger {
+    pool: PgPool,
+    idempotency: IdempotencyStore,
+    topics: Topics,
+    settings: PostingSettings,
+    /// Ids of system accounts already known to exist, by code (they are never deleted).
+    system_accounts: Mutex<HashMap<String, Uuid>>,
+}
+
+impl Ledger {
+    /// A ledger over `pool` publishing on `topics`.
+    pub fn new(pool: PgPool, idempotency: IdempotencyStore, topics: Topics, settings: PostingSettings) -> Self {
+        Self {
+            pool,
+            idempotency,
+            topics,
+            settings,
+            system_accounts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool (reads go straight to storage).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The shared idempotency store.
+    pub fn idempotency(&self) -> &IdempotencyStore {
+        &self.idempotency
+    }
+
+    /// Posts `entry`, retrying conflicts (see the module docs). With `inbox`, the consumed event
+    /// is recorded in the same transaction and an event seen before posts nothing.
+    #[tracing::instrument(name = "ledger.post", skip_all, fields(entry_id = %entry.entry_id, attempts = tracing::field::Empty))]
+    pub async fn post(&self, entry: &NewEntry, inbox: Option<Inbox<'_>>) -> Result<PostOutcome, PostError> {
+        let key = IdempotencyKey::parse(&entry.entry_id).map_err(|error| {
+            let mut violations = Violations::default();
+            violations.add("entry_id", error.to_string());
+            LedgerError::Invalid(violations)
+        })?;
+        let fingerprint = entry.fingerprint();
+        let account_ids = entry.account_ids();
+        let attempts = self.settings.max_attempts.max(1);
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=attempts {
+            match self.attempt(entry, &key, &fingerprint, &account_ids, inbox).await? {
+                Attempt::Done(outcome) => {
+                    tracing::Span::current().record("attempts", attempt);
+                    return Ok(outcome);
+                }
+                Attempt::Retry(reason) => {
+                    tracing::debug!(attempt, %reason, "posting conflicted, retrying");
+                    if attempt < attempts {
+                        let jittered = rand::rng().random_range(Duration::ZERO..=backoff);
+                        tokio::time::sleep(jittered).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
+        tracing::warn!(attempts, "posting gave up after repeated conflicts");
+        Err(LedgerError::Contention { attempts }.into())
+    }
+
+    async fn attempt(
+        &self,
+        entry: &NewEntry,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        account_ids: &[Uuid],
+        inbox: Option<Inbox<'_>>,
+    ) -> Result<Attempt, PostError> {
+        let mut transaction = match self.pool.begin().await {
+            Ok(transaction) => transaction,
+            Err(error) => return Err(LedgerError::Internal(anyhow::Error::new(error).context("begin")).into()),
+        };
+        let outcome = self
+            .attempt_in(&mut transaction, entry, key, fingerprint, account_ids, inbox)
+            .await;
+        match outcome {
+            Ok(Attempt::Done(done)) => match transaction.commit().await {
+                Ok(()) => Ok(Attempt::Done(done)),
+                Err(error) => classify(anyhow::Error::new(error).context("commit posting")),
+            },
+            other => {
+                if let Err(error) = transaction.rollback().await {
+                    tracing::warn!(%error, "rollback of a posting failed");
+                }
+                other
+            }
+        }
+    }
+
+    async fn attempt_in(
+        &self,
+        conn: &mut PgConnection,
+        entry: &NewEntry,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        account_ids: &[Uuid],
+        inbox: Option<Inbox<'_>>,
+    ) -> Result<Attempt, PostError> {
+        let timeout = format!("{}ms", self.settings.lock_timeout.as_millis().max(1));
+        if let Err(error) = sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(&timeout)
+            .execute(&mut *conn)
+            .await
+        {
+            return classify(anyhow::Error::new(error).context("set lock_timeout"));
+        }
+        if let Some(inbox) = inbox {
+            match mark_processed(conn, inbox.consumer, inbox.event_id).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(Attempt::Done(PostOutcome::AlreadyProcessed)),
+                Err(error) => return classify(anyhow::Error::new(error).context("record processed event")),
+            }
+        }
+        match self.idempotency.claim(conn, POST_ENTRY_SCOPE, key, fingerprint).await {
+            Ok(Claim::New) => {}
+            Ok(Claim::Replay(encoded)) => {
+                let response = pb::PostEntryResponse::decode(encoded.as_slice())
+                    .context("stored PostEntry response does not decode")
+                    .map_err(LedgerError::Internal)?;
+                return Ok(Attempt::Done(PostOutcome::Replayed(response)));
+            }
+            Err(IdempotencyError::Database(error)) => {
+                return classify(anyhow::Error::new(error).context("claim entry id"));
+            }
+            Err(error) => return Err(error.into()),
+        }
+
+        let result = self.append(conn, entry, account_ids).await;
+        let (posted, response) = match result {
+            Ok(Ok(done)) => done,
+            Ok(Err(reason)) => return Ok(Attempt::Retry(reason)),
+            Err(PostError::Ledger(LedgerError::Internal(error))) => return classify(error),
+            Err(error) => return Err(error),
+        };
+
+        let entry_message = response.entry.clone().unwrap_or_default();
+        if let Err(error) = outbox::enqueue(
+            conn,
+            SOURCE,
+            &self.topics.entry_posted(&entry_message, posted.posted_at),
+        )
+        .await
+        {
+            return classify(anyhow::Error::new(error).context("enqueue entry_posted"));
+        }
+        match self
+            .idempotency
+            .complete(conn, POST_ENTRY_SCOPE, key, &response.encode_to_vec())
+            .await
+        {
+            Ok(()) => {}
+            Err(IdempotencyError::Database(error)) => {
+                return classify(anyhow::Error::new(error).context("store PostEntry response"));
+            }
+            Err(error) => return Err(error.into()),
+        }
+        Ok(Attempt::Done(PostOutcome::Posted(response)))
+    }
+
+    /// Steps 2-5 of the protocol up to the outbox. `Ok(Err(reason))` asks for a retry.
+    async fn append(
+        &self,
+        conn: &mut PgConnection,
+        entry: &NewEntry,
+        account_ids: &[Uuid],
+    ) -> Result<Result<(PostedEntry, pb::PostEntryResponse), String>, PostError> {
+        if self.settings.lock_streams {
+            storage::lock_streams(conn, account_ids)
+                .await
+                .map_err(LedgerError::Internal)?;
+        }
+        let states = storage::account_states(conn, account_ids)
+            .await
+            .map_err(LedgerError::Internal)?;
+        let plan = plan_posting(entry, &states)?;
+        // Never earlier than any affected stream's last event: as-of-time reads stay prefixes.
+        let posted_at = states
+            .values()
+            .map(|state| state.updated_at)
+            .chain([now()])
+            .max()
+            .unwrap_or_else(now);
+
+        let events: Vec<StoredEvent> = plan
+            .iter()
+            .map(|posting| {
+                let body = EventBody::EntryPosted(EntryPosted {
+                    entry_id: entry.entry_id.clone(),
+                    description: entry.description.clone(),
+                    metadata: entry.metadata.clone(),
+                    line_count: entry.lines.len(),
+                    lines: posting
+                        .lines
+                        .iter()
+                        .map(|&(line_index, side, amount)| PostedLine {
+                            line_index,
+                            side: side.as_str().to_owned(),
+                            amount,
+                            currency: entry.lines[line_index].currency.as_str().to_owned(),
+                        })
+                        .collect(),
+                    balance_after: posting.balance_after,
+                });
+                StoredEvent::chained(
+                    posting.account_id,
+                    posting.expected_version + 1,
+                    &posting.previous_hash,
+                    posted_at,
+                    &body,
+                )
+            })
+            .collect();
+        let stream_appends: Vec<storage::StreamAppend<'_>> = plan
+            .iter()
+            .zip(&events)
+            .map(|(posting, event)| storage::StreamAppend {
+                event,
+                expected_version: posting.expected_version,
+                balance_after: posting.balance_after,
+            })
+            .collect();
+        match storage::append_entry(conn, &entry.entry_id, posted_at, entry.lines.len(), &stream_appends)
+            .await
+            .map_err(LedgerError::Internal)?
+        {
+            AppendOutcome::Appended => {}
+            AppendOutcome::StreamMoved => {
+                return Ok(Err("a stream moved past the version this attempt read".to_owned()));
+            }
+            AppendOutcome::EntryExists => return Err(LedgerError::EntryAlreadyPosted(entry.entry_id.clone()).into()),
+        }
+        let appends: Vec<Append> = plan
+            .iter()
+            .zip(events)
+            .map(|(posting, event)| Append {
+                account_id: posting.account_id,
+                version: event.version,
+                hash: event.hash,
+                balance_after: posting.balance_after,
+            })
+            .collect();
+
+        let posted = PostedEntry {
+            entry_id: entry.entry_id.clone(),
+            description: entry.description.clone(),
+            metadata: entry.metadata.clone(),
+            lines: entry.lines.clone(),
+            posted_at,
+            appends,
+        };
+        let balances = posted
+            .appends
+            .iter()
+            .map(|append| pb::Balance {
+                account_id: append.account_id.to_string(),
+                currency: states[&append.account_id].account.currency.as_str().to_owned(),
+                balance: append.balance_after,
+                version: append.version,
+                updated_at: Some(crate::proto::timestamp(posted_at)),
+            })
+            .collect();
+        let response = pb::PostEntryResponse {
+            entry: Some(pb::Entry::from(&posted)),
+            balances,
+        };
+        Ok(Ok((posted, response)))
+    }
+
+    /// Opens `account` (stream, opening event, projections) in the caller's transaction;
+    /// [`Write::Lost`] when its code is taken.
+    pub async fn open_account(conn: &mut PgConnection, account: &Account) -> anyhow::Result<Write> {
+        let opened = StoredEvent::chained(
+            account.account_id,
+            1,
+            GENESIS_HASH,
+            account.created_at,
+            &EventBody::AccountOpened(AccountOpened::from(account)),
+        );
+        storage::open_account(conn, account, &opened).await
+    }
+
+    /// The ids of `accounts`, opening those that do not exist yet (each in its own short
+    /// transaction, so concurrent openers of one code agree on one account).
+    pub async fn ensure_system_accounts(&self, accounts: &[SystemAccount]) -> anyhow::Result<BTreeMap<String, Uuid>> {
+        let mut ids = BTreeMap::new();
+        for wanted in accounts {
+            let cached = self
+                .system_accounts
+                .lock()
+                .map_err(|_| anyhow::anyhow!("system account cache poisoned"))?
+                .get(&wanted.code)
+                .copied();
+            let id = match cached {
+                Some(id) => id,
+                None => {
+                    let id = self.open_system_account(wanted).await?;
+                    self.system_accounts
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("system account cache poisoned"))?
+                        .insert(wanted.code.clone(), id);
+                    id
+                }
+            };
+            ids.insert(wanted.code.clone(), id);
+        }
+        Ok(ids)
+    }
+
+    async fn open_system_account(&self, wanted: &SystemAccount) -> anyhow::Result<Uuid> {
+        for _ in 0..2 {
+            let mut conn = self.pool.acquire().await.context("acquire connection")?;
+            if let Some(existing) = storage::get_account_by_code(&mut conn, &wanted.code).await? {
+                anyhow::ensure!(
+                    existing.system
+                        && existing.account_type == wanted.account_type
+                        && existing.currency == wanted.currency,
+                    "account {} exists but is not the expected system account",
+                    wanted.code
+                );
+                return Ok(existing.account_id);
+            }
+            drop(conn);
+            let account = wanted.open(now());
+            let mut transaction = self.pool.begin().await.context("begin")?;
+            match Self::open_account(&mut transaction, &account).await? {
+                Write::Done => {
+                    transaction.commit().await.context("commit system account")?;
+                    tracing::info!(code = %account.code, account_id = %account.account_id, "system account opened");
+                    return Ok(account.account_id);
+                }
+                // Opened concurrently by someone else: read theirs.
+                Write::Lost => transaction.rollback().await.context("rollback")?,
+            }
+        }
+        anyhow::bail!("system account {} could not be opened", wanted.code)
+    }
+}
+
+/// A retry for conflicts, serialization failures, deadlocks and lock timeouts; an internal error
+/// otherwise.
+fn classify(error: anyhow::Error) -> Result<Attempt, PostError> {
+    let sqlstate = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
+        .and_then(db::sqlstate);
+    match sqlstate.as_deref() {
+        Some(SERIALIZATION_FAILURE | DEADLOCK_DETECTED | LOCK_NOT_AVAILABLE | UNIQUE_VIOLATION) => {
+            Ok(Attempt::Retry(format!("{error:#}")))
+        }
+        _ => Err(LedgerError::Internal(error).into()),
+    }
+}

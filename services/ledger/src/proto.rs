@@ -1,0 +1,233 @@
+//! Conversions between the protobuf contracts (`fintech.ledger.v1`) and the domain types, used by
+//! the gRPC layer and by the published events (which carry the same `Entry`).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use fintech_proto::ledger as pb;
+
+use crate::domain::account::OverdraftKind;
+use crate::domain::stream::{EventBody, StoredEvent};
+use crate::domain::{Account, AccountType, BalanceView, EntryInput, LineInput, OverdraftPolicy, PostedEntry, Side};
+
+/// A protobuf timestamp.
+pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// A UTC time from a protobuf timestamp, `None` when out of range.
+pub fn from_timestamp(timestamp: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(timestamp.nanos).ok()?;
+    DateTime::from_timestamp(timestamp.seconds, nanos)
+}
+
+/// The domain type of a wire value: `Ok(None)` for UNSPECIFIED, `Err(raw)` for an unknown one.
+pub fn account_type_from_wire(raw: i32) -> Result<Option<AccountType>, i32> {
+    match pb::AccountType::try_from(raw) {
+        Ok(pb::AccountType::Unspecified) => Ok(None),
+        Ok(pb::AccountType::Asset) => Ok(Some(AccountType::Asset)),
+        Ok(pb::AccountType::Liability) => Ok(Some(AccountType::Liability)),
+        Ok(pb::AccountType::Equity) => Ok(Some(AccountType::Equity)),
+        Ok(pb::AccountType::Revenue) => Ok(Some(AccountType::Revenue)),
+        Ok(pb::AccountType::Expense) => Ok(Some(AccountType::Expense)),
+        Err(_) => Err(raw),
+    }
+}
+
+/// The overdraft kind of a wire value: `Ok(None)` for UNSPECIFIED, `Err(raw)` for an unknown one.
+pub fn overdraft_from_wire(raw: i32) -> Result<Option<OverdraftKind>, i32> {
+    match pb::OverdraftPolicy::try_from(raw) {
+        Ok(pb::OverdraftPolicy::Unspecified) => Ok(None),
+        Ok(pb::OverdraftPolicy::Forbidden) => Ok(Some(OverdraftKind::Forbidden)),
+        Ok(pb::OverdraftPolicy::Limited) => Ok(Some(OverdraftKind::Limited)),
+        Ok(pb::OverdraftPolicy::Unlimited) => Ok(Some(OverdraftKind::Unlimited)),
+        Err(_) => Err(raw),
+    }
+}
+
+/// The side of a wire value: `Ok(None)` for UNSPECIFIED, `Err(raw)` for an unknown one.
+pub fn side_from_wire(raw: i32) -> Result<Option<Side>, i32> {
+    match pb::Side::try_from(raw) {
+        Ok(pb::Side::Unspecified) => Ok(None),
+        Ok(pb::Side::Debit) => Ok(Some(Side::Debit)),
+        Ok(pb::Side::Credit) => Ok(Some(Side::Credit)),
+        Err(_) => Err(raw),
+    }
+}
+
+impl From<AccountType> for pb::AccountType {
+    fn from(kind: AccountType) -> Self {
+        match kind {
+            AccountType::Asset => Self::Asset,
+            AccountType::Liability => Self::Liability,
+            AccountType::Equity => Self::Equity,
+            AccountType::Revenue => Self::Revenue,
+            AccountType::Expense => Self::Expense,
+        }
+    }
+}
+
+impl From<Side> for pb::Side {
+    fn from(side: Side) -> Self {
+        match side {
+            Side::Debit => Self::Debit,
+            Side::Credit => Self::Credit,
+        }
+    }
+}
+
+fn overdraft_to_wire(policy: OverdraftPolicy) -> pb::OverdraftPolicy {
+    match policy {
+        OverdraftPolicy::Forbidden => pb::OverdraftPolicy::Forbidden,
+        OverdraftPolicy::Limited(_) => pb::OverdraftPolicy::Limited,
+        OverdraftPolicy::Unlimited => pb::OverdraftPolicy::Unlimited,
+    }
+}
+
+/// The wire form of `account` whose stream is at `version`.
+pub fn account_to_wire(account: &Account, version: i64) -> pb::Account {
+    pb::Account {
+        account_id: account.account_id.to_string(),
+        code: account.code.clone(),
+        name: account.name.clone(),
+        r#type: pb::AccountType::from(account.account_type) as i32,
+        currency: account.currency.as_str().to_owned(),
+        overdraft_policy: overdraft_to_wire(account.overdraft) as i32,
+        overdraft_limit: account.overdraft.limit(),
+        system: account.system,
+        created_at: Some(timestamp(account.created_at)),
+        version,
+    }
+}
+
+impl From<&BalanceView> for pb::Balance {
+    fn from(balance: &BalanceView) -> Self {
+        Self {
+            account_id: balance.account_id.to_string(),
+            currency: balance.currency.as_str().to_owned(),
+            balance: balance.balance,
+            version: balance.version,
+            updated_at: Some(timestamp(balance.updated_at)),
+        }
+    }
+}
+
+impl From<&PostedEntry> for pb::Entry {
+    fn from(entry: &PostedEntry) -> Self {
+        Self {
+            entry_id: entry.entry_id.clone(),
+            description: entry.description.clone(),
+            metadata: entry
+                .metadata
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+            lines: entry
+                .lines
+                .iter()
+                .map(|line| pb::EntryLine {
+                    account_id: line.account_id.to_string(),
+                    side: pb::Side::from(line.side) as i32,
+                    amount: line.amount,
+                    currency: line.currency.as_str().to_owned(),
+                })
+                .collect(),
+            posted_at: Some(timestamp(entry.posted_at)),
+            appends: entry
+                .appends
+                .iter()
+                .map(|append| pb::StreamAppend {
+                    account_id: append.account_id.to_string(),
+                    version: append.version,
+                    hash: append.hash.clone(),
+                    balance_after: append.balance_after,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<pb::PostEntryRequest> for EntryInput {
+    fn from(request: pb::PostEntryRequest) -> Self {
+        Self {
+            entry_id: request.entry_id,
+            description: request.description,
+            metadata: request.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+            lines: request
+                .lines
+                .into_iter()
+                .map(|line| LineInput {
+                    account_id: line.account_id,
+                    side: side_from_wire(line.side),
+                    amount: line.amount,
+                    currency: line.currency,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The wire form of a stored event; an event that does not decode is an internal error.
+pub fn event_to_wire(event: &StoredEvent) -> Result<pb::AccountEvent, String> {
+    let body = match event.body()? {
+        EventBody::AccountOpened(opened) => {
+            let account = opened.account(event.occurred_at)?;
+            pb::account_event::Body::AccountOpened(pb::AccountOpened {
+                account: Some(account_to_wire(&account, 1)),
+            })
+        }
+        EventBody::EntryPosted(posted) => {
+            let lines = posted
+                .lines
+                .iter()
+                .map(|line| {
+                    Ok(pb::PostingLine {
+                        line_index: i32::try_from(line.line_index).map_err(|error| error.to_string())?,
+                        side: pb::Side::from(line.side()?) as i32,
+                        amount: line.amount,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            pb::account_event::Body::Posting(pb::Posting {
+                entry_id: posted.entry_id,
+                description: posted.description,
+                lines,
+                balance_after: posted.balance_after,
+            })
+        }
+    };
+    Ok(pb::AccountEvent {
+        account_id: event.stream_id.to_string(),
+        version: event.version,
+        event_type: event.event_type.clone(),
+        occurred_at: Some(timestamp(event.occurred_at)),
+        body: Some(body),
+        previous_hash: event.previous_hash.clone(),
+        hash: event.hash.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_enums_map_unspecified_and_unknown_apart() {
+        assert_eq!(account_type_from_wire(0), Ok(None));
+        assert_eq!(account_type_from_wire(1), Ok(Some(AccountType::Asset)));
+        assert_eq!(account_type_from_wire(42), Err(42));
+        assert_eq!(side_from_wire(2), Ok(Some(Side::Credit)));
+        assert_eq!(overdraft_from_wire(3), Ok(Some(OverdraftKind::Unlimited)));
+        assert_eq!(overdraft_from_wire(-1), Err(-1));
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let now = crate::domain::now();
+        assert_eq!(from_timestamp(&timestamp(now)), Some(now));
+        assert_eq!(from_timestamp(&prost_types::Timestamp { seconds: 0, nanos: -1 }), None);
+    }
+}

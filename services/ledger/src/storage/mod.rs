@@ -1,0 +1,480 @@
+//! The ledger tables (`migrations/ledger/`). Every function runs on the connection it is given,
+//! so a posting composes them with the outbox and idempotency rows in one transaction.
+//!
+//! Streams are appended with the version the writer expects ([`append_entry`] only moves a
+//! stream whose version is still the expected one) and `UNIQUE(stream_id, version)` on the events
+//! backs that up; [`lock_streams`] takes the stream rows' locks in stream-id order, so two
+//! entries touching the same accounts never deadlock (docs/adr/0004-ledger-hot-accounts.md).
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::domain::stream::StoredEvent;
+use crate::domain::{Account, AccountState, AccountType, OverdraftPolicy};
+
+const ACCOUNT_COLUMNS: &str = "a.account_id, a.code, a.name, a.account_type, a.currency, a.overdraft_policy, \
+     a.overdraft_limit, a.system, a.created_at";
+const EVENT_COLUMNS: &str = "stream_id, version, event_type, payload, entry_id, occurred_at, previous_hash, hash";
+
+/// Outcome of a write that may lose a race.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Written.
+    Done,
+    /// Not written: the row it would create exists already (a taken account code).
+    Lost,
+}
+
+fn account_from_row(row: &PgRow) -> anyhow::Result<Account> {
+    let account_type: String = row.try_get("account_type")?;
+    let policy: String = row.try_get("overdraft_policy")?;
+    let limit: i64 = row.try_get("overdraft_limit")?;
+    let currency: String = row.try_get("currency")?;
+    Ok(Account {
+        account_id: row.try_get("account_id")?,
+        code: row.try_get("code")?,
+        name: row.try_get("name")?,
+        account_type: AccountType::from_stored(&account_type)
+            .with_context(|| format!("unknown stored account type {account_type:?}"))?,
+        currency: fintech_types::Currency::parse(&currency).with_context(|| format!("stored currency {currency:?}"))?,
+        overdraft: OverdraftPolicy::from_stored(&policy, limit)
+            .with_context(|| format!("unknown stored overdraft policy {policy:?}/{limit}"))?,
+        system: row.try_get("system")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn event_from_row(row: &PgRow) -> anyhow::Result<StoredEvent> {
+    Ok(StoredEvent {
+        stream_id: row.try_get("stream_id")?,
+        version: row.try_get("version")?,
+        event_type: row.try_get("event_type")?,
+        payload: row.try_get("payload")?,
+        entry_id: row.try_get("entry_id")?,
+        occurred_at: row.try_get("occurred_at")?,
+        previous_hash: row.try_get("previous_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+/// Opens `account`: its stream at version 1 with `opened` (the account-opened event), the account
+/// row and a zero balance. [`Write::Lost`] when the code is taken (the caller rolls back).
+#[tracing::instrument(skip_all, fields(account_id = %account.account_id, code = %account.code))]
+pub async fn open_account(conn: &mut PgConnection, account: &Account, opened: &StoredEvent) -> anyhow::Result<Write> {
+    sqlx::query(
+        "INSERT INTO ledger_streams (stream_id, stream_type, version, head_hash, updated_at) \
+         VALUES ($1, 'account', 1, $2, $3)",
+    )
+    .bind(account.account_id)
+    .bind(&opened.hash)
+    .bind(opened.occurred_at)
+    .execute(&mut *conn)
+    .await
+    .context("insert stream")?;
+    insert_event(conn, opened).await?;
+    let inserted = sqlx::query(
+        "INSERT INTO ledger_accounts (account_id, code, name, account_type, currency, overdraft_policy, \
+         overdraft_limit, system, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (code) DO NOTHING",
+    )
+    .bind(account.account_id)
+    .bind(&account.code)
+    .bind(&account.name)
+    .bind(account.account_type.as_str())
+    .bind(account.currency.as_str())
+    .bind(account.overdraft.as_str())
+    .bind(account.overdraft.limit())
+    .bind(account.system)
+    .bind(account.created_at)
+    .execute(&mut *conn)
+    .await
+    .context("insert account")?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(Write::Lost);
+    }
+    sqlx::query(
+        "INSERT INTO ledger_balances (account_id, currency, balance, version, updated_at) VALUES ($1, $2, 0, 1, $3)",
+    )
+    .bind(account.account_id)
+    .bind(account.currency.as_str())
+    .bind(account.created_at)
+    .execute(&mut *conn)
+    .await
+    .context("insert balance")?;
+    Ok(Write::Done)
+}
+
+/// Locks the streams of `ids` (sorted) in that order until the transaction ends, waiting at most
+/// the session's `lock_timeout`.
+#[tracing::instrument(skip_all, fields(streams = ids.len()))]
+pub async fn lock_streams(conn: &mut PgConnection, ids: &[Uuid]) -> anyhow::Result<()> {
+    sqlx::query("SELECT stream_id FROM ledger_streams WHERE stream_id = ANY($1) ORDER BY stream_id FOR UPDATE")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+        .context("lock streams")?;
+    Ok(())
+}
+
+/// The accounts of `ids` with their stream heads and balances (the ids that exist).
+#[tracing::instrument(skip_all, fields(accounts = ids.len()))]
+pub async fn account_states(conn: &mut PgConnection, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, AccountState>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {ACCOUNT_COLUMNS}, s.version, s.head_hash, s.updated_at AS stream_updated_at, b.balance \
+         FROM ledger_accounts a \
+         JOIN ledger_streams s ON s.stream_id = a.account_id \
+         JOIN ledger_balances b ON b.account_id = a.account_id \
+         WHERE a.account_id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+    .context("read account states")?;
+    rows.iter()
+        .map(|row| {
+            let account = account_from_row(row)?;
+            Ok((
+                account.account_id,
+                AccountState {
+                    account,
+                    balance: row.try_get("balance")?,
+                    version: row.try_get("version")?,
+                    head_hash: row.try_get("head_hash")?,
+                    updated_at: row.try_get("stream_updated_at")?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// One stream's part of an entry: the event to append and the balance after it.
+#[derive(Debug, Clone)]
+pub struct StreamAppend<'a> {
+    /// The event, at `expected_version + 1`.
+    pub event: &'a StoredEvent,
+    /// The version the stream must still be at (the optimistic check).
+    pub expected_version: i64,
+    /// The account's balance after the event.
+    pub balance_after: i64,
+}
+
+/// Outcome of [`append_entry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Every stream moved, the events and projections are written (uncommitted).
+    Appended,
+    /// Some stream is no longer at its expected version; the caller rolls back and retries.
+    StreamMoved,
+    /// The entry id was posted before; the caller rolls back.
+    EntryExists,
+}
+
+/// Appends an entry in one statement (one round trip while the streams are locked): moves every
+/// stream from its expected version, inserts the events of the streams that moved, updates their
+/// balance projections and records the entry id. Anything short of all of it is reported, and the
+/// caller rolls the transaction back.
+#[tracing::instrument(skip_all, fields(entry_id, streams = appends.len()))]
+pub async fn append_entry(
+    conn: &mut PgConnection,
+    entry_id: &str,
+    posted_at: DateTime<Utc>,
+    line_count: usize,
+    appends: &[StreamAppend<'_>],
+) -> anyhow::Result<AppendOutcome> {
+    let column = |value: fn(&StreamAppend<'_>) -> i64| appends.iter().map(value).collect::<Vec<i64>>();
+    let stream_ids: Vec<Uuid> = appends.iter().map(|append| append.event.stream_id).collect();
+    let row = sqlx::query(
+        "WITH input AS ( \
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::jsonb[], $6::text[], \
+                                  $7::text[], $8::bigint[]) \
+               AS i(stream_id, expected_version, version, event_type, payload, previous_hash, hash, balance)), \
+         moved AS ( \
+             UPDATE ledger_streams s SET version = i.version, head_hash = i.hash, updated_at = $9 \
+             FROM input i WHERE s.stream_id = i.stream_id AND s.version = i.expected_version \
+             RETURNING s.stream_id), \
+         appended AS ( \
+             INSERT INTO ledger_events (stream_id, version, event_type, payload, entry_id, occurred_at, \
+                                        previous_hash, hash) \
+             SELECT i.stream_id, i.version, i.event_type, i.payload, $10, $9, i.previous_hash, i.hash \
+             FROM input i JOIN moved m ON m.stream_id = i.stream_id \
+             RETURNING stream_id), \
+         projected AS ( \
+             UPDATE ledger_balances b SET balance = i.balance, version = i.version, updated_at = $9 \
+             FROM input i JOIN moved m ON m.stream_id = i.stream_id WHERE b.account_id = i.stream_id \
+             RETURNING b.account_id), \
+         recorded AS ( \
+             INSERT INTO ledger_entries (entry_id, posted_at, line_count, account_ids) \
+             SELECT $10, $9, $11, $1 WHERE (SELECT count(*) FROM moved) = cardinality($1::uuid[]) \
+             ON CONFLICT (entry_id) DO NOTHING \
+             RETURNING entry_id) \
+         SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM appended) AS appended, \
+                (SELECT count(*) FROM projected) AS projected, (SELECT count(*) FROM recorded) AS recorded",
+    )
+    .bind(&stream_ids)
+    .bind(column(|append| append.expected_version))
+    .bind(column(|append| append.event.version))
+    .bind(
+        appends
+            .iter()
+            .map(|append| append.event.event_type.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        appends
+            .iter()
+            .map(|append| append.event.payload.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        appends
+            .iter()
+            .map(|append| append.event.previous_hash.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        appends
+            .iter()
+            .map(|append| append.event.hash.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|append| append.balance_after))
+    .bind(posted_at)
+    .bind(entry_id)
+    .bind(i32::try_from(line_count).context("line count")?)
+    .fetch_one(conn)
+    .await
+    .context("append entry")?;
+    let expected = i64::try_from(appends.len()).context("stream count")?;
+    let (moved, appended, projected, recorded): (i64, i64, i64, i64) = (
+        row.try_get("moved")?,
+        row.try_get("appended")?,
+        row.try_get("projected")?,
+        row.try_get("recorded")?,
+    );
+    if moved != expected {
+        return Ok(AppendOutcome::StreamMoved);
+    }
+    anyhow::ensure!(
+        appended == expected && projected == expected,
+        "append wrote {appended} events and {projected} balances for {expected} streams"
+    );
+    Ok(if recorded == 1 {
+        AppendOutcome::Appended
+    } else {
+        AppendOutcome::EntryExists
+    })
+}
+
+/// Inserts one event.
+pub async fn insert_event(conn: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO ledger_events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    ))
+    .bind(event.stream_id)
+    .bind(event.version)
+    .bind(&event.event_type)
+    .bind(&event.payload)
+    .bind(&event.entry_id)
+    .bind(event.occurred_at)
+    .bind(&event.previous_hash)
+    .bind(&event.hash)
+    .execute(conn)
+    .await
+    .context("insert event")?;
+    Ok(())
+}
+
+/// An account by id.
+#[tracing::instrument(skip(conn))]
+pub async fn get_account(conn: &mut PgConnection, account_id: Uuid) -> anyhow::Result<Option<Account>> {
+    let row = sqlx::query(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts a WHERE a.account_id = $1"
+    ))
+    .bind(account_id)
+    .fetch_optional(conn)
+    .await
+    .context("read account")?;
+    row.as_ref().map(account_from_row).transpose()
+}
+
+/// An account by code.
+#[tracing::instrument(skip(conn))]
+pub async fn get_account_by_code(conn: &mut PgConnection, code: &str) -> anyhow::Result<Option<Account>> {
+    let row = sqlx::query(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts a WHERE a.code = $1"
+    ))
+    .bind(code)
+    .fetch_optional(conn)
+    .await
+    .context("read account by code")?;
+    row.as_ref().map(account_from_row).transpose()
+}
+
+/// Accounts ordered by code after `after_code`, optionally of one type and currency; at most
+/// `limit + 1` (the extra one tells whether there is a next page).
+#[tracing::instrument(skip(conn))]
+pub async fn list_accounts(
+    conn: &mut PgConnection,
+    account_type: Option<AccountType>,
+    currency: Option<&str>,
+    after_code: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<Vec<Account>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts a \
+         WHERE ($1::text IS NULL OR a.account_type = $1) AND ($2::text IS NULL OR a.currency = $2) \
+           AND ($3::text IS NULL OR a.code > $3) \
+         ORDER BY a.code LIMIT $4"
+    ))
+    .bind(account_type.map(AccountType::as_str))
+    .bind(currency)
+    .bind(after_code)
+    .bind(limit + 1)
+    .fetch_all(conn)
+    .await
+    .context("list accounts")?;
+    rows.iter().map(account_from_row).collect()
+}
+
+/// The current balance projection of an account: `(balance, version, updated_at)`.
+#[tracing::instrument(skip(conn))]
+pub async fn current_balance(
+    conn: &mut PgConnection,
+    account_id: Uuid,
+) -> anyhow::Result<Option<(i64, i64, DateTime<Utc>)>> {
+    let row = sqlx::query("SELECT balance, version, updated_at FROM ledger_balances WHERE account_id = $1")
+        .bind(account_id)
+        .fetch_optional(conn)
+        .await
+        .context("read balance")?;
+    row.map(|row| {
+        Ok((
+            row.try_get("balance")?,
+            row.try_get("version")?,
+            row.try_get("updated_at")?,
+        ))
+    })
+    .transpose()
+}
+
+/// The head of a stream: `(version, head_hash)`.
+#[tracing::instrument(skip(conn))]
+pub async fn stream_head(conn: &mut PgConnection, stream_id: Uuid) -> anyhow::Result<Option<(i64, String)>> {
+    let row = sqlx::query("SELECT version, head_hash FROM ledger_streams WHERE stream_id = $1")
+        .bind(stream_id)
+        .fetch_optional(conn)
+        .await
+        .context("read stream head")?;
+    row.map(|row| Ok((row.try_get("version")?, row.try_get("head_hash")?)))
+        .transpose()
+}
+
+/// Events of a stream in version order: those with `version <= up_to_version` and
+/// `occurred_at <= up_to_time` (each bound when given).
+#[tracing::instrument(skip(conn))]
+pub async fn stream_events(
+    conn: &mut PgConnection,
+    stream_id: Uuid,
+    up_to_version: Option<i64>,
+    up_to_time: Option<DateTime<Utc>>,
+) -> anyhow::Result<Vec<StoredEvent>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM ledger_events WHERE stream_id = $1 \
+           AND ($2::bigint IS NULL OR version <= $2) AND ($3::timestamptz IS NULL OR occurred_at <= $3) \
+         ORDER BY version"
+    ))
+    .bind(stream_id)
+    .bind(up_to_version)
+    .bind(up_to_time)
+    .fetch_all(conn)
+    .await
+    .context("read stream events")?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// One page of a stream: events after `after_version`, at most `limit + 1`.
+#[tracing::instrument(skip(conn))]
+pub async fn page_of_events(
+    conn: &mut PgConnection,
+    stream_id: Uuid,
+    after_version: i64,
+    limit: i64,
+) -> anyhow::Result<Vec<StoredEvent>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM ledger_events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3"
+    ))
+    .bind(stream_id)
+    .bind(after_version)
+    .bind(limit + 1)
+    .fetch_all(conn)
+    .await
+    .context("read page of events")?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// The events an entry appended, ordered by stream.
+#[tracing::instrument(skip(conn))]
+pub async fn entry_events(conn: &mut PgConnection, entry_id: &str) -> anyhow::Result<Vec<StoredEvent>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM ledger_events WHERE entry_id = $1 ORDER BY stream_id"
+    ))
+    .bind(entry_id)
+    .fetch_all(conn)
+    .await
+    .context("read entry events")?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// One row of the trial balance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrialBalanceRow {
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Sum of debit balances.
+    pub debit_total: i64,
+    /// Sum of credit balances.
+    pub credit_total: i64,
+    /// Debits minus credits over every account.
+    pub net: i64,
+    /// Accounts in the currency.
+    pub account_count: i64,
+}
+
+/// Debit and credit balance totals per currency, from one statement (one snapshot).
+#[tracing::instrument(skip(conn))]
+pub async fn trial_balance(conn: &mut PgConnection, currency: Option<&str>) -> anyhow::Result<Vec<TrialBalanceRow>> {
+    let rows = sqlx::query(
+        "SELECT currency, \
+                COALESCE(SUM(debit_side) FILTER (WHERE debit_side > 0), 0)::bigint AS debit_total, \
+                COALESCE(-SUM(debit_side) FILTER (WHERE debit_side < 0), 0)::bigint AS credit_total, \
+                COALESCE(SUM(debit_side), 0)::bigint AS net, \
+                count(*) AS account_count \
+         FROM (SELECT b.currency, \
+                      CASE WHEN a.account_type IN ('asset', 'expense') THEN b.balance ELSE -b.balance END \
+                        AS debit_side \
+               FROM ledger_balances b JOIN ledger_accounts a ON a.account_id = b.account_id \
+               WHERE $1::text IS NULL OR b.currency = $1) balances \
+         GROUP BY currency ORDER BY currency",
+    )
+    .bind(currency)
+    .fetch_all(conn)
+    .await
+    .context("trial balance")?;
+    rows.iter()
+        .map(|row| {
+            Ok(TrialBalanceRow {
+                currency: row.try_get("currency")?,
+                debit_total: row.try_get("debit_total")?,
+                credit_total: row.try_get("credit_total")?,
+                net: row.try_get("net")?,
+                account_count: row.try_get("account_count")?,
+            })
+        })
+        .collect()
+}
