@@ -36,8 +36,14 @@ impl LedgerHarness {
 
     /// Starts the ledger after `configure` adjusted its settings.
     pub async fn start_with(configure: impl FnOnce(&mut LedgerConfig)) -> Self {
+        Self::start_on(&format!("test.{}.", uuid::Uuid::new_v4().simple()), configure).await
+    }
+
+    /// Starts the ledger on the topics of `prefix` (shared with other harnesses, so it consumes
+    /// the `tax.calculated` a tax harness on the same prefix publishes).
+    pub async fn start_on(prefix: &str, configure: impl FnOnce(&mut LedgerConfig)) -> Self {
         let db = TestDb::empty().await;
-        let prefix = format!("test.{}.", uuid::Uuid::new_v4().simple());
+        let prefix = prefix.to_owned();
         let bootstrap = kafka_bootstrap();
         let topics: Vec<String> = fintech_ledger::events::TOPICS
             .iter()

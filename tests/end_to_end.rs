@@ -1,0 +1,115 @@
+//! The whole chain on the real PostgreSQL and broker: a gRPC call to payments ends as a balanced
+//! ledger entry, every hop on the trace of that call.
+
+use std::time::Duration;
+
+use fintech_platform::telemetry;
+use fintech_proto::{ledger, payments};
+use fintech_tests::ledger::LedgerHarness;
+use fintech_tests::payments::{PaymentsHarness, unique_prefix};
+use fintech_tests::tax::TaxHarness;
+use fintech_tests::{header, kafka_bootstrap, read_extra, read_records, reader};
+use prost::Message as _;
+use rdkafka::Message as _;
+use tonic::Request;
+
+const TRACE_ID: &str = "9c2f6b1e0d3a4f5b8e7d6c5b4a392817";
+
+fn traced<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-3333333333333333-01").parse().expect("ascii"),
+    );
+    request
+}
+
+#[tokio::test]
+async fn a_payment_becomes_a_balanced_ledger_entry_on_the_trace_of_the_original_call() {
+    let _telemetry = telemetry::init("test");
+    let prefix = unique_prefix();
+    let tax = TaxHarness::start(&prefix, Duration::from_secs(60)).await;
+    let mut ledger = LedgerHarness::start_on(&prefix, |_| {}).await;
+    let mut payments = PaymentsHarness::start_with_prefix(&prefix).await;
+    let posted = reader(&kafka_bootstrap(), &[&ledger.topic("ledger.entry_posted")]);
+
+    let order = payments
+        .client
+        .create_order(traced(payments::CreateOrderRequest {
+            customer_id: "cust-e2e".to_owned(),
+            country: "FR".to_owned(),
+            currency: "EUR".to_owned(),
+            amount: 10_000,
+            product_type: "standard".to_owned(),
+        }))
+        .await
+        .expect("order")
+        .into_inner()
+        .order
+        .expect("order");
+    let transaction = payments
+        .client
+        .create_transaction(traced(payments::CreateTransactionRequest {
+            order_id: order.order_id.clone(),
+            amount: 10_000,
+            currency: "EUR".to_owned(),
+            status: payments::TransactionStatus::Succeeded as i32,
+        }))
+        .await
+        .expect("transaction")
+        .into_inner()
+        .transaction
+        .expect("transaction");
+
+    let records = read_records(&posted, 1, Duration::from_secs(60)).await;
+    assert_eq!(records.len(), 1, "one ledger.entry_posted");
+    let traceparent = header(&records[0], "traceparent").expect("traceparent");
+    assert_eq!(
+        telemetry::trace_id_of(&traceparent),
+        Some(TRACE_ID),
+        "payments -> tax -> ledger on one trace"
+    );
+    let entry = ledger::Entry::decode(records[0].payload().expect("payload")).expect("entry");
+    assert!(
+        entry.entry_id.contains(&transaction.transaction_id),
+        "entry {} is for the transaction",
+        entry.entry_id
+    );
+
+    // FR 20%: 10,000 base + 2,000 VAT = 12,000 settled.
+    let mut debits: Vec<i64> = Vec::new();
+    let mut credits: Vec<i64> = Vec::new();
+    for line in &entry.lines {
+        assert_eq!(line.currency, "EUR");
+        match ledger::Side::try_from(line.side).expect("side") {
+            ledger::Side::Debit => debits.push(line.amount),
+            ledger::Side::Credit => credits.push(line.amount),
+            ledger::Side::Unspecified => panic!("unspecified side"),
+        }
+    }
+    credits.sort_unstable();
+    assert_eq!(debits, [12_000]);
+    assert_eq!(credits, [2_000, 10_000]);
+
+    let stored = ledger
+        .client
+        .get_entry(ledger::GetEntryRequest {
+            entry_id: entry.entry_id.clone(),
+        })
+        .await
+        .expect("get entry")
+        .into_inner()
+        .entry
+        .expect("entry");
+    assert_eq!(stored.lines, entry.lines);
+    for currency in ledger.trial_balance().await {
+        assert_eq!(currency.net, 0, "trial balance nets to zero in {}", currency.currency);
+    }
+    assert!(
+        read_extra(&posted, Duration::from_secs(1)).await.is_empty(),
+        "posted once"
+    );
+    payments.stop().await;
+    ledger.stop().await;
+    tax.stop().await;
+}
