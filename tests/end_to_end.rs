@@ -113,3 +113,82 @@ async fn a_payment_becomes_a_balanced_ledger_entry_on_the_trace_of_the_original_
     ledger.stop().await;
     tax.stop().await;
 }
+
+#[tokio::test]
+async fn a_refund_is_reversed_through_tax_and_the_ledger_returns_to_zero() {
+    let _telemetry = telemetry::init("test");
+    let prefix = unique_prefix();
+    let tax = TaxHarness::start(&prefix, Duration::from_secs(60)).await;
+    let ledger = LedgerHarness::start_on(&prefix, |_| {}).await;
+    let mut payments = PaymentsHarness::start_with_prefix(&prefix).await;
+    let posted = reader(&kafka_bootstrap(), &[&ledger.topic("ledger.entry_posted")]);
+
+    let order = payments
+        .client
+        .create_order(payments::CreateOrderRequest {
+            customer_id: "cust-refund".to_owned(),
+            country: "PT".to_owned(),
+            currency: "EUR".to_owned(),
+            amount: 2_000,
+            product_type: "standard".to_owned(),
+        })
+        .await
+        .expect("order")
+        .into_inner()
+        .order
+        .expect("order");
+    let transaction = payments
+        .client
+        .create_transaction(payments::CreateTransactionRequest {
+            order_id: order.order_id.clone(),
+            amount: 2_000,
+            currency: "EUR".to_owned(),
+            status: payments::TransactionStatus::Succeeded as i32,
+        })
+        .await
+        .expect("transaction")
+        .into_inner()
+        .transaction
+        .expect("transaction");
+    let sale = read_records(&posted, 1, Duration::from_secs(60)).await;
+    assert_eq!(sale.len(), 1, "the sale was posted");
+    payments
+        .client
+        .update_transaction_status(payments::UpdateTransactionStatusRequest {
+            transaction_id: transaction.transaction_id.clone(),
+            expected_version: 1,
+            status: payments::TransactionStatus::Refunded as i32,
+        })
+        .await
+        .expect("refund");
+    let reversal = read_records(&posted, 1, Duration::from_secs(60)).await;
+    assert_eq!(reversal.len(), 1, "the reversal was posted");
+    let entry = ledger::Entry::decode(reversal[0].payload().expect("payload")).expect("entry");
+    assert_eq!(entry.entry_id, format!("tax-reversal:{}", transaction.transaction_id));
+    let amounts: Vec<i64> = entry.lines.iter().map(|line| line.amount).collect();
+    assert_eq!(
+        amounts.iter().sum::<i64>(),
+        2 * 2_460,
+        "PT 23%: 2,000 + 460 on each side"
+    );
+
+    // Every system account the sale touched is back to zero.
+    for line in &entry.lines {
+        assert_eq!(
+            ledger.balance(&line.account_id).await.balance,
+            0,
+            "account {} back to 0",
+            line.account_id
+        );
+    }
+    for currency in ledger.trial_balance().await {
+        assert_eq!(currency.net, 0);
+    }
+    assert!(
+        read_extra(&posted, Duration::from_secs(1)).await.is_empty(),
+        "one sale, one reversal"
+    );
+    payments.stop().await;
+    ledger.stop().await;
+    tax.stop().await;
+}

@@ -94,7 +94,7 @@ pub async fn run(config: LedgerConfig, listener: TcpListener, shutdown: Cancella
         let settings = ConsumerSettings::new(
             platform.kafka_bootstrap_servers.clone(),
             topics.tax_consumer_group(),
-            vec![topics.name(events::TAX_CALCULATED)],
+            vec![topics.name(events::TAX_CALCULATED), topics.name(events::TAX_REVERSED)],
             topics.name(events::DEAD_LETTER),
         );
         let dead_letters = EventProducer::new(

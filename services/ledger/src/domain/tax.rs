@@ -40,11 +40,25 @@ pub struct TaxResultInput {
     pub tax_rate_bps: i32,
     /// Rate table version.
     pub rule_version: String,
+    /// Sale (`tax.calculated`) or reversal (`tax.reversed`).
+    pub direction: Direction,
+}
+
+/// Whether a result posts a sale or reverses one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// `tax.calculated`: debit settlement, credit revenue and VAT payable.
+    #[default]
+    Sale,
+    /// `tax.reversed` (the transaction failed or was refunded): the same lines, sides swapped.
+    Reversal,
 }
 
 /// A VAT result that can be posted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaxResult {
+    /// Sale or reversal.
+    pub direction: Direction,
     /// The payments transaction (visible ASCII, at most 100 characters).
     pub transaction_id: String,
     /// Its order.
@@ -99,6 +113,7 @@ impl TaxResultInput {
         let currency = Currency::parse(&self.currency).map_err(|error| format!("currency: {error}"))?;
         let country = Country::parse(&self.country).map_err(|error| format!("country: {error}"))?;
         Ok(TaxResult {
+            direction: self.direction,
             transaction_id: self.transaction_id,
             order_id: self.order_id,
             customer_id: self.customer_id,
@@ -175,9 +190,12 @@ impl SystemAccount {
 }
 
 impl TaxResult {
-    /// The entry id of this transaction's posting.
+    /// The entry id of this transaction's posting (`tax:<id>`, or `tax-reversal:<id>`).
     pub fn entry_id(&self) -> String {
-        format!("tax:{}", self.transaction_id)
+        match self.direction {
+            Direction::Sale => format!("tax:{}", self.transaction_id),
+            Direction::Reversal => format!("tax-reversal:{}", self.transaction_id),
+        }
     }
 
     /// The system accounts the posting needs.
@@ -201,9 +219,14 @@ impl TaxResult {
                 .copied()
                 .ok_or_else(|| format!("system account {} was not opened", account.code))
         };
+        let reversed = self.direction == Direction::Reversal;
         let line = |account_id: Uuid, side: Side, amount: i64| LineInput {
             account_id: account_id.to_string(),
-            side: Ok(Some(side)),
+            side: Ok(Some(match (side, reversed) {
+                (side, false) => side,
+                (Side::Debit, true) => Side::Credit,
+                (Side::Credit, true) => Side::Debit,
+            })),
             amount,
             currency: self.currency.as_str().to_owned(),
         };
@@ -227,7 +250,10 @@ impl TaxResult {
             ));
         }
         let metadata = BTreeMap::from([
-            ("source".to_owned(), "tax.calculated".to_owned()),
+            (
+                "source".to_owned(),
+                if reversed { "tax.reversed" } else { "tax.calculated" }.to_owned(),
+            ),
             ("transaction_id".to_owned(), self.transaction_id.clone()),
             ("order_id".to_owned(), self.order_id.clone()),
             ("customer_id".to_owned(), self.customer_id.clone()),
@@ -238,7 +264,14 @@ impl TaxResult {
         ]);
         EntryInput {
             entry_id: self.entry_id(),
-            description: format!("sale with {} VAT, transaction {}", self.country, self.transaction_id),
+            description: if reversed {
+                format!(
+                    "reversal of sale with {} VAT, transaction {}",
+                    self.country, self.transaction_id
+                )
+            } else {
+                format!("sale with {} VAT, transaction {}", self.country, self.transaction_id)
+            },
             metadata,
             lines,
         }
@@ -264,6 +297,26 @@ mod tests {
             product_type: "standard".to_owned(),
             tax_rate_bps: 1_900,
             rule_version: "2026-01".to_owned(),
+            direction: Direction::Sale,
+        }
+    }
+
+    #[test]
+    fn a_reversal_posts_the_same_lines_with_sides_swapped_under_its_own_id() {
+        let sale = input().validate().unwrap();
+        let reversal = TaxResultInput {
+            direction: Direction::Reversal,
+            ..input()
+        }
+        .validate()
+        .unwrap();
+        assert_ne!(sale.entry_id(), reversal.entry_id());
+        let sale_entry = sale.entry(&ids(&sale)).unwrap();
+        let reversal_entry = reversal.entry(&ids(&reversal)).unwrap();
+        assert_eq!(sale_entry.lines.len(), reversal_entry.lines.len());
+        for (sold, reversed) in sale_entry.lines.iter().zip(&reversal_entry.lines) {
+            assert_eq!((sold.account_id, sold.amount), (reversed.account_id, reversed.amount));
+            assert_ne!(sold.side, reversed.side);
         }
     }
 

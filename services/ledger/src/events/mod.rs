@@ -3,6 +3,8 @@
 //! - Publishes every posted entry, whole (`fintech.ledger.v1.Entry`, with the version and hash of
 //!   each stream append), on `ledger.entry_posted` through the outbox; record key = entry id.
 //! - Consumes `tax.calculated` (`fintech.tax.v1.TaxedTransaction`, key = order id) and posts one
+//!   balanced entry per transaction, and `tax.reversed` (`fintech.tax.v1.TaxReversal`), posting
+//!   the same lines with sides swapped under `tax-reversal:<transaction id>`; for both, one
 //!   balanced entry per transaction (see [`crate::domain::tax`]). Delivery is at least once; the
 //!   handler is idempotent twice over: the CloudEvents id is recorded in `processed_events` in the
 //!   posting's transaction, and the entry id `tax:<transaction id>` is posted at most once even
@@ -17,10 +19,10 @@ use chrono::{DateTime, Utc};
 use fintech_platform::kafka::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use fintech_platform::outbox::OutboxEvent;
 use fintech_proto::ledger as pb;
-use fintech_proto::tax::TaxedTransaction;
+use fintech_proto::tax::{TaxReversal, TaxedTransaction};
 
 use crate::domain::LedgerError;
-use crate::domain::tax::TaxResultInput;
+use crate::domain::tax::{Direction, TaxResultInput};
 use crate::posting::{Inbox, Ledger, PostError, PostOutcome};
 
 /// CloudEvents source of every ledger event.
@@ -33,10 +35,14 @@ pub const ENTRY_POSTED_TYPE: &str = "fintech.ledger.v1.entry.posted";
 pub const TAXED_TRANSACTION: &str = "fintech.tax.v1.TaxedTransaction";
 /// Topic of VAT results, consumed.
 pub const TAX_CALCULATED: &str = "tax.calculated";
+/// Reversals of VAT results (the transaction failed or was refunded) the ledger posts back.
+pub const TAX_REVERSED: &str = "tax.reversed";
+/// Protobuf full name of a reversal.
+pub const TAX_REVERSAL: &str = "fintech.tax.v1.TaxReversal";
 /// Where the ledger's consumer sends records it can never process.
 pub const DEAD_LETTER: &str = "ledger.dlq";
 /// Every topic the ledger reads or writes.
-pub const TOPICS: [&str; 3] = [ENTRY_POSTED, TAX_CALCULATED, DEAD_LETTER];
+pub const TOPICS: [&str; 4] = [ENTRY_POSTED, TAX_CALCULATED, TAX_REVERSED, DEAD_LETTER];
 /// Consumer name in `processed_events` (and suffix of the consumer group).
 pub const TAX_CONSUMER: &str = "ledger.tax-postings";
 
@@ -88,8 +94,26 @@ impl TaxPostingHandler {
     }
 }
 
+fn reversal_input_of(reversal: TaxReversal) -> TaxResultInput {
+    TaxResultInput {
+        transaction_id: reversal.transaction_id,
+        order_id: reversal.order_id,
+        customer_id: reversal.customer_id,
+        base_amount: reversal.base_amount,
+        tax_applied: reversal.tax_reversed,
+        total_amount: reversal.total_amount,
+        currency: reversal.currency,
+        country: reversal.country,
+        product_type: String::new(),
+        tax_rate_bps: reversal.tax_rate_bps,
+        rule_version: reversal.rule_version,
+        direction: Direction::Reversal,
+    }
+}
+
 fn input_of(taxed: TaxedTransaction) -> TaxResultInput {
     TaxResultInput {
+        direction: Direction::Sale,
         transaction_id: taxed.transaction_id,
         order_id: taxed.order_id,
         customer_id: taxed.customer_id,
@@ -109,15 +133,17 @@ impl EventHandler for TaxPostingHandler {
     #[tracing::instrument(name = "ledger.post_tax", skip_all, fields(transaction_id = tracing::field::Empty))]
     async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
         let metadata = event.valid_metadata()?;
-        if !metadata.payload_type.is_empty() && metadata.payload_type != TAXED_TRANSACTION {
-            return Err(HandlerError::Permanent(format!(
-                "expected a {TAXED_TRANSACTION}, the event carries a {}",
-                metadata.payload_type
-            )));
-        }
-        let taxed: TaxedTransaction = event.decode()?;
-        tracing::Span::current().record("transaction_id", taxed.transaction_id.as_str());
-        let result = input_of(taxed).validate().map_err(HandlerError::Permanent)?;
+        let input = match metadata.payload_type.as_str() {
+            TAXED_TRANSACTION | "" => input_of(event.decode::<TaxedTransaction>()?),
+            TAX_REVERSAL => reversal_input_of(event.decode::<TaxReversal>()?),
+            other => {
+                return Err(HandlerError::Permanent(format!(
+                    "expected a {TAXED_TRANSACTION} or {TAX_REVERSAL}, the event carries a {other}"
+                )));
+            }
+        };
+        tracing::Span::current().record("transaction_id", input.transaction_id.as_str());
+        let result = input.validate().map_err(HandlerError::Permanent)?;
         let accounts = self
             .ledger
             .ensure_system_accounts(&result.system_accounts())
