@@ -177,6 +177,10 @@ async fn tax_killed_in_the_middle_of_1000_transactions_yields_exactly_one_result
         ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
         ("GRPC_LISTEN_ADDR", free_address()),
         ("TOPIC_PREFIX", prefix.clone()),
+        // The restarted process is the same instance: static membership hands it the partitions
+        // at once (without it the broker may keep them with the killed member until its session
+        // expires; Tansu 0.6 keeps them for good when the new member joins before that).
+        ("KAFKA_GROUP_INSTANCE_ID", format!("{prefix}tax-0")),
     ];
     let taxed = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM taxed_transactions")

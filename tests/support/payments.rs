@@ -40,6 +40,7 @@ pub fn platform_config(service: &str, database_url: &str, bootstrap: &str) -> Pl
         database_max_connections: 20,
         kafka_bootstrap_servers: bootstrap.to_owned(),
         redis_url: None,
+        kafka_group_instance_id: None,
         grpc_max_message_bytes: 4 * 1024 * 1024,
         outbox_batch_size: 256,
         outbox_poll_interval: Duration::from_millis(20),

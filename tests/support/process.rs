@@ -1,7 +1,7 @@
 //! Service binaries run as real processes, for tests that SIGKILL them.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Mutex;
 
 static BUILD: Mutex<()> = Mutex::new(());
@@ -34,7 +34,8 @@ impl ServiceProcess {
             .open(log)
             .expect("log file");
         let mut command = Command::new(binary);
-        command.stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info");
+        let stdout = log.try_clone().expect("log file handle");
+        command.stdout(stdout).stderr(log).env("RUST_LOG", "info");
         for (name, value) in env {
             command.env(name, value);
         }

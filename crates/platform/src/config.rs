@@ -10,6 +10,7 @@
 //! | `DATABASE_MAX_CONNECTIONS` | `16` | pool size |
 //! | `KAFKA_BOOTSTRAP_SERVERS` | `127.0.0.1:9092` | Kafka-protocol brokers |
 //! | `REDIS_URL` | unset (no fast path) | optional Redis for the idempotency fast path |
+//! | `KAFKA_GROUP_INSTANCE_ID` | unset (dynamic membership) | static consumer-group membership: a stable, unique id per instance (e.g. the pod name) so a restarted instance takes its partitions back at once |
 //! | `GRPC_MAX_MESSAGE_BYTES` | `4194304` | largest accepted and sent gRPC message |
 //! | `OUTBOX_BATCH_SIZE` | `256` | rows one relay publishes per round |
 //! | `OUTBOX_POLL_INTERVAL_MS` | `100` | idle wait of the relay between empty rounds |
@@ -79,6 +80,8 @@ pub struct PlatformConfig {
     pub kafka_bootstrap_servers: String,
     /// Optional Redis for the idempotency fast path.
     pub redis_url: Option<String>,
+    /// Static consumer-group membership id of this instance, if any.
+    pub kafka_group_instance_id: Option<String>,
     /// Largest gRPC message accepted or sent.
     pub grpc_max_message_bytes: usize,
     /// Outbox relay batch size.
@@ -125,6 +128,7 @@ impl PlatformConfig {
             database_max_connections,
             kafka_bootstrap_servers,
             redis_url: env_opt("REDIS_URL"),
+            kafka_group_instance_id: env_opt("KAFKA_GROUP_INSTANCE_ID"),
             grpc_max_message_bytes,
             outbox_batch_size,
             outbox_poll_interval,

@@ -91,12 +91,13 @@ pub async fn run(config: LedgerConfig, listener: TcpListener, shutdown: Cancella
     ));
 
     let consumer = if config.tax_consumer_enabled {
-        let settings = ConsumerSettings::new(
+        let mut settings = ConsumerSettings::new(
             platform.kafka_bootstrap_servers.clone(),
             topics.tax_consumer_group(),
             vec![topics.name(events::TAX_CALCULATED), topics.name(events::TAX_REVERSED)],
             topics.name(events::DEAD_LETTER),
         );
+        settings.group_instance_id = platform.kafka_group_instance_id.clone();
         let dead_letters = EventProducer::new(
             &platform.kafka_bootstrap_servers,
             "ledger-dead-letters",

@@ -65,12 +65,13 @@ pub async fn run(config: TaxConfig, listener: TcpListener, shutdown: Cancellatio
         config.sweep_interval,
         background.clone(),
     )));
-    let consumer_settings = ConsumerSettings::new(
+    let mut consumer_settings = ConsumerSettings::new(
         platform.kafka_bootstrap_servers.clone(),
         format!("{}{}", config.topic_prefix, events::CONSUMER),
         events::INPUT_TOPICS.iter().map(|topic| topics.name(topic)).collect(),
         topics.name(events::TAX_DLQ),
     );
+    consumer_settings.group_instance_id = platform.kafka_group_instance_id.clone();
     let dead_letters = EventProducer::new(
         &platform.kafka_bootstrap_servers,
         "tax-dead-letters",
