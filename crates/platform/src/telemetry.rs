@@ -33,20 +33,26 @@ impl Drop for TelemetryGuard {
 }
 
 /// Installs the global subscriber (log filter from `RUST_LOG`, `LOG_FORMAT=json` for JSON lines),
-/// the OpenTelemetry layer and the W3C propagator. Calling it twice in one process is harmless: the
-/// second call keeps the first subscriber (tests start several services in one process).
+/// the OpenTelemetry layer and the W3C propagator, exporting spans over OTLP/gRPC when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Calling it twice in one process is harmless: the second
+/// call keeps the first subscriber (tests start several services in one process).
 pub fn init(service_name: &str) -> Result<TelemetryGuard> {
+    init_with_endpoint(service_name, env_opt("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref())
+}
+
+/// [`init`] with an explicit OTLP endpoint (`None`: no export).
+pub fn init_with_endpoint(service_name: &str, otlp_endpoint: Option<&str>) -> Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name.to_owned())
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if let Some(endpoint) = env_opt("OTEL_EXPORTER_OTLP_ENDPOINT") {
+    if let Some(endpoint) = otlp_endpoint {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_endpoint(endpoint)
+            .with_endpoint(endpoint.to_owned())
             .build()
             .map_err(|error| Error::Telemetry(format!("OTEL_EXPORTER_OTLP_ENDPOINT: {error}")))?;
         builder = builder.with_batch_exporter(exporter);
