@@ -130,7 +130,8 @@ wait_for() {
 kafka_answers() {
   local host port
   read -r host port < <(kafka_host_port)
-  python3 "$DEPLOY_DIR/kafka_probe.py" "$host" "$port" >/dev/null 2>&1
+  # --metadata: a broker whose storage failed still answers ApiVersions; it is not healthy.
+  python3 "$DEPLOY_DIR/kafka_probe.py" "$host" "$port" 2 --metadata >/dev/null 2>&1
 }
 
 # pid from a pid file if that process is alive (and, when given, its command line contains PATTERN).

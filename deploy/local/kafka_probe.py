@@ -2,8 +2,10 @@
 """Exit 0 when a Kafka-protocol broker answers at HOST PORT, 1 otherwise.
 
 Sends one ApiVersions (v0) request over a plain socket and checks the correlation id of the reply, so it tells a
-Kafka broker apart from any other program listening on the port. Standard library only (works before the venv).
-Usage: kafka_probe.py [HOST] [PORT] [TIMEOUT_SECONDS]
+Kafka broker apart from any other program listening on the port. With --metadata it also sends a Metadata (v0)
+request, which needs the broker's storage: a broker whose storage failed answers ApiVersions but not Metadata.
+Standard library only (works before the venv).
+Usage: kafka_probe.py [HOST] [PORT] [TIMEOUT_SECONDS] [--metadata]
 """
 
 import socket
@@ -11,11 +13,13 @@ import struct
 import sys
 
 
-def probe(host: str, port: int, timeout: float) -> bool:
+def probe(host: str, port: int, timeout: float, api_key: int = 18) -> bool:
     correlation_id = 0x4B50  # "KP"
     client_id = b"fintech-probe"
-    # RequestHeader v1: api_key=18 (ApiVersions), api_version=0, correlation_id, client_id (int16 length string)
-    body = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
+    # RequestHeader v1: api_key (18 ApiVersions, 3 Metadata), api_version=0, correlation_id, client_id
+    body = struct.pack(">hhih", api_key, 0, correlation_id, len(client_id)) + client_id
+    if api_key == 3:
+        body += struct.pack(">i", 0)  # Metadata v0: an empty topic array means every topic
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
@@ -33,10 +37,15 @@ def probe(host: str, port: int, timeout: float) -> bool:
 
 
 def main() -> int:
-    host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
-    port = int(sys.argv[2]) if len(sys.argv) > 2 else 9092
-    timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 2.0
-    return 0 if probe(host, port, timeout) else 1
+    args = [arg for arg in sys.argv[1:] if arg != "--metadata"]
+    host = args[0] if len(args) > 0 else "127.0.0.1"
+    port = int(args[1]) if len(args) > 1 else 9092
+    timeout = float(args[2]) if len(args) > 2 else 2.0
+    if not probe(host, port, timeout):
+        return 1
+    if "--metadata" in sys.argv and not probe(host, port, timeout, api_key=3):
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -341,6 +341,10 @@ impl OutboxRelay {
     }
 }
 
+/// How long a relay's send may wait for the broker before it counts as failed. Generous, because a
+/// timed-out send makes the idempotent producer bump its epoch, which a loaded broker handles worst.
+pub const RELAY_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Starts `count` relays over `pool` with the settings of `config`, each with its own idempotent
 /// producer (client id `<service>-outbox-<n>`); they stop when `shutdown` fires.
 pub fn spawn_relays(
@@ -359,7 +363,7 @@ pub fn spawn_relays(
             let producer = EventProducer::new(
                 &config.kafka_bootstrap_servers,
                 &format!("{}-outbox-{index}", config.service_name),
-                Duration::from_secs(10),
+                RELAY_DELIVERY_TIMEOUT,
             )?;
             let relay = OutboxRelay::new(pool.clone(), producer, settings.clone());
             Ok(tokio::spawn(relay.run(shutdown.clone())))

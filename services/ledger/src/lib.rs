@@ -36,8 +36,7 @@ use fintech_platform::grpc::Readiness;
 use fintech_platform::idempotency::IdempotencyStore;
 use fintech_platform::kafka::EventProducer;
 use fintech_platform::kafka::consumer::{ConsumerSettings, run_consumer};
-use fintech_platform::outbox::{OutboxRelay, RelaySettings};
-use fintech_platform::{CancellationToken, db};
+use fintech_platform::{CancellationToken, db, outbox};
 use fintech_proto::ledger::ledger_service_server::LedgerServiceServer;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -65,22 +64,7 @@ pub async fn run(config: LedgerConfig, listener: TcpListener, shutdown: Cancella
     let topics = events::Topics::with_prefix(&config.topic_prefix);
 
     let relays_stop = CancellationToken::new();
-    let mut relays = Vec::new();
-    for index in 0..config.outbox_relays {
-        let producer = EventProducer::new(
-            &platform.kafka_bootstrap_servers,
-            &format!("ledger-outbox-{index}"),
-            Duration::from_secs(10),
-        )?;
-        let settings = RelaySettings {
-            batch_size: platform.outbox_batch_size,
-            poll_interval: platform.outbox_poll_interval,
-            ..RelaySettings::default()
-        };
-        relays.push(tokio::spawn(
-            OutboxRelay::new(pool.clone(), producer, settings).run(relays_stop.clone()),
-        ));
-    }
+    let relays = outbox::spawn_relays(&pool, platform, config.outbox_relays, &relays_stop)?;
 
     let idempotency = IdempotencyStore::new(platform.redis_url.as_deref())?;
     let ledger = Arc::new(posting::Ledger::new(
@@ -101,7 +85,7 @@ pub async fn run(config: LedgerConfig, listener: TcpListener, shutdown: Cancella
         let dead_letters = EventProducer::new(
             &platform.kafka_bootstrap_servers,
             "ledger-dead-letters",
-            Duration::from_secs(10),
+            outbox::RELAY_DELIVERY_TIMEOUT,
         )?;
         let handler = Arc::new(events::TaxPostingHandler::new(ledger.clone()));
         Some(tokio::spawn(run_consumer(

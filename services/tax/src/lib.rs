@@ -75,7 +75,7 @@ pub async fn run(config: TaxConfig, listener: TcpListener, shutdown: Cancellatio
     let dead_letters = EventProducer::new(
         &platform.kafka_bootstrap_servers,
         "tax-dead-letters",
-        Duration::from_secs(10),
+        outbox::RELAY_DELIVERY_TIMEOUT,
     )?;
     let consumer_stop = CancellationToken::new();
     let consumer = tokio::spawn(run_consumer(

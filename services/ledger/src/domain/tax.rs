@@ -311,8 +311,9 @@ mod tests {
         .validate()
         .unwrap();
         assert_ne!(sale.entry_id(), reversal.entry_id());
-        let sale_entry = sale.entry(&ids(&sale)).unwrap();
-        let reversal_entry = reversal.entry(&ids(&reversal)).unwrap();
+        let accounts = ids(&sale);
+        let sale_entry = sale.entry(&accounts).unwrap();
+        let reversal_entry = reversal.entry(&accounts).unwrap();
         assert_eq!(sale_entry.lines.len(), reversal_entry.lines.len());
         for (sold, reversed) in sale_entry.lines.iter().zip(&reversal_entry.lines) {
             assert_eq!((sold.account_id, sold.amount), (reversed.account_id, reversed.amount));
