@@ -62,6 +62,26 @@ impl PrivateBroker {
         }
     }
 
+    /// Freezes the broker process (SIGSTOP): connections stay open, requests go unanswered, as with
+    /// a broker stalled on its disk.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen broker run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("broker running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Starts the broker again on the same port and data, and waits until it answers.
     pub async fn resume(&mut self) {
         assert!(self.child.is_none(), "broker already running");

@@ -191,8 +191,9 @@ impl OutboxRelay {
         }
     }
 
-    /// Runs rounds until `shutdown` fires; backs off while the broker or the database fails.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs rounds until `shutdown` fires; backs off while the broker or the database fails, and
+    /// replaces its producer after a failed send (see [`EventProducer::renewed`]).
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = self.settings.poll_interval;
         loop {
             if shutdown.is_cancelled() {
@@ -213,6 +214,7 @@ impl OutboxRelay {
                         backoff_ms = backoff.as_millis() as u64,
                         "outbox publish failed, backing off"
                     );
+                    self.renew_producer();
                     next_backoff(&mut backoff, self.settings.max_backoff)
                 }
                 Err(error) => {
@@ -228,6 +230,13 @@ impl OutboxRelay {
             }
         }
         tracing::info!("outbox relay stopped");
+    }
+
+    fn renew_producer(&mut self) {
+        match self.producer.renewed() {
+            Ok(producer) => self.producer = producer,
+            Err(error) => tracing::warn!(%error, "cannot create a new producer, keeping the old one"),
+        }
     }
 
     /// One round: claim up to `batch_size` rows (the oldest unpublished row of each key), publish

@@ -24,6 +24,9 @@ pub struct Delivery {
 #[derive(Clone)]
 pub struct EventProducer {
     inner: FutureProducer,
+    bootstrap_servers: String,
+    client_id: String,
+    delivery_timeout: Duration,
 }
 
 impl std::fmt::Debug for EventProducer {
@@ -43,7 +46,19 @@ impl EventProducer {
             .set("linger.ms", "2")
             .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
             .create()?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            bootstrap_servers: bootstrap_servers.to_owned(),
+            client_id: client_id.to_owned(),
+            delivery_timeout,
+        })
+    }
+
+    /// A new producer with the same settings (a new producer id). Callers replace a producer
+    /// whose sends failed: after a timed-out send librdkafka bumps the producer epoch, which some
+    /// brokers mishandle (Tansu 0.6's storage panics on it); a fresh producer id avoids the bump.
+    pub fn renewed(&self) -> Result<Self> {
+        Self::new(&self.bootstrap_servers, &self.client_id, self.delivery_timeout)
     }
 
     /// Sends one event: key = aggregate id, value = protobuf payload, CloudEvents + trace headers.
