@@ -239,7 +239,7 @@ impl ConsumerSettings {
 pub async fn run_consumer(
     settings: ConsumerSettings,
     handler: Arc<dyn EventHandler>,
-    dead_letters: EventProducer,
+    mut dead_letters: EventProducer,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mut config = client_config(&settings.bootstrap_servers, &settings.client_id);
@@ -277,7 +277,7 @@ pub async fn run_consumer(
                 continue;
             }
         };
-        match process(&event, handler.as_ref(), &dead_letters, &settings, &shutdown).await {
+        match process(&event, handler.as_ref(), &mut dead_letters, &settings, &shutdown).await {
             Outcome::Finished => {
                 let next = event.offset + 1;
                 if let Err(error) = commit(&consumer, &event.topic, event.partition, next, CommitMode::Async) {
@@ -323,7 +323,7 @@ enum Outcome {
 async fn process(
     event: &ConsumedEvent,
     handler: &dyn EventHandler,
-    dead_letters: &EventProducer,
+    dead_letters: &mut EventProducer,
     settings: &ConsumerSettings,
     shutdown: &CancellationToken,
 ) -> Outcome {
@@ -355,7 +355,14 @@ async fn process(
                             "event dead-lettered");
                             return Outcome::Finished;
                         }
-                        Err(error) => format!("dead-lettering failed: {error}"),
+                        Err(error) => {
+                            // A timed-out idempotent send bumps the producer epoch on the next
+                            // one; a fresh producer avoids that (see EventProducer::renewed).
+                            if let Ok(renewed) = dead_letters.renewed() {
+                                *dead_letters = renewed;
+                            }
+                            format!("dead-lettering failed: {error}")
+                        }
                     }
                 }
                 None => match handler.handle(event).await {
