@@ -1,0 +1,341 @@
+//! End to end at a fixed rate: `CreateOrder` + `CreateTransaction` sent open-loop (on a schedule,
+//! whatever the answers' latency, so a slow system cannot slow the load down and hide its own
+//! latency), then the time from the `CreateTransaction` acknowledgement until the transaction's
+//! `TaxedTransaction` is
+//!
+//! - **calculated** by tax: `taxed_transactions.calculated_at` (tax's clock, the same host) minus
+//!   the acknowledgement's wall-clock time; readable through `GetTaxedTransaction` from then on
+//!   (the row commits a few statements later);
+//! - **posted** by the ledger (when it runs): `ledger_entries.posted_at` of entry
+//!   `tax:<transaction id>` minus the acknowledgement;
+//! - **published** on `tax.calculated`: arrival at a reader in this process that started at the
+//!   topic's end before the load (with `fetch.wait.max.ms` 10, so the instrument itself adds little:
+//!   see [`crate::kafka::INSTRUMENT_FETCH_WAIT_MS`]).
+//!
+//! Afterwards a sample of the transactions is read back through `GetTaxedTransaction`; a
+//! transaction that never shows up counts as an error.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use fintech_proto::tax as taxpb;
+use fintech_proto::tax::tax_service_client::TaxServiceClient;
+use prost::Message as _;
+use rdkafka::message::Message as _;
+use sqlx::PgPool;
+use tonic::transport::Channel;
+
+use crate::kafka::{Start, assigned_reader};
+use crate::monitor::{Monitor, Point, Series};
+use crate::payments::{Pair, connect};
+use crate::progress::Progress;
+use crate::stats::{Live, Samples};
+
+/// Requests in flight beyond which the generator counts a scheduled pair as dropped instead of
+/// sending it (the system is not keeping up; queueing more only measures the queue).
+const MAX_IN_FLIGHT: i64 = 2_000;
+
+/// What the scenario needs.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Payments' gRPC address.
+    pub payments: String,
+    /// Tax's gRPC channel.
+    pub tax: Channel,
+    /// Tax's database (for `calculated_at`).
+    pub tax_db: PgPool,
+    /// Broker.
+    pub bootstrap: String,
+    /// The run's `tax.calculated` topic.
+    pub tax_calculated_topic: String,
+    /// Idempotency key prefix.
+    pub key_prefix: String,
+    /// The ledger's database, when the ledger runs (for `ledger_entries.posted_at`).
+    pub ledger_db: Option<PgPool>,
+}
+
+/// Result of the scenario.
+#[derive(Debug, Default)]
+pub struct E2eRun {
+    /// Pairs scheduled.
+    pub scheduled: u64,
+    /// `CreateOrder` + `CreateTransaction`, from the scheduled start to the acknowledgement.
+    pub pairs: Samples,
+    /// Acknowledgement -> `taxed_transactions.calculated_at`.
+    pub to_calculated: Samples,
+    /// Acknowledgement -> record on `tax.calculated` (missing ones are errors).
+    pub to_published: Samples,
+    /// Acknowledgement -> `ledger_entries.posted_at` of entry `tax:<transaction id>`.
+    pub to_ledger: Option<Samples>,
+    /// `GetTaxedTransaction` calls of the read-back sample.
+    pub read_back: Samples,
+    /// Backlogs over time.
+    pub series: Vec<Point>,
+    /// Seconds from the end of the load until everything drained (`None`: not within the
+    /// timeout).
+    pub drain_seconds: Option<f64>,
+    /// Measured load time.
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    at: Instant,
+    wall: SystemTime,
+}
+
+/// Runs pairs at `rate` per second for `duration`, then waits up to `drain_timeout` for the flow
+/// to finish.
+pub async fn run(
+    setup: &Setup,
+    monitor: &Monitor,
+    rate: f64,
+    duration: Duration,
+    drain_timeout: Duration,
+    label: &str,
+) -> anyhow::Result<E2eRun> {
+    let acks: Arc<Mutex<HashMap<String, Ack>>> = Arc::default();
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let in_flight = Arc::new(AtomicI64::new(0));
+
+    let consumer = {
+        let bootstrap = setup.bootstrap.clone();
+        let topic = setup.tax_calculated_topic.clone();
+        tokio::task::spawn_blocking(move || {
+            assigned_reader(
+                &bootstrap,
+                &topic,
+                Start::End,
+                Some(crate::kafka::INSTRUMENT_FETCH_WAIT_MS),
+            )
+        })
+        .await??
+    };
+    let reader = {
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let Ok(message) = consumer.recv().await else {
+                    continue;
+                };
+                let arrived = Instant::now();
+                let Some(taxed) = message
+                    .payload()
+                    .and_then(|payload| taxpb::TaxedTransaction::decode(payload).ok())
+                else {
+                    continue;
+                };
+                seen.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(taxed.transaction_id, arrived);
+            }
+        })
+    };
+    // Let the reader connect and fetch once before the first event can be published.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let open = {
+        let acks = Arc::clone(&acks);
+        let seen = Arc::clone(&seen);
+        let in_flight = Arc::clone(&in_flight);
+        Arc::new(move || {
+            let acked = acks.lock().map(|acks| acks.len()).unwrap_or(0) as i64;
+            let arrived = seen.lock().map(|seen| seen.len()).unwrap_or(0) as i64;
+            (acked - arrived).max(0) + in_flight.load(Ordering::Relaxed)
+        })
+    };
+    let series = monitor.start(Some(open));
+    let live = Arc::new(Live::default());
+    let watch = series.watch();
+    let _progress = Progress::start(
+        label,
+        duration,
+        Arc::clone(&live),
+        Some(Arc::new(move || Series::describe(&watch))),
+    );
+
+    // A few connections, as a handful of front-end instances would hold.
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(connect(&setup.payments).await?);
+    }
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
+    let started = Instant::now();
+    let mut scheduled = 0u64;
+    let mut tasks = Vec::new();
+    let mut dropped = Samples::new();
+    while started.elapsed() < duration {
+        let due = started + interval.mul_f64(scheduled as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let n = scheduled;
+        scheduled += 1;
+        if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            dropped.error("not sent: too many in flight");
+            live.failed();
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut pair = Pair::new(
+            channels[n as usize % channels.len()].clone(),
+            format!("{}-e2e", setup.key_prefix),
+        );
+        let acks = Arc::clone(&acks);
+        let in_flight = Arc::clone(&in_flight);
+        let live = Arc::clone(&live);
+        tasks.push(tokio::spawn(async move {
+            let result = pair.send(n as usize % 64, n).await;
+            let mut samples = Samples::new();
+            match result {
+                Ok(outcome) => {
+                    let ack = Ack {
+                        at: Instant::now(),
+                        wall: SystemTime::now(),
+                    };
+                    samples.record(due.elapsed());
+                    acks.lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .insert(outcome.transaction.transaction_id, ack);
+                    live.ok();
+                }
+                Err(error) => {
+                    samples.error(error.kind());
+                    live.failed();
+                }
+            }
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            samples
+        }));
+    }
+    let mut pairs = dropped;
+    for task in tasks {
+        pairs.merge(task.await?);
+    }
+    let elapsed = started.elapsed();
+    drop(_progress);
+
+    let drain_seconds = series.wait_drained(drain_timeout).await;
+    // The last results may still be on their way from tax's outbox to the reader.
+    let wait_for_reader = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < wait_for_reader && open_count(&acks, &seen) > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let points = series.finish().await;
+    reader.abort();
+
+    let acks = acks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    let seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    let mut to_published = Samples::new();
+    for (transaction_id, ack) in &acks {
+        match seen.get(transaction_id) {
+            Some(arrived) => to_published.record(arrived.saturating_duration_since(ack.at)),
+            None => to_published.error("not on tax.calculated"),
+        }
+    }
+    let to_calculated = calculated_latencies(&setup.tax_db, &acks).await?;
+    let to_ledger = match &setup.ledger_db {
+        Some(ledger_db) => Some(posted_latencies(ledger_db, &acks).await?),
+        None => None,
+    };
+    let read_back = read_back(setup.tax.clone(), acks.keys().cloned().collect()).await;
+
+    Ok(E2eRun {
+        scheduled,
+        pairs,
+        to_calculated,
+        to_published,
+        to_ledger,
+        read_back,
+        series: points,
+        drain_seconds,
+        elapsed,
+    })
+}
+
+fn open_count(acks: &Mutex<HashMap<String, Ack>>, seen: &Mutex<HashMap<String, Instant>>) -> usize {
+    let acks = acks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    acks.keys().filter(|id| !seen.contains_key(*id)).count()
+}
+
+async fn calculated_latencies(tax_db: &PgPool, acks: &HashMap<String, Ack>) -> anyhow::Result<Samples> {
+    let ids: Vec<uuid::Uuid> = acks.keys().filter_map(|id| id.parse().ok()).collect();
+    let rows: Vec<(uuid::Uuid, DateTime<Utc>)> =
+        sqlx::query_as("SELECT transaction_id, calculated_at FROM taxed_transactions WHERE transaction_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(tax_db)
+            .await
+            .context("read calculated_at")?;
+    let calculated: HashMap<String, DateTime<Utc>> = rows.into_iter().map(|(id, at)| (id.to_string(), at)).collect();
+    Ok(wall_latencies(
+        acks,
+        |transaction_id| calculated.get(transaction_id).copied(),
+        "not in taxed_transactions",
+    ))
+}
+
+/// The ledger posts each tax result as entry `tax:<transaction id>` (`services/ledger`,
+/// `domain::tax`).
+async fn posted_latencies(ledger_db: &PgPool, acks: &HashMap<String, Ack>) -> anyhow::Result<Samples> {
+    let ids: Vec<String> = acks.keys().map(|id| format!("tax:{id}")).collect();
+    let rows: Vec<(String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT entry_id, posted_at FROM ledger_entries WHERE entry_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(ledger_db)
+            .await
+            .context("read posted_at")?;
+    let posted: HashMap<String, DateTime<Utc>> = rows
+        .into_iter()
+        .map(|(id, at)| (id.trim_start_matches("tax:").to_owned(), at))
+        .collect();
+    Ok(wall_latencies(
+        acks,
+        |transaction_id| posted.get(transaction_id).copied(),
+        "not in ledger_entries",
+    ))
+}
+
+/// Latency from each acknowledgement to the time another service recorded (its clock; same host).
+fn wall_latencies(
+    acks: &HashMap<String, Ack>,
+    recorded_at: impl Fn(&str) -> Option<DateTime<Utc>>,
+    missing: &str,
+) -> Samples {
+    let mut samples = Samples::new();
+    for (transaction_id, ack) in acks {
+        match recorded_at(transaction_id) {
+            Some(at) => {
+                let acked = DateTime::<Utc>::from(ack.wall);
+                let micros = (at - acked).num_microseconds().unwrap_or(0).max(0);
+                samples.record_us(micros.unsigned_abs());
+            }
+            None => samples.error(missing),
+        }
+    }
+    samples
+}
+
+/// Reads up to 200 of the transactions back through `GetTaxedTransaction`.
+async fn read_back(channel: Channel, mut transaction_ids: Vec<String>) -> Samples {
+    transaction_ids.sort();
+    let step = (transaction_ids.len() / 200).max(1);
+    let mut client = TaxServiceClient::new(channel);
+    let mut samples = Samples::new();
+    for transaction_id in transaction_ids.into_iter().step_by(step) {
+        let started = Instant::now();
+        let answer = client
+            .get_taxed_transaction(taxpb::GetTaxedTransactionRequest {
+                transaction_id: transaction_id.clone(),
+            })
+            .await;
+        match answer {
+            Ok(response) if response.get_ref().taxed_transaction.is_some() => samples.record(started.elapsed()),
+            Ok(_) => samples.error("GetTaxedTransaction: empty"),
+            Err(status) => samples.error(format!("GetTaxedTransaction: {:?}", status.code())),
+        }
+    }
+    samples
+}

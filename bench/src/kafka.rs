@@ -1,0 +1,444 @@
+//! Broker side of the benchmark: the run's topics, consumer-group lag, and the raw rdkafka
+//! baselines (producer throughput and ack latency, consumer throughput, produce-to-consume latency)
+//! with the same client settings, record key, payload size and headers the outbox relay sends.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use fintech_platform::kafka::{EventMetadata, client_config};
+use fintech_platform::telemetry::TraceHeaders;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::progress::Progress;
+use crate::stats::{Live, Samples};
+
+/// Partitions of every topic the benchmark creates (as `deploy/local/topics.py` does).
+pub const PARTITIONS: i32 = 3;
+
+/// `fetch.wait.max.ms` of the benchmark's own readers. Tansu 0.6.0 answers a fetch only after
+/// sleeping half of the fetch's max wait even when records are there (`tansu-storage`
+/// `service/fetch.rs`), so with librdkafka's default of 500 ms every hop costs 250-500 ms; a reader
+/// that measures latency must not add that itself.
+pub const INSTRUMENT_FETCH_WAIT_MS: u32 = 10;
+
+/// Creates `topics` (an existing topic is fine). Topics are never deleted: on the local broker
+/// (Tansu 0.6.0) deleting one topic deletes them all.
+pub async fn create_topics(bootstrap: &str, topics: &[String]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap, "fintech-bench-admin").create()?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|topic| NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(
+            &new_topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .context("create topics")?;
+    for result in results {
+        if let Err((topic, code)) = result
+            && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
+        {
+            anyhow::bail!("creating topic {topic} failed: {code:?}");
+        }
+    }
+    Ok(())
+}
+
+/// Reads how far a consumer group is behind: the sum over partitions of (high watermark -
+/// committed offset). Uses a client with the group's id that never joins the group.
+#[derive(Clone)]
+pub struct GroupLag {
+    consumer: Arc<BaseConsumer>,
+    topics: Vec<String>,
+}
+
+impl std::fmt::Debug for GroupLag {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("GroupLag")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupLag {
+    /// A lag reader for `group` over `topics`.
+    pub fn new(bootstrap: &str, group: &str, topics: Vec<String>) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = client_config(bootstrap, "fintech-bench-lag")
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("log_level", "3")
+            .create()?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            topics,
+        })
+    }
+
+    /// Records the group has not committed yet (`None` if the broker did not answer in time).
+    pub async fn lag(&self) -> Option<i64> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.lag_blocking().ok())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn lag_blocking(&self) -> anyhow::Result<i64> {
+        let timeout = Duration::from_secs(2);
+        let mut partitions = TopicPartitionList::new();
+        for topic in &self.topics {
+            for partition in 0..PARTITIONS {
+                partitions.add_partition(topic, partition);
+            }
+        }
+        let committed = self.consumer.committed_offsets(partitions, timeout)?;
+        let mut lag = 0;
+        for element in committed.elements() {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(element.topic(), element.partition(), timeout)?;
+            let position = match element.offset() {
+                Offset::Offset(offset) => offset.max(low),
+                _ => low,
+            };
+            lag += (high - position).max(0);
+        }
+        Ok(lag)
+    }
+}
+
+/// The record the relay would send for an event of `payload_size` bytes: same key length (a
+/// UUID), same CloudEvents and trace headers.
+fn relay_like_headers(key: &str) -> OwnedHeaders {
+    EventMetadata {
+        id: uuid::Uuid::now_v7().to_string(),
+        event_type: "fintech.payments.v1.transaction.created".to_owned(),
+        source: "/fintech/payments".to_owned(),
+        time: Utc::now(),
+        subject: Some(key.to_owned()),
+        payload_type: "fintech.payments.v1.Transaction".to_owned(),
+        trace: TraceHeaders {
+            traceparent: Some(format!(
+                "00-{}-{}-01",
+                uuid::Uuid::new_v4().simple(),
+                &uuid::Uuid::new_v4().simple().to_string()[..16]
+            )),
+            tracestate: None,
+        },
+    }
+    .to_headers()
+}
+
+/// The producer configuration of `fintech_platform::kafka::EventProducer` (idempotent,
+/// `acks=all`, 5 in flight, `linger.ms=2`).
+fn producer(bootstrap: &str, client_id: &str) -> anyhow::Result<FutureProducer> {
+    Ok(client_config(bootstrap, client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "10000")
+        .create()?)
+}
+
+/// Result of the producer baseline.
+#[derive(Debug)]
+pub struct ProduceRun {
+    /// Ack latency of each record.
+    pub samples: Samples,
+    /// Measured time.
+    pub elapsed: Duration,
+}
+
+/// Sends records of `payload_size` bytes to `topic` for `duration` (or until `limit` records),
+/// keeping up to `window` unacknowledged (the relay sends a batch of up to 256 at once and waits for
+/// all of them).
+pub async fn produce_baseline(
+    bootstrap: &str,
+    topic: &str,
+    payload_size: usize,
+    window: usize,
+    duration: Duration,
+    limit: Option<u64>,
+    label: &str,
+) -> anyhow::Result<ProduceRun> {
+    let producer = producer(bootstrap, "fintech-bench-produce")?;
+    let payload = vec![0x5a_u8; payload_size];
+    let live = Arc::new(Live::default());
+    let _progress = Progress::start(label, duration, Arc::clone(&live), None);
+    let mut samples = Samples::new();
+    let mut in_flight = FuturesUnordered::new();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let limit = limit.unwrap_or(u64::MAX);
+    let mut sent = 0u64;
+    loop {
+        while in_flight.len() < window && Instant::now() < deadline && sent < limit {
+            sent += 1;
+            let key = uuid::Uuid::new_v4().to_string();
+            let headers = relay_like_headers(&key);
+            let producer = producer.clone();
+            let payload = payload.clone();
+            let topic = topic.to_owned();
+            in_flight.push(async move {
+                let sent = Instant::now();
+                let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
+                let result = producer.send(record, Timeout::Never).await;
+                (sent.elapsed(), result.map(|_| ()).map_err(|(error, _)| error))
+            });
+        }
+        match in_flight.next().await {
+            Some((latency, Ok(()))) => {
+                samples.record(latency);
+                live.ok();
+            }
+            Some((_, Err(error))) => {
+                samples.error(format!("{error}"));
+                live.failed();
+            }
+            None => break,
+        }
+    }
+    Ok(ProduceRun {
+        samples,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Result of the consumer baseline.
+#[derive(Debug)]
+pub struct ConsumeRun {
+    /// Records read.
+    pub records: u64,
+    /// From the reader's start to the last record.
+    pub elapsed: Duration,
+    /// From the reader's start to the first record.
+    pub first_record: Option<Duration>,
+}
+
+/// Reads `expected` records of `topic` from the beginning, as fast as possible.
+pub async fn consume_baseline(
+    bootstrap: &str,
+    topic: &str,
+    expected: u64,
+    timeout: Duration,
+    label: &str,
+) -> anyhow::Result<ConsumeRun> {
+    let consumer = tokio::task::block_in_place(|| assigned_reader(bootstrap, topic, Start::Beginning, None))?;
+    let live = Arc::new(Live::default());
+    let _progress = Progress::start(label, timeout, Arc::clone(&live), None);
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut first = None;
+    let mut last = started;
+    let mut records = 0;
+    while records < expected {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(remaining, consumer.recv()).await {
+            Ok(Ok(message)) => {
+                // Touch the payload as a consumer would.
+                let _ = message.payload().map(<[u8]>::len);
+                records += 1;
+                last = Instant::now();
+                first.get_or_insert(last);
+                live.ok();
+            }
+            Ok(Err(_)) => live.failed(),
+            Err(_) => break,
+        }
+    }
+    Ok(ConsumeRun {
+        records,
+        elapsed: last - started,
+        first_record: first.map(|first: Instant| first - started),
+    })
+}
+
+/// Where an [`assigned_reader`] starts in each partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Offset 0: for the run's own topics, created empty. Asking the broker is not an option
+    /// there: Tansu 0.6.0 does not answer offset requests for a partition that never held a
+    /// record (librdkafka times out), which also keeps `Offset::Beginning` from resolving.
+    Zero,
+    /// The low watermark.
+    Beginning,
+    /// The high watermark (only what is produced from now on).
+    End,
+}
+
+/// A reader assigned every partition of `topic` directly (no group join: joining a group makes the
+/// broker's coordinator rebalance, which must not disturb the services' own groups), starting at
+/// `start`. `fetch_wait_ms` overrides librdkafka's `fetch.wait.max.ms` (default 500, what the
+/// services use). Blocks while it asks for watermarks.
+pub fn assigned_reader(
+    bootstrap: &str,
+    topic: &str,
+    start: Start,
+    fetch_wait_ms: Option<u32>,
+) -> anyhow::Result<StreamConsumer> {
+    let group = format!("fintech-bench-reader-{}", uuid::Uuid::new_v4().simple());
+    let mut config = client_config(bootstrap, "fintech-bench-reader");
+    config
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    if let Some(wait) = fetch_wait_ms {
+        config.set("fetch.wait.max.ms", wait.to_string());
+    }
+    let consumer: StreamConsumer = config.create()?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        let offset = match start {
+            Start::Zero => Offset::Offset(0),
+            Start::Beginning | Start::End => {
+                // A busy broker may miss one deadline; three tries before giving up.
+                let mut attempt = 0;
+                let (low, high) = loop {
+                    attempt += 1;
+                    match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+                        Ok(watermarks) => break watermarks,
+                        Err(error) if attempt >= 3 => {
+                            return Err(error).with_context(|| format!("watermarks of {topic}/{partition}"));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(500)),
+                    }
+                };
+                Offset::Offset(if start == Start::End { high } else { low })
+            }
+        };
+        assignment.add_partition_offset(topic, partition, offset)?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+/// Result of a produce -> consume run.
+#[derive(Debug)]
+pub struct RoundtripRun {
+    /// From just before the send to the arrival at the consumer (missing records are errors).
+    pub arrival: Samples,
+    /// From just before the send to the producer's acknowledgement.
+    pub ack: Samples,
+}
+
+/// Produces at `rate` records/s for `duration` while a consumer in the same process (with
+/// `fetch_wait_ms`, see [`assigned_reader`]) reads them.
+pub async fn roundtrip_baseline(
+    bootstrap: &str,
+    topic: &str,
+    payload_size: usize,
+    rate: f64,
+    duration: Duration,
+    fetch_wait_ms: Option<u32>,
+    label: &str,
+) -> anyhow::Result<RoundtripRun> {
+    // The topic is the run's own and empty: reading from offset 0 is reading from now.
+    let consumer = Arc::new(assigned_reader(bootstrap, topic, Start::Zero, fetch_wait_ms)?);
+    let base = Instant::now();
+    let live = Arc::new(Live::default());
+
+    // The reader runs first and must own its partitions before the first send, or early records
+    // would wait for the group join.
+    let expected = Arc::new(AtomicU64::new(u64::MAX));
+    let reader = {
+        let consumer = Arc::clone(&consumer);
+        let live = Arc::clone(&live);
+        let expected = Arc::clone(&expected);
+        tokio::spawn(async move {
+            let mut samples = Samples::new();
+            let mut last_record = Instant::now();
+            // Until every sent record arrived, or 5 s without a record once sending is over.
+            while samples.count() < expected.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(250), consumer.recv()).await {
+                    Ok(Ok(message)) => {
+                        last_record = Instant::now();
+                        let sent_nanos = message
+                            .payload()
+                            .and_then(|payload| payload.get(..8))
+                            .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+                            .map(u64::from_le_bytes);
+                        if let Some(sent_nanos) = sent_nanos {
+                            let arrived = base.elapsed().as_nanos() as u64;
+                            samples.record(Duration::from_nanos(arrived.saturating_sub(sent_nanos)));
+                            live.ok();
+                        }
+                    }
+                    Ok(Err(error)) => samples.error(format!("{error}")),
+                    Err(_) => {
+                        if expected.load(Ordering::Relaxed) != u64::MAX
+                            && last_record.elapsed() > Duration::from_secs(5)
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            samples
+        })
+    };
+    // A moment for the reader to connect and start fetching.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let producer = producer(bootstrap, "fintech-bench-roundtrip")?;
+    let _progress = Progress::start(label, duration, Arc::clone(&live), None);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
+    let started = Instant::now();
+    let mut sends = FuturesUnordered::new();
+    let mut sent = 0u64;
+    let mut acks = Samples::new();
+    while started.elapsed() < duration {
+        let due = started + interval.mul_f64(sent as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let key = uuid::Uuid::new_v4().to_string();
+        let headers = relay_like_headers(&key);
+        let mut payload = vec![0x5a_u8; payload_size.max(8)];
+        payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
+        let producer = producer.clone();
+        let topic = topic.to_owned();
+        sends.push(async move {
+            let started = Instant::now();
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
+            let result = producer.send(record, Timeout::Never).await;
+            (started.elapsed(), result.map(|_| ()).map_err(|(error, _)| error))
+        });
+        sent += 1;
+        // Reap finished sends without waiting.
+        while let Some(Some((latency, result))) = futures::FutureExt::now_or_never(sends.next()) {
+            match result {
+                Ok(()) => acks.record(latency),
+                Err(error) => acks.error(format!("{error}")),
+            }
+        }
+    }
+    while let Some((latency, result)) = sends.next().await {
+        match result {
+            Ok(()) => acks.record(latency),
+            Err(error) => acks.error(format!("{error}")),
+        }
+    }
+    expected.store(sent, Ordering::Relaxed);
+    let mut arrival = reader.await.context("round-trip reader")?;
+    let missing = sent.saturating_sub(arrival.count());
+    for _ in 0..missing {
+        arrival.error("not consumed");
+    }
+    Ok(RoundtripRun { arrival, ack: acks })
+}

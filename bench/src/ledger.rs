@@ -1,0 +1,299 @@
+//! Ledger scenarios: `PostEntry` of two-line entries (debit one account, credit another, same
+//! amount) by N clients for a fixed time,
+//!
+//! - **spread**: both accounts drawn from a few hundred, so entries rarely wait for each other;
+//! - **hot account**: every entry credits the same account, so every posting queues on that
+//!   account's stream lock (ADR 0004: ordered locks, then an optimistic append).
+//!
+//! Each is compared with a pgbench **row-lock ceiling** on the same server: the same clients lock
+//! the two stream rows in order (`SELECT .. ORDER BY id FOR UPDATE`), bump both and commit, with
+//! nothing else (no events, hashes, projections, outbox or idempotency rows). It bounds what any
+//! implementation of "one stream per account with ordered locks" can reach here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fintech_proto::ledger as pb;
+use fintech_proto::ledger::ledger_service_client::LedgerServiceClient;
+use rand::Rng as _;
+use sqlx::PgPool;
+use tonic::Request;
+use tonic::transport::Channel;
+
+use crate::payments::connect;
+use crate::pgbench;
+use crate::procstat::Sampler;
+use crate::progress::{Progress, say, step};
+use crate::report::{LedgerResults, LedgerRun, Measured};
+use crate::stats::{Live, Samples};
+
+/// Accounts of the spread scenario (full run).
+pub const SPREAD_ACCOUNTS: usize = 200;
+
+/// What the scenarios need.
+#[derive(Debug)]
+pub struct Setup<'a> {
+    /// gRPC address of the ledger.
+    pub address: String,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Accounts of the spread scenario.
+    pub accounts: usize,
+    /// Measured time of each scenario.
+    pub duration: Duration,
+    /// Unmeasured time before each.
+    pub warmup: Duration,
+    /// Unique prefix for account codes and entry ids.
+    pub run_id: &'a str,
+    /// The pgbench database (for the row-lock ceiling).
+    pub pgbench_db: &'a PgPool,
+    /// The pgbench binary.
+    pub pgbench: &'a std::path::Path,
+    /// libpq URL of the pgbench database.
+    pub pgbench_url: &'a str,
+    /// Where scripts and logs go.
+    pub work_dir: &'a std::path::Path,
+}
+
+fn with_key<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Ok(value) = key.parse() {
+        request.metadata_mut().insert("idempotency-key", value);
+    }
+    request
+}
+
+async fn open_account(
+    client: &mut LedgerServiceClient<Channel>,
+    code: &str,
+    account_type: pb::AccountType,
+) -> anyhow::Result<String> {
+    let response = client
+        .create_account(with_key(
+            pb::CreateAccountRequest {
+                code: code.to_owned(),
+                name: format!("benchmark account {code}"),
+                r#type: account_type as i32,
+                currency: "EUR".to_owned(),
+                overdraft_policy: pb::OverdraftPolicy::Unlimited as i32,
+                overdraft_limit: 0,
+            },
+            code,
+        ))
+        .await
+        .with_context(|| format!("CreateAccount {code}"))?;
+    response
+        .into_inner()
+        .account
+        .map(|account| account.account_id)
+        .context("CreateAccount answered without an account")
+}
+
+/// Runs the row-lock ceilings and both ledger scenarios.
+pub async fn run(setup: Setup<'_>, sampler: &Sampler) -> anyhow::Result<LedgerResults> {
+    let mut client = LedgerServiceClient::new(connect(&setup.address).await?);
+    let mut accounts = Vec::with_capacity(setup.accounts);
+    for index in 0..setup.accounts {
+        let code = format!("bench-{}-a{index}", setup.run_id);
+        accounts.push(open_account(&mut client, &code, pb::AccountType::Asset).await?);
+    }
+    let hot = open_account(
+        &mut client,
+        &format!("bench-{}-hot", setup.run_id),
+        pb::AccountType::Liability,
+    )
+    .await?;
+    let accounts = Arc::new(accounts);
+
+    // Baseline table: one row per stream, plus row 0 as the hot one.
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_streams (id INT PRIMARY KEY, version BIGINT NOT NULL, balance BIGINT NOT NULL)")
+        .execute(setup.pgbench_db)
+        .await?;
+    sqlx::query("INSERT INTO bench_streams SELECT g, 1, 0 FROM generate_series(0, $1) g ON CONFLICT DO NOTHING")
+        .bind(i32::try_from(setup.accounts).unwrap_or(i32::MAX))
+        .execute(setup.pgbench_db)
+        .await?;
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+
+    let mut runs = Vec::new();
+    for hot_account in [false, true] {
+        let name = if hot_account { "hot" } else { "spread" };
+        step(format!("ledger {name}: pgbench row-lock ceiling"));
+        let script = setup.work_dir.join(format!("ledger-{name}.sql"));
+        std::fs::write(&script, ceiling_script(setup.accounts, hot_account))?;
+        let ceiling = pgbench::run(
+            pgbench::Invocation {
+                pgbench: setup.pgbench,
+                conninfo: setup.pgbench_url,
+                script: &script,
+                clients: setup.clients,
+                threads,
+                duration: setup.duration,
+                log_dir: &setup.work_dir.join("pgbench"),
+            },
+            &format!("pgbench ledger {name}"),
+        )
+        .await?;
+
+        step(format!("ledger {name}: PostEntry"));
+        let from = sampler.now() + setup.warmup.as_secs_f64();
+        let (samples, elapsed) =
+            post_entries(&setup, Arc::clone(&accounts), hot_account.then(|| hot.clone()), name).await?;
+        sampler.sample_now();
+        let resources = sampler.usage(from, sampler.now());
+        let entries_per_second = samples.count() as f64 / elapsed.as_secs_f64();
+        let post = Measured::from(&samples);
+        say(format!(
+            "    {entries_per_second:.0} entries/s (p99 {:.1} ms, {} errors) vs row-lock ceiling {:.0}/s (p99 {:.1} ms)",
+            post.latency.p99_ms,
+            post.errors,
+            ceiling.tps,
+            ceiling.samples.latency().p99_ms
+        ));
+        runs.push(LedgerRun {
+            entries_per_second,
+            ceiling_per_second: ceiling.tps,
+            ceiling: Measured::from(&ceiling.samples),
+            ratio_to_ceiling: entries_per_second / ceiling.tps.max(1e-9),
+            post,
+            resources,
+        });
+    }
+    let hot_run = runs.pop().unwrap_or_default();
+    let spread = runs.pop().unwrap_or_default();
+    Ok(LedgerResults {
+        concurrency: setup.clients,
+        accounts: setup.accounts,
+        hot_to_spread: hot_run.entries_per_second / spread.entries_per_second.max(1e-9),
+        spread,
+        hot: hot_run,
+    })
+}
+
+/// The pgbench script of the row-lock ceiling.
+fn ceiling_script(accounts: usize, hot: bool) -> String {
+    let second = if hot {
+        "\\set b 0\n".to_owned()
+    } else {
+        format!("\\set b random(1, {accounts})\n")
+    };
+    format!(
+        "-- generated by fintech-bench: lock two stream rows in order, move both, commit\n\
+         \\set a random(1, {accounts})\n{second}\
+         BEGIN;\n\
+         SELECT id, version, balance FROM bench_streams WHERE id IN (:a, :b) ORDER BY id FOR UPDATE;\n\
+         UPDATE bench_streams SET version = version + 1, balance = balance + 100 WHERE id = :a;\n\
+         UPDATE bench_streams SET version = version + 1, balance = balance - 100 WHERE id = :b;\n\
+         COMMIT;\n"
+    )
+}
+
+async fn post_entries(
+    setup: &Setup<'_>,
+    accounts: Arc<Vec<String>>,
+    hot: Option<String>,
+    name: &str,
+) -> anyhow::Result<(Samples, Duration)> {
+    let live = Arc::new(Live::default());
+    let begin = Instant::now();
+    let measure_from = begin + setup.warmup;
+    let deadline = measure_from + setup.duration;
+    let progress = Progress::start(
+        format!("ledger {name}"),
+        setup.warmup + setup.duration,
+        Arc::clone(&live),
+        None,
+    );
+    let mut workers = Vec::new();
+    for worker in 0..setup.clients {
+        let mut client = LedgerServiceClient::new(connect(&setup.address).await?);
+        let accounts = Arc::clone(&accounts);
+        let hot = hot.clone();
+        let live = Arc::clone(&live);
+        let prefix = format!("bench-{}-{name}-{worker}", setup.run_id);
+        workers.push(tokio::spawn(async move {
+            let mut samples = Samples::new();
+            let mut n = 0u64;
+            loop {
+                let started = Instant::now();
+                if started >= deadline {
+                    break;
+                }
+                let (debit, credit) = {
+                    let mut rng = rand::rng();
+                    let debit = rng.random_range(0..accounts.len());
+                    match &hot {
+                        Some(hot) => (accounts[debit].clone(), hot.clone()),
+                        None => {
+                            let mut credit = rng.random_range(0..accounts.len() - 1);
+                            if credit >= debit {
+                                credit += 1;
+                            }
+                            (accounts[debit].clone(), accounts[credit].clone())
+                        }
+                    }
+                };
+                let amount = 100 + (n as i64 % 900);
+                let request = pb::PostEntryRequest {
+                    entry_id: format!("{prefix}-{n}"),
+                    description: "benchmark entry".to_owned(),
+                    metadata: Default::default(),
+                    lines: vec![
+                        pb::EntryLine {
+                            account_id: debit,
+                            side: pb::Side::Debit as i32,
+                            amount,
+                            currency: "EUR".to_owned(),
+                        },
+                        pb::EntryLine {
+                            account_id: credit,
+                            side: pb::Side::Credit as i32,
+                            amount,
+                            currency: "EUR".to_owned(),
+                        },
+                    ],
+                };
+                n += 1;
+                let result = client.post_entry(request).await;
+                let measured = started >= measure_from;
+                match result {
+                    Ok(_) => {
+                        live.ok();
+                        if measured {
+                            samples.record(started.elapsed());
+                        }
+                    }
+                    Err(status) => {
+                        live.failed();
+                        if measured {
+                            samples.error(format!("PostEntry: {:?}", status.code()));
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            samples
+        }));
+    }
+    let mut total = Samples::new();
+    for worker in workers {
+        total.merge(worker.await?);
+    }
+    drop(progress);
+    Ok((total, measure_from.elapsed().max(Duration::from_millis(1))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hot_script_always_locks_row_zero() {
+        let hot = ceiling_script(200, true);
+        assert!(hot.contains("\\set b 0\n"));
+        assert!(hot.contains("ORDER BY id FOR UPDATE"));
+        let spread = ceiling_script(200, false);
+        assert!(spread.contains("\\set b random(1, 200)"));
+    }
+}

@@ -1,0 +1,40 @@
+//! `fintech-bench`: throughput, latency and cost of the payments -> tax (-> ledger) event flow,
+//! measured side by side with baselines on the same PostgreSQL and broker.
+//!
+//! `bench/run` builds the service binaries and calls `fintech-bench suite`, which creates fresh
+//! databases and topics for the run, starts every service as its own process, runs the scenarios
+//! and writes `latest.json`, `latest.md` and `latest.svg`. See `bench/README.md` for what each
+//! scenario means.
+//!
+//! # Layout
+//! - [`suite`]: the scenario order, their results and the targets;
+//! - [`environment`]: a fresh environment per scenario (databases, broker, topics, services);
+//! - [`payments`]: closed-loop gRPC load on payments (CreateOrder + CreateTransaction);
+//! - [`e2e`]: open-loop load and the time until the `TaxedTransaction` exists;
+//! - [`ledger`]: PostEntry across many accounts and on one hot account;
+//! - [`pgbench`]: the PostgreSQL baseline running the same SQL as a command;
+//! - [`kafka`]: topics, consumer-group lag and the raw rdkafka baselines;
+//! - [`monitor`]: outbox backlog and consumer lag over time;
+//! - [`procstat`]: CPU and RSS per process from `/proc`;
+//! - [`profile`]: `perf` profiles of a process during a scenario;
+//! - [`services`]: the service processes;
+//! - [`broker`]: the run's private Tansu broker;
+//! - [`db`]: the run's databases and SQL probes;
+//! - [`stats`], [`progress`], [`report`]: percentiles, progress lines, JSON/Markdown/SVG.
+
+pub mod broker;
+pub mod db;
+pub mod e2e;
+pub mod environment;
+pub mod kafka;
+pub mod ledger;
+pub mod monitor;
+pub mod payments;
+pub mod pgbench;
+pub mod procstat;
+pub mod profile;
+pub mod progress;
+pub mod report;
+pub mod services;
+pub mod stats;
+pub mod suite;

@@ -1,0 +1,160 @@
+//! `fintech-bench`: parses flags and runs the suite (see `bench/README.md`).
+//!
+//! ```text
+//! fintech-bench suite [--smoke] [--out DIR] [--work DIR] [--bin-dir DIR] [--profile NAME]
+//!                     [--ledger-bin PATH | --ledger-skip REASON] [--levels 1,8,32,64]
+//!                     [--duration S] [--warmup S] [--e2e-duration S] [--e2e-rate N]
+//!                     [--kafka-duration S] [--ledger-duration S] [--drain-timeout S]
+//!                     [--pgbench PATH] [--service-log FILTER] [--redis URL] [--keep-databases]
+//!                     [--shared-broker] [--scenarios payments,kafka,e2e,ledger] [--strict]
+//! fintech-bench render JSON [--out DIR]
+//! ```
+//!
+//! `DATABASE_URL` (admin connection, default `postgres://postgres@127.0.0.1:5432/postgres`) and
+//! `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`, used with `--shared-broker`) come from the
+//! environment; by default the run starts a private broker of its own.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use fintech_bench::progress::say;
+use fintech_bench::report::Report;
+use fintech_bench::suite::{self, Options};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            say(format!("error: cannot start the runtime: {error}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(error) => {
+            say(format!("error: {error:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
+    match args.first().map(String::as_str) {
+        Some("suite") => {
+            let options = suite_options(&args[1..])?;
+            let strict = options.strict;
+            let (_, problems) = suite::run(options).await?;
+            if problems.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            say("problems:");
+            for problem in &problems {
+                say(format!("  - {problem}"));
+            }
+            Ok(if strict { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Some("render") => {
+            let json = args.get(1).context("render needs the JSON file")?;
+            let out = match args.get(2).map(String::as_str) {
+                Some("--out") => PathBuf::from(args.get(3).context("--out needs a folder")?),
+                _ => PathBuf::from(json)
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from(".")),
+            };
+            let report: Report =
+                serde_json::from_str(&std::fs::read_to_string(json).with_context(|| format!("read {json}"))?)
+                    .with_context(|| format!("parse {json}"))?;
+            suite::write_report(&report, &out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("-h" | "--help") | None => {
+            say(include_str!("usage.txt"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(other) => bail!("unknown command {other:?} (try --help)"),
+    }
+}
+
+fn seconds(value: &str, flag: &str) -> anyhow::Result<Duration> {
+    let seconds: f64 = value
+        .parse()
+        .with_context(|| format!("{flag}: {value:?} is not a number of seconds"))?;
+    anyhow::ensure!(seconds > 0.0, "{flag} must be positive");
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn suite_options(args: &[String]) -> anyhow::Result<Options> {
+    let mut options = if args.iter().any(|arg| arg == "--smoke") {
+        Options::smoke()
+    } else {
+        Options::full()
+    };
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        options.database_url = url;
+    }
+    if let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
+        options.bootstrap = bootstrap;
+    }
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let mut value = || rest.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--smoke" => {}
+            "--strict" => options.strict = true,
+            "--keep-databases" => options.keep_databases = true,
+            "--shared-broker" => options.shared_broker = true,
+            "--scenarios" => {
+                options.scenarios = value()?.split(',').map(|name| name.trim().to_owned()).collect();
+                for name in &options.scenarios {
+                    anyhow::ensure!(
+                        ["payments", "kafka", "e2e", "ledger"].contains(&name.as_str()),
+                        "--scenarios: {name:?} is not one of payments, kafka, e2e, ledger"
+                    );
+                }
+            }
+            "--out" => options.out_dir = PathBuf::from(value()?),
+            "--work" => options.work_dir = PathBuf::from(value()?),
+            "--bin-dir" => options.bin_dir = PathBuf::from(value()?),
+            "--profile" => options.profile = value()?.clone(),
+            "--ledger-bin" => {
+                options.ledger_bin = Some(PathBuf::from(value()?));
+                options.ledger_skip_reason = None;
+            }
+            "--ledger-skip" => {
+                options.ledger_bin = None;
+                options.ledger_skip_reason = Some(value()?.clone());
+            }
+            "--levels" => {
+                options.levels = value()?
+                    .split(',')
+                    .map(|level| level.trim().parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("--levels: comma-separated client counts")?;
+                anyhow::ensure!(
+                    !options.levels.is_empty() && options.levels.iter().all(|level| *level > 0),
+                    "--levels: positive client counts"
+                );
+            }
+            "--duration" => options.duration = seconds(value()?, flag)?,
+            "--warmup" => options.warmup = seconds(value()?, flag)?,
+            "--e2e-duration" => options.e2e_duration = seconds(value()?, flag)?,
+            "--e2e-rate" => {
+                let rate: f64 = value()?.parse().context("--e2e-rate: pairs per second")?;
+                anyhow::ensure!(rate > 0.0, "--e2e-rate must be positive");
+                options.e2e_rate = Some(rate);
+            }
+            "--kafka-duration" => options.kafka_duration = seconds(value()?, flag)?,
+            "--ledger-duration" => options.ledger_duration = seconds(value()?, flag)?,
+            "--drain-timeout" => options.drain_timeout = seconds(value()?, flag)?,
+            "--pgbench" => options.pgbench = PathBuf::from(value()?),
+            "--service-log" => options.service_log = value()?.clone(),
+            "--redis" => options.redis_url = Some(value()?.clone()),
+            other => bail!("unknown flag {other:?} (try --help)"),
+        }
+    }
+    Ok(options)
+}

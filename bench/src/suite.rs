@@ -1,0 +1,1057 @@
+//! The whole suite. Every scenario gets a fresh [`Environment`] (databases, broker, topics,
+//! services) and tears it down after, so no scenario inherits another's backlog:
+//!
+//! 1. **payments** at every client count: pgbench on the same SQL first (services idle), then the
+//!    service with tax (and the ledger) consuming everything it publishes, then a bounded wait
+//!    until the flow has drained;
+//! 2. **raw Kafka** baselines on a fresh broker: producer, consumer, produce -> consume at the
+//!    end-to-end event rate;
+//! 3. **end to end** at half the payments peak;
+//! 4. **ledger** (spread vs hot account, each against a pgbench row-lock ceiling) when the ledger
+//!    binary was given.
+//!
+//! CPU and RSS of every process are sampled throughout and cut per scenario window. A scenario
+//! that fails is reported as a problem and the suite goes on; the report is always written.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::db::{self, Admin, redact};
+use crate::environment::{Environment, EnvironmentReport, Needs, RunContext, active, merge_log};
+use crate::kafka;
+use crate::payments;
+use crate::pgbench::{self, PayloadSizes};
+use crate::procstat::{Sampler, Selector};
+use crate::progress::{say, step};
+use crate::report::{
+    self, BacklogSummary, Baseline, EndToEnd, KafkaBaselines, LogSummary, Machine, Measured, PaymentsLevel, Report,
+    RunConfig, Target,
+};
+use crate::{e2e, ledger};
+
+/// Records the raw producer keeps in flight: the relay's default batch size.
+const PRODUCE_WINDOW: usize = 256;
+
+/// How the suite runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Seconds-long scenarios that prove everything works; timings mean nothing.
+    pub smoke: bool,
+    /// Fail (exit code 1) when any operation failed or any event went missing.
+    pub strict: bool,
+    /// Where `latest.json`, `latest.md` and `latest.svg` go.
+    pub out_dir: PathBuf,
+    /// Logs, pgbench scripts (kept after the run).
+    pub work_dir: PathBuf,
+    /// Folder with the `payments` and `tax` binaries.
+    pub bin_dir: PathBuf,
+    /// The ledger binary, when it built.
+    pub ledger_bin: Option<PathBuf>,
+    /// Why there is no ledger binary.
+    pub ledger_skip_reason: Option<String>,
+    /// Cargo profile of the binaries (for the report).
+    pub profile: String,
+    /// Client counts of the payments scenario.
+    pub levels: Vec<usize>,
+    /// Measured time per payments level (pgbench gets the same).
+    pub duration: Duration,
+    /// Unmeasured load before each service level.
+    pub warmup: Duration,
+    /// End-to-end load time.
+    pub e2e_duration: Duration,
+    /// End-to-end rate; `None`: half the payments peak.
+    pub e2e_rate: Option<f64>,
+    /// Each raw Kafka baseline.
+    pub kafka_duration: Duration,
+    /// Each ledger scenario.
+    pub ledger_duration: Duration,
+    /// Concurrent clients of the ledger scenarios.
+    pub ledger_clients: usize,
+    /// Accounts of the spread ledger scenario.
+    pub ledger_accounts: usize,
+    /// Longest wait for the flow to drain after a load.
+    pub drain_timeout: Duration,
+    /// Admin connection URL of PostgreSQL.
+    pub database_url: String,
+    /// The shared broker (with `shared_broker`).
+    pub bootstrap: String,
+    /// Run on the shared broker at `bootstrap` instead of a private one (see [`crate::broker`]).
+    pub shared_broker: bool,
+    /// The pgbench binary.
+    pub pgbench: PathBuf,
+    /// `RUST_LOG` of the services.
+    pub service_log: String,
+    /// Optional Redis for the idempotency fast path (off by default: PostgreSQL only, like the
+    /// baseline).
+    pub redis_url: Option<String>,
+    /// Keep the databases after the run (to inspect them).
+    pub keep_databases: bool,
+    /// Scenarios to run (`payments`, `kafka`, `e2e`, `ledger`); empty: all.
+    pub scenarios: Vec<String>,
+}
+
+impl Options {
+    /// Defaults of a full run (`bench/run`).
+    pub fn full() -> Self {
+        Self {
+            smoke: false,
+            strict: false,
+            out_dir: PathBuf::from("bench/results"),
+            work_dir: PathBuf::from(".local/bench"),
+            bin_dir: PathBuf::from("target/release"),
+            ledger_bin: None,
+            ledger_skip_reason: Some("no ledger binary given (--ledger-bin)".to_owned()),
+            profile: "release".to_owned(),
+            levels: vec![1, 8, 32, 64],
+            duration: Duration::from_secs(20),
+            warmup: Duration::from_secs(2),
+            e2e_duration: Duration::from_secs(45),
+            e2e_rate: None,
+            kafka_duration: Duration::from_secs(10),
+            ledger_duration: Duration::from_secs(15),
+            ledger_clients: 32,
+            ledger_accounts: ledger::SPREAD_ACCOUNTS,
+            drain_timeout: Duration::from_secs(30),
+            database_url: "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
+            bootstrap: "127.0.0.1:9092".to_owned(),
+            shared_broker: false,
+            pgbench: PathBuf::from("/usr/bin/pgbench"),
+            service_log: "info".to_owned(),
+            redis_url: None,
+            keep_databases: false,
+            scenarios: Vec::new(),
+        }
+    }
+
+    /// Whether scenario `name` is selected.
+    pub fn runs(&self, name: &str) -> bool {
+        self.scenarios.is_empty() || self.scenarios.iter().any(|selected| selected == name)
+    }
+
+    /// Defaults of a smoke run (`bench/run --smoke`).
+    pub fn smoke() -> Self {
+        Self {
+            smoke: true,
+            strict: true,
+            out_dir: PathBuf::from("bench/results/tmp/smoke"),
+            bin_dir: PathBuf::from("target/debug"),
+            profile: "debug".to_owned(),
+            levels: vec![2],
+            duration: Duration::from_secs(2),
+            warmup: Duration::from_millis(500),
+            e2e_duration: Duration::from_secs(3),
+            e2e_rate: Some(20.0),
+            kafka_duration: Duration::from_secs(2),
+            ledger_duration: Duration::from_secs(2),
+            ledger_clients: 4,
+            ledger_accounts: 10,
+            drain_timeout: Duration::from_secs(20),
+            ..Self::full()
+        }
+    }
+}
+
+/// What the scenarios accumulate besides their own results.
+#[derive(Debug, Default)]
+struct SuiteState {
+    problems: Vec<String>,
+    notes: Vec<String>,
+    logs: BTreeMap<String, LogSummary>,
+    peak_rss_mb: BTreeMap<String, f64>,
+    sizes: Option<PayloadSizes>,
+    service_env: Vec<(&'static str, String)>,
+    broker_data_mb: f64,
+    profiles: Vec<crate::profile::Profile>,
+}
+
+impl SuiteState {
+    fn failed(&mut self, what: &str, error: &anyhow::Error) {
+        say(format!("    {what} failed: {error:#}"));
+        self.problems.push(format!("{what} failed: {error:#}"));
+        self.notes.push(format!("{what} failed: {error:#}"));
+    }
+
+    fn absorb(&mut self, environment: EnvironmentReport, tag: &str) {
+        for (name, summary) in environment.logs {
+            merge_log(self.logs.entry(name).or_default(), summary);
+        }
+        for (name, peak) in environment.peak_rss_mb {
+            let entry = self.peak_rss_mb.entry(name).or_default();
+            *entry = entry.max(peak);
+        }
+        self.broker_data_mb = self.broker_data_mb.max(environment.broker_data_mb);
+        if let Some(panic) = environment.broker_panic {
+            self.problems.push(format!("the broker of {tag} panicked: {panic}"));
+            self.notes.push(format!("the broker of {tag} panicked: {panic}"));
+        }
+    }
+
+    fn peak(&mut self, resources: &BTreeMap<String, crate::procstat::Usage>) {
+        for name in ["payments", "tax", "ledger"] {
+            if let Some(usage) = resources.get(name) {
+                let entry = self.peak_rss_mb.entry(name.to_owned()).or_default();
+                *entry = entry.max(usage.peak_rss_mb);
+            }
+        }
+    }
+}
+
+/// Runs `body` in a fresh environment `tag` and tears it down whatever happens.
+async fn in_environment<T>(
+    context: &RunContext<'_>,
+    state: &mut SuiteState,
+    tag: &str,
+    needs: Needs,
+    body: impl AsyncFnOnce(&mut Environment, &mut SuiteState) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut environment = Environment::start(context, tag, needs).await?;
+    if let Some(sizes) = environment.sizes {
+        state.sizes.get_or_insert(sizes);
+    }
+    if state.service_env.is_empty() && needs.flow {
+        state.service_env = environment.service_env.clone();
+    }
+    let result = body(&mut environment, state).await;
+    let result = match (result, environment.ensure_alive()) {
+        (Ok(value), Ok(())) => Ok(value),
+        (Ok(_), Err(error)) => Err(error),
+        (Err(error), _) => Err(error),
+    };
+    let report = environment.stop(context).await;
+    state.absorb(report, tag);
+    result
+}
+
+/// Runs the suite and writes the report; returns it with the list of problems (operations that
+/// failed, events that never arrived, scenarios that could not run) that `strict` turns into a
+/// failure.
+pub async fn run(options: Options) -> anyhow::Result<(Report, Vec<String>)> {
+    let started = Instant::now();
+    let run_id = format!("{}_{}", db::unix_now(), &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let admin = Admin::new(&options.database_url);
+    let work_dir = options.work_dir.join(&run_id);
+    std::fs::create_dir_all(&work_dir).with_context(|| format!("create {}", work_dir.display()))?;
+    // Absolute: pgbench runs in a folder of its own.
+    let work_dir = std::path::absolute(&work_dir)?;
+    step(format!(
+        "benchmark run {run_id} ({}), work files in {}",
+        if options.smoke { "smoke" } else { "full" },
+        work_dir.display()
+    ));
+    match admin.drop_stale().await {
+        Ok(dropped) if !dropped.is_empty() => say(format!("    dropped stale databases: {}", dropped.join(", "))),
+        Ok(_) => {}
+        Err(error) => say(format!("    could not look for stale databases: {error:#}")),
+    }
+
+    let sampler = Sampler::start();
+    sampler.track("postgres", Selector::Comm("postgres".to_owned()));
+    sampler.track("pgbench", Selector::Comm("pgbench".to_owned()));
+    sampler.track("load generator", Selector::Pid(std::process::id()));
+    let context = RunContext {
+        options: &options,
+        admin: admin.clone(),
+        run_id: run_id.clone(),
+        work_dir,
+        sampler,
+    };
+    let mut report = Report {
+        schema_version: report::SCHEMA_VERSION,
+        run_id: run_id.clone(),
+        mode: if options.smoke { "smoke" } else { "full" }.to_owned(),
+        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        machine: machine(&admin, &options).await,
+        ..Report::default()
+    };
+    let mut state = SuiteState::default();
+    if report.machine.load_average_at_start > 0.7 {
+        state.notes.push(format!(
+            "load average was {:.2} when the suite started: other work on this {}-core machine competed with the benchmark",
+            report.machine.load_average_at_start, report.machine.nproc
+        ));
+    }
+
+    if options.runs("payments") {
+        let peak = options.levels.iter().copied().max().unwrap_or(1);
+        for &clients in &options.levels {
+            match payments_level(&context, &mut state, clients, clients == peak).await {
+                Ok(level) => report.payments.push(level),
+                Err(error) => state.failed(&format!("payments at {clients} clients"), &error),
+            }
+        }
+        match payments_alone(&context, &mut state, peak).await {
+            Ok(level) => report.payments_alone = Some(level),
+            Err(error) => state.failed(&format!("payments alone at {peak} clients"), &error),
+        }
+    }
+    let peak_pairs = report
+        .payments
+        .iter()
+        .map(|level| level.pairs_per_second)
+        .fold(0.0, f64::max);
+    let e2e_rate = options.e2e_rate.unwrap_or(peak_pairs / 2.0).max(1.0);
+
+    if options.runs("kafka") {
+        match kafka_scenario(&context, &mut state, e2e_rate).await {
+            Ok(kafka) => report.kafka = Some(kafka),
+            Err(error) => state.failed("the Kafka baselines", &error),
+        }
+    }
+    if options.runs("e2e") {
+        let baseline_p99_ms = report
+            .kafka
+            .as_ref()
+            .map_or(0.0, |kafka| kafka.roundtrip.latency.p99_ms);
+        match e2e_scenario(&context, &mut state, e2e_rate, peak_pairs, baseline_p99_ms).await {
+            Ok(e2e) => report.e2e = Some(e2e),
+            Err(error) => state.failed("the end-to-end scenario", &error),
+        }
+    }
+    if !options.runs("ledger") {
+        report.ledger_skipped = Some("not selected (--scenarios)".to_owned());
+    } else if options.ledger_bin.is_none() {
+        report.ledger_skipped = options.ledger_skip_reason.clone();
+    } else {
+        match ledger_scenario(&context, &mut state).await {
+            Ok(ledger) => report.ledger = Some(ledger),
+            Err(error) => state.failed("the ledger scenarios", &error),
+        }
+    }
+
+    let mut config = run_config(&options, &state.service_env, &admin);
+    let sizes = state.sizes.unwrap_or_else(PayloadSizes::typical);
+    config.payload_bytes = BTreeMap::from([
+        ("order".to_owned(), sizes.order),
+        ("create_order_response".to_owned(), sizes.order_response),
+        ("transaction".to_owned(), sizes.transaction),
+        ("create_transaction_response".to_owned(), sizes.transaction_response),
+    ]);
+    report.config = config;
+    report.targets = targets(&report, &state.peak_rss_mb);
+    if !options.shared_broker {
+        state.notes.push(format!(
+            "each scenario ran on a fresh private broker; the largest held {:.0} MB of data at its end (removed with it)",
+            state.broker_data_mb
+        ));
+    }
+    report.service_logs = std::mem::take(&mut state.logs);
+    report.profiles = std::mem::take(&mut state.profiles);
+    report.notes = std::mem::take(&mut state.notes);
+    report.wall_seconds = started.elapsed().as_secs_f64();
+    write_report(&report, &options.out_dir)?;
+    Ok((report, state.problems))
+}
+
+async fn payments_level(
+    context: &RunContext<'_>,
+    state: &mut SuiteState,
+    clients: usize,
+    peak: bool,
+) -> anyhow::Result<PaymentsLevel> {
+    step(format!("payments at {clients} clients"));
+    let needs = Needs {
+        flow: true,
+        pgbench: true,
+        ..Needs::default()
+    };
+    in_environment(
+        context,
+        state,
+        &format!("c{clients}"),
+        needs,
+        async |environment, state| {
+            // At the peak the broker is what limits the flow: profile it.
+            let profile = peak.then_some(("broker", "the broker (tansu)"));
+            measure_level(context, environment, state, clients, profile).await
+        },
+    )
+    .await
+}
+
+async fn payments_alone(
+    context: &RunContext<'_>,
+    state: &mut SuiteState,
+    clients: usize,
+) -> anyhow::Result<PaymentsLevel> {
+    step(format!("payments alone at {clients} clients (no relay, tax or ledger)"));
+    let needs = Needs {
+        payments_only: true,
+        pgbench: true,
+        ..Needs::default()
+    };
+    in_environment(
+        context,
+        state,
+        &format!("alone{clients}"),
+        needs,
+        async |environment, state| {
+            measure_level(
+                context,
+                environment,
+                state,
+                clients,
+                Some(("payments", "payments alone")),
+            )
+            .await
+        },
+    )
+    .await
+}
+
+/// pgbench on the same SQL, then the service at `clients`, then (with the flow) a bounded wait
+/// for the backlog to drain. `profile` names a process (`payments`, `broker`) to profile with
+/// perf during the measured window.
+async fn measure_level(
+    context: &RunContext<'_>,
+    environment: &mut Environment,
+    state: &mut SuiteState,
+    clients: usize,
+    profile: Option<(&str, &str)>,
+) -> anyhow::Result<PaymentsLevel> {
+    let options = context.options;
+    let sampler = &context.sampler;
+    let sizes = environment.sizes.context("no payload sizes")?;
+    let (pgbench_url, work_dir) = (
+        environment
+            .pgbench_db
+            .as_ref()
+            .map(|(_, url)| url.clone())
+            .context("no pgbench database")?,
+        context.work_dir.join(&environment.tag),
+    );
+    let script = work_dir.join("pair.sql");
+    std::fs::write(&script, pgbench::pair_script(sizes, &environment.prefix))?;
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let from = sampler.now();
+    let baseline = pgbench::run(
+        pgbench::Invocation {
+            pgbench: &options.pgbench,
+            conninfo: &pgbench_url,
+            script: &script,
+            clients,
+            threads,
+            duration: options.duration,
+            log_dir: &work_dir.join("pgbench"),
+        },
+        &format!("pgbench c={clients}"),
+    )
+    .await?;
+    sampler.sample_now();
+    let baseline_resources = active(sampler.usage(from, sampler.now()));
+
+    let series = environment.monitor.as_ref().map(|monitor| monitor.start(None));
+    let load_from = sampler.now() + options.warmup.as_secs_f64();
+    let perf = match profile.and_then(|(process, title)| {
+        let pid = match process {
+            "payments" => environment.services.payments.as_ref().map(|service| service.pid()),
+            _ => environment.broker.as_ref().and_then(|broker| broker.pid()),
+        }?;
+        Some((pid, title))
+    }) {
+        Some((pid, title)) if !options.smoke => {
+            // The measured window, after the warm-up, minus a second at each end.
+            let seconds = options.duration.as_secs().saturating_sub(2).max(1);
+            let delay = options.warmup + Duration::from_secs(1);
+            let data = work_dir.join(format!("perf-{}.data", title.replace([' ', '(', ')'], "-")));
+            let title = format!("{title}, payments at {clients} clients, {seconds} s");
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                crate::profile::finish(
+                    crate::profile::start(pid, seconds, &data, title),
+                    Duration::from_secs(120),
+                )
+                .await
+            }))
+        }
+        _ => None,
+    };
+    let run = payments::closed_loop(
+        &environment.payments_address()?,
+        &format!("{}-{}", context.run_id, environment.tag),
+        clients,
+        options.warmup,
+        options.duration,
+        &format!("payments c={clients}"),
+    )
+    .await?;
+    sampler.sample_now();
+    let resources = active(sampler.usage(load_from, sampler.now()));
+    state.peak(&resources);
+    environment.ensure_alive()?;
+    let (points, load_end, drain) = match series {
+        Some(series) => {
+            let load_end = series.now();
+            let drain = series.wait_drained(options.drain_timeout).await;
+            (series.finish().await, load_end, drain)
+        }
+        None => (Vec::new(), 0.0, Some(0.0)),
+    };
+    if let Some(perf) = perf
+        && let Ok(Some(profile)) = perf.await
+    {
+        state.profiles.push(profile);
+    }
+    let pairs_per_second = run.pairs.count() as f64 / run.elapsed.as_secs_f64();
+    let commits_per_second = run.commits as f64 / run.elapsed.as_secs_f64();
+    let baseline_commits = 2.0 * baseline.tps;
+    let level = PaymentsLevel {
+        concurrency: clients,
+        pairs_per_second,
+        commits_per_second,
+        pair: Measured::from(&run.pairs),
+        create_order: Measured::from(&run.orders),
+        create_transaction: Measured::from(&run.transactions),
+        throughput_ratio: commits_per_second / baseline_commits.max(1e-9),
+        p99_ratio: run.pairs.latency().p99_ms / baseline.samples.latency().p99_ms.max(1e-9),
+        baseline: Baseline {
+            pairs_per_second: baseline.tps,
+            commits_per_second: baseline_commits,
+            pair: Measured::from(&baseline.samples),
+            summary: baseline.summary,
+        },
+        resources,
+        baseline_resources,
+        backlog: BacklogSummary::of(&points, load_end, 2.0 * pairs_per_second, drain),
+        series: points,
+    };
+    say(format!(
+        "    service {:.0} commits/s (p99 {:.1} ms) vs pgbench {:.0} commits/s (p99 {:.1} ms): ratio {:.2}{}",
+        level.commits_per_second,
+        level.pair.latency.p99_ms,
+        level.baseline.commits_per_second,
+        level.baseline.pair.latency.p99_ms,
+        level.throughput_ratio,
+        match (&environment.monitor, drain) {
+            (None, _) => String::new(),
+            (Some(_), Some(seconds)) => format!("; drained in {seconds:.1} s"),
+            (Some(_), None) => "; not drained within the timeout".to_owned(),
+        }
+    ));
+    let tag = &environment.tag;
+    check(&mut state.problems, &format!("payments {tag}"), &level.pair);
+    check(&mut state.problems, &format!("pgbench {tag}"), &level.baseline.pair);
+    if drain.is_none() {
+        state.problems.push(format!(
+            "payments {tag}: the flow did not drain within {:?}",
+            options.drain_timeout
+        ));
+    }
+    Ok(level)
+}
+
+async fn kafka_scenario(
+    context: &RunContext<'_>,
+    state: &mut SuiteState,
+    e2e_rate: f64,
+) -> anyhow::Result<KafkaBaselines> {
+    step("raw Kafka baselines");
+    let payload_size = state.sizes.unwrap_or_else(PayloadSizes::typical).transaction;
+    in_environment(context, state, "kafka", Needs::default(), async |environment, state| {
+        kafka_baselines(context, environment, payload_size, e2e_rate, &mut state.problems).await
+    })
+    .await
+}
+
+async fn e2e_scenario(
+    context: &RunContext<'_>,
+    state: &mut SuiteState,
+    rate: f64,
+    peak_pairs: f64,
+    baseline_p99_ms: f64,
+) -> anyhow::Result<EndToEnd> {
+    let options = context.options;
+    let sampler = &context.sampler;
+    step(format!("end to end at {rate:.0} pairs/s"));
+    let needs = Needs {
+        flow: true,
+        ..Needs::default()
+    };
+    in_environment(context, state, "e2e", needs, async |environment, state| {
+        let setup = e2e::Setup {
+            payments: environment.payments_address()?,
+            tax: environment.services.tax_channel.clone().context("no tax channel")?,
+            tax_db: environment.tax_db.clone().context("no tax database")?,
+            bootstrap: environment.bootstrap.clone(),
+            tax_calculated_topic: format!("{}tax.calculated", environment.prefix),
+            key_prefix: format!("{}-e2e", context.run_id),
+            ledger_db: environment.ledger_db.clone(),
+        };
+        let monitor = environment.monitor.clone().context("no monitor")?;
+        let from = sampler.now();
+        let run = e2e::run(
+            &setup,
+            &monitor,
+            rate,
+            options.e2e_duration,
+            options.drain_timeout,
+            "end to end",
+        )
+        .await?;
+        let resources = active(sampler.usage(from, from + run.elapsed.as_secs_f64()));
+        state.peak(&resources);
+        let to_published = Measured::from(&run.to_published);
+        let end_to_end = EndToEnd {
+            rate,
+            peak_pairs_per_second: peak_pairs,
+            scheduled: run.scheduled,
+            pair: Measured::from(&run.pairs),
+            to_calculated: Measured::from(&run.to_calculated),
+            p99_ratio: to_published.latency.p99_ms / baseline_p99_ms.max(1e-9),
+            to_published,
+            to_ledger: run.to_ledger.as_ref().map(Measured::from),
+            read_back: Measured::from(&run.read_back),
+            baseline_p99_ms,
+            backlog: BacklogSummary::of(&run.series, run.elapsed.as_secs_f64(), 2.0 * rate, run.drain_seconds),
+            resources,
+            series: run.series,
+        };
+        say(format!(
+            "    ack -> calculated p99 {:.1} ms, ack -> tax.calculated p50 {:.1} / p99 {:.1} ms, {} missing",
+            end_to_end.to_calculated.latency.p99_ms,
+            end_to_end.to_published.latency.p50_ms,
+            end_to_end.to_published.latency.p99_ms,
+            end_to_end.to_published.errors
+        ));
+        let problems = &mut state.problems;
+        check(problems, "end to end: pairs", &end_to_end.pair);
+        check(problems, "end to end: tax.calculated", &end_to_end.to_published);
+        check(problems, "end to end: GetTaxedTransaction", &end_to_end.read_back);
+        if let Some(to_ledger) = &end_to_end.to_ledger {
+            check(problems, "end to end: ledger entries", to_ledger);
+            say(format!(
+                "    ack -> ledger entry posted p50 {:.1} / p99 {:.1} ms, {} missing",
+                to_ledger.latency.p50_ms, to_ledger.latency.p99_ms, to_ledger.errors
+            ));
+        }
+        Ok(end_to_end)
+    })
+    .await
+}
+
+async fn ledger_scenario(context: &RunContext<'_>, state: &mut SuiteState) -> anyhow::Result<report::LedgerResults> {
+    let options = context.options;
+    step("ledger: spread vs hot account");
+    let needs = Needs {
+        ledger_only: true,
+        pgbench: true,
+        ..Needs::default()
+    };
+    in_environment(context, state, "ledger", needs, async |environment, state| {
+        let (pgbench_db, pgbench_url) = environment.pgbench_db.clone().context("no pgbench database")?;
+        let work_dir = context.work_dir.join(&environment.tag);
+        let setup = ledger::Setup {
+            address: environment
+                .services
+                .ledger
+                .as_ref()
+                .map(|ledger| ledger.address.clone())
+                .context("the ledger is not running")?,
+            clients: options.ledger_clients,
+            accounts: options.ledger_accounts,
+            duration: options.ledger_duration,
+            warmup: options.warmup,
+            run_id: &context.run_id,
+            pgbench_db: &pgbench_db,
+            pgbench: &options.pgbench,
+            pgbench_url: &pgbench_url,
+            work_dir: &work_dir,
+        };
+        let results = ledger::run(setup, &context.sampler).await?;
+        state.peak(&results.spread.resources);
+        state.peak(&results.hot.resources);
+        check(&mut state.problems, "ledger spread", &results.spread.post);
+        check(&mut state.problems, "ledger hot", &results.hot.post);
+        Ok(results)
+    })
+    .await
+}
+
+/// Writes `latest.json`, `latest.md` and `latest.svg` into `out_dir`.
+pub fn write_report(report: &Report, out_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out_dir)?;
+    std::fs::write(
+        out_dir.join("latest.json"),
+        serde_json::to_string_pretty(report)? + "\n",
+    )?;
+    std::fs::write(out_dir.join("latest.md"), report.markdown())?;
+    std::fs::write(out_dir.join("latest.svg"), report.svg())?;
+    step(format!("results: {}/latest.{{json,md,svg}}", out_dir.display()));
+    Ok(())
+}
+
+/// The topics of the raw baselines (the run's own, empty before).
+#[derive(Debug)]
+struct KafkaTopics {
+    produce: String,
+    consume: String,
+    roundtrip: String,
+    roundtrip_fast: String,
+}
+
+/// The raw rdkafka baselines: producer throughput, consumer throughput, produce -> consume latency
+/// at the end-to-end event rate with the services' fetch settings and with a short fetch wait.
+async fn kafka_baselines(
+    context: &RunContext<'_>,
+    environment: &Environment,
+    payload_size: usize,
+    e2e_rate: f64,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<KafkaBaselines> {
+    let options = context.options;
+    let (sampler, duration) = (&context.sampler, options.kafka_duration);
+    let consume_records = if options.smoke { 500 } else { 5_000 };
+    let prefix = &environment.prefix;
+    let topics = KafkaTopics {
+        produce: format!("{prefix}baseline.produce"),
+        consume: format!("{prefix}baseline.consume"),
+        roundtrip: format!("{prefix}baseline.roundtrip"),
+        roundtrip_fast: format!("{prefix}baseline.roundtrip.fast"),
+    };
+    let from = sampler.now();
+    // Each baseline on an empty broker of its own: Tansu 0.6.0 looks up a record's headers with a
+    // scan of every header it stores (no index on `header`), so what an earlier baseline left
+    // behind would slow the next one down.
+    let (broker, bootstrap) = fresh_broker(context, environment, "consume", &topics.consume).await?;
+    let filled = kafka::produce_baseline(
+        &bootstrap,
+        &topics.consume,
+        payload_size,
+        PRODUCE_WINDOW,
+        Duration::from_secs(60),
+        Some(consume_records),
+        "kafka fill",
+    )
+    .await?;
+    let consumed = kafka::consume_baseline(
+        &bootstrap,
+        &topics.consume,
+        filled.samples.count(),
+        Duration::from_secs(60),
+        "kafka consume",
+    )
+    .await?;
+    drop(broker);
+    // The first hop of the flow carries two events per pair.
+    let roundtrip_rate = 2.0 * e2e_rate;
+    let (broker, bootstrap) = fresh_broker(context, environment, "roundtrip", &topics.roundtrip).await?;
+    let roundtrip = kafka::roundtrip_baseline(
+        &bootstrap,
+        &topics.roundtrip,
+        payload_size,
+        roundtrip_rate,
+        duration,
+        None,
+        "kafka produce->consume (default fetch wait)",
+    )
+    .await?;
+    drop(broker);
+    let (broker, bootstrap) = fresh_broker(context, environment, "roundtrip-fast", &topics.roundtrip_fast).await?;
+    let roundtrip_fast = kafka::roundtrip_baseline(
+        &bootstrap,
+        &topics.roundtrip_fast,
+        payload_size,
+        roundtrip_rate,
+        duration,
+        Some(kafka::INSTRUMENT_FETCH_WAIT_MS),
+        "kafka produce->consume (fetch.wait.max.ms 10)",
+    )
+    .await?;
+    drop(broker);
+    let (broker, bootstrap) = fresh_broker(context, environment, "produce", &topics.produce).await?;
+    let produced = kafka::produce_baseline(
+        &bootstrap,
+        &topics.produce,
+        payload_size,
+        PRODUCE_WINDOW,
+        duration,
+        None,
+        "kafka produce",
+    )
+    .await?;
+    drop(broker);
+    sampler.sample_now();
+    let kafka_results = KafkaBaselines {
+        payload_bytes: payload_size,
+        window: PRODUCE_WINDOW,
+        produce_per_second: produced.samples.count() as f64 / produced.elapsed.as_secs_f64(),
+        produce: Measured::from(&produced.samples),
+        consume_per_second: consumed.records as f64 / consumed.elapsed.as_secs_f64().max(1e-3),
+        consumed: consumed.records,
+        consume_first_record_ms: consumed.first_record.map(|first| first.as_secs_f64() * 1000.0),
+        roundtrip_rate,
+        roundtrip: Measured::from(&roundtrip.arrival),
+        roundtrip_ack: Measured::from(&roundtrip.ack),
+        fast_fetch_wait_ms: kafka::INSTRUMENT_FETCH_WAIT_MS,
+        roundtrip_fast: Measured::from(&roundtrip_fast.arrival),
+        resources: sampler.usage(from, sampler.now()),
+    };
+    say(format!(
+        "    produce {:.0}/s (p99 ack {:.1} ms), consume {:.0}/s, produce->consume at {:.0}/s: p50/p99 {:.1}/{:.1} ms \
+         (fetch wait 10 ms: {:.1}/{:.1} ms)",
+        kafka_results.produce_per_second,
+        kafka_results.produce.latency.p99_ms,
+        kafka_results.consume_per_second,
+        roundtrip_rate,
+        kafka_results.roundtrip.latency.p50_ms,
+        kafka_results.roundtrip.latency.p99_ms,
+        kafka_results.roundtrip_fast.latency.p50_ms,
+        kafka_results.roundtrip_fast.latency.p99_ms,
+    ));
+    check(problems, "kafka produce", &kafka_results.produce);
+    check(problems, "kafka produce->consume", &kafka_results.roundtrip);
+    check(
+        problems,
+        "kafka produce->consume (fast fetch)",
+        &kafka_results.roundtrip_fast,
+    );
+    if consumed.records < filled.samples.count() {
+        problems.push(format!(
+            "kafka consume: read {} of {} records",
+            consumed.records,
+            filled.samples.count()
+        ));
+    }
+
+    Ok(kafka_results)
+}
+
+/// A broker for one baseline: a fresh private one (tracked as `broker`) with `topic` created, or
+/// the shared one.
+async fn fresh_broker(
+    context: &RunContext<'_>,
+    environment: &Environment,
+    name: &str,
+    topic: &str,
+) -> anyhow::Result<(Option<crate::broker::PrivateBroker>, String)> {
+    if context.options.shared_broker {
+        return Ok((None, environment.bootstrap.clone()));
+    }
+    let broker = crate::broker::PrivateBroker::start(&context.work_dir.join(&environment.tag).join(name)).await?;
+    if let Some(pid) = broker.pid() {
+        context.sampler.track("broker", Selector::Pid(pid));
+    }
+    kafka::create_topics(&broker.bootstrap, &[topic.to_owned()]).await?;
+    let bootstrap = broker.bootstrap.clone();
+    Ok((Some(broker), bootstrap))
+}
+
+fn check(problems: &mut Vec<String>, what: &str, measured: &Measured) {
+    if measured.errors > 0 {
+        problems.push(format!(
+            "{what}: {} failed ({:?})",
+            measured.errors, measured.error_kinds
+        ));
+    }
+    if measured.ok == 0 {
+        problems.push(format!("{what}: no successful operation"));
+    }
+}
+
+fn run_config(options: &Options, env: &[(&'static str, String)], admin: &Admin) -> RunConfig {
+    let mut service_env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), redact(value)))
+        .collect();
+    service_env.insert(
+        "KAFKA_BOOTSTRAP_SERVERS".to_owned(),
+        if options.shared_broker {
+            options.bootstrap.clone()
+        } else {
+            "the scenario's private broker".to_owned()
+        },
+    );
+    service_env.insert("TOPIC_PREFIX".to_owned(), "bench.<run>.<scenario>.".to_owned());
+    service_env.insert(
+        "DATABASE_URL".to_owned(),
+        redact(&admin.url_for("fintech_bench_<run>_<scenario>_<service>")),
+    );
+    // Settings the services read that shape the results: inherited when set, else the default.
+    for (name, default) in [
+        ("DATABASE_MAX_CONNECTIONS", "16"),
+        ("OUTBOX_RELAYS", "1"),
+        ("OUTBOX_BATCH_SIZE", "256"),
+        ("OUTBOX_POLL_INTERVAL_MS", "100"),
+        ("LOG_FORMAT", "text"),
+    ] {
+        let value = std::env::var(name).unwrap_or_else(|_| format!("{default} (default)"));
+        service_env.insert(name.to_owned(), value);
+    }
+    if options.redis_url.is_none() {
+        service_env.insert(
+            "REDIS_URL".to_owned(),
+            "unset (idempotency in PostgreSQL only)".to_owned(),
+        );
+    }
+    RunConfig {
+        levels: options.levels.clone(),
+        duration_seconds: options.duration.as_secs_f64(),
+        warmup_seconds: options.warmup.as_secs_f64(),
+        e2e_seconds: options.e2e_duration.as_secs_f64(),
+        ledger_seconds: options.ledger_duration.as_secs_f64(),
+        profile: options.profile.clone(),
+        service_env,
+        payload_bytes: BTreeMap::new(),
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+async fn machine(admin: &Admin, options: &Options) -> Machine {
+    let bootstrap = options.bootstrap.as_str();
+    let private_broker = !options.shared_broker;
+    let cpu_model = command_output("lscpu", &[])
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("Model name:"))
+                .map(|line| line.trim_start_matches("Model name:").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let memory_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("MemTotal:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024);
+    let load_average_at_start = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().and_then(|value| value.parse().ok()))
+        .unwrap_or(0.0);
+    let broker_command = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .find(|command| command.contains("tansu") && command.contains(" broker") && command.contains(bootstrap));
+    let binary = crate::broker::tansu_binary();
+    let version = command_output(&binary.to_string_lossy(), &["--version"])
+        .and_then(|text| text.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "tansu".to_owned());
+    let broker = match broker_command {
+        _ if private_broker => format!("{version} (sqlite storage, a fresh one per scenario)"),
+        Some(command) => {
+            let storage = command
+                .split_whitespace()
+                .skip_while(|word| *word != "--storage-engine")
+                .nth(1)
+                .and_then(|url| url.split("://").next())
+                .unwrap_or("unknown");
+            format!("{version} ({storage} storage, shared at {bootstrap})")
+        }
+        None => format!("Kafka-protocol broker at {bootstrap}"),
+    };
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(0, usize::from),
+        cpu_model,
+        memory_mb,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|text| text.trim().to_owned())
+            .unwrap_or_default(),
+        load_average_at_start,
+        postgres: admin
+            .server_version()
+            .await
+            .unwrap_or_else(|error| format!("unknown ({error})")),
+        postgres_settings: admin.settings().await.unwrap_or_default().into_iter().collect(),
+        broker,
+        rustc: command_output("rustc", &["--version"]).unwrap_or_else(|| "unknown".to_owned()),
+    }
+}
+
+/// The issue's targets against what was measured.
+fn targets(report: &Report, peak_rss: &BTreeMap<String, f64>) -> Vec<Target> {
+    let mut targets = Vec::new();
+
+    let ratios: Vec<String> = report
+        .payments
+        .iter()
+        .map(|level| format!("{} clients {:.0} %", level.concurrency, 100.0 * level.throughput_ratio))
+        .collect();
+    targets.push(Target {
+        target: "payments commits/s at least 70 % of pgbench at the same concurrency".to_owned(),
+        measured: ratios.join(", "),
+        met: (!report.payments.is_empty()).then(|| report.payments.iter().all(|level| level.throughput_ratio >= 0.7)),
+    });
+
+    let peak = report
+        .payments
+        .iter()
+        .max_by(|a, b| a.pairs_per_second.total_cmp(&b.pairs_per_second));
+    targets.push(Target {
+        target: "outbox relay and tax consumer keep their backlog bounded while payments runs at its peak".to_owned(),
+        measured: peak.map_or("-".to_owned(), |peak| {
+            let backlog = &peak.backlog;
+            format!(
+                "at {} clients ({:.0} events/s in): relay {:.0}/s, tax {:.0}/s, backlog growth {:.0}/s, max outbox {} / tax lag {}, drained {}",
+                peak.concurrency,
+                backlog.input_events_per_second,
+                backlog.relay_events_per_second,
+                backlog.tax_events_per_second,
+                backlog.growth_per_second,
+                backlog.max_payments_outbox,
+                backlog.max_tax_lag,
+                backlog
+                    .drain_seconds
+                    .map_or("not within the timeout".to_owned(), |seconds| format!("{seconds:.0} s after the load")),
+            )
+        }),
+        met: peak.map(|peak| peak.backlog.bounded),
+    });
+
+    targets.push(Target {
+        target: "end-to-end p99 under 250 ms at half the peak rate".to_owned(),
+        measured: report.e2e.as_ref().map_or("-".to_owned(), |e2e| {
+            format!(
+                "{:.0} pairs/s: ack -> on tax.calculated p99 {:.0} ms ({} missing); ack -> calculated p99 {:.0} ms",
+                e2e.rate, e2e.to_published.latency.p99_ms, e2e.to_published.errors, e2e.to_calculated.latency.p99_ms
+            )
+        }),
+        met: report
+            .e2e
+            .as_ref()
+            .map(|e2e| e2e.to_published.latency.p99_ms < 250.0 && e2e.to_published.errors == 0),
+    });
+
+    targets.push(Target {
+        target: "hot-account ledger at least half the throughput of the spread one".to_owned(),
+        measured: match (&report.ledger, &report.ledger_skipped) {
+            (Some(ledger), _) => format!(
+                "hot {:.0} entries/s vs spread {:.0} entries/s = {:.0} %",
+                ledger.hot.entries_per_second,
+                ledger.spread.entries_per_second,
+                100.0 * ledger.hot_to_spread
+            ),
+            (None, Some(reason)) => format!("not run: {reason}"),
+            (None, None) => "not run".to_owned(),
+        },
+        met: report.ledger.as_ref().map(|ledger| ledger.hot_to_spread >= 0.5),
+    });
+
+    // 150 MB = 143.05 MiB.
+    let limit_mib = 150.0 * 1_000_000.0 / (1024.0 * 1024.0);
+    let services: Vec<(&String, &f64)> = peak_rss.iter().collect();
+    let peak_of = |peak: &f64| *peak;
+    targets.push(Target {
+        target: "every service under 150 MB RSS at peak".to_owned(),
+        measured: services
+            .iter()
+            .map(|(name, usage)| format!("{name} {:.0} MB", peak_of(usage) * 1.048_576))
+            .collect::<Vec<_>>()
+            .join(", "),
+        met: (!services.is_empty()).then(|| services.iter().all(|(_, usage)| peak_of(usage) < limit_mib)),
+    });
+    targets
+}
