@@ -253,6 +253,10 @@ pub async fn run_consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
+        // Latency of a quiet partition: some brokers hold a fetch for part of its max wait even
+        // when records are waiting (Tansu 0.6 sleeps half of it), so the default 500 ms would cost
+        // up to half a second per hop (measured by bench/).
+        .set("fetch.wait.max.ms", "50")
         .set(
             "max.poll.interval.ms",
             settings.max_poll_interval.as_millis().to_string(),
