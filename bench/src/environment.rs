@@ -109,16 +109,24 @@ pub struct Environment {
 }
 
 impl Environment {
-    /// Builds the environment `tag` with what `needs` asks for.
+    /// Builds the environment `tag` with what `needs` asks for; what was built before a failure is
+    /// torn down again (databases dropped, processes stopped).
     pub async fn start(context: &RunContext<'_>, tag: &str, needs: Needs) -> anyhow::Result<Self> {
-        let options = context.options;
-        let dir = context.work_dir.join(tag);
-        std::fs::create_dir_all(&dir)?;
-        let prefix = format!("bench.{}.{tag}.", context.run_id);
-        let mut environment = Self {
+        let mut environment = Self::empty(context, tag);
+        match environment.build(context, needs).await {
+            Ok(()) => Ok(environment),
+            Err(error) => {
+                environment.stop(context).await;
+                Err(error)
+            }
+        }
+    }
+
+    fn empty(context: &RunContext<'_>, tag: &str) -> Self {
+        Self {
             tag: tag.to_owned(),
-            prefix: prefix.clone(),
-            bootstrap: options.bootstrap.clone(),
+            prefix: format!("bench.{}.{tag}.", context.run_id),
+            bootstrap: context.options.bootstrap.clone(),
             broker: None,
             services: Services {
                 payments: None,
@@ -134,7 +142,16 @@ impl Environment {
             sizes: None,
             service_env: Vec::new(),
             databases: Vec::new(),
-        };
+        }
+    }
+
+    async fn build(&mut self, context: &RunContext<'_>, needs: Needs) -> anyhow::Result<()> {
+        let options = context.options;
+        let tag = self.tag.clone();
+        let dir = context.work_dir.join(&tag);
+        std::fs::create_dir_all(&dir)?;
+        let prefix = self.prefix.clone();
+        let environment = self;
         if !options.shared_broker {
             let broker = PrivateBroker::start(&dir.join("broker")).await?;
             environment.bootstrap = broker.bootstrap.clone();
@@ -299,7 +316,7 @@ impl Environment {
             if names.is_empty() { "" } else { " · " },
             names.join(" · ")
         ));
-        Ok(environment)
+        Ok(())
     }
 
     async fn create_database(&mut self, context: &RunContext<'_>, name: &str) -> anyhow::Result<()> {

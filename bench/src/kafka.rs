@@ -286,8 +286,8 @@ pub enum Start {
 
 /// A reader assigned every partition of `topic` directly (no group join: joining a group makes the
 /// broker's coordinator rebalance, which must not disturb the services' own groups), starting at
-/// `start`. `fetch_wait_ms` overrides librdkafka's `fetch.wait.max.ms` (default 500, what the
-/// services use). Blocks while it asks for watermarks.
+/// `start`. `fetch_wait_ms` overrides librdkafka's `fetch.wait.max.ms` (librdkafka default 500;
+/// the platform consumer uses 50). Blocks while it asks for watermarks.
 pub fn assigned_reader(
     bootstrap: &str,
     topic: &str,

@@ -241,6 +241,7 @@ pub async fn run(options: Options) -> anyhow::Result<(Report, Vec<String>)> {
         if options.smoke { "smoke" } else { "full" },
         work_dir.display()
     ));
+    prune_work_dirs(&options.work_dir, &run_id);
     match admin.drop_stale().await {
         Ok(dropped) if !dropped.is_empty() => say(format!("    dropped stale databases: {}", dropped.join(", "))),
         Ok(_) => {}
@@ -667,6 +668,30 @@ async fn ledger_scenario(context: &RunContext<'_>, state: &mut SuiteState) -> an
         Ok(results)
     })
     .await
+}
+
+/// Keeps the work folders of the last five runs (run ids start with the Unix time, so names sort
+/// by age); service logs at `info` take a few MB per scenario.
+fn prune_work_dirs(work_root: &Path, current: &str) {
+    const KEEP: usize = 5;
+    let Ok(entries) = std::fs::read_dir(work_root) else {
+        return;
+    };
+    let mut runs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir())
+        .filter(|path| {
+            path.file_name().and_then(|name| name.to_str()).is_some_and(|name| {
+                name != current && name.split('_').next().is_some_and(|secs| secs.parse::<u64>().is_ok())
+            })
+        })
+        .collect();
+    runs.sort();
+    let excess = runs.len().saturating_sub(KEEP - 1);
+    for old in runs.into_iter().take(excess) {
+        let _ = std::fs::remove_dir_all(old);
+    }
 }
 
 /// Writes `latest.json`, `latest.md` and `latest.svg` into `out_dir`.
