@@ -307,7 +307,8 @@ async fn a_crash_before_the_commit_redelivers_without_a_second_effect() {
     wait_for_commit(&group, &topic, 0, crash_delivery.offset).await;
     task.abort();
     assert!(task.await.expect_err("aborted").is_cancelled());
-    assert_eq!(committed_offset(&group, &topic, 0).await, Some(crash_delivery.offset));
+    // Still the first offset after the crash (polled: a busy broker may time a single probe out).
+    wait_for_commit(&group, &topic, 0, crash_delivery.offset).await;
 
     // Restart in the same group: only the uncommitted event comes again, and changes nothing.
     let handler = ApplyOnce {
