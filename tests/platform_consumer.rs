@@ -1,7 +1,7 @@
 //! The shared consumer loop against the real broker and PostgreSQL: poison records go to the
 //! dead-letter topic without blocking their partition, a crash before the commit redelivers
 //! without a second effect, the producer's trace continues in the handler, and transient failures
-//! are retried until they pass, never skipped.
+//! are retried until they pass, never skipped, and a stuck partition holds up no other.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -514,4 +514,110 @@ async fn shutdown_while_retrying_leaves_the_event_uncommitted() {
     stop(task, shutdown).await;
     // The finished event is committed (synchronously on shutdown at the latest); the failing one is not.
     assert_eq!(committed_offset(&group, &topic, 0).await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_partition_does_not_hold_up_the_others_and_each_stays_in_order() {
+    let _telemetry = fintech_platform::telemetry::init("test").expect("telemetry");
+    let topic = unique_topic("consumer.lanes");
+    let dead_letter_topic = unique_topic("consumer.lanes.dlq");
+    create_topics(&kafka_bootstrap(), &[&topic], 4).await;
+    create_topics(&kafka_bootstrap(), &[&dead_letter_topic], 1).await;
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("broker.address.family", "v4")
+        .create()
+        .expect("producer");
+    const PER_PARTITION: i64 = 5;
+    let produce = async |partitions: std::ops::Range<i32>| {
+        for partition in partitions {
+            for n in 0..PER_PARTITION {
+                let id = format!("order-{partition}-{n}");
+                let value = order(&id, 10 + n).encode_to_vec();
+                let record = rdkafka::producer::FutureRecord::to(&topic)
+                    .partition(partition)
+                    .key(&id)
+                    .payload(&value)
+                    .headers(metadata(&id, TraceHeaders::default()).to_headers());
+                producer.send(record, WAIT).await.expect("send");
+            }
+        }
+    };
+
+    // Partition 0's first record fails until the test lets it through; everything else passes.
+    struct Gate {
+        open: AtomicBool,
+        stuck: mpsc::UnboundedSender<()>,
+        handled: mpsc::UnboundedSender<(i32, i64)>,
+    }
+    impl std::fmt::Debug for Gate {
+        fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("Gate")
+        }
+    }
+    #[async_trait]
+    impl EventHandler for Gate {
+        async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
+            if event.partition == 0 && !self.open.load(Ordering::SeqCst) {
+                let _ = self.stuck.send(());
+                return Err(HandlerError::transient("partition 0 is stuck"));
+            }
+            self.handled
+                .send((event.partition, event.offset))
+                .expect("test listens");
+            Ok(())
+        }
+    }
+
+    let (handled, mut handled_rx) = mpsc::unbounded_channel();
+    let (stuck, mut stuck_rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(Gate {
+        open: AtomicBool::new(false),
+        stuck,
+        handled,
+    });
+    let group = unique_group("lanes");
+    let mut consumer_settings = settings(&topic, &dead_letter_topic, &group);
+    consumer_settings.lanes = 4;
+    let (task, shutdown) = start(consumer_settings, Arc::clone(&gate) as Arc<dyn EventHandler>);
+
+    // Partition 0 first, until its first record is being retried; only then the other three.
+    produce(0..1).await;
+    next(&mut stuck_rx, "partition 0 stuck on its first record").await;
+    produce(1..4).await;
+
+    // While partition 0 is stuck on its first record, the other three are handled completely,
+    // each in offset order.
+    let mut seen: std::collections::BTreeMap<i32, Vec<i64>> = std::collections::BTreeMap::new();
+    for _ in 0..3 * PER_PARTITION {
+        let (partition, offset) = next(&mut handled_rx, "a record of partitions 1-3").await;
+        seen.entry(partition).or_default().push(offset);
+    }
+    let in_order: Vec<i64> = (0..PER_PARTITION).collect();
+    assert_eq!(
+        seen,
+        (1..4).map(|partition| (partition, in_order.clone())).collect(),
+        "partitions 1-3 handled in order while partition 0 waits"
+    );
+    for partition in 1..4 {
+        wait_for_commit(&group, &topic, partition, PER_PARTITION).await;
+    }
+    assert_eq!(
+        committed_offset(&group, &topic, 0).await,
+        None,
+        "nothing of the stuck partition is committed"
+    );
+
+    // Released, partition 0 is handled from its first record on, in order, nothing skipped.
+    gate.open.store(true, Ordering::SeqCst);
+    let mut stuck = Vec::new();
+    for _ in 0..PER_PARTITION {
+        let (partition, offset) = next(&mut handled_rx, "a record of partition 0").await;
+        assert_eq!(partition, 0);
+        stuck.push(offset);
+    }
+    assert_eq!(stuck, in_order);
+    wait_for_commit(&group, &topic, 0, PER_PARTITION).await;
+    stop(task, shutdown).await;
+    assert!(handled_rx.try_recv().is_err(), "each record handled once");
 }

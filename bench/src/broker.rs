@@ -42,6 +42,24 @@ pub fn tansu_binary() -> PathBuf {
     }
 }
 
+/// Indexes the broker's storage before it opens it, as `deploy/local/up` does (ADR 0008).
+fn prepare_storage(database: &Path) -> anyhow::Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/tansu_storage.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg(database)
+        .output()
+        .with_context(|| format!("run python3 {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 impl PrivateBroker {
     /// Starts Tansu with SQLite storage under `dir` and waits until it answers.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
@@ -50,6 +68,7 @@ impl PrivateBroker {
         let url = format!("tcp://127.0.0.1:{port}");
         let log = dir.join("broker.log");
         let log_file = std::fs::File::create(&log)?;
+        prepare_storage(&dir.join("tansu.db"))?;
         let child = Command::new(tansu_binary())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             // Relative to the working directory, as deploy/local/up runs it.

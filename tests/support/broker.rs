@@ -30,6 +30,21 @@ fn tansu_binary() -> PathBuf {
     }
 }
 
+/// Indexes the broker's storage before it opens it, as `deploy/local/up` does (ADR 0008).
+fn prepare_storage(database: &std::path::Path) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/tansu_storage.py");
+    let status = Command::new("python3")
+        .arg(script)
+        .arg(database)
+        .status()
+        .expect("python3 runs deploy/local/tansu_storage.py");
+    assert!(
+        status.success(),
+        "deploy/local/tansu_storage.py failed for {}",
+        database.display()
+    );
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -88,6 +103,7 @@ impl PrivateBroker {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         // Tansu resolves the SQLite path against its working directory.
         let storage = "sqlite://tansu.db";
+        prepare_storage(&self.data.path().join("tansu.db"));
         let log = std::fs::File::create(self.data.path().join("broker.log")).expect("broker log");
         let child = Command::new(tansu_binary())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])

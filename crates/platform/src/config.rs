@@ -11,6 +11,7 @@
 //! | `KAFKA_BOOTSTRAP_SERVERS` | `127.0.0.1:9092` | Kafka-protocol brokers |
 //! | `REDIS_URL` | unset (no fast path) | optional Redis for the idempotency fast path |
 //! | `KAFKA_GROUP_INSTANCE_ID` | unset (dynamic membership) | static consumer-group membership: a stable, unique id per instance (e.g. the pod name) so a restarted instance takes its partitions back at once |
+//! | `KAFKA_CONSUMER_LANES` | `4` | partitions a consumer handles concurrently (1-64; each partition stays in order) |
 //! | `GRPC_MAX_MESSAGE_BYTES` | `4194304` | largest accepted and sent gRPC message |
 //! | `OUTBOX_BATCH_SIZE` | `256` | rows one relay publishes per round |
 //! | `OUTBOX_POLL_INTERVAL_MS` | `100` | idle wait of the relay between empty rounds |
@@ -82,6 +83,8 @@ pub struct PlatformConfig {
     pub redis_url: Option<String>,
     /// Static consumer-group membership id of this instance, if any.
     pub kafka_group_instance_id: Option<String>,
+    /// Partitions a consumer handles concurrently (each partition stays in order).
+    pub kafka_consumer_lanes: usize,
     /// Largest gRPC message accepted or sent.
     pub grpc_max_message_bytes: usize,
     /// Outbox relay batch size.
@@ -121,6 +124,13 @@ impl PlatformConfig {
             });
         }
         let outbox_poll_interval = Duration::from_millis(env_parse("OUTBOX_POLL_INTERVAL_MS", 100u64)?);
+        let kafka_consumer_lanes = env_parse("KAFKA_CONSUMER_LANES", crate::kafka::consumer::DEFAULT_LANES)?;
+        if !(1..=64).contains(&kafka_consumer_lanes) {
+            return Err(Error::Config {
+                variable: "KAFKA_CONSUMER_LANES".to_owned(),
+                reason: "must be between 1 and 64".to_owned(),
+            });
+        }
         Ok(Self {
             service_name: service_name.to_owned(),
             grpc_listen_addr,
@@ -129,6 +139,7 @@ impl PlatformConfig {
             kafka_bootstrap_servers,
             redis_url: env_opt("REDIS_URL"),
             kafka_group_instance_id: env_opt("KAFKA_GROUP_INSTANCE_ID"),
+            kafka_consumer_lanes,
             grpc_max_message_bytes,
             outbox_batch_size,
             outbox_poll_interval,

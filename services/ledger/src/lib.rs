@@ -82,6 +82,7 @@ pub async fn run(config: LedgerConfig, listener: TcpListener, shutdown: Cancella
             topics.name(events::DEAD_LETTER),
         );
         settings.group_instance_id = platform.kafka_group_instance_id.clone();
+        settings.lanes = platform.kafka_consumer_lanes;
         let dead_letters = EventProducer::new(
             &platform.kafka_bootstrap_servers,
             "ledger-dead-letters",

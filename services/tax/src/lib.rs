@@ -72,6 +72,7 @@ pub async fn run(config: TaxConfig, listener: TcpListener, shutdown: Cancellatio
         topics.name(events::TAX_DLQ),
     );
     consumer_settings.group_instance_id = platform.kafka_group_instance_id.clone();
+    consumer_settings.lanes = platform.kafka_consumer_lanes;
     let dead_letters = EventProducer::new(
         &platform.kafka_bootstrap_servers,
         "tax-dead-letters",

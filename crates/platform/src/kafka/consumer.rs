@@ -1,6 +1,6 @@
-//! The consumer loop every service uses: at-least-once delivery with manual commits, retries for
-//! transient failures, a dead-letter topic for events that can never be processed, and the
-//! producer's trace context restored around the handler.
+//! The consumer loop every service uses: at-least-once delivery (an offset is stored only after its
+//! record finished), retries for transient failures, a dead-letter topic for events that can never
+//! be processed, and the producer's trace context restored around the handler.
 //!
 //! # Guarantees
 //! - **At least once.** A record's offset is committed only after its handler succeeded or after
@@ -8,9 +8,12 @@
 //!   kill or a rebalance before that commit means the record is delivered again, so handlers must
 //!   be idempotent: they apply their effect and [`mark_processed`] in one database transaction and
 //!   skip the effect when the event id was already recorded.
-//! - **Order per partition.** Records are handled one at a time, in offset order. A record whose
-//!   handler fails with [`HandlerError::Transient`] is retried (backoff from 100 ms doubling up to
-//!   [`ConsumerSettings::max_backoff`]) and is never skipped: the partition waits for it.
+//! - **Order per partition.** Each partition is handled by one of [`ConsumerSettings::lanes`]
+//!   lanes (partitions are dealt to lanes in turn as they first appear, and keep their lane), one
+//!   record at a time, in offset order; lanes run concurrently, so partitions do not wait for each other's
+//!   database round trips. A record whose handler fails with [`HandlerError::Transient`] is retried
+//!   (backoff from 100 ms doubling up to [`ConsumerSettings::max_backoff`]) and is never skipped:
+//!   its partition waits for it (the other lanes go on until the one lane's queue is full).
 //! - **Poison records never block a partition.** A record without valid CloudEvents headers, or
 //!   whose handler says [`HandlerError::Permanent`], goes to [`ConsumerSettings::dead_letter_topic`]
 //!   with its original key, value and headers plus `dlq_reason`, `dlq_original_topic`,
@@ -20,16 +23,22 @@
 //!   `traceparent` of the record, so the handler's trace id is the producer's.
 //!
 //! # Failure modes
-//! - Shutdown (the [`CancellationToken`]) lets the record in hand finish, commits the finished
-//!   offsets synchronously and returns. A record still being retried at that moment is left
+//! - Shutdown (the [`CancellationToken`]) lets the record in hand of each lane finish (records
+//!   queued behind it are left for the next run), commits the finished offsets synchronously and
+//!   returns. A record still being retried at that moment is left
 //!   uncommitted and is delivered again after the restart.
-//! - Offsets are committed asynchronously after each record; a commit lost to a crash only means
-//!   redelivery of records that were already handled.
-//! - While one record is retried the loop does not poll the broker. If that lasts longer than
-//!   [`ConsumerSettings::max_poll_interval`] the client leaves the group, its partitions move to
-//!   another member, which handles the record again (idempotently), and this one rejoins when it
-//!   polls again.
-//! - A panic in a handler ends the consumer task without committing the record in hand.
+//! - A finished record's offset is stored at once and committed by the client every
+//!   [`COMMIT_INTERVAL`] (and on a rebalance and at shutdown), not one commit request per record:
+//!   on a broker that writes each commit to disk that per-record request was a large part of its
+//!   load. A crash loses at most the commits of that interval, which only means redelivery of
+//!   records that were already handled.
+//! - While one record is retried, its lane's queue fills and then the loop stops polling the
+//!   broker. If that lasts longer than [`ConsumerSettings::max_poll_interval`] the client leaves
+//!   the group, its partitions move to another member, which handles the record again
+//!   (idempotently), and this one rejoins when it polls again. Records of a revoked partition
+//!   still queued in a lane are handled anyway (idempotently) and their offsets are not stored.
+//! - A panic in a handler ends the consumer (the panic is resumed in its task) without committing
+//!   the record in hand.
 //! - A dead letter of a record without a key or value gets an empty key or value (the producer
 //!   API takes byte slices).
 
@@ -57,6 +66,12 @@ use crate::telemetry::{TraceHeaders, set_remote_parent};
 
 /// First delay after a transient failure; it doubles up to [`ConsumerSettings::max_backoff`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// How often the stored offsets of finished records are committed.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(250);
+/// Partitions handled concurrently unless configured otherwise (`KAFKA_CONSUMER_LANES`).
+pub const DEFAULT_LANES: usize = 4;
+/// Records queued per lane before the loop stops fetching.
+const LANE_QUEUE: usize = 64;
 
 /// One record as the handler sees it.
 #[derive(Debug, Clone)]
@@ -207,11 +222,14 @@ pub struct ConsumerSettings {
     /// restarted process take its partitions back at once instead of waiting for the old
     /// member's session to expire. Two live processes must never share one.
     pub group_instance_id: Option<String>,
+    /// Partitions handled concurrently (at least 1); records of one partition always stay in
+    /// order on one lane.
+    pub lanes: usize,
 }
 
 impl ConsumerSettings {
     /// Settings with defaults: client id = group id, backoff capped at 30 s, session timeout
-    /// 10 s, max poll interval 5 min.
+    /// 10 s, max poll interval 5 min, [`DEFAULT_LANES`] lanes.
     pub fn new(
         bootstrap_servers: impl Into<String>,
         group_id: impl Into<String>,
@@ -229,6 +247,7 @@ impl ConsumerSettings {
             session_timeout: Duration::from_secs(10),
             max_poll_interval: Duration::from_secs(300),
             group_instance_id: None,
+            lanes: DEFAULT_LANES,
         }
     }
 }
@@ -239,7 +258,7 @@ impl ConsumerSettings {
 pub async fn run_consumer(
     settings: ConsumerSettings,
     handler: Arc<dyn EventHandler>,
-    mut dead_letters: EventProducer,
+    dead_letters: EventProducer,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mut config = client_config(&settings.bootstrap_servers, &settings.client_id);
@@ -248,8 +267,10 @@ pub async fn run_consumer(
     }
     let consumer: StreamConsumer<LoggingContext> = config
         .set("group.id", &settings.group_id)
-        .set("enable.auto.commit", "false")
-        // Offsets are committed explicitly, per record; never from librdkafka's stored position.
+        // Only offsets stored explicitly after a record finished are committed (at least once),
+        // in the background every COMMIT_INTERVAL, never the position librdkafka has fetched to.
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", COMMIT_INTERVAL.as_millis().to_string())
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
@@ -264,10 +285,30 @@ pub async fn run_consumer(
         .create_with_context(LoggingContext)?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
-    tracing::info!(group = %settings.group_id, topics = ?settings.topics, "consumer started");
+    let consumer = Arc::new(consumer);
+    let settings = Arc::new(settings);
+    tracing::info!(group = %settings.group_id, topics = ?settings.topics, lanes = settings.lanes.max(1),
+        "consumer started");
 
-    // Next offset to commit per partition, for the synchronous commit on shutdown.
-    let mut finished: HashMap<(String, i32), i64> = HashMap::new();
+    // Stops the lanes: on shutdown, or when one of them ended early.
+    let lanes_stop = shutdown.child_token();
+    let mut queues = Vec::with_capacity(settings.lanes.max(1));
+    let mut lanes = tokio::task::JoinSet::new();
+    for _ in 0..settings.lanes.max(1) {
+        let (queue, records) = tokio::sync::mpsc::channel(LANE_QUEUE);
+        queues.push(queue);
+        lanes.spawn(run_lane(
+            records,
+            Arc::clone(&handler),
+            dead_letters.clone(),
+            Arc::clone(&settings),
+            Arc::clone(&consumer),
+            lanes_stop.clone(),
+        ));
+    }
+
+    // The lane of each partition seen so far: dealt in turn, then fixed for the life of the consumer.
+    let mut lane_of: HashMap<(String, i32), usize> = HashMap::new();
     loop {
         let received = tokio::select! {
             biased;
@@ -281,22 +322,73 @@ pub async fn run_consumer(
                 continue;
             }
         };
+        let dealt = lane_of.len() % queues.len();
+        let lane = *lane_of.entry((event.topic.clone(), event.partition)).or_insert(dealt);
+        let sent = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            sent = queues[lane].send(event) => sent,
+        };
+        if sent.is_err() {
+            // The lane ended (a handler panicked): stop; the panic is resumed below.
+            break;
+        }
+    }
+    // Lanes finish the record in hand and stop; queued records stay uncommitted.
+    lanes_stop.cancel();
+    drop(queues);
+
+    let mut finished: HashMap<(String, i32), i64> = HashMap::new();
+    let mut panic = None;
+    while let Some(lane) = lanes.join_next().await {
+        match lane {
+            Ok(offsets) => finished.extend(offsets),
+            Err(error) if error.is_panic() => panic = Some(error.into_panic()),
+            Err(error) => tracing::warn!(%error, "consumer lane did not finish"),
+        }
+    }
+    commit_finished(&consumer, &finished);
+    tracing::info!(group = %settings.group_id, "consumer stopped");
+    if let Some(panic) = panic {
+        std::panic::resume_unwind(panic);
+    }
+    Ok(())
+}
+
+/// Handles the records of its partitions in order until its queue closes or shutdown; returns the
+/// next offset to commit per partition it finished records of.
+async fn run_lane(
+    mut records: tokio::sync::mpsc::Receiver<ConsumedEvent>,
+    handler: Arc<dyn EventHandler>,
+    mut dead_letters: EventProducer,
+    settings: Arc<ConsumerSettings>,
+    consumer: Arc<StreamConsumer<LoggingContext>>,
+    shutdown: CancellationToken,
+) -> HashMap<(String, i32), i64> {
+    let mut finished = HashMap::new();
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            event = records.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
         match process(&event, handler.as_ref(), &mut dead_letters, &settings, &shutdown).await {
             Outcome::Finished => {
                 let next = event.offset + 1;
-                if let Err(error) = commit(&consumer, &event.topic, event.partition, next, CommitMode::Async) {
+                if let Err(error) = store(&consumer, &event.topic, event.partition, next) {
+                    // The partition was revoked meanwhile: its new owner delivers the record again.
                     tracing::warn!(%error, topic = %event.topic, partition = event.partition, offset = event.offset,
-                        "offset commit failed; the record may be delivered again");
+                        "offset not stored; the record may be delivered again");
                 }
                 finished.insert((event.topic, event.partition), next);
             }
             Outcome::Interrupted => break,
         }
     }
-
-    commit_finished(&consumer, &finished);
-    tracing::info!(group = %settings.group_id, "consumer stopped");
-    Ok(())
+    finished
 }
 
 /// Records that consumer `consumer` applied event `event_id`; `true` when it had not before.
@@ -450,16 +542,16 @@ fn backoff_delay(attempt: u32, max: Duration) -> Duration {
     INITIAL_BACKOFF.saturating_mul(2u32.saturating_pow(attempt)).min(max)
 }
 
-fn commit<C: ConsumerContext>(
+/// Stores `next_offset` (the offset after the finished record) for the next commit.
+fn store<C: ConsumerContext>(
     consumer: &StreamConsumer<C>,
     topic: &str,
     partition: i32,
     next_offset: i64,
-    mode: CommitMode,
 ) -> KafkaResult<()> {
     let mut offsets = TopicPartitionList::with_capacity(1);
     offsets.add_partition_offset(topic, partition, Offset::Offset(next_offset))?;
-    consumer.commit(&offsets, mode)
+    consumer.store_offsets(&offsets)
 }
 
 /// Synchronously commits the finished offsets of the partitions still assigned (a revoked

@@ -1,5 +1,5 @@
-//! Kafka plumbing on rdkafka (bundled librdkafka): an idempotent producer, a consumer loop with
-//! manual commits and a dead-letter path, and the CloudEvents + W3C trace-context headers both use.
+//! Kafka plumbing on rdkafka (bundled librdkafka): an idempotent producer, a consumer loop that
+//! commits only finished records, and a dead-letter path, and the CloudEvents + W3C trace-context headers both use.
 //!
 //! Everything here speaks the Kafka protocol only; nothing depends on which broker answers.
 

@@ -139,21 +139,23 @@ impl Processor {
             payments::Transaction::decode(envelope.payload.as_slice()).context("decode parked transaction")?;
         let transaction = proto::taxable_transaction(&transaction).map_err(anyhow::Error::msg)?;
         storage::lock_order(conn, transaction.order_id).await?;
-        if storage::is_taxed(conn, transaction.transaction_id).await? {
+        let state = storage::transaction_state(conn, transaction.transaction_id, transaction.order_id).await?;
+        if state.taxed {
             return Ok(Outcome::AlreadyTaxed);
         }
-        if storage::is_reversed(conn, transaction.transaction_id).await? {
+        if state.reversed {
             // It failed or was refunded before it could be taxed (its update came first).
             return Ok(Outcome::NotTaxable);
         }
-        let order = storage::get_order(conn, transaction.order_id).await?;
         let now = Utc::now();
-        match domain::decide(&transaction, order.as_ref(), self.rates, fintech_now(now)) {
+        match domain::decide(&transaction, state.order.as_ref(), self.rates, fintech_now(now)) {
             Decision::Taxed(taxed) => {
                 if !storage::insert_taxed(conn, &taxed).await? {
                     return Ok(Outcome::AlreadyTaxed);
                 }
-                storage::resolve_failure(conn, taxed.transaction_id).await?;
+                if state.open_failure {
+                    storage::resolve_failure(conn, taxed.transaction_id).await?;
+                }
                 let event = OutboxEvent::protobuf(
                     self.topics.name(TAX_CALCULATED),
                     taxed.order_id.to_string(),

@@ -41,16 +41,46 @@ pub async fn upsert_order(conn: &mut PgConnection, order: &CachedOrder) -> anyho
     Ok(stored.rows_affected() == 1)
 }
 
-/// The cached order, if it arrived.
-pub async fn get_order(conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<Option<CachedOrder>> {
-    let payload: Option<serde_json::Value> = sqlx::query_scalar("SELECT payload FROM order_cache WHERE id = $1")
-        .bind(order_id)
-        .fetch_optional(conn)
-        .await
-        .context("read cached order")?;
-    payload
-        .map(|payload| serde_json::from_value(payload).context("cached order json"))
-        .transpose()
+/// What tax already knows about one transaction and its order, read in one statement.
+#[derive(Debug, Clone)]
+pub struct TransactionState {
+    /// It has a result.
+    pub taxed: bool,
+    /// It stopped being taxable (failed or refunded) before it got a result, or was reversed.
+    pub reversed: bool,
+    /// It has an unresolved failure (resolved when it gets a result).
+    pub open_failure: bool,
+    /// Its order, if the order arrived.
+    pub order: Option<CachedOrder>,
+}
+
+/// Reads [`TransactionState`] in one round trip; call it after [`lock_order`], so it sees every
+/// write committed by whoever held the lock before.
+pub async fn transaction_state(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+    order_id: Uuid,
+) -> anyhow::Result<TransactionState> {
+    let row = sqlx::query(
+        "SELECT EXISTS (SELECT 1 FROM taxed_transactions WHERE transaction_id = $1) AS taxed, \
+                EXISTS (SELECT 1 FROM tax_reversals WHERE transaction_id = $1) AS reversed, \
+                EXISTS (SELECT 1 FROM tax_failures WHERE transaction_id = $1 AND resolved_at IS NULL) AS open_failure, \
+                (SELECT payload FROM order_cache WHERE id = $2) AS order_payload",
+    )
+    .bind(transaction_id)
+    .bind(order_id)
+    .fetch_one(conn)
+    .await
+    .context("read transaction state")?;
+    let order: Option<serde_json::Value> = row.try_get("order_payload")?;
+    Ok(TransactionState {
+        taxed: row.try_get("taxed")?,
+        reversed: row.try_get("reversed")?,
+        open_failure: row.try_get("open_failure")?,
+        order: order
+            .map(|payload| serde_json::from_value(payload).context("cached order json"))
+            .transpose()?,
+    })
 }
 
 /// A transaction waiting for its order.
@@ -201,15 +231,6 @@ pub async fn insert_taxed(conn: &mut PgConnection, taxed: &TaxedTransaction) -> 
     .await
     .context("insert taxed transaction")?;
     Ok(inserted.rows_affected() == 1)
-}
-
-/// Whether a transaction already has a result.
-pub async fn is_taxed(conn: &mut PgConnection, transaction_id: Uuid) -> anyhow::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM taxed_transactions WHERE transaction_id = $1)")
-        .bind(transaction_id)
-        .fetch_one(conn)
-        .await
-        .context("check taxed")
 }
 
 /// One result.
@@ -414,15 +435,6 @@ pub async fn insert_reversal(
     .await
     .context("insert reversal")?;
     Ok(inserted.rows_affected() == 1)
-}
-
-/// Whether a transaction was voided or reversed.
-pub async fn is_reversed(conn: &mut PgConnection, transaction_id: Uuid) -> anyhow::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tax_reversals WHERE transaction_id = $1)")
-        .bind(transaction_id)
-        .fetch_one(conn)
-        .await
-        .context("check reversal")
 }
 
 /// Removes a parked transaction (it stopped being taxable before its order arrived).
