@@ -65,9 +65,11 @@ async fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
                     .map(PathBuf::from)
                     .unwrap_or_else(|| PathBuf::from(".")),
             };
-            let report: Report =
+            let mut report: Report =
                 serde_json::from_str(&std::fs::read_to_string(json).with_context(|| format!("read {json}"))?)
                     .with_context(|| format!("parse {json}"))?;
+            // Any older layout reads; the JSON written back is in the current one.
+            report.schema_version = fintech_bench::report::SCHEMA_VERSION;
             suite::write_report(&report, &out)?;
             Ok(ExitCode::SUCCESS)
         }

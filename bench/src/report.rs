@@ -11,8 +11,9 @@ use crate::monitor::Point;
 use crate::procstat::Usage;
 use crate::stats::{Latency, Samples};
 
-/// Version of the JSON layout.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the JSON layout: 1 had `payments_alone` as one level (the peak) or null; 2 has a
+/// list, one per client count. [`Report`] reads both.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -33,10 +34,11 @@ pub struct Report {
     pub config: RunConfig,
     /// Payments scenario with its pgbench baseline, one entry per concurrency.
     pub payments: Vec<PaymentsLevel>,
-    /// Payments at the highest concurrency with nothing else running (no relay, tax or ledger):
-    /// its command path alone against the same pgbench baseline.
-    #[serde(default)]
-    pub payments_alone: Option<PaymentsLevel>,
+    /// Payments with nothing else running (no relay, tax or ledger), one entry per concurrency:
+    /// its command path alone, each against a pgbench run of its own in the same environment.
+    /// Schema 1 stored one level (the peak) or null; both still read (see [`levels_or_one`]).
+    #[serde(default, deserialize_with = "levels_or_one")]
+    pub payments_alone: Vec<PaymentsLevel>,
     /// CPU profiles taken during the peak.
     #[serde(default)]
     pub profiles: Vec<crate::profile::Profile>,
@@ -54,6 +56,44 @@ pub struct Report {
     pub targets: Vec<Target>,
     /// Free-form observations made by the run itself.
     pub notes: Vec<String>,
+}
+
+/// Reads `payments_alone` of any schema: a list (schema 2), one level or null (schema 1).
+fn levels_or_one<'de, D>(deserializer: D) -> Result<Vec<PaymentsLevel>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct LevelsOrOne;
+
+    impl<'de> serde::de::Visitor<'de> for LevelsOrOne {
+        type Value = Vec<PaymentsLevel>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a list of payments levels, one payments level or null")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            PaymentsLevel::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|level| vec![level])
+        }
+    }
+
+    deserializer.deserialize_any(LevelsOrOne)
 }
 
 /// The machine and the infrastructure versions.
@@ -563,34 +603,38 @@ impl Report {
             }
             let _ = writeln!(out, "\n![throughput and p99 against concurrency](latest.svg)\n");
         }
-        if let Some(alone) = &self.payments_alone {
-            let service = &alone.pair.latency;
-            let baseline = &alone.baseline.pair.latency;
+        if !self.payments_alone.is_empty() {
             let _ = writeln!(
                 out,
-                "### Payments alone at {} clients (no outbox relay, no tax, no ledger)\n\n\
-                 The command path by itself: the same load and the same pgbench baseline, with nothing else on the machine \
-                 competing for the two cores.\n",
-                alone.concurrency
+                "### Payments alone (no outbox relay, no tax, no ledger)\n\n\
+                 The command path by itself: the same load, each level against a pgbench run of its own in the same \
+                 environment, with nothing else on the machine competing for the {} cores.\n",
+                self.machine.nproc
             );
             let _ = writeln!(
                 out,
-                "| service commits/s | pgbench commits/s | ratio | service p50 / p99 ms | pgbench p50 / p99 ms | errors | service run | pgbench run |\n|---:|---:|---:|---|---|---|---|---|"
+                "| clients | service commits/s | pgbench commits/s | ratio | service p50 / p99 ms | pgbench p50 / p99 ms | errors | service run | pgbench run |\n|---:|---:|---:|---:|---|---|---|---|---|"
             );
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.2} | {} / {} | {} / {} | {} | {} | {} |\n",
-                fmt_rate(alone.commits_per_second),
-                fmt_rate(alone.baseline.commits_per_second),
-                alone.throughput_ratio,
-                fmt_ms(service.p50_ms),
-                fmt_ms(service.p99_ms),
-                fmt_ms(baseline.p50_ms),
-                fmt_ms(baseline.p99_ms),
-                errors_text(&alone.pair),
-                resources_text(&alone.resources, &["payments", "postgres", "load generator"]),
-                resources_text(&alone.baseline_resources, &["postgres", "pgbench"]),
-            );
+            for alone in &self.payments_alone {
+                let service = &alone.pair.latency;
+                let baseline = &alone.baseline.pair.latency;
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {:.2} | {} / {} | {} / {} | {} | {} | {} |",
+                    alone.concurrency,
+                    fmt_rate(alone.commits_per_second),
+                    fmt_rate(alone.baseline.commits_per_second),
+                    alone.throughput_ratio,
+                    fmt_ms(service.p50_ms),
+                    fmt_ms(service.p99_ms),
+                    fmt_ms(baseline.p50_ms),
+                    fmt_ms(baseline.p99_ms),
+                    errors_text(&alone.pair),
+                    resources_text(&alone.resources, &["payments", "postgres", "load generator"]),
+                    resources_text(&alone.baseline_resources, &["postgres", "pgbench"]),
+                );
+            }
+            let _ = writeln!(out);
         }
 
         if let Some(kafka) = &self.kafka {
@@ -835,24 +879,34 @@ impl Report {
         out
     }
 
-    /// The plot: commits per second (left) and p99 latency of a pair (right) against clients,
-    /// service and pgbench.
+    /// The plot: commits per second (left) and p99 latency of a pair (right) against clients, for
+    /// the service with the whole flow running, the service alone and pgbench (the run in the
+    /// with-flow level's environment).
     pub fn svg(&self) -> String {
-        let levels: Vec<usize> = self.payments.iter().map(|level| level.concurrency).collect();
-        let service_rate: Vec<f64> = self.payments.iter().map(|level| level.commits_per_second).collect();
-        let baseline_rate: Vec<f64> = self
+        // Every client count measured with or without the flow: a report of schema 1 has payments
+        // alone at the peak only, and a level that failed leaves a gap in its series.
+        let mut levels: Vec<usize> = self
             .payments
             .iter()
-            .map(|level| level.baseline.commits_per_second)
+            .chain(&self.payments_alone)
+            .map(|level| level.concurrency)
             .collect();
-        let service_p99: Vec<f64> = self.payments.iter().map(|level| level.pair.latency.p99_ms).collect();
-        let baseline_p99: Vec<f64> = self
-            .payments
-            .iter()
-            .map(|level| level.baseline.pair.latency.p99_ms)
-            .collect();
+        levels.sort_unstable();
+        levels.dedup();
+        let series = |of: &[PaymentsLevel], value: fn(&PaymentsLevel) -> f64| -> Vec<Option<f64>> {
+            levels
+                .iter()
+                .map(|clients| of.iter().find(|level| level.concurrency == *clients).map(value))
+                .collect()
+        };
+        let service_rate = series(&self.payments, |level| level.commits_per_second);
+        let alone_rate = series(&self.payments_alone, |level| level.commits_per_second);
+        let baseline_rate = series(&self.payments, |level| level.baseline.commits_per_second);
+        let service_p99 = series(&self.payments, |level| level.pair.latency.p99_ms);
+        let alone_p99 = series(&self.payments_alone, |level| level.pair.latency.p99_ms);
+        let baseline_p99 = series(&self.payments, |level| level.baseline.pair.latency.p99_ms);
         let width = 960.0;
-        let height = 420.0;
+        let height = 460.0;
         let mut svg = String::new();
         let _ = writeln!(
             svg,
@@ -876,8 +930,9 @@ impl Report {
                 title: "throughput (commits/s)",
                 levels: &levels,
                 series: &[
-                    ("service", "#1f77b4", &service_rate),
-                    ("pgbench", "#ff7f0e", &baseline_rate),
+                    (WITH_FLOW.0, WITH_FLOW.1, &service_rate),
+                    (ALONE.0, ALONE.1, &alone_rate),
+                    (PGBENCH.0, PGBENCH.1, &baseline_rate),
                 ],
             },
         );
@@ -891,43 +946,28 @@ impl Report {
                 title: "p99 latency of a pair (ms)",
                 levels: &levels,
                 series: &[
-                    ("service", "#1f77b4", &service_p99),
-                    ("pgbench", "#ff7f0e", &baseline_p99),
+                    (WITH_FLOW.0, WITH_FLOW.1, &service_p99),
+                    (ALONE.0, ALONE.1, &alone_p99),
+                    (PGBENCH.0, PGBENCH.1, &baseline_p99),
                 ],
             },
         );
-        if let Some(alone) = &self.payments_alone {
-            let index = levels.iter().position(|level| *level == alone.concurrency);
-            if let Some(index) = index {
-                for (x, value, max) in [
-                    (
-                        60.0,
-                        alone.commits_per_second,
-                        axis_top(&[&service_rate, &baseline_rate]),
-                    ),
-                    (
-                        540.0,
-                        alone.pair.latency.p99_ms,
-                        axis_top(&[&service_p99, &baseline_p99]),
-                    ),
-                ] {
-                    let px = slot_x(x, 380.0, levels.len(), index);
-                    let py = 50.0 + 300.0 - 300.0 * value / max;
-                    let _ = writeln!(
-                        svg,
-                        r##"<rect x="{:.1}" y="{:.1}" width="8" height="8" fill="#2ca02c"/><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#2ca02c" font-size="10">alone {}</text>"##,
-                        px - 4.0,
-                        py - 4.0,
-                        px - 8.0,
-                        py + 4.0,
-                        if value >= 100.0 {
-                            format!("{value:.0}")
-                        } else {
-                            format!("{value:.1}")
-                        }
-                    );
-                }
-            }
+        for (line, text) in [
+            (
+                height - 48.0,
+                "service + flow: outbox relay, tax, ledger and broker running on the same cores · service alone: none of them",
+            ),
+            (
+                height - 30.0,
+                "pgbench: the same SQL, services idle, run before each with-flow level (the alone levels' own pgbench runs are in latest.md)",
+            ),
+        ] {
+            let _ = writeln!(
+                svg,
+                r##"<text x="{}" y="{line}" text-anchor="middle" fill="#555" font-size="11">{}</text>"##,
+                width / 2.0,
+                escape(text)
+            );
         }
         let _ = writeln!(
             svg,
@@ -943,6 +983,11 @@ impl Report {
     }
 }
 
+/// Legend name and colour of the plot's series.
+const WITH_FLOW: (&str, &str) = ("service + flow", "#1f77b4");
+const ALONE: (&str, &str) = ("service alone", "#2ca02c");
+const PGBENCH: (&str, &str) = ("pgbench", "#ff7f0e");
+
 struct Panel<'a> {
     x: f64,
     y: f64,
@@ -950,7 +995,8 @@ struct Panel<'a> {
     height: f64,
     title: &'a str,
     levels: &'a [usize],
-    series: &'a [(&'a str, &'a str, &'a Vec<f64>)],
+    /// Name, colour and one value per level (`None`: not measured at that level).
+    series: &'a [(&'a str, &'a str, &'a Vec<Option<f64>>)],
 }
 
 fn escape(text: &str) -> String {
@@ -971,10 +1017,10 @@ fn nice_ceiling(value: f64) -> f64 {
 }
 
 /// The top of a panel's y axis for these series.
-fn axis_top(series: &[&Vec<f64>]) -> f64 {
+fn axis_top(series: &[&Vec<Option<f64>>]) -> f64 {
     let max = series
         .iter()
-        .flat_map(|values| values.iter().copied())
+        .flat_map(|values| values.iter().flatten().copied())
         .fold(0.0, f64::max);
     nice_ceiling(max * 1.05)
 }
@@ -1047,40 +1093,66 @@ fn panel(svg: &mut String, panel: Panel<'_>) {
         x + width / 2.0,
         y + height + 34.0
     );
-    for (series_index, (name, colour, values)) in series.iter().enumerate() {
-        let points: Vec<String> = values
-            .iter()
-            .enumerate()
-            .map(|(index, value)| format!("{:.1},{:.1}", slot(index), y + height - height * value / top))
-            .collect();
-        let _ = writeln!(
-            svg,
-            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
-            points.join(" ")
-        );
+    // Lines first, so that no line crosses a point or a label drawn after it.
+    for (_, colour, values) in series {
+        // One line per run of consecutive measured levels.
+        let mut runs: Vec<Vec<String>> = vec![Vec::new()];
         for (index, value) in values.iter().enumerate() {
-            let px = slot(index);
-            let py = y + height - height * value / top;
+            match value {
+                Some(value) => runs.last_mut().expect("never empty").push(format!(
+                    "{:.1},{:.1}",
+                    slot(index),
+                    y + height - height * value / top
+                )),
+                None => runs.push(Vec::new()),
+            }
+        }
+        for run in runs.iter().filter(|run| run.len() > 1) {
             let _ = writeln!(
                 svg,
-                r#"<circle cx="{px:.1}" cy="{py:.1}" r="3.5" fill="{colour}"/><text x="{px:.1}" y="{:.1}" text-anchor="middle" fill="{colour}" font-size="10">{}</text>"#,
-                // The higher point of a level is labelled above, the lower one below.
-                if series
-                    .iter()
-                    .all(|(_, _, others)| others.get(index).is_none_or(|other| *value >= *other))
-                {
-                    py - 7.0
-                } else {
-                    py + 15.0
-                },
-                if *value >= 100.0 {
+                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
+                run.join(" ")
+            );
+        }
+    }
+    // Then the points, then their labels (with a white halo) above everything.
+    let mut labels = Vec::new();
+    for (series_index, (name, colour, values)) in series.iter().enumerate() {
+        for (index, value) in values.iter().enumerate() {
+            let Some(value) = *value else { continue };
+            let px = slot(index);
+            let py = y + height - height * value / top;
+            // The highest point of a level is labelled above, the lowest below, one between on the
+            // side away from the nearest other point.
+            let others: Vec<f64> = series
+                .iter()
+                .enumerate()
+                .filter(|(other, _)| *other != series_index)
+                .filter_map(|(_, (_, _, others))| others.get(index).copied().flatten())
+                .collect();
+            let nearest = others
+                .iter()
+                .copied()
+                .min_by(|a, b| (a - value).abs().total_cmp(&(b - value).abs()));
+            let above = if others.iter().all(|other| value >= *other) {
+                true
+            } else if others.iter().all(|other| value < *other) {
+                false
+            } else {
+                nearest.is_some_and(|nearest| nearest <= value)
+            };
+            let ly = if above { py - 7.0 } else { py + 15.0 };
+            let _ = writeln!(svg, r#"<circle cx="{px:.1}" cy="{py:.1}" r="3.5" fill="{colour}"/>"#);
+            labels.push(format!(
+                r#"<text x="{px:.1}" y="{ly:.1}" text-anchor="middle" fill="{colour}" font-size="10" stroke="white" stroke-width="3" paint-order="stroke">{}</text>"#,
+                if value >= 100.0 {
                     format!("{value:.0}")
                 } else {
                     format!("{value:.1}")
                 }
-            );
+            ));
         }
-        let lx = x + 10.0 + 110.0 * series_index as f64;
+        let lx = x + 10.0 + 120.0 * series_index as f64;
         let _ = writeln!(
             svg,
             r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="12" fill="{colour}"/><text x="{:.1}" y="{:.1}">{name}</text>"#,
@@ -1088,6 +1160,9 @@ fn panel(svg: &mut String, panel: Panel<'_>) {
             lx + 16.0,
             y + 18.0
         );
+    }
+    for label in labels {
+        let _ = writeln!(svg, "{label}");
     }
 }
 
@@ -1129,20 +1204,102 @@ mod tests {
         assert!(markdown.contains("| 8 | 400 | 700 | 0.57 |"));
     }
 
+    fn alone(concurrency: usize, service: f64, baseline: f64) -> PaymentsLevel {
+        PaymentsLevel {
+            concurrency,
+            commits_per_second: service,
+            baseline: Baseline {
+                commits_per_second: baseline,
+                ..Baseline::default()
+            },
+            throughput_ratio: service / baseline,
+            ..PaymentsLevel::default()
+        }
+    }
+
     #[test]
     fn svg_is_one_document_with_both_panels() {
         let svg = sample_report().svg();
         assert!(svg.starts_with("<svg"));
         assert!(svg.trim_end().ends_with("</svg>"));
+        // No payments alone: only the service with the flow and pgbench.
         assert_eq!(svg.matches("<polyline").count(), 4);
     }
 
     #[test]
+    fn svg_plots_payments_alone_as_a_third_series() {
+        let mut report = sample_report();
+        report.payments_alone = vec![alone(1, 120.0, 160.0), alone(8, 600.0, 720.0)];
+        let svg = report.svg();
+        assert_eq!(svg.matches("<polyline").count(), 6);
+        assert_eq!(svg.matches(r##"<circle"##).count(), 12);
+        assert!(svg.contains(">service alone</text>"));
+        // Schema 1: alone at the peak only, a point without a line.
+        report.payments_alone = vec![alone(8, 600.0, 720.0)];
+        let svg = report.svg();
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        assert_eq!(svg.matches("<circle").count(), 10);
+    }
+
+    #[test]
+    fn markdown_has_one_alone_row_per_level() {
+        let mut report = sample_report();
+        report.payments_alone = vec![alone(1, 120.0, 160.0), alone(8, 600.0, 720.0)];
+        let markdown = report.markdown();
+        assert!(markdown.contains("### Payments alone (no outbox relay, no tax, no ledger)"));
+        assert!(markdown.contains("| 1 | 120 | 160 | 0.75 |"));
+        assert!(markdown.contains("| 8 | 600 | 720 | 0.83 |"));
+    }
+
+    #[test]
     fn json_round_trips() {
-        let report = sample_report();
+        let mut report = sample_report();
+        report.payments_alone = vec![alone(1, 120.0, 160.0), alone(8, 600.0, 720.0)];
         let json = serde_json::to_string(&report).expect("serialize");
         let back: Report = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back.payments.len(), 2);
+        assert_eq!(back.payments_alone.len(), 2);
+        assert_eq!(back.payments_alone[1].concurrency, 8);
+    }
+
+    #[test]
+    fn payments_alone_of_schema_one_still_reads() {
+        let mut json = serde_json::to_value(sample_report()).expect("serialize");
+        let level = serde_json::to_value(alone(64, 900.0, 1200.0)).expect("serialize level");
+        let read = |json: &serde_json::Value| -> Vec<PaymentsLevel> {
+            serde_json::from_value::<Report>(json.clone())
+                .expect("deserialize")
+                .payments_alone
+        };
+        // Schema 1: one level (the peak) ...
+        json["payments_alone"] = level.clone();
+        let levels = read(&json);
+        assert_eq!(levels.len(), 1);
+        assert_eq!(levels[0].concurrency, 64);
+        assert!((levels[0].commits_per_second - 900.0).abs() < 1e-9);
+        // ... or null, or absent (before payments alone existed).
+        json["payments_alone"] = serde_json::Value::Null;
+        assert!(read(&json).is_empty());
+        json.as_object_mut().expect("object").remove("payments_alone");
+        assert!(read(&json).is_empty());
+        // Schema 2: a list.
+        json["payments_alone"] = serde_json::json!([level.clone(), level]);
+        assert_eq!(read(&json).len(), 2);
+        json["payments_alone"] = serde_json::json!([]);
+        assert!(read(&json).is_empty());
+        // Anything else is an error, not an empty list.
+        json["payments_alone"] = serde_json::json!(7);
+        assert!(serde_json::from_value::<Report>(json.clone()).is_err());
+        // Also from text, as `render` reads it.
+        json["payments_alone"] = serde_json::to_value(alone(64, 900.0, 1200.0)).expect("serialize level");
+        let text = serde_json::to_string(&json).expect("text");
+        assert_eq!(
+            serde_json::from_str::<Report>(&text)
+                .expect("parse")
+                .payments_alone
+                .len(),
+            1
+        );
     }
 
     #[test]
