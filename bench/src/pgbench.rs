@@ -8,7 +8,7 @@
 //! | payments does (per command) | the script does |
 //! |---|---|
 //! | `BEGIN` | `BEGIN` |
-//! | idempotency claim: read `lock_timeout`, set it, `INSERT .. ON CONFLICT DO NOTHING` the key, restore it | the same four statements |
+//! | idempotency claim: `idempotency_claim(..)` (sets `lock_timeout`, `INSERT .. ON CONFLICT DO NOTHING` the key, restores it; `migrations/platform/0004_idempotency_claim.sql`) | the same call, with a fresh key |
 //! | `SELECT .. FOR UPDATE` the order (CreateTransaction only) | the same |
 //! | `INSERT` the order / transaction | the same |
 //! | `INSERT` the outbox row (full protobuf payload, traceparent) | the same, payload of the same size |
@@ -104,12 +104,9 @@ pub fn pair_script(sizes: PayloadSizes, topic_prefix: &str) -> String {
     let fingerprint = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     let claim = |scope: &str, variable: &str| {
         format!(
-            "SELECT current_setting('lock_timeout');\n\
-             SELECT set_config('lock_timeout', '5000ms', true);\n\
-             INSERT INTO idempotency_keys (scope, idempotency_key, request_fingerprint, response) \
-             VALUES ('{scope}', gen_random_uuid()::text, '{fingerprint}', '\\x'::bytea) \
-             ON CONFLICT (scope, idempotency_key) DO NOTHING RETURNING idempotency_key AS {variable} \\gset\n\
-             SELECT set_config('lock_timeout', '0', true);\n"
+            "SELECT c.claimed AS {variable}_claimed, g.k AS {variable} \
+             FROM (SELECT gen_random_uuid()::text AS k) g \
+             CROSS JOIN LATERAL idempotency_claim('{scope}', g.k, '{fingerprint}', '5000ms') c \\gset\n"
         )
     };
     let complete = |scope: &str, variable: &str, size: usize| {

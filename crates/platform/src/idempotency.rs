@@ -148,10 +148,9 @@ const PURGE_BATCH: i64 = 10_000;
 /// Length of a [`fingerprint`] (hex SHA-256); the Redis cache value starts with one.
 const FINGERPRINT_LEN: usize = 64;
 
-const INSERT_PLACEHOLDER: &str = "INSERT INTO idempotency_keys (scope, idempotency_key, request_fingerprint, response) \
-     VALUES ($1, $2, $3, '\\x'::bytea) ON CONFLICT (scope, idempotency_key) DO NOTHING";
-const SELECT_STORED: &str =
-    "SELECT request_fingerprint, response FROM idempotency_keys WHERE scope = $1 AND idempotency_key = $2";
+/// Inserts the placeholder under the claim's own `lock_timeout`, or reads the stored row, in one
+/// round trip (`migrations/platform/0004_idempotency_claim.sql`).
+const CLAIM: &str = "SELECT claimed, stored_fingerprint, stored_response FROM idempotency_claim($1, $2, $3, $4)";
 const STORE_RESPONSE: &str = "UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND idempotency_key = $2";
 const PURGE: &str = "DELETE FROM idempotency_keys WHERE (scope, idempotency_key) IN ( \
          SELECT scope, idempotency_key FROM idempotency_keys \
@@ -402,15 +401,10 @@ impl IdempotencyStore {
         key: &IdempotencyKey,
         fingerprint: &str,
     ) -> Result<Claim, IdempotencyError> {
-        // Set for the claim only and restored after it, so the command's own statements keep the
-        // session's lock_timeout.
-        let previous_lock_timeout: String = sqlx::query_scalar("SELECT current_setting('lock_timeout')")
-            .fetch_one(&mut *conn)
-            .await?;
-        set_local_lock_timeout(conn, &format!("{}ms", self.lock_wait.as_millis())).await?;
-        let claim = claim_row(conn, scope, key, fingerprint).await?;
-        set_local_lock_timeout(conn, &previous_lock_timeout).await?;
-        claim
+        // The wait applies to the claim only; the command's own statements keep the
+        // transaction's lock_timeout (the function restores it).
+        let lock_wait = format!("{}ms", self.lock_wait.as_millis());
+        claim_row(conn, scope, key, fingerprint, &lock_wait).await?
     }
 
     /// Stores the encoded response of a claimed key, in the same transaction as the claim and
@@ -559,48 +553,37 @@ impl IdempotencyStore {
     }
 }
 
-async fn set_local_lock_timeout(conn: &mut PgConnection, value: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-        .bind(value)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Inserts the placeholder or reads the committed row, under the caller's lock_timeout. Returns
-/// the outer `Err` when the transaction is aborted, the inner one when it is still usable.
+/// Claims the key or reads the committed row, waiting at most `lock_wait` for a concurrent claim.
+/// Returns the outer `Err` when the transaction is aborted, the inner one when it is still usable.
 async fn claim_row(
     conn: &mut PgConnection,
     scope: &str,
     key: &IdempotencyKey,
     fingerprint: &str,
+    lock_wait: &str,
 ) -> Result<Result<Claim, IdempotencyError>, IdempotencyError> {
     // A second round only when the row we conflicted with was purged before we could read it.
     for _ in 0..3 {
-        let inserted = sqlx::query(INSERT_PLACEHOLDER)
+        let row: Option<(bool, Option<String>, Option<Vec<u8>>)> = match sqlx::query_as(CLAIM)
             .bind(scope)
             .bind(key.as_str())
             .bind(fingerprint)
-            .execute(&mut *conn)
-            .await;
-        match inserted {
-            Ok(result) if result.rows_affected() == 1 => return Ok(Ok(Claim::New)),
-            Ok(_) => {}
+            .bind(lock_wait)
+            .fetch_optional(&mut *conn)
+            .await
+        {
+            Ok(row) => row,
             Err(error) if db::sqlstate(&error).as_deref() == Some(LOCK_NOT_AVAILABLE) => {
                 return Err(IdempotencyError::InProgress { key: key.clone() });
             }
             Err(error) => return Err(error.into()),
-        }
-        let stored: Option<(String, Vec<u8>)> = sqlx::query_as(SELECT_STORED)
-            .bind(scope)
-            .bind(key.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-        match stored {
-            Some((stored_fingerprint, response)) if stored_fingerprint == fingerprint => {
+        };
+        match row {
+            Some((true, _, _)) => return Ok(Ok(Claim::New)),
+            Some((false, Some(stored_fingerprint), Some(response))) if stored_fingerprint == fingerprint => {
                 return Ok(Ok(Claim::Replay(response)));
             }
-            Some(_) => return Ok(Err(IdempotencyError::Conflict { key: key.clone() })),
+            Some((false, _, _)) => return Ok(Err(IdempotencyError::Conflict { key: key.clone() })),
             None => continue,
         }
     }
