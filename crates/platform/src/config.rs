@@ -11,7 +11,7 @@
 //! | `KAFKA_BOOTSTRAP_SERVERS` | `127.0.0.1:9092` | Kafka-protocol brokers |
 //! | `REDIS_URL` | unset (no fast path) | optional Redis for the idempotency fast path |
 //! | `KAFKA_GROUP_INSTANCE_ID` | unset (dynamic membership) | static consumer-group membership: a stable, unique id per instance (e.g. the pod name) so a restarted instance takes its partitions back at once |
-//! | `KAFKA_CONSUMER_LANES` | `4` | partitions a consumer handles concurrently (1-64; each partition stays in order) |
+//! | `KAFKA_CONSUMER_LANES` | `8` | partitions a consumer handles concurrently (1-64; each partition stays in order) |
 //! | `GRPC_MAX_MESSAGE_BYTES` | `4194304` | largest accepted and sent gRPC message |
 //! | `OUTBOX_BATCH_SIZE` | `256` | rows one relay publishes per round |
 //! | `OUTBOX_POLL_INTERVAL_MS` | `100` | idle wait of the relay between empty rounds |

@@ -3,8 +3,8 @@
 //! One attempt is one PostgreSQL transaction (READ COMMITTED) that:
 //! 1. records the consumed event in `processed_events` (postings from Kafka only) and claims the
 //!    entry id as the idempotency key of PostEntry (the shared [`IdempotencyStore`]);
-//! 2. locks the affected streams in stream-id order (`lock_streams`, on by default), then reads
-//!    the accounts, their balances and stream heads;
+//! 2. locks the affected streams and balances in account-id order (`lock_streams`, on by
+//!    default) and reads the accounts, their balances and stream heads, in one statement;
 //! 3. checks the entry against them ([`plan_posting`]): unknown account, currency, limits;
 //! 4. appends one event per stream, each stating the version it expects, updates the balance
 //!    projections and records the entry id in `ledger_entries`, all in one statement
@@ -311,12 +311,8 @@ impl Ledger {
         entry: &NewEntry,
         account_ids: &[Uuid],
     ) -> Result<Result<(PostedEntry, pb::PostEntryResponse), String>, PostError> {
-        if self.settings.lock_streams {
-            storage::lock_streams(conn, account_ids)
-                .await
-                .map_err(LedgerError::Internal)?;
-        }
-        let states = storage::account_states(conn, account_ids)
+        // Locks (in the global order) and reads the current heads and balances in one statement.
+        let states = storage::account_states(conn, account_ids, self.settings.lock_streams)
             .await
             .map_err(LedgerError::Internal)?;
         let plan = plan_posting(entry, &states)?;

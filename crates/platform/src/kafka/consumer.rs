@@ -69,7 +69,7 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// How often the stored offsets of finished records are committed.
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(250);
 /// Partitions handled concurrently unless configured otherwise (`KAFKA_CONSUMER_LANES`).
-pub const DEFAULT_LANES: usize = 4;
+pub const DEFAULT_LANES: usize = 8;
 /// Records queued per lane before the loop stops fetching.
 const LANE_QUEUE: usize = 64;
 

@@ -3,8 +3,8 @@
 //!
 //! Streams are appended with the version the writer expects ([`append_entry`] only moves a
 //! stream whose version is still the expected one) and `UNIQUE(stream_id, version)` on the events
-//! backs that up; [`lock_streams`] takes the stream rows' locks in stream-id order, so two
-//! entries touching the same accounts never deadlock (docs/adr/0004-ledger-hot-accounts.md).
+//! backs that up; [`account_states`] with `lock` takes the stream and balance rows' locks in
+//! account-id order, so two entries touching the same accounts never deadlock (docs/adr/0004-ledger-hot-accounts.md).
 
 use std::collections::HashMap;
 
@@ -110,27 +110,30 @@ pub async fn open_account(conn: &mut PgConnection, account: &Account, opened: &S
     Ok(Write::Done)
 }
 
-/// Locks the streams of `ids` (sorted) in that order until the transaction ends, waiting at most
-/// the session's `lock_timeout`.
-#[tracing::instrument(skip_all, fields(streams = ids.len()))]
-pub async fn lock_streams(conn: &mut PgConnection, ids: &[Uuid]) -> anyhow::Result<()> {
-    sqlx::query("SELECT stream_id FROM ledger_streams WHERE stream_id = ANY($1) ORDER BY stream_id FOR UPDATE")
-        .bind(ids)
-        .fetch_all(conn)
-        .await
-        .context("lock streams")?;
-    Ok(())
-}
-
-/// The accounts of `ids` with their stream heads and balances (the ids that exist).
-#[tracing::instrument(skip_all, fields(accounts = ids.len()))]
-pub async fn account_states(conn: &mut PgConnection, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, AccountState>> {
+/// The accounts of `ids` with their stream heads and balances (the ids that exist). With `lock`,
+/// the stream and balance rows are locked in ascending account id (the global lock order, so two
+/// postings over the same accounts never deadlock) and held until the transaction ends.
+///
+/// One statement does both: in READ COMMITTED, a row that had to wait for its lock is re-read at
+/// its latest committed version (and the join rechecked) before it is returned, for every table
+/// locked here, so the heads and balances returned are the current ones, not the snapshot's.
+#[tracing::instrument(skip_all, fields(accounts = ids.len(), lock = lock))]
+pub async fn account_states(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    lock: bool,
+) -> anyhow::Result<HashMap<Uuid, AccountState>> {
+    let locking = if lock {
+        " ORDER BY a.account_id FOR UPDATE OF s, b"
+    } else {
+        ""
+    };
     let rows = sqlx::query(&format!(
         "SELECT {ACCOUNT_COLUMNS}, s.version, s.head_hash, s.updated_at AS stream_updated_at, b.balance \
          FROM ledger_accounts a \
          JOIN ledger_streams s ON s.stream_id = a.account_id \
          JOIN ledger_balances b ON b.account_id = a.account_id \
-         WHERE a.account_id = ANY($1)"
+         WHERE a.account_id = ANY($1){locking}"
     ))
     .bind(ids)
     .fetch_all(conn)
