@@ -435,8 +435,36 @@ async fn rejected_entries_are_named_and_change_nothing() {
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert_eq!(broken_rules(&status), ["ENTRY_ID_REUSED"]);
 
+    // The idempotency-key metadata, when sent, must name the entry id (PostEntry is idempotent on it).
+    let mut keyed = tonic::Request::new(entry(
+        "sale-2",
+        vec![line(&cash, pb::Side::Debit, 300), line(&sales, pb::Side::Credit, 300)],
+    ));
+    keyed
+        .metadata_mut()
+        .insert("idempotency-key", "another-key".parse().expect("ascii"));
+    let status = client
+        .post_entry(keyed)
+        .await
+        .expect_err("key differs from the entry id");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(bad_fields(&status), ["idempotency-key"]);
+
     assert_eq!(snapshot().await, before, "rejected entries changed nothing");
 
+    let mut keyed = tonic::Request::new(sale.clone());
+    keyed
+        .metadata_mut()
+        .insert("idempotency-key", "sale-1".parse().expect("ascii"));
+    let replay = client
+        .post_entry(keyed)
+        .await
+        .expect("replay with the entry id as key")
+        .into_inner();
+    assert_eq!(
+        replay, first,
+        "the same entry with a matching key gets the first response"
+    );
     let replay = client.post_entry(sale).await.expect("replay").into_inner();
     assert_eq!(replay, first, "the same entry again gets the first response");
     // Within the limit: the card may go to -500.

@@ -151,7 +151,12 @@ const FINGERPRINT_LEN: usize = 64;
 /// Inserts the placeholder under the claim's own `lock_timeout`, or reads the stored row, in one
 /// round trip (`migrations/platform/0004_idempotency_claim.sql`).
 const CLAIM: &str = "SELECT claimed, stored_fingerprint, stored_response FROM idempotency_claim($1, $2, $3, $4)";
-const STORE_RESPONSE: &str = "UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND idempotency_key = $2";
+/// The statement of [`IdempotencyStore::complete`] with its scope, key and response at the given
+/// placeholders, for a service that folds it into a larger statement (a data-modifying CTE) to
+/// save a round trip while it holds locks. It must still run after the claim, in its transaction.
+pub fn complete_statement(scope: usize, key: usize, response: usize) -> String {
+    format!("UPDATE idempotency_keys SET response = ${response} WHERE scope = ${scope} AND idempotency_key = ${key}")
+}
 const PURGE: &str = "DELETE FROM idempotency_keys WHERE (scope, idempotency_key) IN ( \
          SELECT scope, idempotency_key FROM idempotency_keys \
          WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)";
@@ -417,7 +422,7 @@ impl IdempotencyStore {
         key: &IdempotencyKey,
         response: &[u8],
     ) -> Result<(), IdempotencyError> {
-        let updated = sqlx::query(STORE_RESPONSE)
+        let updated = sqlx::query(&complete_statement(1, 2, 3))
             .bind(scope)
             .bind(key.as_str())
             .bind(response)

@@ -42,7 +42,7 @@ use anyhow::Context as _;
 use fintech_platform::db::{self, LOCK_NOT_AVAILABLE, SERIALIZATION_FAILURE, UNIQUE_VIOLATION};
 use fintech_platform::idempotency::{Claim, IdempotencyError, IdempotencyKey, IdempotencyStore};
 use fintech_platform::kafka::consumer::mark_processed;
-use fintech_platform::outbox;
+use fintech_platform::outbox::OutboxRow;
 use fintech_proto::ledger as pb;
 use prost::Message as _;
 use rand::Rng as _;
@@ -272,45 +272,26 @@ impl Ledger {
             Err(error) => return Err(error.into()),
         }
 
-        let result = self.append(conn, entry, account_ids).await;
-        let (posted, response) = match result {
-            Ok(Ok(done)) => done,
-            Ok(Err(reason)) => return Ok(Attempt::Retry(reason)),
-            Err(PostError::Ledger(LedgerError::Internal(error))) => return classify(error),
-            Err(error) => return Err(error),
-        };
-
-        let entry_message = response.entry.clone().unwrap_or_default();
-        if let Err(error) = outbox::enqueue(
-            conn,
-            SOURCE,
-            &self.topics.entry_posted(&entry_message, posted.posted_at),
-        )
-        .await
-        {
-            return classify(anyhow::Error::new(error).context("enqueue entry_posted"));
+        let result = self.append(conn, entry, key, account_ids).await;
+        match result {
+            Ok(Ok(response)) => Ok(Attempt::Done(PostOutcome::Posted(response))),
+            Ok(Err(reason)) => Ok(Attempt::Retry(reason)),
+            Err(PostError::Ledger(LedgerError::Internal(error))) => classify(error),
+            Err(error) => Err(error),
         }
-        match self
-            .idempotency
-            .complete(conn, POST_ENTRY_SCOPE, key, &response.encode_to_vec())
-            .await
-        {
-            Ok(()) => {}
-            Err(IdempotencyError::Database(error)) => {
-                return classify(anyhow::Error::new(error).context("store PostEntry response"));
-            }
-            Err(error) => return Err(error.into()),
-        }
-        Ok(Attempt::Done(PostOutcome::Posted(response)))
     }
 
-    /// Steps 2-5 of the protocol up to the outbox. `Ok(Err(reason))` asks for a retry.
+    /// Steps 2-5 of the protocol: everything under the stream locks. The response and the
+    /// `ledger.entry_posted` event follow from the locked state and the plan, so they are built
+    /// before the append and written by the same statement: one locking read, one write, the
+    /// commit. `Ok(Err(reason))` asks for a retry.
     async fn append(
         &self,
         conn: &mut PgConnection,
         entry: &NewEntry,
+        key: &IdempotencyKey,
         account_ids: &[Uuid],
-    ) -> Result<Result<(PostedEntry, pb::PostEntryResponse), String>, PostError> {
+    ) -> Result<Result<pb::PostEntryResponse, String>, PostError> {
         // Locks (in the global order) and reads the current heads and balances in one statement.
         let states = storage::account_states(conn, account_ids, self.settings.lock_streams)
             .await
@@ -362,23 +343,13 @@ impl Ledger {
                 balance_after: posting.balance_after,
             })
             .collect();
-        match storage::append_entry(conn, &entry.entry_id, posted_at, entry.lines.len(), &stream_appends)
-            .await
-            .map_err(LedgerError::Internal)?
-        {
-            AppendOutcome::Appended => {}
-            AppendOutcome::StreamMoved => {
-                return Ok(Err("a stream moved past the version this attempt read".to_owned()));
-            }
-            AppendOutcome::EntryExists => return Err(LedgerError::EntryAlreadyPosted(entry.entry_id.clone()).into()),
-        }
         let appends: Vec<Append> = plan
             .iter()
-            .zip(events)
+            .zip(&events)
             .map(|(posting, event)| Append {
                 account_id: posting.account_id,
                 version: event.version,
-                hash: event.hash,
+                hash: event.hash.clone(),
                 balance_after: posting.balance_after,
             })
             .collect();
@@ -406,7 +377,35 @@ impl Ledger {
             entry: Some(pb::Entry::from(&posted)),
             balances,
         };
-        Ok(Ok((posted, response)))
+        let event = self.topics.entry_posted(
+            response.entry.as_ref().unwrap_or(&pb::Entry::default()),
+            posted.posted_at,
+        );
+        let encoded = response.encode_to_vec();
+        let effects = storage::EntryEffects {
+            outbox: OutboxRow::new(SOURCE, &event),
+            idempotency_scope: POST_ENTRY_SCOPE,
+            idempotency_key: key.as_str(),
+            response: &encoded,
+        };
+        match storage::append_entry(
+            conn,
+            &entry.entry_id,
+            posted_at,
+            entry.lines.len(),
+            &stream_appends,
+            &effects,
+        )
+        .await
+        .map_err(LedgerError::Internal)?
+        {
+            AppendOutcome::Appended => {}
+            AppendOutcome::StreamMoved => {
+                return Ok(Err("a stream moved past the version this attempt read".to_owned()));
+            }
+            AppendOutcome::EntryExists => return Err(LedgerError::EntryAlreadyPosted(entry.entry_id.clone()).into()),
+        }
+        Ok(Ok(response))
     }
 
     /// Opens `account` (stream, opening event, projections) in the caller's transaction;

@@ -237,7 +237,22 @@ impl LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::PostEntryRequest>,
     ) -> Result<Response<pb::PostEntryResponse>, Status> {
-        let entry = EntryInput::from(request.into_inner()).validate().map_err(to_status)?;
+        // PostEntry is idempotent on `entry_id`. A client that also sends the `idempotency-key`
+        // metadata every other command honours must send the same value: a different one would
+        // otherwise be silently ignored, and a retry with a fresh entry id would post twice.
+        let key = key_from_metadata(request.metadata())?;
+        let request = request.into_inner();
+        if let Some(key) = key
+            && key.as_str() != request.entry_id
+        {
+            let mut violations = Violations::default();
+            violations.add(
+                "idempotency-key",
+                "PostEntry is idempotent on entry_id: when sent, the idempotency-key metadata must equal entry_id",
+            );
+            return Err(to_status(LedgerError::Invalid(violations)));
+        }
+        let entry = EntryInput::from(request).validate().map_err(to_status)?;
         match self.ledger.post(&entry, None).await.map_err(post_status)? {
             PostOutcome::Posted(response) => {
                 tracing::info!(lines = entry.lines.len(), "entry posted");

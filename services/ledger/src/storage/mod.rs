@@ -10,6 +10,8 @@ use std::collections::HashMap;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use fintech_platform::idempotency::complete_statement;
+use fintech_platform::outbox::{self, OutboxRow};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -167,6 +169,20 @@ pub struct StreamAppend<'a> {
     pub balance_after: i64,
 }
 
+/// What a posting writes besides its events and projections, in the same statement: the
+/// `ledger.entry_posted` outbox row and the PostEntry response under the claimed idempotency key.
+#[derive(Debug)]
+pub struct EntryEffects<'a> {
+    /// The outbox row of `ledger.entry_posted`.
+    pub outbox: fintech_platform::outbox::OutboxRow<'a>,
+    /// Idempotency scope of the claimed key.
+    pub idempotency_scope: &'a str,
+    /// The claimed key (the entry id).
+    pub idempotency_key: &'a str,
+    /// The encoded response to store under it.
+    pub response: &'a [u8],
+}
+
 /// Outcome of [`append_entry`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendOutcome {
@@ -189,10 +205,11 @@ pub async fn append_entry(
     posted_at: DateTime<Utc>,
     line_count: usize,
     appends: &[StreamAppend<'_>],
+    effects: &EntryEffects<'_>,
 ) -> anyhow::Result<AppendOutcome> {
     let column = |value: fn(&StreamAppend<'_>) -> i64| appends.iter().map(value).collect::<Vec<i64>>();
     let stream_ids: Vec<Uuid> = appends.iter().map(|append| append.event.stream_id).collect();
-    let row = sqlx::query(
+    let sql = format!(
         "WITH input AS ( \
              SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::jsonb[], $6::text[], \
                                   $7::text[], $8::bigint[]) \
@@ -215,50 +232,67 @@ pub async fn append_entry(
              INSERT INTO ledger_entries (entry_id, posted_at, line_count, account_ids) \
              SELECT $10, $9, $11, $1 WHERE (SELECT count(*) FROM moved) = cardinality($1::uuid[]) \
              ON CONFLICT (entry_id) DO NOTHING \
-             RETURNING entry_id) \
+             RETURNING entry_id), \
+         queued AS ( \
+             INSERT INTO outbox ({outbox_columns}) SELECT {outbox_values} FROM recorded \
+             RETURNING event_id), \
+         completed AS ({complete} AND EXISTS (SELECT 1 FROM recorded) RETURNING 1) \
          SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM appended) AS appended, \
-                (SELECT count(*) FROM projected) AS projected, (SELECT count(*) FROM recorded) AS recorded",
-    )
-    .bind(&stream_ids)
-    .bind(column(|append| append.expected_version))
-    .bind(column(|append| append.event.version))
-    .bind(
-        appends
-            .iter()
-            .map(|append| append.event.event_type.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        appends
-            .iter()
-            .map(|append| append.event.payload.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        appends
-            .iter()
-            .map(|append| append.event.previous_hash.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        appends
-            .iter()
-            .map(|append| append.event.hash.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(column(|append| append.balance_after))
-    .bind(posted_at)
-    .bind(entry_id)
-    .bind(i32::try_from(line_count).context("line count")?)
-    .fetch_one(conn)
-    .await
-    .context("append entry")?;
+                (SELECT count(*) FROM projected) AS projected, (SELECT count(*) FROM recorded) AS recorded, \
+                (SELECT count(*) FROM queued) AS queued, (SELECT count(*) FROM completed) AS completed",
+        outbox_columns = outbox::COLUMNS,
+        outbox_values = OutboxRow::placeholders(15),
+        complete = complete_statement(12, 13, 14),
+    );
+    let query = sqlx::query(&sql)
+        .bind(&stream_ids)
+        .bind(column(|append| append.expected_version))
+        .bind(column(|append| append.event.version))
+        .bind(
+            appends
+                .iter()
+                .map(|append| append.event.event_type.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            appends
+                .iter()
+                .map(|append| append.event.payload.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            appends
+                .iter()
+                .map(|append| append.event.previous_hash.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            appends
+                .iter()
+                .map(|append| append.event.hash.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|append| append.balance_after))
+        .bind(posted_at)
+        .bind(entry_id)
+        .bind(i32::try_from(line_count).context("line count")?)
+        .bind(effects.idempotency_scope)
+        .bind(effects.idempotency_key)
+        .bind(effects.response);
+    let row = effects
+        .outbox
+        .bind(query)
+        .fetch_one(conn)
+        .await
+        .context("append entry")?;
     let expected = i64::try_from(appends.len()).context("stream count")?;
-    let (moved, appended, projected, recorded): (i64, i64, i64, i64) = (
+    let (moved, appended, projected, recorded, queued, completed): (i64, i64, i64, i64, i64, i64) = (
         row.try_get("moved")?,
         row.try_get("appended")?,
         row.try_get("projected")?,
         row.try_get("recorded")?,
+        row.try_get("queued")?,
+        row.try_get("completed")?,
     );
     if moved != expected {
         return Ok(AppendOutcome::StreamMoved);
@@ -266,6 +300,11 @@ pub async fn append_entry(
     anyhow::ensure!(
         appended == expected && projected == expected,
         "append wrote {appended} events and {projected} balances for {expected} streams"
+    );
+    anyhow::ensure!(
+        queued == recorded && completed == recorded,
+        "append recorded {recorded} entries but queued {queued} events and stored {completed} responses \
+         (was the idempotency key claimed in this transaction?)"
     );
     Ok(if recorded == 1 {
         AppendOutcome::Appended

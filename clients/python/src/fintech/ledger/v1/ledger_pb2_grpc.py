@@ -108,7 +108,9 @@ class LedgerServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def PostEntry(self, request, context):
-        """Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`.
+        """Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`
+        (the entry id is the idempotency key: the `idempotency-key` metadata is optional and, when
+        sent, must equal `entry_id`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

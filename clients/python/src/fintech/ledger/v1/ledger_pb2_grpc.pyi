@@ -51,7 +51,10 @@ class LedgerServiceStub:
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListAccountsRequest, _ledger_pb2.ListAccountsResponse]
     """Lists accounts by code, one page at a time."""
     PostEntry: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.PostEntryRequest, _ledger_pb2.PostEntryResponse]
-    """Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`."""
+    """Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`
+    (the entry id is the idempotency key: the `idempotency-key` metadata is optional and, when
+    sent, must equal `entry_id`).
+    """
     GetEntry: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetEntryRequest, _ledger_pb2.GetEntryResponse]
     """Reads a posted entry."""
     GetBalance: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetBalanceRequest, _ledger_pb2.GetBalanceResponse]
@@ -75,7 +78,10 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     ListAccounts: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListAccountsRequest, _ledger_pb2.ListAccountsResponse]  # type: ignore[assignment]
     """Lists accounts by code, one page at a time."""
     PostEntry: _aio.UnaryUnaryMultiCallable[_ledger_pb2.PostEntryRequest, _ledger_pb2.PostEntryResponse]  # type: ignore[assignment]
-    """Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`."""
+    """Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`
+    (the entry id is the idempotency key: the `idempotency-key` metadata is optional and, when
+    sent, must equal `entry_id`).
+    """
     GetEntry: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetEntryRequest, _ledger_pb2.GetEntryResponse]  # type: ignore[assignment]
     """Reads a posted entry."""
     GetBalance: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetBalanceRequest, _ledger_pb2.GetBalanceResponse]  # type: ignore[assignment]
@@ -120,7 +126,10 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.PostEntryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.PostEntryResponse, _abc.Awaitable[_ledger_pb2.PostEntryResponse]]:
-        """Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`."""
+        """Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`
+        (the entry id is the idempotency key: the `idempotency-key` metadata is optional and, when
+        sent, must equal `entry_id`).
+        """
 
     @_abc_1.abstractmethod
     def GetEntry(

@@ -1249,7 +1249,9 @@ export const LedgerService: GenService<{
     output: typeof ListAccountsResponseSchema;
   },
   /**
-   * Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`.
+   * Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`
+   * (the entry id is the idempotency key: the `idempotency-key` metadata is optional and, when
+   * sent, must equal `entry_id`).
    *
    * @generated from rpc fintech.ledger.v1.LedgerService.PostEntry
    */
