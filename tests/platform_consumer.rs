@@ -94,8 +94,15 @@ async fn next<T>(receiver: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
         .expect("handler channel open")
 }
 
-/// The offset `group` committed for `topic`/`partition`, as the broker reports it.
+/// The offset `group` committed for `topic`/`partition`, as the broker reports it (`None` also
+/// when the broker did not answer).
 async fn committed_offset(group: &str, topic: &str, partition: i32) -> Option<i64> {
+    probe_committed_offset(group, topic, partition).await.ok().flatten()
+}
+
+/// The offset `group` committed for `topic`/`partition`: `Ok(None)` only when the broker answered
+/// that there is none.
+async fn probe_committed_offset(group: &str, topic: &str, partition: i32) -> Result<Option<i64>, String> {
     let (group, topic) = (group.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
@@ -107,11 +114,16 @@ async fn committed_offset(group: &str, topic: &str, partition: i32) -> Option<i6
             .expect("offset probe consumer");
         let mut partitions = TopicPartitionList::new();
         partitions.add_partition(&topic, partition);
-        let committed = consumer.committed_offsets(partitions, Duration::from_secs(5)).ok()?;
-        match committed.find_partition(&topic, partition)?.offset() {
+        let committed = consumer
+            .committed_offsets(partitions, Duration::from_secs(5))
+            .map_err(|error| error.to_string())?;
+        let element = committed
+            .find_partition(&topic, partition)
+            .ok_or_else(|| "partition missing from the answer".to_owned())?;
+        Ok(match element.offset() {
             Offset::Offset(offset) => Some(offset),
             _ => None,
-        }
+        })
     })
     .await
     .expect("offset probe task")
@@ -602,8 +614,16 @@ async fn a_stuck_partition_does_not_hold_up_the_others_and_each_stays_in_order()
     for partition in 1..4 {
         wait_for_commit(&group, &topic, partition, PER_PARTITION).await;
     }
+    let mut probe = probe_committed_offset(&group, &topic, 0).await;
+    for _ in 0..5 {
+        if probe.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        probe = probe_committed_offset(&group, &topic, 0).await;
+    }
     assert_eq!(
-        committed_offset(&group, &topic, 0).await,
+        probe.expect("the broker answers the offset probe"),
         None,
         "nothing of the stuck partition is committed"
     );

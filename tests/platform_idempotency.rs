@@ -402,6 +402,10 @@ async fn claim_and_complete_compose_with_the_callers_transaction() {
     let key = key("manual-key");
 
     let mut transaction = db.pool.begin().await.expect("begin");
+    sqlx::query("SET LOCAL lock_timeout = '1234ms'")
+        .execute(&mut *transaction)
+        .await
+        .expect("the command's own lock_timeout");
     assert_eq!(
         store.claim(&mut transaction, SCOPE, &key, &print).await.expect("claim"),
         Claim::New
@@ -411,8 +415,8 @@ async fn claim_and_complete_compose_with_the_callers_transaction() {
         .await
         .expect("show");
     assert_eq!(
-        lock_timeout, "0",
-        "the claim's lock_timeout does not leak into the command"
+        lock_timeout, "1234ms",
+        "the claim's lock_timeout does not leak into the command: the caller's is restored"
     );
     store
         .complete(&mut transaction, SCOPE, &key, b"stored")
