@@ -449,6 +449,20 @@ async fn rejected_entries_are_named_and_change_nothing() {
         .expect_err("key differs from the entry id");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&status), ["idempotency-key"]);
+    let mut keyed = tonic::Request::new(entry("sale-3", vec![]));
+    keyed
+        .metadata_mut()
+        .insert("idempotency-key", "another-key".parse().expect("ascii"));
+    let status = client
+        .post_entry(keyed)
+        .await
+        .expect_err("no lines and a key that differs");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        bad_fields(&status),
+        ["lines", "idempotency-key"],
+        "every violation at once"
+    );
 
     assert_eq!(snapshot().await, before, "rejected entries changed nothing");
 

@@ -242,17 +242,22 @@ impl LedgerService for LedgerGrpc {
         // otherwise be silently ignored, and a retry with a fresh entry id would post twice.
         let key = key_from_metadata(request.metadata())?;
         let request = request.into_inner();
-        if let Some(key) = key
-            && key.as_str() != request.entry_id
-        {
-            let mut violations = Violations::default();
-            violations.add(
-                "idempotency-key",
-                "PostEntry is idempotent on entry_id: when sent, the idempotency-key metadata must equal entry_id",
-            );
-            return Err(to_status(LedgerError::Invalid(violations)));
-        }
-        let entry = EntryInput::from(request).validate().map_err(to_status)?;
+        let key_differs = key.is_some_and(|key| key.as_str() != request.entry_id);
+        let entry = match (EntryInput::from(request).validate(), key_differs) {
+            (validated, false) => validated.map_err(to_status)?,
+            // Every violation at once: the key's next to the fields'.
+            (validated, true) => {
+                let mut violations = match validated {
+                    Err(LedgerError::Invalid(violations)) => violations,
+                    _ => Violations::default(),
+                };
+                violations.add(
+                    "idempotency-key",
+                    "PostEntry is idempotent on entry_id: when sent, the idempotency-key metadata must equal entry_id",
+                );
+                return Err(to_status(LedgerError::Invalid(violations)));
+            }
+        };
         match self.ledger.post(&entry, None).await.map_err(post_status)? {
             PostOutcome::Posted(response) => {
                 tracing::info!(lines = entry.lines.len(), "entry posted");
