@@ -4,7 +4,7 @@
   .tools/venv/bin/python deploy/local/smoke.py                 # produce a new message, then consume it
   .tools/venv/bin/python deploy/local/smoke.py --find ID       # only look for a message produced earlier
                                                                #   (e.g. after down/up, to check durability)
-Options: --topic (default orders.created). Bootstrap servers from KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092).
+Options: --topic (default local.smoke: a topic of its own, so no service ever reads the test message). Bootstrap servers from KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092).
 Exit 0 when the message is found with its headers, 1 otherwise.
 """
 
@@ -85,7 +85,7 @@ def find(bootstrap: str, topic: str, message_id: str, timeout_s: float = 30.0) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--topic", default="orders.created")
+    parser.add_argument("--topic", default="local.smoke")
     parser.add_argument("--find", metavar="MESSAGE_ID", help="only look for a message produced earlier")
     args = parser.parse_args()
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")

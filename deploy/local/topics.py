@@ -24,6 +24,8 @@ TOPICS = [
     ("tax.dlq", 3, 1),
     ("ledger.entry_posted", 3, 1),
     ("ledger.dlq", 3, 1),
+    # deploy/local/smoke.py's own topic: a broker check must never put its messages where services read.
+    ("local.smoke", 1, 1),
 ]
 
 TIMEOUT_S = 20.0
