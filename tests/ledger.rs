@@ -26,6 +26,15 @@ fn entry(entry_id: &str, lines: Vec<pb::EntryLine>) -> pb::PostEntryRequest {
 }
 
 /// The change of an account's normal-side balance by a line.
+/// `request` with the `idempotency-key` metadata set to `key`.
+fn with_idempotency_key(request: pb::PostEntryRequest, key: &str) -> tonic::Request<pb::PostEntryRequest> {
+    let mut request = tonic::Request::new(request);
+    request
+        .metadata_mut()
+        .insert("idempotency-key", key.parse().expect("an ASCII key"));
+    request
+}
+
 fn signed(account: &pb::Account, line: &pb::EntryLine) -> i64 {
     let debit_normal = matches!(
         pb::AccountType::try_from(account.r#type),
@@ -436,23 +445,20 @@ async fn rejected_entries_are_named_and_change_nothing() {
     assert_eq!(broken_rules(&status), ["ENTRY_ID_REUSED"]);
 
     // The idempotency-key metadata, when sent, must name the entry id (PostEntry is idempotent on it).
-    let mut keyed = tonic::Request::new(entry(
-        "sale-2",
-        vec![line(&cash, pb::Side::Debit, 300), line(&sales, pb::Side::Credit, 300)],
-    ));
-    keyed
-        .metadata_mut()
-        .insert("idempotency-key", "another-key".parse().expect("ascii"));
+    let keyed = with_idempotency_key(
+        entry(
+            "sale-2",
+            vec![line(&cash, pb::Side::Debit, 300), line(&sales, pb::Side::Credit, 300)],
+        ),
+        "another-key",
+    );
     let status = client
         .post_entry(keyed)
         .await
         .expect_err("key differs from the entry id");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&status), ["idempotency-key"]);
-    let mut keyed = tonic::Request::new(entry("sale-3", vec![]));
-    keyed
-        .metadata_mut()
-        .insert("idempotency-key", "another-key".parse().expect("ascii"));
+    let keyed = with_idempotency_key(entry("sale-3", vec![]), "another-key");
     let status = client
         .post_entry(keyed)
         .await
@@ -466,10 +472,7 @@ async fn rejected_entries_are_named_and_change_nothing() {
 
     assert_eq!(snapshot().await, before, "rejected entries changed nothing");
 
-    let mut keyed = tonic::Request::new(sale.clone());
-    keyed
-        .metadata_mut()
-        .insert("idempotency-key", "sale-1".parse().expect("ascii"));
+    let keyed = with_idempotency_key(sale.clone(), "sale-1");
     let replay = client
         .post_entry(keyed)
         .await

@@ -27,39 +27,6 @@ pub struct PrivateBroker {
     child: Option<Child>,
 }
 
-/// The Tansu binary: `TANSU_BIN`, else `~/.cargo/bin/tansu` (where `deploy/local/up` installs
-/// it), else `tansu` on the `PATH`.
-pub fn tansu_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(path);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned());
-    let installed = PathBuf::from(home).join(".cargo/bin/tansu");
-    if installed.exists() {
-        installed
-    } else {
-        PathBuf::from("tansu")
-    }
-}
-
-/// Indexes the broker's storage before it opens it, as `deploy/local/up` does (ADR 0008).
-fn prepare_storage(database: &Path) -> anyhow::Result<()> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/tansu_storage.py");
-    let output = Command::new("python3")
-        .arg(&script)
-        .arg(database)
-        .output()
-        .with_context(|| format!("run python3 {}", script.display()))?;
-    if !output.status.success() {
-        bail!(
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 impl PrivateBroker {
     /// Starts Tansu with SQLite storage under `dir` and waits until it answers.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
@@ -68,8 +35,8 @@ impl PrivateBroker {
         let url = format!("tcp://127.0.0.1:{port}");
         let log = dir.join("broker.log");
         let log_file = std::fs::File::create(&log)?;
-        prepare_storage(&dir.join("tansu.db"))?;
-        let child = Command::new(tansu_binary())
+        fintech_devkit::prepare_tansu_storage(&dir.join("tansu.db"))?;
+        let child = Command::new(fintech_devkit::tansu_binary())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             // Relative to the working directory, as deploy/local/up runs it.
             .args(["--storage-engine", "sqlite://tansu.db", "--cluster-id", "fintech-bench"])
@@ -82,7 +49,7 @@ impl PrivateBroker {
             .with_context(|| {
                 format!(
                     "start {} (deploy/local/up installs it; TANSU_BIN overrides)",
-                    tansu_binary().display()
+                    fintech_devkit::tansu_binary().display()
                 )
             })?;
         let mut broker = Self {

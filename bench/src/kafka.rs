@@ -12,8 +12,6 @@ use fintech_platform::kafka::{EventMetadata, client_config};
 use fintech_platform::telemetry::TraceHeaders;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -32,29 +30,10 @@ pub const PARTITIONS: i32 = 3;
 /// that measures latency must not add that itself.
 pub const INSTRUMENT_FETCH_WAIT_MS: u32 = 10;
 
-/// Creates `topics` (an existing topic is fine). Topics are never deleted: on the local broker
-/// (Tansu 0.6.0) deleting one topic deletes them all.
+/// Creates `topics` with the benchmark's partition count (an existing topic is fine).
 pub async fn create_topics(bootstrap: &str, topics: &[String]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap, "fintech-bench-admin").create()?;
-    let new_topics: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|topic| NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1)))
-        .collect();
-    let results = admin
-        .create_topics(
-            &new_topics,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .context("create topics")?;
-    for result in results {
-        if let Err((topic, code)) = result
-            && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
-        {
-            anyhow::bail!("creating topic {topic} failed: {code:?}");
-        }
-    }
-    Ok(())
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    fintech_devkit::create_topics(bootstrap, &topics, PARTITIONS).await
 }
 
 /// Reads how far a consumer group is behind: the sum over partitions of (high watermark -

@@ -2,7 +2,6 @@
 //! own fresh database, a free loopback port and the run's topic prefix, so their CPU and memory
 //! can be read per process.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,11 +25,7 @@ pub struct ServiceProcess {
     pid: u32,
 }
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("bind a free loopback port")?;
-    Ok(listener.local_addr()?.port())
-}
+pub use fintech_devkit::free_port;
 
 impl ServiceProcess {
     /// Starts `binary` listening on a free port, with `env` on top of the inherited environment.

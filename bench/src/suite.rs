@@ -962,7 +962,7 @@ async fn machine(admin: &Admin, options: &Options) -> Machine {
         .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
         .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
         .find(|command| command.contains("tansu") && command.contains(" broker") && command.contains(bootstrap));
-    let binary = crate::broker::tansu_binary();
+    let binary = fintech_devkit::tansu_binary();
     let version = command_output(&binary.to_string_lossy(), &["--version"])
         .and_then(|text| text.lines().next().map(str::to_owned))
         .unwrap_or_else(|| "tansu".to_owned());

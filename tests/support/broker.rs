@@ -4,8 +4,6 @@
 //! `~/.cargo/bin`) on a free loopback port, with durable SQLite storage in a temporary folder, so a
 //! restart keeps every record.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -17,39 +15,8 @@ pub struct PrivateBroker {
     child: Option<Child>,
 }
 
-fn tansu_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(path);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned());
-    let installed = PathBuf::from(home).join(".cargo/bin/tansu");
-    if installed.exists() {
-        installed
-    } else {
-        PathBuf::from("tansu")
-    }
-}
-
-/// Indexes the broker's storage before it opens it, as `deploy/local/up` does (ADR 0008).
-fn prepare_storage(database: &std::path::Path) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/tansu_storage.py");
-    let status = Command::new("python3")
-        .arg(script)
-        .arg(database)
-        .status()
-        .expect("python3 runs deploy/local/tansu_storage.py");
-    assert!(
-        status.success(),
-        "deploy/local/tansu_storage.py failed for {}",
-        database.display()
-    );
-}
-
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
+    fintech_devkit::free_port().expect("a free loopback port")
 }
 
 impl PrivateBroker {
@@ -103,9 +70,9 @@ impl PrivateBroker {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         // Tansu resolves the SQLite path against its working directory.
         let storage = "sqlite://tansu.db";
-        prepare_storage(&self.data.path().join("tansu.db"));
+        fintech_devkit::prepare_tansu_storage(&self.data.path().join("tansu.db")).expect("broker storage prepared");
         let log = std::fs::File::create(self.data.path().join("broker.log")).expect("broker log");
-        let child = Command::new(tansu_binary())
+        let child = Command::new(fintech_devkit::tansu_binary())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", storage, "--cluster-id", "fintech-test"])
             .current_dir(self.data.path())

@@ -16,8 +16,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -121,33 +119,11 @@ pub fn unique_topic(prefix: &str) -> String {
     format!("test.{prefix}.{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Creates topics with `partitions` partitions on the broker at `bootstrap` (waits until the
-/// broker reports them).
+/// Creates topics with `partitions` partitions on the broker at `bootstrap` (an existing one is fine).
 pub async fn create_topics(bootstrap: &str, topics: &[&str], partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("broker.address.family", "v4")
-        .create()
-        .expect("admin client");
-    let new_topics: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|topic| NewTopic::new(topic, partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let results = admin
-        .create_topics(
-            &new_topics,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
+    fintech_devkit::create_topics(bootstrap, topics, partitions)
         .await
-        .expect("create topics request");
-    for result in results {
-        if let Err((topic, code)) = result {
-            assert!(
-                code == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
-                "creating {topic} failed: {code:?}"
-            );
-        }
-    }
+        .expect("topics created");
 }
 
 /// A consumer in a fresh group that reads `topics` from the beginning.
