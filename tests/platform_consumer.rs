@@ -1,7 +1,8 @@
 //! The shared consumer loop against the real broker and PostgreSQL: poison records go to the
 //! dead-letter topic without blocking their partition, a crash before the commit redelivers
 //! without a second effect, the producer's trace continues in the handler, and transient failures
-//! are retried until they pass, never skipped, and a stuck partition holds up no other.
+//! are retried until they pass, never skipped, a stuck partition holds up no other, and records
+//! waiting in a lane are applied in one transaction without letting a poison record spoil it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -16,6 +17,7 @@ use fintech_platform::kafka::consumer::{
 use fintech_platform::kafka::headers::{
     DEAD_LETTER_OFFSET, DEAD_LETTER_PARTITION, DEAD_LETTER_REASON, DEAD_LETTER_TOPIC, EventMetadata,
 };
+use fintech_platform::kafka::transactional::{InTransaction, TransactionalHandler};
 use fintech_platform::telemetry::{TraceHeaders, current_trace_id};
 use fintech_proto::payments::Order;
 use fintech_tests::{TestDb, create_topics, header, kafka_bootstrap, read_extra, read_records, reader, unique_topic};
@@ -640,4 +642,122 @@ async fn a_stuck_partition_does_not_hold_up_the_others_and_each_stays_in_order()
     wait_for_commit(&group, &topic, 0, PER_PARTITION).await;
     stop(task, shutdown).await;
     assert!(handled_rx.try_recv().is_err(), "each record handled once");
+}
+
+/// Applies each order as an effect row that records the database transaction it ran in.
+#[derive(Debug)]
+struct TransactionProbe;
+
+#[async_trait]
+impl TransactionalHandler for TransactionProbe {
+    fn consumer(&self) -> &str {
+        "test-batches"
+    }
+
+    async fn apply(&self, conn: &mut sqlx::PgConnection, event: &ConsumedEvent) -> Result<(), HandlerError> {
+        let order: Order = event.decode()?;
+        sqlx::query("INSERT INTO effects (order_id, amount, txid) VALUES ($1, $2, txid_current())")
+            .bind(&order.order_id)
+            .bind(order.amount)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_records_share_a_transaction_and_a_poison_record_among_them_is_dead_lettered_alone() {
+    let _telemetry = fintech_platform::telemetry::init("test").expect("telemetry");
+    let db = TestDb::with_platform_tables().await;
+    // No unique constraint on purpose: only the inbox and the all-or-nothing batch may prevent a
+    // second effect.
+    sqlx::query(
+        "CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, order_id TEXT NOT NULL, amount BIGINT NOT NULL, txid BIGINT NOT NULL)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("create effects");
+    let topic = unique_topic("consumer.batches");
+    let dead_letter_topic = unique_topic("consumer.batches.dlq");
+    create_topics(&kafka_bootstrap(), &[&topic, &dead_letter_topic], 1).await;
+
+    // All records are on the broker before the consumer starts, so they wait in its lane.
+    const RECORDS: i64 = 40;
+    const POISON: i64 = 17;
+    const MAX_BATCH: usize = 8;
+    let producer = producer();
+    let mut poison_id = String::new();
+    for n in 0..RECORDS {
+        let id = format!("order-{n:02}");
+        let event = metadata(&id, TraceHeaders::default());
+        let value = if n == POISON {
+            poison_id = event.id.clone();
+            vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]
+        } else {
+            order(&id, 100 + n).encode_to_vec()
+        };
+        producer
+            .send_event(&topic, "one-key", &value, &event)
+            .await
+            .expect("send");
+    }
+
+    let group = unique_group("batches");
+    let mut consumer_settings = settings(&topic, &dead_letter_topic, &group);
+    consumer_settings.max_batch = MAX_BATCH;
+    let handler = InTransaction::new(db.pool.clone(), TransactionProbe);
+    let (task, shutdown) = start(consumer_settings, Arc::new(handler));
+    wait_for_commit(&group, &topic, 0, RECORDS).await;
+    stop(task, shutdown).await;
+
+    // Every good record applied exactly once, in offset order; the poison one never.
+    let effects: Vec<(String, i64, i64)> = sqlx::query_as("SELECT order_id, amount, txid FROM effects ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("read effects");
+    let expected: Vec<(String, i64)> = (0..RECORDS)
+        .filter(|n| *n != POISON)
+        .map(|n| (format!("order-{n:02}"), 100 + n))
+        .collect();
+    assert_eq!(
+        effects
+            .iter()
+            .map(|(id, amount, _)| (id.clone(), *amount))
+            .collect::<Vec<_>>(),
+        expected
+    );
+    // Batched: fewer transactions than records, none larger than the limit.
+    let mut per_transaction: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
+    for (_, _, txid) in &effects {
+        *per_transaction.entry(*txid).or_default() += 1;
+    }
+    assert!(
+        per_transaction.len() < effects.len(),
+        "records waiting in the lane were applied together: {per_transaction:?}"
+    );
+    assert!(
+        per_transaction.values().all(|count| *count <= MAX_BATCH),
+        "no batch above {MAX_BATCH}: {per_transaction:?}"
+    );
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer = 'test-batches'")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count inbox");
+    assert_eq!(
+        inbox,
+        RECORDS - 1,
+        "the poison record's rolled-back inbox row is not kept"
+    );
+
+    let dead_letters = reader(&kafka_bootstrap(), &[&dead_letter_topic]);
+    let records = read_records(&dead_letters, 1, WAIT).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(header(&records[0], "ce_id"), Some(poison_id));
+    assert_eq!(header(&records[0], DEAD_LETTER_OFFSET), Some(POISON.to_string()));
+    let reason = header(&records[0], DEAD_LETTER_REASON).expect("dlq_reason");
+    assert!(reason.contains("not a valid"), "{reason}");
+    assert!(
+        read_extra(&dead_letters, Duration::from_secs(2)).await.is_empty(),
+        "only the poison record"
+    );
 }

@@ -42,6 +42,7 @@ pub fn platform_config(service: &str, database_url: &str, bootstrap: &str) -> Pl
         redis_url: None,
         kafka_group_instance_id: None,
         kafka_consumer_lanes: fintech_platform::kafka::consumer::DEFAULT_LANES,
+        kafka_consumer_max_batch: fintech_platform::kafka::consumer::DEFAULT_MAX_BATCH,
         grpc_max_message_bytes: 4 * 1024 * 1024,
         outbox_batch_size: 256,
         outbox_poll_interval: Duration::from_millis(20),

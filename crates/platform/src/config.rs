@@ -12,6 +12,7 @@
 //! | `REDIS_URL` | unset (no fast path) | optional Redis for the idempotency fast path |
 //! | `KAFKA_GROUP_INSTANCE_ID` | unset (dynamic membership) | static consumer-group membership: a stable, unique id per instance (e.g. the pod name) so a restarted instance takes its partitions back at once |
 //! | `KAFKA_CONSUMER_LANES` | `8` | partitions a consumer handles concurrently (1-64; each partition stays in order) |
+//! | `KAFKA_CONSUMER_MAX_BATCH` | `32` | most records already waiting in a lane that are handled together, e.g. in one database transaction (1-1024; 1 = one at a time) |
 //! | `GRPC_MAX_MESSAGE_BYTES` | `4194304` | largest accepted and sent gRPC message |
 //! | `OUTBOX_BATCH_SIZE` | `256` | rows one relay publishes per round |
 //! | `OUTBOX_POLL_INTERVAL_MS` | `100` | idle wait of the relay between empty rounds |
@@ -85,6 +86,9 @@ pub struct PlatformConfig {
     pub kafka_group_instance_id: Option<String>,
     /// Partitions a consumer handles concurrently (each partition stays in order).
     pub kafka_consumer_lanes: usize,
+    /// Most records a consumer lane hands its handler at once (only records already waiting in
+    /// the lane are batched, so a quiet lane never waits to fill a batch).
+    pub kafka_consumer_max_batch: usize,
     /// Largest gRPC message accepted or sent.
     pub grpc_max_message_bytes: usize,
     /// Outbox relay batch size.
@@ -131,6 +135,14 @@ impl PlatformConfig {
                 reason: "must be between 1 and 64".to_owned(),
             });
         }
+        let kafka_consumer_max_batch =
+            env_parse("KAFKA_CONSUMER_MAX_BATCH", crate::kafka::consumer::DEFAULT_MAX_BATCH)?;
+        if !(1..=1024).contains(&kafka_consumer_max_batch) {
+            return Err(Error::Config {
+                variable: "KAFKA_CONSUMER_MAX_BATCH".to_owned(),
+                reason: "must be between 1 and 1024".to_owned(),
+            });
+        }
         Ok(Self {
             service_name: service_name.to_owned(),
             grpc_listen_addr,
@@ -140,6 +152,7 @@ impl PlatformConfig {
             redis_url: env_opt("REDIS_URL"),
             kafka_group_instance_id: env_opt("KAFKA_GROUP_INSTANCE_ID"),
             kafka_consumer_lanes,
+            kafka_consumer_max_batch,
             grpc_max_message_bytes,
             outbox_batch_size,
             outbox_poll_interval,

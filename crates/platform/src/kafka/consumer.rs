@@ -21,6 +21,13 @@
 //!   dead letter cannot be written, that is a transient failure: retried, never dropped.
 //! - **Trace context.** Each record is handled inside a `kafka.consume` span whose parent is the
 //!   `traceparent` of the record, so the handler's trace id is the producer's.
+//! - **Batches.** When several records are already waiting in a lane (the lane fell behind), up
+//!   to [`ConsumerSettings::max_batch`] of them go to [`EventHandler::handle_batch`] at once if
+//!   the handler takes batches ([`EventHandler::max_batch`]); a database-backed handler applies
+//!   them in one transaction ([`super::transactional`]): one commit instead of one per record. A lane never waits to fill a batch, so a quiet lane still hands
+//!   over each record as it arrives. If the batch fails, the records it did not finish (all of
+//!   them, for a transaction that rolled back) are handled again one at a time, so a failing
+//!   record is retried or dead-lettered on its own and the others are not held back by it.
 //!
 //! # Failure modes
 //! - Shutdown (the [`CancellationToken`]) lets the record in hand of each lane finish (records
@@ -70,6 +77,8 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(250);
 /// Partitions handled concurrently unless configured otherwise (`KAFKA_CONSUMER_LANES`).
 pub const DEFAULT_LANES: usize = 8;
+/// Records handed to a handler at once unless configured otherwise (`KAFKA_CONSUMER_MAX_BATCH`).
+pub const DEFAULT_MAX_BATCH: usize = 32;
 /// Records queued per lane before the loop stops fetching.
 const LANE_QUEUE: usize = 64;
 
@@ -197,6 +206,37 @@ pub trait EventHandler: Send + Sync + 'static {
     /// Handles one event; must be idempotent (see [`mark_processed`]) because delivery is
     /// at-least-once.
     async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError>;
+
+    /// Most records this handler takes at once through [`handle_batch`](Self::handle_batch); the
+    /// consumer also caps it at [`ConsumerSettings::max_batch`]. The default, 1, means one record
+    /// at a time, each offset stored as soon as its record finished.
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    /// Handles consecutive records of one lane (each partition's in offset order) together, e.g.
+    /// in one database transaction. `Ok` finishes all of them. On `Err`, the first
+    /// [`BatchFailure::finished`] records count as finished and the consumer hands each of the
+    /// others to [`handle`](Self::handle) again, one at a time, so the one that failed is retried
+    /// or dead-lettered alone. The default handles them one by one and stops at the first failure.
+    async fn handle_batch(&self, events: &[ConsumedEvent]) -> Result<(), BatchFailure> {
+        for (finished, event) in events.iter().enumerate() {
+            if let Err(error) = self.handle(event).instrument(consume_span(event)).await {
+                return Err(BatchFailure { finished, error });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a batch failed: its first `finished` records are done, the rest are not.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error} (after {finished} records of the batch)")]
+pub struct BatchFailure {
+    /// Records at the start of the batch that finished (their effects are committed).
+    pub finished: usize,
+    /// What went wrong with the next one (or with the batch as a whole).
+    pub error: HandlerError,
 }
 
 /// Where and how a consumer reads.
@@ -225,11 +265,15 @@ pub struct ConsumerSettings {
     /// Partitions handled concurrently (at least 1); records of one partition always stay in
     /// order on one lane.
     pub lanes: usize,
+    /// Most records already waiting in a lane handed to [`EventHandler::handle_batch`] at once
+    /// (1 = one record at a time).
+    pub max_batch: usize,
 }
 
 impl ConsumerSettings {
     /// Settings with defaults: client id = group id, backoff capped at 30 s, session timeout
-    /// 10 s, max poll interval 5 min, [`DEFAULT_LANES`] lanes.
+    /// 10 s, max poll interval 5 min, [`DEFAULT_LANES`] lanes, batches of up to
+    /// [`DEFAULT_MAX_BATCH`].
     pub fn new(
         bootstrap_servers: impl Into<String>,
         group_id: impl Into<String>,
@@ -248,6 +292,7 @@ impl ConsumerSettings {
             max_poll_interval: Duration::from_secs(300),
             group_instance_id: None,
             lanes: DEFAULT_LANES,
+            max_batch: DEFAULT_MAX_BATCH,
         }
     }
 }
@@ -288,7 +333,7 @@ pub async fn run_consumer(
     let consumer = Arc::new(consumer);
     let settings = Arc::new(settings);
     tracing::info!(group = %settings.group_id, topics = ?settings.topics, lanes = settings.lanes.max(1),
-        "consumer started");
+        max_batch = settings.max_batch.max(1), "consumer started");
 
     // Stops the lanes: on shutdown, or when one of them ended early.
     let lanes_stop = shutdown.child_token();
@@ -366,6 +411,8 @@ async fn run_lane(
     shutdown: CancellationToken,
 ) -> HashMap<(String, i32), i64> {
     let mut finished = HashMap::new();
+    let max_batch = settings.max_batch.min(handler.max_batch()).max(1);
+    let mut batch = Vec::with_capacity(max_batch);
     loop {
         let event = tokio::select! {
             biased;
@@ -375,20 +422,56 @@ async fn run_lane(
                 None => break,
             },
         };
-        match process(&event, handler.as_ref(), &mut dead_letters, &settings, &shutdown).await {
-            Outcome::Finished => {
-                let next = event.offset + 1;
-                if let Err(error) = store(&consumer, &event.topic, event.partition, next) {
-                    // The partition was revoked meanwhile: its new owner delivers the record again.
-                    tracing::warn!(%error, topic = %event.topic, partition = event.partition, offset = event.offset,
-                        "offset not stored; the record may be delivered again");
-                }
-                finished.insert((event.topic, event.partition), next);
+        batch.push(event);
+        // Only what is already waiting: a batch never delays a record.
+        while batch.len() < max_batch {
+            match records.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
             }
-            Outcome::Interrupted => break,
+        }
+        let done = if batch.len() > 1 {
+            handle_batch(&batch, handler.as_ref()).await
+        } else {
+            0
+        };
+        for event in batch.drain(..done) {
+            finish(&consumer, &mut finished, event);
+        }
+        // One record, or what a failed batch left: each on its own, with retries and dead letters.
+        for event in batch.drain(..) {
+            match process(&event, handler.as_ref(), &mut dead_letters, &settings, &shutdown).await {
+                Outcome::Finished => finish(&consumer, &mut finished, event),
+                // The rest of the batch stays uncommitted and is delivered again.
+                Outcome::Interrupted => return finished,
+            }
         }
     }
     finished
+}
+
+/// Runs `batch` through [`EventHandler::handle_batch`]; returns how many of its records finished.
+async fn handle_batch(batch: &[ConsumedEvent], handler: &dyn EventHandler) -> usize {
+    let span = tracing::info_span!("kafka.consume_batch", records = batch.len());
+    match handler.handle_batch(batch).instrument(span).await {
+        Ok(()) => batch.len(),
+        Err(failure) => {
+            tracing::info!(error = %failure.error, finished = failure.finished, records = batch.len(),
+                "batch failed; handling the rest of its records one at a time");
+            failure.finished.min(batch.len())
+        }
+    }
+}
+
+/// Stores the offset after the finished `event` for the next commit.
+fn finish(consumer: &StreamConsumer<LoggingContext>, finished: &mut HashMap<(String, i32), i64>, event: ConsumedEvent) {
+    let next = event.offset + 1;
+    if let Err(error) = store(consumer, &event.topic, event.partition, next) {
+        // The partition was revoked meanwhile: its new owner delivers the record again.
+        tracing::warn!(%error, topic = %event.topic, partition = event.partition, offset = event.offset,
+            "offset not stored; the record may be delivered again");
+    }
+    finished.insert((event.topic, event.partition), next);
 }
 
 /// Records that consumer `consumer` applied event `event_id`; `true` when it had not before.
@@ -423,20 +506,6 @@ async fn process(
     settings: &ConsumerSettings,
     shutdown: &CancellationToken,
 ) -> Outcome {
-    let span = tracing::info_span!(
-        "kafka.consume",
-        topic = %event.topic,
-        partition = event.partition,
-        offset = event.offset,
-        ce_type = tracing::field::Empty,
-        ce_id = tracing::field::Empty,
-    );
-    if let Ok(metadata) = &event.metadata {
-        span.record("ce_type", metadata.event_type.as_str());
-        span.record("ce_id", metadata.id.as_str());
-    }
-    set_remote_parent(&span, &event.trace_headers());
-
     async {
         // Once a record is judged permanent, only the dead-lettering is retried, not the handler.
         let mut dead_letter_reason = event.valid_metadata().err().map(|error| reason_of(&error));
@@ -484,8 +553,27 @@ async fn process(
             }
         }
     }
-    .instrument(span)
+    .instrument(consume_span(event))
     .await
+}
+
+/// The `kafka.consume` span of one record: a child of the record's `traceparent`, so whatever
+/// handles it continues the producer's trace. Handlers that take a batch open one per record.
+pub fn consume_span(event: &ConsumedEvent) -> tracing::Span {
+    let span = tracing::info_span!(
+        "kafka.consume",
+        topic = %event.topic,
+        partition = event.partition,
+        offset = event.offset,
+        ce_type = tracing::field::Empty,
+        ce_id = tracing::field::Empty,
+    );
+    if let Ok(metadata) = &event.metadata {
+        span.record("ce_type", metadata.event_type.as_str());
+        span.record("ce_id", metadata.id.as_str());
+    }
+    set_remote_parent(&span, &event.trace_headers());
+    span
 }
 
 fn reason_of(error: &HandlerError) -> String {

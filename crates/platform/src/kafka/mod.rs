@@ -1,11 +1,14 @@
 //! Kafka plumbing on rdkafka (bundled librdkafka): an idempotent producer, a consumer loop that
-//! commits only finished records, and a dead-letter path, and the CloudEvents + W3C trace-context headers both use.
+//! commits only finished records, and a dead-letter path, and the CloudEvents + W3C trace-context headers both use;
+//! [`transactional`] runs a consumer's database effect and its inbox row in one transaction per
+//! record or per batch.
 //!
 //! Everything here speaks the Kafka protocol only; nothing depends on which broker answers.
 
 pub mod consumer;
 pub mod headers;
 pub mod producer;
+pub mod transactional;
 
 use std::time::Duration;
 

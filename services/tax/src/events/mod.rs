@@ -16,12 +16,13 @@
 //!   cannot be decoded go to the dead-letter topic `tax.dlq` (platform consumer).
 //!
 //! # Exactly one result per transaction
-//! Each handler runs in one PostgreSQL transaction with the consumer inbox row (`ce_id`), so a
-//! redelivered event changes nothing; `taxed_transactions` has the transaction id as primary key
+//! Each event is applied in one PostgreSQL transaction with the consumer inbox row (`ce_id`; a
+//! batch of events that were waiting shares one transaction), so a redelivered event changes nothing; `taxed_transactions` has the transaction id as primary key
 //! and the outbox row is written only when that insert happened, so even two different events for
 //! one transaction (or a retry racing the sweeper) yield one `tax.calculated`. Work on one order
 //! is serialized with a transaction-scoped advisory lock, so an order and its transaction handled
-//! by two instances at once cannot both miss each other.
+//! by two instances at once cannot both miss each other; a batch takes the locks of all its
+//! orders first, in order, so two batches never deadlock on them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,8 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::Utc;
 use fintech_platform::CancellationToken;
-use fintech_platform::kafka::consumer::{ConsumedEvent, EventHandler, HandlerError, mark_processed};
+use fintech_platform::kafka::consumer::{ConsumedEvent, EventHandler, HandlerError};
+use fintech_platform::kafka::transactional::{InTransaction, TransactionalHandler};
 use fintech_platform::outbox::{self, OutboxEvent};
 use fintech_platform::telemetry::{self, TraceHeaders};
 use fintech_proto::{payments, tax as pb};
@@ -264,58 +266,46 @@ fn fintech_now(now: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
     now.trunc_subsecs(6)
 }
 
-/// The consumer's handler.
+/// The consumer's handler: each event's effect runs in the transaction (one per record, or one
+/// per batch) that records it in the inbox (see [`fintech_platform::kafka::transactional`]).
 #[derive(Debug, Clone)]
 pub struct TaxHandler {
-    pool: PgPool,
     processor: Processor,
     topics: Topics,
 }
 
 impl TaxHandler {
-    /// A handler over `pool`.
-    pub fn new(pool: PgPool, processor: Processor, topics: Topics) -> Self {
-        Self {
-            pool,
-            processor,
-            topics,
-        }
+    /// A handler publishing through `processor`.
+    pub fn new(processor: Processor, topics: Topics) -> Self {
+        Self { processor, topics }
     }
 
-    async fn on_order(&self, event: &ConsumedEvent, event_id: &str) -> Result<(), HandlerError> {
+    async fn on_order(&self, conn: &mut PgConnection, event: &ConsumedEvent) -> Result<(), HandlerError> {
         let order: payments::Order = event.decode()?;
         let order = proto::cached_order(&order).map_err(HandlerError::permanent)?;
-        let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
-        if !mark_processed(&mut tx, CONSUMER, event_id)
-            .await
-            .map_err(HandlerError::transient)?
-        {
-            return Ok(());
-        }
-        storage::lock_order(&mut tx, order.order_id)
+        storage::lock_order(conn, order.order_id)
             .await
             .map_err(HandlerError::transient)?;
-        let stored = storage::upsert_order(&mut tx, &order)
+        let stored = storage::upsert_order(conn, &order)
             .await
             .map_err(HandlerError::transient)?;
         tracing::info!(order_id = %order.order_id, version = order.version, stored, "order cached");
-        let released = storage::take_parked_for_order(&mut tx, order.order_id)
+        let released = storage::take_parked_for_order(conn, order.order_id)
             .await
             .map_err(HandlerError::transient)?;
         for parked in &released {
             self.processor
-                .process(&mut tx, parked, true)
+                .process(conn, parked, true)
                 .await
                 .map_err(HandlerError::transient)?;
         }
-        tx.commit().await.map_err(HandlerError::transient)?;
         Ok(())
     }
 
     async fn on_transaction(
         &self,
+        conn: &mut PgConnection,
         event: &ConsumedEvent,
-        event_id: &str,
         event_type: &str,
     ) -> Result<(), HandlerError> {
         let transaction: payments::Transaction = event.decode()?;
@@ -329,57 +319,60 @@ impl TaxHandler {
             traceparent: trace.traceparent,
             tracestate: trace.tracestate,
         };
-        let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
-        if !mark_processed(&mut tx, CONSUMER, event_id)
-            .await
-            .map_err(HandlerError::transient)?
-        {
-            return Ok(());
-        }
         self.processor
-            .process(&mut tx, &envelope, true)
+            .process(conn, &envelope, true)
             .await
             .map_err(HandlerError::transient)?;
-        tx.commit().await.map_err(HandlerError::transient)?;
         Ok(())
     }
-}
 
-impl TaxHandler {
-    async fn on_transaction_update(&self, event: &ConsumedEvent, event_id: &str) -> Result<(), HandlerError> {
+    async fn on_transaction_update(&self, conn: &mut PgConnection, event: &ConsumedEvent) -> Result<(), HandlerError> {
         let transaction: payments::Transaction = event.decode()?;
         let Some(reason) = proto::reversal_reason(&transaction) else {
             // Pending -> succeeded changes nothing taxable: VAT is due from creation.
             return Ok(());
         };
         let taxable = proto::taxable_transaction(&transaction).map_err(HandlerError::permanent)?;
-        let mut tx = self.pool.begin().await.map_err(HandlerError::transient)?;
-        if !mark_processed(&mut tx, CONSUMER, event_id)
-            .await
-            .map_err(HandlerError::transient)?
-        {
-            return Ok(());
-        }
         self.processor
-            .reverse(&mut tx, &taxable, reason, transaction.version)
+            .reverse(conn, &taxable, reason, transaction.version)
             .await
             .map_err(HandlerError::transient)?;
-        tx.commit().await.map_err(HandlerError::transient)?;
         Ok(())
+    }
+
+    /// The order an event is about, if it can be read (a record that cannot is rejected later).
+    fn order_of(&self, event: &ConsumedEvent) -> Option<uuid::Uuid> {
+        let order_id = match self.topics.unprefixed(&event.topic) {
+            ORDERS_CREATED | ORDERS_UPDATED => event.decode::<payments::Order>().ok()?.order_id,
+            TRANSACTIONS_CREATED | TRANSACTIONS_UPDATED => event.decode::<payments::Transaction>().ok()?.order_id,
+            _ => return None,
+        };
+        order_id.parse().ok()
     }
 }
 
 #[async_trait]
-impl EventHandler for TaxHandler {
-    async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
-        let metadata = event.valid_metadata()?;
-        let (event_id, event_type) = (metadata.id.clone(), metadata.event_type.clone());
+impl TransactionalHandler for TaxHandler {
+    fn consumer(&self) -> &str {
+        CONSUMER
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &ConsumedEvent) -> Result<(), HandlerError> {
+        let event_type = event.valid_metadata()?.event_type.clone();
         match self.topics.unprefixed(&event.topic) {
-            ORDERS_CREATED | ORDERS_UPDATED => self.on_order(event, &event_id).await,
-            TRANSACTIONS_CREATED => self.on_transaction(event, &event_id, &event_type).await,
-            TRANSACTIONS_UPDATED => self.on_transaction_update(event, &event_id).await,
+            ORDERS_CREATED | ORDERS_UPDATED => self.on_order(conn, event).await,
+            TRANSACTIONS_CREATED => self.on_transaction(conn, event, &event_type).await,
+            TRANSACTIONS_UPDATED => self.on_transaction_update(conn, event).await,
             other => Err(HandlerError::permanent(format!("tax does not consume topic {other}"))),
         }
+    }
+
+    /// Every event serializes on its order's lock; a batch takes all of them first, in order.
+    async fn lock_batch(&self, conn: &mut PgConnection, events: &[ConsumedEvent]) -> Result<(), HandlerError> {
+        let order_ids: Vec<uuid::Uuid> = events.iter().filter_map(|event| self.order_of(event)).collect();
+        storage::lock_orders(conn, &order_ids)
+            .await
+            .map_err(HandlerError::transient)
     }
 }
 
@@ -411,5 +404,5 @@ pub async fn sweep_once(pool: &PgPool, processor: &Processor) -> anyhow::Result<
 
 /// The handler as the platform consumer wants it.
 pub fn handler(pool: PgPool, processor: Processor, topics: Topics) -> Arc<dyn EventHandler> {
-    Arc::new(TaxHandler::new(pool, processor, topics))
+    Arc::new(InTransaction::new(pool, TaxHandler::new(processor, topics)))
 }

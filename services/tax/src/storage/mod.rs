@@ -22,6 +22,30 @@ pub async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> anyhow::Resu
     Ok(())
 }
 
+/// Takes the locks of [`lock_order`] for every order in `order_ids` in one statement, in one global
+/// order (ascending id, duplicates once), so transactions that lock several orders never deadlock
+/// with each other.
+#[tracing::instrument(skip_all, fields(orders = order_ids.len()))]
+pub async fn lock_orders(conn: &mut PgConnection, order_ids: &[Uuid]) -> anyhow::Result<()> {
+    let mut sorted = order_ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.is_empty() {
+        return Ok(());
+    }
+    // The subquery fixes the order in which the locks are taken (a volatile function in the
+    // select list of a sorted query could run before the sort).
+    sqlx::query(
+        "SELECT count(pg_advisory_xact_lock(hashtextextended(o.id::text, 7))) \
+         FROM (SELECT id FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, position) ORDER BY position) o",
+    )
+    .bind(&sorted)
+    .execute(conn)
+    .await
+    .context("lock orders")?;
+    Ok(())
+}
+
 /// Stores `order` unless the cache already holds the same or a newer version; true when stored.
 #[tracing::instrument(skip_all, fields(order_id = %order.order_id, version = order.version))]
 pub async fn upsert_order(conn: &mut PgConnection, order: &CachedOrder) -> anyhow::Result<bool> {
