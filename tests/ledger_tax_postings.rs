@@ -224,3 +224,92 @@ async fn a_tax_result_that_can_never_post_is_dead_lettered_and_does_not_block_th
     assert_eq!(missing.code(), tonic::Code::NotFound);
     harness.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_waiting_for_the_ledger_are_posted_together_each_once_on_its_own_trace() {
+    let _telemetry = telemetry::init("test");
+    // The results are on the broker before the ledger starts, so they wait in its consumer.
+    let prefix = format!("test.{}.", uuid::Uuid::new_v4().simple());
+    let topics: Vec<String> = fintech_ledger::events::TOPICS
+        .iter()
+        .map(|topic| format!("{prefix}{topic}"))
+        .collect();
+    fintech_tests::create_topics(
+        &kafka_bootstrap(),
+        &topics.iter().map(String::as_str).collect::<Vec<_>>(),
+        3,
+    )
+    .await;
+    let producer = EventProducer::new(&kafka_bootstrap(), "test-tax", Duration::from_secs(20)).expect("producer");
+    const RESULTS: i64 = 30;
+    let mut expected = Vec::new();
+    for n in 0..RESULTS {
+        let transaction_id = uuid::Uuid::new_v4().to_string();
+        let trace_id = format!("{:032x}", 0xabc0_0000 + n);
+        let event = EventMetadata {
+            trace: TraceHeaders {
+                traceparent: Some(format!("00-{trace_id}-00f067aa0ba902b7-01")),
+                tracestate: None,
+            },
+            ..metadata(&uuid::Uuid::new_v4().to_string(), "00f067aa0ba902b7")
+        };
+        let value = taxed(&transaction_id, 1_000 + n, 190).encode_to_vec();
+        let copies = if n == 7 { 2 } else { 1 };
+        for _ in 0..copies {
+            // Result 7 is delivered twice (same event id): posted once.
+            producer
+                .send_event(&format!("{prefix}tax.calculated"), "order-1", &value, &event)
+                .await
+                .expect("produce");
+        }
+        expected.push((format!("tax:{transaction_id}"), trace_id, 1_190 + n));
+    }
+
+    let harness = LedgerHarness::start_on(&prefix, |_| {}).await;
+    for (entry_id, _, _) in &expected {
+        wait_for_entry(&harness, entry_id).await;
+    }
+
+    let settlement = account_by_code(&harness, "system:settlement:EUR").await;
+    let total: i64 = expected.iter().map(|(_, _, amount)| amount).sum();
+    assert_eq!(
+        settlement.balance.as_ref().map(|balance| balance.balance),
+        Some(total),
+        "every result posted exactly once"
+    );
+    let trial = harness.trial_balance().await;
+    assert_eq!((trial[0].net, trial[0].debit_total), (0, total));
+
+    // Posted in fewer transactions than entries: the waiting results went together.
+    let transactions: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM ledger_entries WHERE entry_id LIKE 'tax:%'")
+            .fetch_one(&harness.db.pool)
+            .await
+            .expect("count posting transactions");
+    assert!(
+        transactions < RESULTS,
+        "{RESULTS} entries were posted in {transactions} transactions"
+    );
+
+    // Each ledger.entry_posted continues the trace of its own result.
+    let entries = reader(&kafka_bootstrap(), &[&harness.topic("ledger.entry_posted")]);
+    let records = read_records(&entries, expected.len(), WAIT).await;
+    assert_eq!(records.len(), expected.len());
+    for (entry_id, trace_id, _) in &expected {
+        let record = records
+            .iter()
+            .find(|record| record.key() == Some(entry_id.as_bytes()))
+            .unwrap_or_else(|| panic!("{entry_id} published"));
+        let traceparent = header(record, "traceparent").expect("traceparent");
+        assert_eq!(
+            telemetry::trace_id_of(&traceparent),
+            Some(trace_id.as_str()),
+            "{entry_id} on its result's trace"
+        );
+    }
+    assert!(
+        read_extra(&entries, Duration::from_secs(1)).await.is_empty(),
+        "one ledger.entry_posted per result"
+    );
+    harness.stop().await;
+}

@@ -47,6 +47,7 @@ use fintech_proto::ledger as pb;
 use prost::Message as _;
 use rand::Rng as _;
 use sqlx::{PgConnection, PgPool};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::domain::stream::{AccountOpened, EntryPosted, EventBody, GENESIS_HASH, PostedLine, StoredEvent};
@@ -94,6 +95,17 @@ pub struct Inbox<'a> {
     pub consumer: &'a str,
     /// CloudEvents id.
     pub event_id: &'a str,
+}
+
+/// One entry of [`Ledger::post_batch`].
+#[derive(Debug)]
+pub struct BatchPosting<'a> {
+    /// The entry.
+    pub entry: &'a NewEntry,
+    /// The consumed event it comes from.
+    pub inbox: Inbox<'a>,
+    /// The span it is posted in (the event's `kafka.consume` span).
+    pub span: tracing::Span,
 }
 
 /// How a posting ended.
@@ -217,9 +229,13 @@ impl Ledger {
             Ok(transaction) => transaction,
             Err(error) => return Err(LedgerError::Internal(anyhow::Error::new(error).context("begin")).into()),
         };
-        let outcome = self
-            .attempt_in(&mut transaction, entry, key, fingerprint, account_ids, inbox)
-            .await;
+        let outcome = match self.set_lock_timeout(&mut transaction).await {
+            Ok(()) => {
+                self.attempt_in(&mut transaction, entry, key, fingerprint, account_ids, inbox)
+                    .await
+            }
+            Err(error) => classify(error),
+        };
         match outcome {
             Ok(Attempt::Done(done)) => match transaction.commit().await {
                 Ok(()) => Ok(Attempt::Done(done)),
@@ -234,6 +250,87 @@ impl Ledger {
         }
     }
 
+    /// Bounds every lock wait of the current transaction by `lock_timeout`.
+    async fn set_lock_timeout(&self, conn: &mut PgConnection) -> anyhow::Result<()> {
+        let timeout = format!("{}ms", self.settings.lock_timeout.as_millis().max(1));
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(&timeout)
+            .execute(&mut *conn)
+            .await
+            .context("set lock_timeout")?;
+        Ok(())
+    }
+
+    /// Posts consumed entries in one transaction: one commit for all of them. Each runs in its
+    /// own `span` (so its `ledger.entry_posted` continues its event's trace) and is recorded in
+    /// its `inbox`. The accounts of all of them are locked first, in the global order, so batches
+    /// never deadlock with each other or with single postings. All or nothing: an entry that
+    /// conflicts, is refused or was already posted under another event makes the whole batch
+    /// fail, so the caller can post each one alone (with retries, and the error of that one).
+    #[tracing::instrument(name = "ledger.post_batch", skip_all, fields(entries = postings.len()))]
+    pub async fn post_batch(&self, postings: &[BatchPosting<'_>]) -> Result<(), PostError> {
+        let internal = |error: anyhow::Error| PostError::Ledger(LedgerError::Internal(error));
+        let mut transaction = self
+            .pool
+            .begin()
+            .await
+            .map_err(|error| internal(anyhow::Error::new(error).context("begin")))?;
+        self.set_lock_timeout(&mut transaction).await.map_err(internal)?;
+        let mut all_accounts: Vec<Uuid> = postings
+            .iter()
+            .flat_map(|posting| posting.entry.account_ids())
+            .collect();
+        all_accounts.sort_unstable();
+        all_accounts.dedup();
+        storage::account_states(&mut transaction, &all_accounts, self.settings.lock_streams)
+            .await
+            .map_err(internal)?;
+        for posting in postings {
+            let entry = posting.entry;
+            let key = IdempotencyKey::parse(&entry.entry_id).map_err(|error| {
+                let mut violations = Violations::default();
+                violations.add("entry_id", error.to_string());
+                LedgerError::Invalid(violations)
+            })?;
+            let attempt = self
+                .attempt_in(
+                    &mut transaction,
+                    entry,
+                    &key,
+                    &entry.fingerprint(),
+                    &entry.account_ids(),
+                    Some(posting.inbox),
+                )
+                .instrument(posting.span.clone())
+                .await?;
+            match attempt {
+                Attempt::Done(outcome) => {
+                    let _entered = posting.span.enter();
+                    match outcome {
+                        PostOutcome::Posted(_) => tracing::info!(entry_id = %entry.entry_id, "tax posting recorded"),
+                        PostOutcome::Replayed(_) => {
+                            tracing::info!(entry_id = %entry.entry_id, "transaction already posted, nothing to do");
+                        }
+                        PostOutcome::AlreadyProcessed => {
+                            tracing::info!(ce_id = %posting.inbox.event_id, "event already processed");
+                        }
+                    }
+                }
+                Attempt::Retry(reason) => {
+                    return Err(internal(anyhow::anyhow!(
+                        "entry {} conflicted: {reason}",
+                        entry.entry_id
+                    )));
+                }
+            }
+        }
+        transaction
+            .commit()
+            .await
+            .map_err(|error| internal(anyhow::Error::new(error).context("commit batch")))?;
+        Ok(())
+    }
+
     async fn attempt_in(
         &self,
         conn: &mut PgConnection,
@@ -243,14 +340,6 @@ impl Ledger {
         account_ids: &[Uuid],
         inbox: Option<Inbox<'_>>,
     ) -> Result<Attempt, PostError> {
-        let timeout = format!("{}ms", self.settings.lock_timeout.as_millis().max(1));
-        if let Err(error) = sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-            .bind(&timeout)
-            .execute(&mut *conn)
-            .await
-        {
-            return classify(anyhow::Error::new(error).context("set lock_timeout"));
-        }
         if let Some(inbox) = inbox {
             match mark_processed(conn, inbox.consumer, inbox.event_id).await {
                 Ok(true) => {}

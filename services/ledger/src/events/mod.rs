@@ -10,20 +10,23 @@
 //!   posting's transaction, and the entry id `tax:<transaction id>` is posted at most once even
 //!   when the same result arrives as a different event. Results that can never be posted
 //!   (undecodable, inconsistent amounts, or a transaction already posted with other amounts) go
-//!   to `ledger.dlq` with the reason.
+//!   to `ledger.dlq` with the reason. Records that were already waiting when the consumer got
+//!   to them are posted together, in one transaction ([`Ledger::post_batch`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use fintech_platform::kafka::consumer::{ConsumedEvent, EventHandler, HandlerError};
+use fintech_platform::kafka::consumer::{BatchFailure, ConsumedEvent, EventHandler, HandlerError, consume_span};
 use fintech_platform::outbox::OutboxEvent;
 use fintech_proto::ledger as pb;
 use fintech_proto::tax::{TaxReversal, TaxedTransaction};
 
 use crate::domain::LedgerError;
+use crate::domain::NewEntry;
 use crate::domain::tax::{Direction, TaxResultInput};
-use crate::posting::{Inbox, Ledger, PostError, PostOutcome};
+use crate::posting::{BatchPosting, Inbox, Ledger, PostError, PostOutcome};
+use tracing::Instrument as _;
 
 /// CloudEvents source of every ledger event.
 pub const SOURCE: &str = "/fintech/ledger";
@@ -128,10 +131,9 @@ fn input_of(taxed: TaxedTransaction) -> TaxResultInput {
     }
 }
 
-#[async_trait]
-impl EventHandler for TaxPostingHandler {
-    #[tracing::instrument(name = "ledger.post_tax", skip_all, fields(transaction_id = tracing::field::Empty))]
-    async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
+impl TaxPostingHandler {
+    /// The entry a tax event asks for, with the system accounts it needs opened.
+    async fn entry_of(&self, event: &ConsumedEvent) -> Result<NewEntry, HandlerError> {
         let metadata = event.valid_metadata()?;
         let input = match metadata.payload_type.as_str() {
             TAXED_TRANSACTION | "" => input_of(event.decode::<TaxedTransaction>()?),
@@ -149,10 +151,18 @@ impl EventHandler for TaxPostingHandler {
             .ensure_system_accounts(&result.system_accounts())
             .await
             .map_err(|error| HandlerError::transient(format!("opening system accounts: {error:#}")))?;
-        let entry = result.entry(&accounts).map_err(HandlerError::Permanent)?;
+        result.entry(&accounts).map_err(HandlerError::Permanent)
+    }
+}
+
+#[async_trait]
+impl EventHandler for TaxPostingHandler {
+    #[tracing::instrument(name = "ledger.post_tax", skip_all, fields(transaction_id = tracing::field::Empty))]
+    async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
+        let entry = self.entry_of(event).await?;
         let inbox = Inbox {
             consumer: TAX_CONSUMER,
-            event_id: &metadata.id,
+            event_id: &event.valid_metadata()?.id,
         };
         match self.ledger.post(&entry, Some(inbox)).await {
             Ok(PostOutcome::Posted(_)) => {
@@ -164,12 +174,51 @@ impl EventHandler for TaxPostingHandler {
                 Ok(())
             }
             Ok(PostOutcome::AlreadyProcessed) => {
-                tracing::info!(ce_id = %metadata.id, "event already processed");
+                tracing::info!(ce_id = %inbox.event_id, "event already processed");
                 Ok(())
             }
             Err(PostError::Ledger(LedgerError::EntryAlreadyPosted(_))) => Ok(()),
             Err(error) if error.is_permanent() => Err(HandlerError::Permanent(error.to_string())),
             Err(error) => Err(HandlerError::Transient(format!("{error:#}"))),
         }
+    }
+
+    fn max_batch(&self) -> usize {
+        usize::MAX
+    }
+
+    /// All postings of the batch in one transaction ([`Ledger::post_batch`]); any problem sends
+    /// every record back to [`handle`](EventHandler::handle), one at a time.
+    async fn handle_batch(&self, events: &[ConsumedEvent]) -> Result<(), BatchFailure> {
+        let rolled_back = |error: HandlerError| BatchFailure { finished: 0, error };
+        let mut entries = Vec::with_capacity(events.len());
+        for event in events {
+            let span = consume_span(event);
+            let entry = self
+                .entry_of(event)
+                .instrument(span.clone())
+                .await
+                .map_err(rolled_back)?;
+            entries.push((entry, span));
+        }
+        let postings: Vec<BatchPosting<'_>> = events
+            .iter()
+            .zip(&entries)
+            .map(|(event, (entry, span))| -> Result<BatchPosting<'_>, HandlerError> {
+                Ok(BatchPosting {
+                    entry,
+                    inbox: Inbox {
+                        consumer: TAX_CONSUMER,
+                        event_id: &event.valid_metadata()?.id,
+                    },
+                    span: span.clone(),
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(rolled_back)?;
+        self.ledger
+            .post_batch(&postings)
+            .await
+            .map_err(|error| rolled_back(HandlerError::Transient(format!("{error:#}"))))
     }
 }
