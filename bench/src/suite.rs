@@ -900,6 +900,8 @@ fn run_config(options: &Options, env: &[(&'static str, String)], admin: &Admin) 
         ("OUTBOX_RELAYS", "1"),
         ("OUTBOX_BATCH_SIZE", "256"),
         ("OUTBOX_POLL_INTERVAL_MS", "100"),
+        ("KAFKA_CONSUMER_LANES", "8"),
+        ("KAFKA_CONSUMER_MAX_BATCH", "32"),
         ("LOG_FORMAT", "text"),
     ] {
         let value = std::env::var(name).unwrap_or_else(|_| format!("{default} (default)"));

@@ -462,9 +462,55 @@ impl IdempotencyStore {
         Resp: Message + Default,
         F: AsyncFnOnce(&mut PgConnection) -> Result<Resp, Status>,
     {
+        self.run(pool, scope, key, request, Completion::ByStore, async |conn, _slot| {
+            body(conn).await
+        })
+        .await
+    }
+
+    /// [`execute`](Self::execute) for a command that stores its response itself, in the statement
+    /// that writes its business rows (a data-modifying CTE using [`complete_statement`]), to save
+    /// the round trip of [`complete`](Self::complete). With a key, `body` gets the
+    /// [`ResponseSlot`] to write to and must store there exactly the encoding of the response it
+    /// returns; without a key it gets `None` and stores nothing.
+    #[tracing::instrument(
+        name = "idempotency.execute",
+        skip_all,
+        fields(scope = %scope, key = key.as_ref().map(IdempotencyKey::as_str))
+    )]
+    pub async fn execute_folded<Req, Resp, F>(
+        &self,
+        pool: &PgPool,
+        scope: &str,
+        key: Option<IdempotencyKey>,
+        request: &Req,
+        body: F,
+    ) -> Result<Resp, Status>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        F: AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, Status>,
+    {
+        self.run(pool, scope, key, request, Completion::ByBody, body).await
+    }
+
+    async fn run<Req, Resp, F>(
+        &self,
+        pool: &PgPool,
+        scope: &str,
+        key: Option<IdempotencyKey>,
+        request: &Req,
+        completion: Completion,
+        body: F,
+    ) -> Result<Resp, Status>
+    where
+        Req: Message,
+        Resp: Message + Default,
+        F: AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, Status>,
+    {
         let Some(key) = key else {
             let mut transaction = pool.begin().await.map_err(|error| database_status(&error, "begin"))?;
-            let response = body(&mut *transaction).await?;
+            let response = body(&mut *transaction, None).await?;
             transaction
                 .commit()
                 .await
@@ -475,7 +521,7 @@ impl IdempotencyStore {
         let redis = self.redis.as_ref().filter(|_| !scope.contains(':'));
         let Some(redis) = redis else {
             return self
-                .execute_in_postgres(pool, scope, &key, &fingerprint, body)
+                .execute_in_postgres(pool, scope, &key, &fingerprint, completion, body)
                 .await
                 .map(|(response, _)| response);
         };
@@ -500,7 +546,9 @@ impl IdempotencyStore {
             }
             None => false,
         };
-        let outcome = self.execute_in_postgres(pool, scope, &key, &fingerprint, body).await;
+        let outcome = self
+            .execute_in_postgres(pool, scope, &key, &fingerprint, completion, body)
+            .await;
         if let Ok((_, encoded)) = &outcome {
             redis.store(&cache_key, &fingerprint, encoded).await;
         }
@@ -518,11 +566,12 @@ impl IdempotencyStore {
         scope: &str,
         key: &IdempotencyKey,
         fingerprint: &str,
+        completion: Completion,
         body: F,
     ) -> Result<(Resp, Vec<u8>), Status>
     where
         Resp: Message + Default,
-        F: AsyncFnOnce(&mut PgConnection) -> Result<Resp, Status>,
+        F: AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, Status>,
     {
         let mut transaction = pool.begin().await.map_err(|error| database_status(&error, "begin"))?;
         match self.claim(&mut transaction, scope, key, fingerprint).await {
@@ -537,7 +586,11 @@ impl IdempotencyStore {
                 return Err(error.into());
             }
         }
-        let response = match body(&mut *transaction).await {
+        let slot = ResponseSlot {
+            scope: scope.to_owned(),
+            key: key.as_str().to_owned(),
+        };
+        let response = match body(&mut *transaction, Some(slot)).await {
             Ok(response) => response,
             Err(status) => {
                 // Promptly, so that duplicates blocked on our row run the command themselves.
@@ -546,7 +599,9 @@ impl IdempotencyStore {
             }
         };
         let encoded = response.encode_to_vec();
-        if let Err(error) = self.complete(&mut transaction, scope, key, &encoded).await {
+        if completion == Completion::ByStore
+            && let Err(error) = self.complete(&mut transaction, scope, key, &encoded).await
+        {
             rollback(transaction).await;
             return Err(error.into());
         }
@@ -556,6 +611,25 @@ impl IdempotencyStore {
             .map_err(|error| database_status(&error, "commit"))?;
         Ok((response, encoded))
     }
+}
+
+/// Where a command run by [`IdempotencyStore::execute_folded`] stores its encoded response: the
+/// row its claim inserted, to be filled by [`complete_statement`] in the command's own statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseSlot {
+    /// The scope of the key (the gRPC method).
+    pub scope: String,
+    /// The key.
+    pub key: String,
+}
+
+/// Who stores the response of an idempotent command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Completion {
+    /// The store, with one more statement after the command ([`IdempotencyStore::complete`]).
+    ByStore,
+    /// The command, in its own statement ([`IdempotencyStore::execute_folded`]).
+    ByBody,
 }
 
 /// Claims the key or reads the committed row, waiting at most `lock_wait` for a concurrent claim.

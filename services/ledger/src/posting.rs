@@ -28,6 +28,12 @@
 //!   (`lock_timeout`) restarts the attempt after a short jittered backoff, at most
 //!   `max_attempts` times; then the caller gets [`LedgerError::Contention`] (ABORTED).
 //!
+//! - **Batches.** [`Ledger::post_batch`] posts several consumed entries in one transaction: the
+//!   accounts of all of them are locked first (same global order), then each entry goes through
+//!   steps 1-5 as above, then one commit. Anything other than posted, replayed or already
+//!   processed fails the whole batch (nothing of it is kept), and the caller posts each entry
+//!   alone with [`Ledger::post`] (ADR 0009).
+//!
 //! # Failure modes
 //! - A commit whose outcome is unknown (connection lost during COMMIT) is reported as an error;
 //!   the client's retry with the same entry id replays the stored response if it committed.

@@ -1,10 +1,12 @@
 //! `fintech.payments.v1.PaymentsService`: decodes requests, runs the domain inside one
 //! PostgreSQL transaction (business row + outbox event + idempotency key), encodes the answer.
+//! The answer is built before anything is written, so the business row, the outbox row and the
+//! stored answer go to PostgreSQL in one statement ([`write_change`]).
 
 mod status;
 
-use fintech_platform::idempotency::{IdempotencyStore, key_from_metadata};
-use fintech_platform::outbox;
+use fintech_platform::idempotency::{IdempotencyStore, ResponseSlot, key_from_metadata};
+use fintech_platform::outbox::{OutboxEvent, OutboxRow};
 use fintech_proto::payments as pb;
 use fintech_proto::payments::payments_service_server::PaymentsService;
 use sqlx::{PgConnection, PgPool};
@@ -71,14 +73,15 @@ impl PaymentsService for Payments {
         let order = command.into_order(domain::now()).map_err(to_status)?;
         let response = self
             .idempotency
-            .execute(&self.pool, &method("CreateOrder"), key, &request, async |conn| {
-                storage::insert_order(conn, &order).await.map_err(internal)?;
-                outbox::enqueue(conn, SOURCE, &self.topics.order_event(&order, Change::Created))
-                    .await
-                    .map_err(|error| internal(error.into()))?;
-                Ok(pb::CreateOrderResponse {
+            .execute_folded(&self.pool, &method("CreateOrder"), key, &request, async |conn, slot| {
+                let response = pb::CreateOrderResponse {
                     order: Some(pb::Order::from(&order)),
+                };
+                let event = self.topics.order_event(&order, Change::Created);
+                write_change(conn, slot, &event, response, async |conn, effects| {
+                    storage::insert_order(conn, &order, effects).await
                 })
+                .await
             })
             .await?;
         tracing::info!(
@@ -105,19 +108,20 @@ impl PaymentsService for Payments {
         .map_err(to_status)?;
         let response = self
             .idempotency
-            .execute(&self.pool, &method("UpdateOrder"), key, &request, async |conn| {
+            .execute_folded(&self.pool, &method("UpdateOrder"), key, &request, async |conn, slot| {
                 let current = storage::get_order(conn, changes.order_id, true)
                     .await
                     .map_err(internal)?
                     .ok_or_else(|| to_status(PaymentsError::OrderNotFound(request.order_id.clone())))?;
                 let order = changes.apply(&current, domain::now()).map_err(to_status)?;
-                storage::update_order(conn, &order).await.map_err(internal)?;
-                outbox::enqueue(conn, SOURCE, &self.topics.order_event(&order, Change::Updated))
-                    .await
-                    .map_err(|error| internal(error.into()))?;
-                Ok(pb::UpdateOrderResponse {
+                let response = pb::UpdateOrderResponse {
                     order: Some(pb::Order::from(&order)),
+                };
+                let event = self.topics.order_event(&order, Change::Updated);
+                write_change(conn, slot, &event, response, async |conn, effects| {
+                    storage::update_order(conn, &order, effects).await
                 })
+                .await
             })
             .await?;
         Ok(Response::new(response))
@@ -177,27 +181,28 @@ impl PaymentsService for Payments {
         .map_err(to_status)?;
         let response = self
             .idempotency
-            .execute(&self.pool, &method("CreateTransaction"), key, &request, async |conn| {
-                // The row lock orders this transaction's event after any concurrent order update.
-                let order = storage::get_order(conn, command.order_id, true)
+            .execute_folded(
+                &self.pool,
+                &method("CreateTransaction"),
+                key,
+                &request,
+                async |conn, slot| {
+                    // The row lock orders this transaction's event after any concurrent order update.
+                    let order = storage::get_order(conn, command.order_id, true)
+                        .await
+                        .map_err(internal)?
+                        .ok_or_else(|| to_status(PaymentsError::OrderNotFound(request.order_id.clone())))?;
+                    let transaction = command.on_order(&order, domain::now()).map_err(to_status)?;
+                    let response = pb::CreateTransactionResponse {
+                        transaction: Some(pb::Transaction::from(&transaction)),
+                    };
+                    let event = self.topics.transaction_event(&transaction, Change::Created);
+                    write_change(conn, slot, &event, response, async |conn, effects| {
+                        storage::insert_transaction(conn, &transaction, effects).await
+                    })
                     .await
-                    .map_err(internal)?
-                    .ok_or_else(|| to_status(PaymentsError::OrderNotFound(request.order_id.clone())))?;
-                let transaction = command.on_order(&order, domain::now()).map_err(to_status)?;
-                storage::insert_transaction(conn, &transaction)
-                    .await
-                    .map_err(internal)?;
-                outbox::enqueue(
-                    conn,
-                    SOURCE,
-                    &self.topics.transaction_event(&transaction, Change::Created),
-                )
-                .await
-                .map_err(|error| internal(error.into()))?;
-                Ok(pb::CreateTransactionResponse {
-                    transaction: Some(pb::Transaction::from(&transaction)),
-                })
-            })
+                },
+            )
             .await?;
         tracing::info!(
             transaction_id = response
@@ -234,31 +239,26 @@ impl PaymentsService for Payments {
         };
         let response = self
             .idempotency
-            .execute(
+            .execute_folded(
                 &self.pool,
                 &method("UpdateTransactionStatus"),
                 key,
                 &request,
-                async |conn| {
+                async |conn, slot| {
                     let current = storage::get_transaction(conn, transaction_id, true)
                         .await
                         .map_err(internal)?
                         .ok_or_else(|| to_status(PaymentsError::TransactionNotFound(request.transaction_id.clone())))?;
                     let transaction = domain::change_status(&current, request.expected_version, next, domain::now())
                         .map_err(to_status)?;
-                    storage::update_transaction(conn, &transaction)
-                        .await
-                        .map_err(internal)?;
-                    outbox::enqueue(
-                        conn,
-                        SOURCE,
-                        &self.topics.transaction_event(&transaction, Change::Updated),
-                    )
-                    .await
-                    .map_err(|error| internal(error.into()))?;
-                    Ok(pb::UpdateTransactionStatusResponse {
+                    let response = pb::UpdateTransactionStatusResponse {
                         transaction: Some(pb::Transaction::from(&transaction)),
+                    };
+                    let event = self.topics.transaction_event(&transaction, Change::Updated);
+                    write_change(conn, slot, &event, response, async |conn, effects| {
+                        storage::update_transaction(conn, &transaction, effects).await
                     })
+                    .await
                 },
             )
             .await?;
@@ -300,6 +300,24 @@ impl PaymentsService for Payments {
             next_page_token: next.map(|cursor| cursor.token()).unwrap_or_default(),
         }))
     }
+}
+
+/// Writes a command's change with `write`: its rows, the outbox row of `event` and (with a key)
+/// the encoded `response`, in one statement ([`storage::Effects`]); returns `response`.
+async fn write_change<R: prost::Message>(
+    conn: &mut PgConnection,
+    slot: Option<ResponseSlot>,
+    event: &OutboxEvent,
+    response: R,
+    write: impl AsyncFnOnce(&mut PgConnection, &storage::Effects<'_>) -> anyhow::Result<()>,
+) -> Result<R, Status> {
+    let encoded = response.encode_to_vec();
+    let effects = storage::Effects {
+        outbox: OutboxRow::new(SOURCE, event),
+        response: slot.as_ref().map(|slot| (slot, encoded.as_slice())),
+    };
+    write(conn, &effects).await.map_err(internal)?;
+    Ok(response)
 }
 
 fn internal(error: anyhow::Error) -> Status {

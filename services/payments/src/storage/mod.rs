@@ -1,9 +1,16 @@
 //! The payments tables (`migrations/payments/`). Every function runs on the connection it is
 //! given, so commands compose them with the outbox and idempotency rows in one transaction.
+//!
+//! A command's writes are one statement: the business row, its outbox row and (with an
+//! idempotency key) the stored response, as data-modifying CTEs ([`Effects`]). With the claim
+//! before it and the commit after it, a command is four round trips (five with a locking read).
 
 use anyhow::Context as _;
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
+use fintech_platform::idempotency::{ResponseSlot, complete_statement};
+use fintech_platform::outbox::{self, OutboxRow};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use crate::domain::{Cursor, Order, PageRequest, Transaction, TransactionStatus};
@@ -42,22 +49,85 @@ fn transaction_from_row(row: &PgRow) -> anyhow::Result<Transaction> {
     })
 }
 
-/// Inserts a new order.
+/// What a command writes besides its business row, in the same statement.
+#[derive(Debug)]
+pub struct Effects<'a> {
+    /// The event describing the change.
+    pub outbox: OutboxRow<'a>,
+    /// Where the response goes, when the command has an idempotency key.
+    pub response: Option<(&'a ResponseSlot, &'a [u8])>,
+}
+
+/// The statement of [`write_with_effects`]: `business` (one `INSERT`/`UPDATE … RETURNING 1` using
+/// `$1..$business_params`), then the outbox row, then, with a response slot, the response.
+fn effects_statement(business: &str, business_params: usize, effects: &Effects<'_>) -> String {
+    let outbox_first = business_params + 1;
+    let response_first = outbox_first + 10;
+    let completed = if effects.response.is_some() {
+        format!(
+            "completed AS ({} RETURNING 1)",
+            complete_statement(response_first + 1, response_first + 2, response_first)
+        )
+    } else {
+        "completed AS (SELECT 1 WHERE false)".to_owned()
+    };
+    format!(
+        "WITH business AS ({business}), \
+         queued AS (INSERT INTO outbox ({columns}) VALUES ({values}) RETURNING 1), {completed} \
+         SELECT (SELECT count(*) FROM business) AS written, (SELECT count(*) FROM completed) AS completed",
+        columns = outbox::COLUMNS,
+        values = OutboxRow::placeholders(outbox_first),
+    )
+}
+
+/// Runs `sql` (from [`effects_statement`]) with the business values bound by `bind`, then the
+/// outbox row and the response of `effects`. Returns how many business rows it wrote; an error if
+/// the response was not stored.
+async fn write_with_effects<'q>(
+    conn: &mut PgConnection,
+    sql: &'q str,
+    bind: impl FnOnce(Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments>,
+    effects: &'q Effects<'q>,
+) -> anyhow::Result<i64> {
+    let mut query = effects.outbox.bind(bind(sqlx::query(sql)));
+    if let Some((slot, response)) = effects.response {
+        query = query.bind(response).bind(&slot.scope).bind(&slot.key);
+    }
+    let row = query.fetch_one(conn).await.context("write rows, outbox and response")?;
+    let written: i64 = row.try_get("written")?;
+    let completed: i64 = row.try_get("completed")?;
+    anyhow::ensure!(
+        effects.response.is_none() || completed == 1,
+        "the idempotency key of this command is not claimed"
+    );
+    Ok(written)
+}
+
+/// Inserts a new order with its effects.
 #[tracing::instrument(skip_all, fields(order_id = %order.order_id))]
-pub async fn insert_order(conn: &mut PgConnection, order: &Order) -> anyhow::Result<()> {
-    sqlx::query(&format!(
-        "INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-    ))
-    .bind(order.order_id)
-    .bind(&order.customer_id)
-    .bind(&order.country)
-    .bind(&order.currency)
-    .bind(order.amount)
-    .bind(&order.product_type)
-    .bind(order.created_at)
-    .bind(order.updated_at)
-    .bind(order.version)
-    .execute(conn)
+pub async fn insert_order(conn: &mut PgConnection, order: &Order, effects: &Effects<'_>) -> anyhow::Result<()> {
+    let sql = effects_statement(
+        &format!("INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING 1"),
+        9,
+        effects,
+    );
+    write_with_effects(
+        conn,
+        &sql,
+        |query| {
+            query
+                .bind(order.order_id)
+                .bind(&order.customer_id)
+                .bind(&order.country)
+                .bind(&order.currency)
+                .bind(order.amount)
+                .bind(&order.product_type)
+                .bind(order.created_at)
+                .bind(order.updated_at)
+                .bind(order.version)
+        },
+        effects,
+    )
     .await
     .context("insert order")?;
     Ok(())
@@ -77,27 +147,34 @@ pub async fn get_order(conn: &mut PgConnection, order_id: Uuid, lock: bool) -> a
     row.as_ref().map(order_from_row).transpose()
 }
 
-/// Writes an order's new state; fails unless the stored version is the one before it.
+/// Writes an order's new state with its effects; fails unless the stored version is the one
+/// before it.
 #[tracing::instrument(skip_all, fields(order_id = %order.order_id, version = order.version))]
-pub async fn update_order(conn: &mut PgConnection, order: &Order) -> anyhow::Result<()> {
-    let updated = sqlx::query(
+pub async fn update_order(conn: &mut PgConnection, order: &Order, effects: &Effects<'_>) -> anyhow::Result<()> {
+    let sql = effects_statement(
         "UPDATE orders SET country = $2, amount = $3, product_type = $4, updated_at = $5, version = $6 \
-         WHERE order_id = $1 AND version = $6 - 1",
+         WHERE order_id = $1 AND version = $6 - 1 RETURNING 1",
+        6,
+        effects,
+    );
+    let updated = write_with_effects(
+        conn,
+        &sql,
+        |query| {
+            query
+                .bind(order.order_id)
+                .bind(&order.country)
+                .bind(order.amount)
+                .bind(&order.product_type)
+                .bind(order.updated_at)
+                .bind(order.version)
+        },
+        effects,
     )
-    .bind(order.order_id)
-    .bind(&order.country)
-    .bind(order.amount)
-    .bind(&order.product_type)
-    .bind(order.updated_at)
-    .bind(order.version)
-    .execute(conn)
     .await
     .context("update order")?;
-    anyhow::ensure!(
-        updated.rows_affected() == 1,
-        "order {} moved during the update",
-        order.order_id
-    );
+    // Rolled back by the caller, outbox row and response included.
+    anyhow::ensure!(updated == 1, "order {} moved during the update", order.order_id);
     Ok(())
 }
 
@@ -128,22 +205,37 @@ pub async fn list_orders(
     Ok((orders, next))
 }
 
-/// Inserts a new transaction.
+/// Inserts a new transaction with its effects.
 #[tracing::instrument(skip_all, fields(transaction_id = %transaction.transaction_id))]
-pub async fn insert_transaction(conn: &mut PgConnection, transaction: &Transaction) -> anyhow::Result<()> {
-    sqlx::query(&format!(
-        "INSERT INTO transactions ({TRANSACTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-    ))
-    .bind(transaction.transaction_id)
-    .bind(transaction.order_id)
-    .bind(&transaction.customer_id)
-    .bind(transaction.amount)
-    .bind(&transaction.currency)
-    .bind(transaction.status.as_str())
-    .bind(transaction.created_at)
-    .bind(transaction.updated_at)
-    .bind(transaction.version)
-    .execute(conn)
+pub async fn insert_transaction(
+    conn: &mut PgConnection,
+    transaction: &Transaction,
+    effects: &Effects<'_>,
+) -> anyhow::Result<()> {
+    let sql = effects_statement(
+        &format!(
+            "INSERT INTO transactions ({TRANSACTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING 1"
+        ),
+        9,
+        effects,
+    );
+    write_with_effects(
+        conn,
+        &sql,
+        |query| {
+            query
+                .bind(transaction.transaction_id)
+                .bind(transaction.order_id)
+                .bind(&transaction.customer_id)
+                .bind(transaction.amount)
+                .bind(&transaction.currency)
+                .bind(transaction.status.as_str())
+                .bind(transaction.created_at)
+                .bind(transaction.updated_at)
+                .bind(transaction.version)
+        },
+        effects,
+    )
     .await
     .context("insert transaction")?;
     Ok(())
@@ -167,22 +259,37 @@ pub async fn get_transaction(
     row.as_ref().map(transaction_from_row).transpose()
 }
 
-/// Writes a transaction's new status; fails unless the stored version is the one before it.
+/// Writes a transaction's new status with its effects; fails unless the stored version is the
+/// one before it.
 #[tracing::instrument(skip_all, fields(transaction_id = %transaction.transaction_id, version = transaction.version))]
-pub async fn update_transaction(conn: &mut PgConnection, transaction: &Transaction) -> anyhow::Result<()> {
-    let updated = sqlx::query(
+pub async fn update_transaction(
+    conn: &mut PgConnection,
+    transaction: &Transaction,
+    effects: &Effects<'_>,
+) -> anyhow::Result<()> {
+    let sql = effects_statement(
         "UPDATE transactions SET status = $2, updated_at = $3, version = $4 \
-         WHERE transaction_id = $1 AND version = $4 - 1",
+         WHERE transaction_id = $1 AND version = $4 - 1 RETURNING 1",
+        4,
+        effects,
+    );
+    let updated = write_with_effects(
+        conn,
+        &sql,
+        |query| {
+            query
+                .bind(transaction.transaction_id)
+                .bind(transaction.status.as_str())
+                .bind(transaction.updated_at)
+                .bind(transaction.version)
+        },
+        effects,
     )
-    .bind(transaction.transaction_id)
-    .bind(transaction.status.as_str())
-    .bind(transaction.updated_at)
-    .bind(transaction.version)
-    .execute(conn)
     .await
     .context("update transaction")?;
+    // Rolled back by the caller, outbox row and response included.
     anyhow::ensure!(
-        updated.rows_affected() == 1,
+        updated == 1,
         "transaction {} moved during the update",
         transaction.transaction_id
     );
