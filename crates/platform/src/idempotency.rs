@@ -7,8 +7,9 @@
 //! # Protocol
 //!
 //! PostgreSQL is the authority. [`IdempotencyStore::execute`] (or [`IdempotencyStore::claim`] and
-//! [`IdempotencyStore::complete`] inside a transaction the caller runs) does, in **one
-//! transaction with the business change**:
+//! [`IdempotencyStore::complete`] inside a transaction the caller runs; or
+//! [`IdempotencyStore::execute_folded`], where the command stores its response in its own write
+//! statement) does, in **one transaction with the business change**:
 //!
 //! 1. `INSERT` a placeholder row into `idempotency_keys` (primary key `(scope, idempotency_key)`)
 //!    with `ON CONFLICT DO NOTHING`, under a `lock_timeout` of `lock_wait`;
