@@ -440,6 +440,10 @@ async fn run_lane(
         }
         // One record, or what a failed batch left: each on its own, with retries and dead letters.
         for event in batch.drain(..) {
+            if shutdown.is_cancelled() {
+                // Like records still queued: left uncommitted, delivered again after the restart.
+                return finished;
+            }
             match process(&event, handler.as_ref(), &mut dead_letters, &settings, &shutdown).await {
                 Outcome::Finished => finish(&consumer, &mut finished, event),
                 // The rest of the batch stays uncommitted and is delivered again.
