@@ -86,15 +86,19 @@ pub struct E2eRun {
 struct Ack {
     at: Instant,
     wall: SystemTime,
+    /// Scheduled after the warm-up: its latencies count.
+    measured: bool,
 }
 
 /// Runs pairs at `rate` per second for `duration`, then waits up to `drain_timeout` for the flow
-/// to finish.
+/// to finish. Pairs scheduled in the first `warmup` run like the others but are not measured
+/// (fresh processes: first fetches, first writes to each partition, cold caches).
 pub async fn run(
     setup: &Setup,
     monitor: &Monitor,
     rate: f64,
     duration: Duration,
+    warmup: Duration,
     drain_timeout: Duration,
     label: &str,
 ) -> anyhow::Result<E2eRun> {
@@ -173,6 +177,7 @@ pub async fn run(
         tokio::time::sleep_until(due.into()).await;
         let n = scheduled;
         scheduled += 1;
+        let measured = due >= started + warmup;
         if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
             dropped.error("not sent: too many in flight");
             live.failed();
@@ -194,8 +199,11 @@ pub async fn run(
                     let ack = Ack {
                         at: Instant::now(),
                         wall: SystemTime::now(),
+                        measured,
                     };
-                    samples.record(due.elapsed());
+                    if measured {
+                        samples.record(due.elapsed());
+                    }
                     acks.lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
                         .insert(outcome.transaction.transaction_id, ack);
@@ -229,7 +237,7 @@ pub async fn run(
     let acks = acks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
     let seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
     let mut to_published = Samples::new();
-    for (transaction_id, ack) in &acks {
+    for (transaction_id, ack) in acks.iter().filter(|(_, ack)| ack.measured) {
         match seen.get(transaction_id) {
             Some(arrived) => to_published.record(arrived.saturating_duration_since(ack.at)),
             None => to_published.error("not on tax.calculated"),
@@ -305,7 +313,7 @@ fn wall_latencies(
     missing: &str,
 ) -> Samples {
     let mut samples = Samples::new();
-    for (transaction_id, ack) in acks {
+    for (transaction_id, ack) in acks.iter().filter(|(_, ack)| ack.measured) {
         match recorded_at(transaction_id) {
             Some(at) => {
                 let acked = DateTime::<Utc>::from(ack.wall);

@@ -588,6 +588,7 @@ async fn e2e_scenario(
             &monitor,
             rate,
             options.e2e_duration,
+            options.warmup,
             options.drain_timeout,
             "end to end",
         )
@@ -902,6 +903,7 @@ fn run_config(options: &Options, env: &[(&'static str, String)], admin: &Admin) 
         ("OUTBOX_POLL_INTERVAL_MS", "100"),
         ("KAFKA_CONSUMER_LANES", "8"),
         ("KAFKA_CONSUMER_MAX_BATCH", "32"),
+        ("KAFKA_FETCH_WAIT_MAX_MS", "50"),
         ("LOG_FORMAT", "text"),
     ] {
         let value = std::env::var(name).unwrap_or_else(|_| format!("{default} (default)"));

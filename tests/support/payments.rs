@@ -43,6 +43,7 @@ pub fn platform_config(service: &str, database_url: &str, bootstrap: &str) -> Pl
         kafka_group_instance_id: None,
         kafka_consumer_lanes: fintech_platform::kafka::consumer::DEFAULT_LANES,
         kafka_consumer_max_batch: fintech_platform::kafka::consumer::DEFAULT_MAX_BATCH,
+        kafka_fetch_wait_max: fintech_platform::kafka::consumer::DEFAULT_FETCH_WAIT_MAX,
         grpc_max_message_bytes: 4 * 1024 * 1024,
         outbox_batch_size: 256,
         outbox_poll_interval: Duration::from_millis(20),

@@ -84,6 +84,7 @@ pub async fn run(config: LedgerConfig, listener: TcpListener, shutdown: Cancella
         settings.group_instance_id = platform.kafka_group_instance_id.clone();
         settings.lanes = platform.kafka_consumer_lanes;
         settings.max_batch = platform.kafka_consumer_max_batch;
+        settings.fetch_wait_max = platform.kafka_fetch_wait_max;
         let dead_letters = EventProducer::new(
             &platform.kafka_bootstrap_servers,
             "ledger-dead-letters",

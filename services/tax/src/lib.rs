@@ -74,6 +74,7 @@ pub async fn run(config: TaxConfig, listener: TcpListener, shutdown: Cancellatio
     consumer_settings.group_instance_id = platform.kafka_group_instance_id.clone();
     consumer_settings.lanes = platform.kafka_consumer_lanes;
     consumer_settings.max_batch = platform.kafka_consumer_max_batch;
+    consumer_settings.fetch_wait_max = platform.kafka_fetch_wait_max;
     let dead_letters = EventProducer::new(
         &platform.kafka_bootstrap_servers,
         "tax-dead-letters",

@@ -77,6 +77,10 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(250);
 /// Partitions handled concurrently unless configured otherwise (`KAFKA_CONSUMER_LANES`).
 pub const DEFAULT_LANES: usize = 8;
+/// `fetch.wait.max.ms` unless configured otherwise (`KAFKA_FETCH_WAIT_MAX_MS`). Some brokers hold a
+/// fetch for all of it even when records are waiting (Tansu 0.6 does), so the librdkafka default
+/// of 500 ms would cost up to a second per hop there (measured by bench/).
+pub const DEFAULT_FETCH_WAIT_MAX: Duration = Duration::from_millis(50);
 /// Records handed to a handler at once unless configured otherwise (`KAFKA_CONSUMER_MAX_BATCH`).
 pub const DEFAULT_MAX_BATCH: usize = 32;
 /// Records queued per lane before the loop stops fetching.
@@ -268,12 +272,14 @@ pub struct ConsumerSettings {
     /// Most records already waiting in a lane handed to [`EventHandler::handle_batch`] at once
     /// (1 = one record at a time).
     pub max_batch: usize,
+    /// Longest time the broker may hold a fetch that has nothing to return (`fetch.wait.max.ms`).
+    pub fetch_wait_max: Duration,
 }
 
 impl ConsumerSettings {
     /// Settings with defaults: client id = group id, backoff capped at 30 s, session timeout
     /// 10 s, max poll interval 5 min, [`DEFAULT_LANES`] lanes, batches of up to
-    /// [`DEFAULT_MAX_BATCH`].
+    /// [`DEFAULT_MAX_BATCH`], fetches held at most [`DEFAULT_FETCH_WAIT_MAX`].
     pub fn new(
         bootstrap_servers: impl Into<String>,
         group_id: impl Into<String>,
@@ -293,6 +299,7 @@ impl ConsumerSettings {
             group_instance_id: None,
             lanes: DEFAULT_LANES,
             max_batch: DEFAULT_MAX_BATCH,
+            fetch_wait_max: DEFAULT_FETCH_WAIT_MAX,
         }
     }
 }
@@ -319,10 +326,11 @@ pub async fn run_consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
-        // Latency of a quiet partition: some brokers hold a fetch for part of its max wait even
-        // when records are waiting (Tansu 0.6 sleeps half of it), so the default 500 ms would cost
-        // up to half a second per hop (measured by bench/).
-        .set("fetch.wait.max.ms", "50")
+        // Latency of a quiet partition (see DEFAULT_FETCH_WAIT_MAX).
+        .set(
+            "fetch.wait.max.ms",
+            settings.fetch_wait_max.as_millis().max(1).to_string(),
+        )
         .set(
             "max.poll.interval.ms",
             settings.max_poll_interval.as_millis().to_string(),
