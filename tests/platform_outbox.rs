@@ -1,6 +1,6 @@
 //! Transactional outbox against the real PostgreSQL and the real broker: the round trip keeps key,
-//! payload, CloudEvents headers and trace id; two relays publish every row exactly once and in key
-//! order; a broker outage loses nothing.
+//! payload, CloudEvents headers and trace id; two relays, and one relay with overlapping rounds,
+//! publish every row exactly once and in key order; a broker outage loses nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -51,6 +51,34 @@ async fn enqueue_orders(db: &TestDb, topic: &str, keys: usize, versions: i64) {
         }
     }
     tx.commit().await.expect("commit");
+}
+
+/// Every row published exactly once (by `ce_id`), and each key's versions in ascending order.
+fn assert_once_and_in_key_order(records: &[rdkafka::message::OwnedMessage], total: usize) {
+    let mut seen = HashSet::new();
+    for record in records {
+        assert!(
+            seen.insert(header(record, "ce_id").expect("ce_id")),
+            "a row was published twice"
+        );
+    }
+    assert_eq!(seen.len(), total, "every row published exactly once");
+
+    // Records of one key share a partition; read in partition order their versions must ascend.
+    let mut last_version: HashMap<Vec<u8>, i64> = HashMap::new();
+    for record in records {
+        let version = Order::decode(record.payload().expect("payload"))
+            .expect("decodes")
+            .version;
+        let key = record.key().expect("key").to_vec();
+        let previous = last_version.insert(key.clone(), version).unwrap_or(0);
+        assert_eq!(
+            version,
+            previous + 1,
+            "key {:?} out of order",
+            String::from_utf8_lossy(&key)
+        );
+    }
 }
 
 async fn wait_for_empty_backlog(db: &TestDb, timeout: Duration) {
@@ -186,30 +214,58 @@ async fn two_relays_publish_every_row_exactly_once_and_in_key_order() {
     let consumer = reader(&bootstrap, &[&topic]);
     let mut records = read_records(&consumer, total, Duration::from_secs(30)).await;
     records.extend(read_extra(&consumer, Duration::from_secs(2)).await);
-    let mut seen = HashSet::new();
-    for record in &records {
-        assert!(
-            seen.insert(header(record, "ce_id").expect("ce_id")),
-            "a row was published twice"
-        );
-    }
-    assert_eq!(seen.len(), total, "every row published exactly once");
+    assert_once_and_in_key_order(&records, total);
+}
 
-    // Records of one key share a partition; read in partition order their versions must ascend.
-    let mut last_version: HashMap<Vec<u8>, i64> = HashMap::new();
-    for record in &records {
-        let version = Order::decode(record.payload().expect("payload"))
-            .expect("decodes")
-            .version;
-        let key = record.key().expect("key").to_vec();
-        let previous = last_version.insert(key.clone(), version).unwrap_or(0);
-        assert_eq!(
-            version,
-            previous + 1,
-            "key {:?} out of order",
-            String::from_utf8_lossy(&key)
-        );
+#[tokio::test]
+async fn overlapping_rounds_keep_key_order_while_rows_keep_arriving() {
+    let _telemetry = telemetry::init("test");
+    let db = TestDb::with_platform_tables().await;
+    let bootstrap = kafka_bootstrap();
+    let topic = unique_topic("outbox-overlap");
+    create_topics(&bootstrap, &[&topic], 3).await;
+    let (keys, versions) = (15, 12);
+    let total = keys * versions as usize;
+
+    // One relay, small rounds, four of them awaiting acknowledgements at once, claiming every
+    // millisecond: the next version of a key is committed while its previous one is in flight.
+    let shutdown = CancellationToken::new();
+    let settings = RelaySettings {
+        batch_size: 5,
+        poll_interval: Duration::from_millis(5),
+        busy_poll_interval: Duration::from_millis(1),
+        rounds_in_flight: 4,
+        ..RelaySettings::default()
+    };
+    let producer = EventProducer::new(&bootstrap, "test-relay-overlap", Duration::from_secs(10)).expect("producer");
+    let relay = tokio::spawn(OutboxRelay::new(db.pool.clone(), producer, settings).run(shutdown.clone()));
+    for version in 1..=versions {
+        let mut tx = db.pool.begin().await.expect("begin");
+        for key in 0..keys {
+            let key = format!("order-{key}");
+            let event = OutboxEvent::protobuf(
+                &topic,
+                &key,
+                "fintech.payments.v1.order.updated",
+                "fintech.payments.v1.Order",
+                &order(&key, version),
+                chrono::Utc::now(),
+            );
+            outbox::enqueue(&mut tx, "/fintech/test", &event)
+                .await
+                .expect("enqueue");
+        }
+        tx.commit().await.expect("commit");
+        tokio::time::sleep(Duration::from_millis(15)).await;
     }
+    wait_for_empty_backlog(&db, Duration::from_secs(60)).await;
+    shutdown.cancel();
+    relay.await.expect("relay task");
+
+    let consumer = reader(&bootstrap, &[&topic]);
+    let mut records = read_records(&consumer, total, Duration::from_secs(30)).await;
+    records.extend(read_extra(&consumer, Duration::from_secs(2)).await);
+    assert_once_and_in_key_order(&records, total);
 }
 
 #[tokio::test]
@@ -227,6 +283,7 @@ async fn broker_outage_loses_nothing_and_the_relay_resumes_by_itself() {
         batch_size: 50,
         poll_interval: Duration::from_millis(50),
         max_backoff: Duration::from_secs(1),
+        ..RelaySettings::default()
     };
     let relay = tokio::spawn(OutboxRelay::new(db.pool.clone(), producer, settings).run(shutdown.clone()));
 
@@ -288,6 +345,7 @@ async fn a_stalled_broker_times_sends_out_and_the_relay_recovers_without_losing_
         batch_size: 50,
         poll_interval: Duration::from_millis(50),
         max_backoff: Duration::from_secs(1),
+        ..RelaySettings::default()
     };
     let relay = tokio::spawn(OutboxRelay::new(db.pool.clone(), producer, settings).run(shutdown.clone()));
     enqueue_orders(&db, &topic, 5, 1).await;

@@ -56,6 +56,8 @@ pub struct Setup {
     pub key_prefix: String,
     /// The ledger's database, when the ledger runs (for `ledger_entries.posted_at`).
     pub ledger_db: Option<PgPool>,
+    /// Payments' database (for its outbox rows' `published_at`, the per-hop breakdown).
+    pub payments_db: Option<PgPool>,
 }
 
 /// Result of the scenario.
@@ -73,6 +75,8 @@ pub struct E2eRun {
     pub to_ledger: Option<Samples>,
     /// `GetTaxedTransaction` calls of the read-back sample.
     pub read_back: Samples,
+    /// The same path cut into hops by the rows' own timestamps (see [`hops`]).
+    pub hops: Vec<(String, Samples)>,
     /// Backlogs over time.
     pub series: Vec<Point>,
     /// Seconds from the end of the load until everything drained (`None`: not within the
@@ -248,6 +252,7 @@ pub async fn run(
         Some(ledger_db) => Some(posted_latencies(ledger_db, &acks).await?),
         None => None,
     };
+    let hops = hops(setup, &acks).await?;
     let read_back = read_back(setup.tax.clone(), acks.keys().cloned().collect()).await;
 
     Ok(E2eRun {
@@ -257,6 +262,7 @@ pub async fn run(
         to_published,
         to_ledger,
         read_back,
+        hops,
         series: points,
         drain_seconds,
         elapsed,
@@ -304,6 +310,116 @@ async fn posted_latencies(ledger_db: &PgPool, acks: &HashMap<String, Ack>) -> an
         |transaction_id| posted.get(transaction_id).copied(),
         "not in ledger_entries",
     ))
+}
+
+/// When each transaction's outbox row on a topic ending in `topic_suffix` was published
+/// (`published_at`: after the broker acknowledged it), by the transaction id its payload carries.
+async fn published_by_transaction(
+    db: &PgPool,
+    topic_suffix: &str,
+    transaction_id: impl Fn(&[u8]) -> Option<String>,
+) -> anyhow::Result<HashMap<String, DateTime<Utc>>> {
+    let rows: Vec<(Vec<u8>, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT payload, published_at FROM outbox WHERE topic LIKE '%' || $1")
+            .bind(topic_suffix)
+            .fetch_all(db)
+            .await
+            .with_context(|| format!("read the outbox rows of {topic_suffix}"))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(payload, published_at)| Some((transaction_id(&payload)?, published_at?)))
+        .collect())
+}
+
+/// The path from acknowledgement to ledger entry cut into hops by the timestamps the services
+/// record themselves (one PostgreSQL server, one clock):
+///
+/// 1. ack -> payments' `transactions.created` outbox row published (relay pickup, produce, ack);
+/// 2. -> tax calculated (broker, tax's fetch, lane, batch transaction);
+/// 3. -> tax's `tax.calculated` outbox row published;
+/// 4. -> ledger entry posted (when the ledger runs).
+///
+/// A hop whose start or end is missing for a transaction is an error of that hop.
+async fn hops(setup: &Setup, acks: &HashMap<String, Ack>) -> anyhow::Result<Vec<(String, Samples)>> {
+    let Some(payments_db) = &setup.payments_db else {
+        return Ok(Vec::new());
+    };
+    let relayed = published_by_transaction(payments_db, "transactions.created", |payload| {
+        fintech_proto::payments::Transaction::decode(payload)
+            .ok()
+            .map(|transaction| transaction.transaction_id)
+    })
+    .await?;
+    let ids: Vec<uuid::Uuid> = acks.keys().filter_map(|id| id.parse().ok()).collect();
+    let calculated: HashMap<String, DateTime<Utc>> = sqlx::query_as::<_, (uuid::Uuid, DateTime<Utc>)>(
+        "SELECT transaction_id, calculated_at FROM taxed_transactions WHERE transaction_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&setup.tax_db)
+    .await
+    .context("read calculated_at")?
+    .into_iter()
+    .map(|(id, at)| (id.to_string(), at))
+    .collect();
+    let tax_relayed = published_by_transaction(&setup.tax_db, "tax.calculated", |payload| {
+        taxpb::TaxedTransaction::decode(payload)
+            .ok()
+            .map(|taxed| taxed.transaction_id)
+    })
+    .await?;
+    let posted: Option<HashMap<String, DateTime<Utc>>> = match &setup.ledger_db {
+        Some(ledger_db) => {
+            let entry_ids: Vec<String> = acks.keys().map(|id| format!("tax:{id}")).collect();
+            let rows: Vec<(String, DateTime<Utc>)> =
+                sqlx::query_as("SELECT entry_id, posted_at FROM ledger_entries WHERE entry_id = ANY($1)")
+                    .bind(&entry_ids)
+                    .fetch_all(ledger_db)
+                    .await
+                    .context("read posted_at")?;
+            Some(
+                rows.into_iter()
+                    .map(|(id, at)| (id.trim_start_matches("tax:").to_owned(), at))
+                    .collect(),
+            )
+        }
+        None => None,
+    };
+
+    let between = |from: &dyn Fn(&str) -> Option<DateTime<Utc>>, to: &HashMap<String, DateTime<Utc>>| {
+        let mut samples = Samples::new();
+        for (transaction_id, _) in acks.iter().filter(|(_, ack)| ack.measured) {
+            match (from(transaction_id), to.get(transaction_id)) {
+                (Some(start), Some(end)) => {
+                    let micros = (*end - start).num_microseconds().unwrap_or(0).max(0);
+                    samples.record_us(micros.unsigned_abs());
+                }
+                _ => samples.error("a timestamp is missing"),
+            }
+        }
+        samples
+    };
+    let acked_at = |transaction_id: &str| acks.get(transaction_id).map(|ack| DateTime::<Utc>::from(ack.wall));
+    let mut hops = vec![
+        (
+            "ack -> payments outbox row published".to_owned(),
+            between(&acked_at, &relayed),
+        ),
+        (
+            "payments published -> tax calculated".to_owned(),
+            between(&|id: &str| relayed.get(id).copied(), &calculated),
+        ),
+        (
+            "tax calculated -> tax outbox row published".to_owned(),
+            between(&|id: &str| calculated.get(id).copied(), &tax_relayed),
+        ),
+    ];
+    if let Some(posted) = &posted {
+        hops.push((
+            "tax published -> ledger entry posted".to_owned(),
+            between(&|id: &str| tax_relayed.get(id).copied(), posted),
+        ));
+    }
+    Ok(hops)
 }
 
 /// Latency from each acknowledgement to the time another service recorded (its clock; same host).

@@ -344,6 +344,9 @@ pub struct EndToEnd {
     pub to_ledger: Option<Measured>,
     /// `GetTaxedTransaction` of a sample of the transactions afterwards.
     pub read_back: Measured,
+    /// The path cut into hops by the services' own timestamps (empty in results of older runs).
+    #[serde(default)]
+    pub hops: Vec<Hop>,
     /// Raw produce-to-consume p99 at the same rate (one broker hop), ms.
     pub baseline_p99_ms: f64,
     /// p99 to `tax.calculated` / raw p99.
@@ -354,6 +357,15 @@ pub struct EndToEnd {
     pub resources: BTreeMap<String, Usage>,
     /// Backlogs over time.
     pub series: Vec<Point>,
+}
+
+/// One hop of the end-to-end path.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Hop {
+    /// From where to where, e.g. `payments published -> tax calculated`.
+    pub name: String,
+    /// Its duration per transaction.
+    pub measured: Measured,
 }
 
 /// The ledger scenarios.
@@ -745,6 +757,9 @@ impl Report {
                 row("ack -> ledger entry posted", ledger);
             }
             row("GetTaxedTransaction read-back (sample)", &e2e.read_back);
+            for hop in &e2e.hops {
+                row(&format!("hop: {}", hop.name), &hop.measured);
+            }
             let backlog = &e2e.backlog;
             let _ = writeln!(
                 out,

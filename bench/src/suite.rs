@@ -580,6 +580,7 @@ async fn e2e_scenario(
             tax_calculated_topic: format!("{}tax.calculated", environment.prefix),
             key_prefix: format!("{}-e2e", context.run_id),
             ledger_db: environment.ledger_db.clone(),
+            payments_db: environment.payments_db.clone(),
         };
         let monitor = environment.monitor.clone().context("no monitor")?;
         let from = sampler.now();
@@ -606,6 +607,14 @@ async fn e2e_scenario(
             to_published,
             to_ledger: run.to_ledger.as_ref().map(Measured::from),
             read_back: Measured::from(&run.read_back),
+            hops: run
+                .hops
+                .iter()
+                .map(|(name, samples)| report::Hop {
+                    name: name.clone(),
+                    measured: Measured::from(samples),
+                })
+                .collect(),
             baseline_p99_ms,
             backlog: BacklogSummary::of(&run.series, run.elapsed.as_secs_f64(), 2.0 * rate, run.drain_seconds),
             resources,
@@ -901,6 +910,8 @@ fn run_config(options: &Options, env: &[(&'static str, String)], admin: &Admin) 
         ("OUTBOX_RELAYS", "1"),
         ("OUTBOX_BATCH_SIZE", "256"),
         ("OUTBOX_POLL_INTERVAL_MS", "100"),
+        ("OUTBOX_BUSY_POLL_MS", "10"),
+        ("OUTBOX_ROUNDS_IN_FLIGHT", "2"),
         ("KAFKA_CONSUMER_LANES", "8"),
         ("KAFKA_CONSUMER_MAX_BATCH", "32"),
         ("KAFKA_FETCH_WAIT_MAX_MS", "50"),

@@ -6,14 +6,26 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
 
 use crate::error::Result;
 
 /// Migrations of the platform tables every service database holds.
 pub static PLATFORM_MIGRATOR: Migrator = sqlx::migrate!("../../migrations/platform");
+
+/// A pooled connection used less than this long ago is handed out without a liveness check.
+///
+/// sqlx checks a connection with a round trip (`Sync` → `ReadyForQuery`) when it returns to the
+/// pool *and*, by default, again when it is taken out: two extra round trips per transaction on
+/// top of the statements themselves. A connection that came back a moment ago was just checked,
+/// so the second check only costs a round trip (and a wake-up of both processes) per command;
+/// only a connection idle for longer is checked again. The same trade as HikariCP's
+/// `aliveBypassWindowMs` (500 ms): if the server dies inside the window, the first statement on
+/// such a connection fails (the caller gets `UNAVAILABLE` and may retry with its idempotency key)
+/// and sqlx drops the connection instead of reusing it.
+pub const ALIVE_BYPASS_WINDOW: Duration = Duration::from_millis(500);
 
 /// Connects a pool, retrying for up to `wait` while the database is starting or restarting.
 pub async fn connect(database_url: &str, max_connections: u32, wait: Duration) -> Result<PgPool> {
@@ -22,6 +34,15 @@ pub async fn connect(database_url: &str, max_connections: u32, wait: Duration) -
         let attempt = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .before_acquire(|connection, metadata| {
+                Box::pin(async move {
+                    if metadata.idle_for >= ALIVE_BYPASS_WINDOW {
+                        connection.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(database_url)
             .await;
         match attempt {

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -174,8 +175,14 @@ pub async fn purge_published(pool: &PgPool, age: Duration) -> Result<u64> {
 pub struct RelaySettings {
     /// Rows claimed per round.
     pub batch_size: i64,
-    /// Wait between rounds that found nothing.
+    /// Wait between rounds while the outbox is quiet (nothing found for [`QUIET_AFTER`]).
     pub poll_interval: Duration,
+    /// Wait between claims while rows keep coming: how long a new row waits at most before a
+    /// round claims it, and the window in which rows gather into one round (one commit).
+    pub busy_poll_interval: Duration,
+    /// Rounds whose sends may be awaiting the broker's acknowledgement at once (at least 1); each
+    /// holds a pooled connection while it waits.
+    pub rounds_in_flight: usize,
     /// Longest wait between rounds while the broker fails.
     pub max_backoff: Duration,
 }
@@ -185,10 +192,16 @@ impl Default for RelaySettings {
         Self {
             batch_size: 256,
             poll_interval: Duration::from_millis(100),
+            busy_poll_interval: Duration::from_millis(10),
+            rounds_in_flight: 2,
             max_backoff: Duration::from_secs(10),
         }
     }
 }
+
+/// A relay that found nothing for this long polls at [`RelaySettings::poll_interval`] again
+/// instead of [`RelaySettings::busy_poll_interval`].
+pub const QUIET_AFTER: Duration = Duration::from_secs(1);
 
 /// Publishes outbox rows to Kafka. Run one or more per database.
 #[derive(Debug, Clone)]
@@ -232,41 +245,76 @@ impl OutboxRelay {
 
     /// Runs rounds until `shutdown` fires; backs off while the broker or the database fails, and
     /// replaces its producer after a failed send (see [`EventProducer::renewed`]).
+    ///
+    /// Rounds overlap: once a round's rows are claimed and handed to the producer, the next claim
+    /// does not wait for their acknowledgements (up to [`RelaySettings::rounds_in_flight`] rounds
+    /// at once). Per-key order still holds, because a round only claims the oldest *unpublished*
+    /// row of a key, and a row in flight stays unpublished until its round commits after the
+    /// broker acknowledged it. While rows keep coming the relay claims every
+    /// `busy_poll_interval`; after [`QUIET_AFTER`] without rows, every `poll_interval`.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut in_flight: JoinSet<Result<RoundOutcome>> = JoinSet::new();
         let mut backoff = self.settings.poll_interval;
+        let mut last_rows = tokio::time::Instant::now();
+        let max_in_flight = self.settings.rounds_in_flight.max(1);
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            let wait = match self.publish_round().await {
-                Ok(outcome) if outcome.failed == 0 && outcome.published > 0 => {
+            // Settle finished rounds; a failure stops claiming until every round has settled.
+            let mut failing = false;
+            while let Some(joined) = in_flight.try_join_next() {
+                failing |= !settle(joined, backoff);
+            }
+            if in_flight.len() >= max_in_flight && !failing {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    Some(joined) = in_flight.join_next() => failing |= !settle(joined, backoff),
+                }
+            }
+            if failing {
+                while let Some(joined) = in_flight.join_next().await {
+                    settle(joined, backoff);
+                }
+                self.renew_producer();
+                let wait = next_backoff(&mut backoff, self.settings.max_backoff);
+                if sleep_or_shutdown(wait, &shutdown).await {
+                    break;
+                }
+                continue;
+            }
+            if in_flight.len() >= max_in_flight {
+                continue;
+            }
+            let wait = match self.claim().await {
+                Ok(Some(round)) => {
                     backoff = self.settings.poll_interval;
-                    Duration::ZERO
+                    last_rows = tokio::time::Instant::now();
+                    let full = round.rows.len() as i64 >= self.settings.batch_size;
+                    in_flight.spawn(round.publish(self.producer.clone()));
+                    if full {
+                        Duration::ZERO
+                    } else {
+                        self.settings.busy_poll_interval
+                    }
                 }
-                Ok(outcome) if outcome.failed == 0 => {
-                    backoff = self.settings.poll_interval;
-                    self.settings.poll_interval
+                Ok(None) if !in_flight.is_empty() || last_rows.elapsed() < QUIET_AFTER => {
+                    self.settings.busy_poll_interval
                 }
-                Ok(outcome) => {
-                    tracing::warn!(
-                        failed = outcome.failed,
-                        backoff_ms = backoff.as_millis() as u64,
-                        "outbox publish failed, backing off"
-                    );
-                    self.renew_producer();
-                    next_backoff(&mut backoff, self.settings.max_backoff)
-                }
+                Ok(None) => self.settings.poll_interval,
                 Err(error) => {
-                    tracing::warn!(%error, backoff_ms = backoff.as_millis() as u64, "outbox round failed, backing off");
+                    tracing::warn!(%error, backoff_ms = backoff.as_millis() as u64, "outbox claim failed, backing off");
                     next_backoff(&mut backoff, self.settings.max_backoff)
                 }
             };
-            if !wait.is_zero() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
-                }
+            if !wait.is_zero() && sleep_or_shutdown(wait, &shutdown).await {
+                break;
             }
+        }
+        // Rounds already handed to the producer finish (bounded by its delivery timeout), so
+        // what the broker acknowledged is marked and not published again after a restart.
+        while let Some(joined) = in_flight.join_next().await {
+            settle(joined, backoff);
         }
         tracing::info!("outbox relay stopped");
     }
@@ -281,6 +329,15 @@ impl OutboxRelay {
     /// One round: claim up to `batch_size` rows (the oldest unpublished row of each key), publish
     /// them, mark the acknowledged ones, commit.
     pub async fn publish_round(&self) -> Result<RoundOutcome> {
+        match self.claim().await? {
+            Some(round) => round.publish(self.producer.clone()).await,
+            None => Ok(RoundOutcome::default()),
+        }
+    }
+
+    /// Claims up to `batch_size` rows, each the oldest unpublished row of its key, in a
+    /// transaction that holds their locks until the round is published; `None` if there is none.
+    async fn claim(&self) -> Result<Option<ClaimedRound>> {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
             "SELECT o.id, o.event_id, o.topic, o.record_key, o.event_type, o.event_source, o.payload_type, \
@@ -304,9 +361,9 @@ impl OutboxRelay {
         .await?;
         if rows.is_empty() {
             tx.rollback().await?;
-            return Ok(RoundOutcome::default());
+            return Ok(None);
         }
-        let claimed = rows
+        let rows = rows
             .into_iter()
             .map(|row| -> Result<ClaimedRow> {
                 Ok(ClaimedRow {
@@ -326,71 +383,118 @@ impl OutboxRelay {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        Ok(Some(ClaimedRound { tx, rows }))
+    }
+}
 
-        let sends = claimed.iter().map(|row| self.publish(row));
+/// Claimed rows and the transaction that holds their locks.
+struct ClaimedRound {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    rows: Vec<ClaimedRow>,
+}
+
+impl ClaimedRound {
+    /// Publishes the rows concurrently, marks the acknowledged ones, records the failures on the
+    /// others, commits.
+    async fn publish(mut self, producer: EventProducer) -> Result<RoundOutcome> {
+        let sends = self.rows.iter().map(|row| publish_row(&producer, row));
         let results = futures::future::join_all(sends).await;
 
         let mut published = Vec::new();
         let mut failed = Vec::new();
-        for (row, result) in claimed.iter().zip(results) {
+        for (row, result) in self.rows.iter().zip(results) {
             match result {
                 Ok(()) => published.push(row.id),
                 Err(error) => failed.push((row.id, error.to_string())),
             }
         }
         if !published.is_empty() {
+            // `clock_timestamp()`, not `now()` (the claim's start): `published_at` says when the
+            // broker had acknowledged the rows.
             sqlx::query(
-                "UPDATE outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)",
+                "UPDATE outbox SET published_at = clock_timestamp(), attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)",
             )
             .bind(&published)
-            .execute(&mut *tx)
+            .execute(&mut *self.tx)
             .await?;
         }
         for (id, error) in &failed {
             sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
                 .bind(id)
                 .bind(error)
-                .execute(&mut *tx)
+                .execute(&mut *self.tx)
                 .await?;
         }
-        tx.commit().await?;
+        self.tx.commit().await?;
         Ok(RoundOutcome {
             published: published.len(),
             failed: failed.len(),
         })
     }
+}
 
-    async fn publish(&self, row: &ClaimedRow) -> Result<()> {
-        let span = tracing::info_span!(
-            "outbox.publish",
-            otel.kind = "producer",
-            topic = %row.topic,
-            ce_id = %row.event_id,
-            ce_type = %row.event_type,
-        );
-        telemetry::set_remote_parent(&span, &row.trace);
-        async {
-            // The publish span is a child of the request's span: same trace id, its own span id.
-            let trace = match TraceHeaders::current() {
-                headers if headers.traceparent.is_some() => headers,
-                _ => row.trace.clone(),
-            };
-            let metadata = EventMetadata {
-                id: row.event_id.to_string(),
-                event_type: row.event_type.clone(),
-                source: row.event_source.clone(),
-                time: row.occurred_at,
-                subject: Some(row.record_key.clone()),
-                payload_type: row.payload_type.clone(),
-                trace,
-            };
-            self.producer
-                .send_event(&row.topic, &row.record_key, &row.payload, &metadata)
-                .await
-                .map(|_| ())
+async fn publish_row(producer: &EventProducer, row: &ClaimedRow) -> Result<()> {
+    let span = tracing::info_span!(
+        "outbox.publish",
+        otel.kind = "producer",
+        topic = %row.topic,
+        ce_id = %row.event_id,
+        ce_type = %row.event_type,
+    );
+    telemetry::set_remote_parent(&span, &row.trace);
+    async {
+        // The publish span is a child of the request's span: same trace id, its own span id.
+        let trace = match TraceHeaders::current() {
+            headers if headers.traceparent.is_some() => headers,
+            _ => row.trace.clone(),
+        };
+        let metadata = EventMetadata {
+            id: row.event_id.to_string(),
+            event_type: row.event_type.clone(),
+            source: row.event_source.clone(),
+            time: row.occurred_at,
+            subject: Some(row.record_key.clone()),
+            payload_type: row.payload_type.clone(),
+            trace,
+        };
+        producer
+            .send_event(&row.topic, &row.record_key, &row.payload, &metadata)
+            .await
+            .map(|_| ())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Logs what a finished round did; `false` if it failed (sends or database).
+fn settle(joined: std::result::Result<Result<RoundOutcome>, tokio::task::JoinError>, backoff: Duration) -> bool {
+    match joined {
+        Ok(Ok(outcome)) if outcome.failed == 0 => true,
+        Ok(Ok(outcome)) => {
+            tracing::warn!(
+                failed = outcome.failed,
+                published = outcome.published,
+                backoff_ms = backoff.as_millis() as u64,
+                "outbox publish failed, backing off"
+            );
+            false
         }
-        .instrument(span)
-        .await
+        Ok(Err(error)) => {
+            tracing::warn!(%error, backoff_ms = backoff.as_millis() as u64, "outbox round failed, backing off");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "outbox round task did not finish");
+            false
+        }
+    }
+}
+
+/// Sleeps `wait`; `true` if `shutdown` fired first.
+async fn sleep_or_shutdown(wait: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(wait) => false,
     }
 }
 
@@ -409,6 +513,8 @@ pub fn spawn_relays(
     let settings = RelaySettings {
         batch_size: config.outbox_batch_size,
         poll_interval: config.outbox_poll_interval,
+        busy_poll_interval: config.outbox_busy_poll_interval,
+        rounds_in_flight: config.outbox_rounds_in_flight,
         ..RelaySettings::default()
     };
     (0..count)
