@@ -227,13 +227,14 @@ async fn overlapping_rounds_keep_key_order_while_rows_keep_arriving() {
     let (keys, versions) = (15, 12);
     let total = keys * versions as usize;
 
-    // One relay, small rounds, four of them awaiting acknowledgements at once, claiming every
-    // millisecond: the next version of a key is committed while its previous one is in flight.
+    // One relay, small rounds, four of them awaiting acknowledgements at once, claiming again a
+    // millisecond after each: the next version of a key is committed while its previous one is
+    // in flight.
     let shutdown = CancellationToken::new();
     let settings = RelaySettings {
         batch_size: 5,
         poll_interval: Duration::from_millis(5),
-        busy_poll_interval: Duration::from_millis(1),
+        gather: Duration::from_millis(1),
         rounds_in_flight: 4,
         ..RelaySettings::default()
     };

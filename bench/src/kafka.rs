@@ -420,22 +420,26 @@ pub async fn roundtrip_baseline(
         payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
         let producer = producer.clone();
         let topic = topic.to_owned();
-        sends.push(async move {
+        // A task of its own, so the acknowledgement is timed when it arrives, not when this loop
+        // next looks (at a low rate that would add up to a whole send interval).
+        sends.push(tokio::spawn(async move {
             let started = Instant::now();
             let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
             let result = producer.send(record, Timeout::Never).await;
             (started.elapsed(), result.map(|_| ()).map_err(|(error, _)| error))
-        });
+        }));
         sent += 1;
         // Reap finished sends without waiting.
-        while let Some(Some((latency, result))) = futures::FutureExt::now_or_never(sends.next()) {
+        while let Some(Some(joined)) = futures::FutureExt::now_or_never(sends.next()) {
+            let (latency, result) = joined.context("send task")?;
             match result {
                 Ok(()) => acks.record(latency),
                 Err(error) => acks.error(format!("{error}")),
             }
         }
     }
-    while let Some((latency, result)) = sends.next().await {
+    while let Some(joined) = sends.next().await {
+        let (latency, result) = joined.context("send task")?;
         match result {
             Ok(()) => acks.record(latency),
             Err(error) => acks.error(format!("{error}")),

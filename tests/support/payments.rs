@@ -47,8 +47,8 @@ pub fn platform_config(service: &str, database_url: &str, bootstrap: &str) -> Pl
         grpc_max_message_bytes: 4 * 1024 * 1024,
         outbox_batch_size: 256,
         outbox_poll_interval: Duration::from_millis(20),
-        outbox_busy_poll_interval: Duration::from_millis(10),
-        outbox_rounds_in_flight: 2,
+        outbox_gather: Duration::ZERO,
+        outbox_rounds_in_flight: 1,
     }
 }
 

@@ -16,9 +16,9 @@
 //! | `KAFKA_CONSUMER_MAX_BATCH` | `32` | most records already waiting in a lane that are handled together, e.g. in one database transaction (1-1024; 1 = one at a time) |
 //! | `GRPC_MAX_MESSAGE_BYTES` | `4194304` | largest accepted and sent gRPC message |
 //! | `OUTBOX_BATCH_SIZE` | `256` | rows one relay publishes per round |
-//! | `OUTBOX_POLL_INTERVAL_MS` | `100` | wait of the relay between empty rounds once the outbox has been quiet for a second |
-//! | `OUTBOX_BUSY_POLL_MS` | `10` | wait of the relay between claims while rows keep coming (1-1000): the longest a new row waits for a round, and the window in which rows gather into one round |
-//! | `OUTBOX_ROUNDS_IN_FLIGHT` | `2` | rounds of one relay whose sends may await the broker at once (1-16; each holds a database connection meanwhile) |
+//! | `OUTBOX_POLL_INTERVAL_MS` | `100` | wait of the relay after a claim that found nothing |
+//! | `OUTBOX_GATHER_MS` | `0` | wait of the relay after a round that was not full, so that new rows gather into the next one (0-1000; 0 = claim again at once) |
+//! | `OUTBOX_ROUNDS_IN_FLIGHT` | `1` | rounds of one relay whose sends may await the broker at once (1-16; each holds a database connection meanwhile; ADR 0010) |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset (no export) | OTLP/gRPC collector for traces |
 //! | `RUST_LOG` | `info` | log filter |
 //! | `LOG_FORMAT` | `text` | `text` or `json` |
@@ -100,8 +100,8 @@ pub struct PlatformConfig {
     pub outbox_batch_size: i64,
     /// Outbox relay idle poll interval.
     pub outbox_poll_interval: Duration,
-    /// Outbox relay poll interval while rows keep coming.
-    pub outbox_busy_poll_interval: Duration,
+    /// Outbox relay wait after a round that was not full.
+    pub outbox_gather: Duration,
     /// Outbox relay rounds awaiting acknowledgements at once.
     pub outbox_rounds_in_flight: usize,
 }
@@ -137,14 +137,14 @@ impl PlatformConfig {
             });
         }
         let outbox_poll_interval = Duration::from_millis(env_parse("OUTBOX_POLL_INTERVAL_MS", 100u64)?);
-        let outbox_busy_poll_ms = env_parse("OUTBOX_BUSY_POLL_MS", 10u64)?;
-        if !(1..=1000).contains(&outbox_busy_poll_ms) {
+        let outbox_gather_ms = env_parse("OUTBOX_GATHER_MS", 0u64)?;
+        if outbox_gather_ms > 1000 {
             return Err(Error::Config {
-                variable: "OUTBOX_BUSY_POLL_MS".to_owned(),
-                reason: "must be between 1 and 1000".to_owned(),
+                variable: "OUTBOX_GATHER_MS".to_owned(),
+                reason: "must be between 0 and 1000".to_owned(),
             });
         }
-        let outbox_rounds_in_flight = env_parse("OUTBOX_ROUNDS_IN_FLIGHT", 2usize)?;
+        let outbox_rounds_in_flight = env_parse("OUTBOX_ROUNDS_IN_FLIGHT", 1usize)?;
         if !(1..=16).contains(&outbox_rounds_in_flight) {
             return Err(Error::Config {
                 variable: "OUTBOX_ROUNDS_IN_FLIGHT".to_owned(),
@@ -190,7 +190,7 @@ impl PlatformConfig {
             grpc_max_message_bytes,
             outbox_batch_size,
             outbox_poll_interval,
-            outbox_busy_poll_interval: Duration::from_millis(outbox_busy_poll_ms),
+            outbox_gather: Duration::from_millis(outbox_gather_ms),
             outbox_rounds_in_flight,
         })
     }

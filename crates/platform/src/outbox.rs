@@ -175,11 +175,12 @@ pub async fn purge_published(pool: &PgPool, age: Duration) -> Result<u64> {
 pub struct RelaySettings {
     /// Rows claimed per round.
     pub batch_size: i64,
-    /// Wait between rounds while the outbox is quiet (nothing found for [`QUIET_AFTER`]).
+    /// Wait after a claim that found nothing.
     pub poll_interval: Duration,
-    /// Wait between claims while rows keep coming: how long a new row waits at most before a
-    /// round claims it, and the window in which rows gather into one round (one commit).
-    pub busy_poll_interval: Duration,
+    /// Wait after a round that was not full before the next claim (zero: claim again at once):
+    /// the window in which new rows gather into one round, i.e. one produce request per
+    /// partition and one commit for all of them.
+    pub gather: Duration,
     /// Rounds whose sends may be awaiting the broker's acknowledgement at once (at least 1); each
     /// holds a pooled connection while it waits.
     pub rounds_in_flight: usize,
@@ -192,16 +193,12 @@ impl Default for RelaySettings {
         Self {
             batch_size: 256,
             poll_interval: Duration::from_millis(100),
-            busy_poll_interval: Duration::from_millis(10),
-            rounds_in_flight: 2,
+            gather: Duration::ZERO,
+            rounds_in_flight: 1,
             max_backoff: Duration::from_secs(10),
         }
     }
 }
-
-/// A relay that found nothing for this long polls at [`RelaySettings::poll_interval`] again
-/// instead of [`RelaySettings::busy_poll_interval`].
-pub const QUIET_AFTER: Duration = Duration::from_secs(1);
 
 /// Publishes outbox rows to Kafka. Run one or more per database.
 #[derive(Debug, Clone)]
@@ -246,36 +243,45 @@ impl OutboxRelay {
     /// Runs rounds until `shutdown` fires; backs off while the broker or the database fails, and
     /// replaces its producer after a failed send (see [`EventProducer::renewed`]).
     ///
-    /// Rounds overlap: once a round's rows are claimed and handed to the producer, the next claim
-    /// does not wait for their acknowledgements (up to [`RelaySettings::rounds_in_flight`] rounds
-    /// at once). Per-key order still holds, because a round only claims the oldest *unpublished*
-    /// row of a key, and a row in flight stays unpublished until its round commits after the
-    /// broker acknowledged it. While rows keep coming the relay claims every
-    /// `busy_poll_interval`; after [`QUIET_AFTER`] without rows, every `poll_interval`.
+    /// With [`RelaySettings::rounds_in_flight`] above 1, rounds overlap: once a round's rows are
+    /// claimed and handed to the producer, the next claim does not wait for their
+    /// acknowledgements. Per-key order still holds, because a round only claims the oldest
+    /// *unpublished* row of a key, and a row in flight stays unpublished until its round commits
+    /// after the broker acknowledged it. ADR 0010 has the measurements behind the defaults (one
+    /// round at a time, the next claim at once).
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut in_flight: JoinSet<Result<RoundOutcome>> = JoinSet::new();
-        let mut backoff = self.settings.poll_interval;
-        let mut last_rows = tokio::time::Instant::now();
+        let poll_interval = self.settings.poll_interval;
         let max_in_flight = self.settings.rounds_in_flight.max(1);
+        let mut backoff = poll_interval;
+        let mut failing = false;
+        // A settled round resets the backoff, or marks the relay failing.
+        let note = |ok: bool, failing: &mut bool, backoff: &mut Duration| {
+            if ok {
+                *backoff = poll_interval;
+            } else {
+                *failing = true;
+            }
+        };
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            // Settle finished rounds; a failure stops claiming until every round has settled.
-            let mut failing = false;
             while let Some(joined) = in_flight.try_join_next() {
-                failing |= !settle(joined, backoff);
+                note(settle(joined, backoff), &mut failing, &mut backoff);
             }
-            if in_flight.len() >= max_in_flight && !failing {
+            if !failing && in_flight.len() >= max_in_flight {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    Some(joined) = in_flight.join_next() => failing |= !settle(joined, backoff),
+                    Some(joined) = in_flight.join_next() => note(settle(joined, backoff), &mut failing, &mut backoff),
                 }
             }
             if failing {
+                // No claims until every round has settled; then a fresh producer, after a backoff.
                 while let Some(joined) = in_flight.join_next().await {
                     settle(joined, backoff);
                 }
+                failing = false;
                 self.renew_producer();
                 let wait = next_backoff(&mut backoff, self.settings.max_backoff);
                 if sleep_or_shutdown(wait, &shutdown).await {
@@ -283,25 +289,23 @@ impl OutboxRelay {
                 }
                 continue;
             }
-            if in_flight.len() >= max_in_flight {
-                continue;
-            }
             let wait = match self.claim().await {
                 Ok(Some(round)) => {
-                    backoff = self.settings.poll_interval;
-                    last_rows = tokio::time::Instant::now();
                     let full = round.rows.len() as i64 >= self.settings.batch_size;
                     in_flight.spawn(round.publish(self.producer.clone()));
-                    if full {
+                    if max_in_flight == 1
+                        && let Some(joined) = in_flight.join_next().await
+                    {
+                        // One round at a time: the next claim follows its acknowledgements.
+                        note(settle(joined, backoff), &mut failing, &mut backoff);
+                    }
+                    if failing || full {
                         Duration::ZERO
                     } else {
-                        self.settings.busy_poll_interval
+                        self.settings.gather
                     }
                 }
-                Ok(None) if !in_flight.is_empty() || last_rows.elapsed() < QUIET_AFTER => {
-                    self.settings.busy_poll_interval
-                }
-                Ok(None) => self.settings.poll_interval,
+                Ok(None) => poll_interval,
                 Err(error) => {
                     tracing::warn!(%error, backoff_ms = backoff.as_millis() as u64, "outbox claim failed, backing off");
                     next_backoff(&mut backoff, self.settings.max_backoff)
@@ -513,7 +517,7 @@ pub fn spawn_relays(
     let settings = RelaySettings {
         batch_size: config.outbox_batch_size,
         poll_interval: config.outbox_poll_interval,
-        busy_poll_interval: config.outbox_busy_poll_interval,
+        gather: config.outbox_gather,
         rounds_in_flight: config.outbox_rounds_in_flight,
         ..RelaySettings::default()
     };
