@@ -342,6 +342,7 @@ impl OutboxRelay {
     /// Claims up to `batch_size` rows, each the oldest unpublished row of its key, in a
     /// transaction that holds their locks until the round is published; `None` if there is none.
     async fn claim(&self) -> Result<Option<ClaimedRound>> {
+        let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
             "SELECT o.id, o.event_id, o.topic, o.record_key, o.event_type, o.event_source, o.payload_type, \
@@ -387,7 +388,12 @@ impl OutboxRelay {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(ClaimedRound { tx, rows }))
+        Ok(Some(ClaimedRound {
+            tx,
+            rows,
+            started,
+            claimed: started.elapsed(),
+        }))
     }
 }
 
@@ -395,6 +401,9 @@ impl OutboxRelay {
 struct ClaimedRound {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
     rows: Vec<ClaimedRow>,
+    /// When the claim began, and how long it took (for the round's debug log).
+    started: std::time::Instant,
+    claimed: Duration,
 }
 
 impl ClaimedRound {
@@ -403,6 +412,7 @@ impl ClaimedRound {
     async fn publish(mut self, producer: EventProducer) -> Result<RoundOutcome> {
         let sends = self.rows.iter().map(|row| publish_row(&producer, row));
         let results = futures::future::join_all(sends).await;
+        let acknowledged = self.started.elapsed();
 
         let mut published = Vec::new();
         let mut failed = Vec::new();
@@ -430,6 +440,14 @@ impl ClaimedRound {
                 .await?;
         }
         self.tx.commit().await?;
+        tracing::debug!(
+            rows = self.rows.len(),
+            failed = failed.len(),
+            claim_ms = self.claimed.as_secs_f64() * 1000.0,
+            acks_ms = (acknowledged - self.claimed).as_secs_f64() * 1000.0,
+            mark_ms = (self.started.elapsed() - acknowledged).as_secs_f64() * 1000.0,
+            "outbox round"
+        );
         Ok(RoundOutcome {
             published: published.len(),
             failed: failed.len(),
