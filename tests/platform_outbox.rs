@@ -33,8 +33,13 @@ fn order(key: &str, version: i64) -> Order {
 }
 
 async fn enqueue_orders(db: &TestDb, topic: &str, keys: usize, versions: i64) {
+    enqueue_versions(db, topic, keys, 1..=versions).await;
+}
+
+/// Versions `versions` of orders `order-0` … `order-<keys - 1>`, in one transaction.
+async fn enqueue_versions(db: &TestDb, topic: &str, keys: usize, versions: std::ops::RangeInclusive<i64>) {
     let mut tx = db.pool.begin().await.expect("begin");
-    for version in 1..=versions {
+    for version in versions {
         for key in 0..keys {
             let key = format!("order-{key}");
             let event = OutboxEvent::protobuf(
@@ -241,22 +246,7 @@ async fn overlapping_rounds_keep_key_order_while_rows_keep_arriving() {
     let producer = EventProducer::new(&bootstrap, "test-relay-overlap", Duration::from_secs(10)).expect("producer");
     let relay = tokio::spawn(OutboxRelay::new(db.pool.clone(), producer, settings).run(shutdown.clone()));
     for version in 1..=versions {
-        let mut tx = db.pool.begin().await.expect("begin");
-        for key in 0..keys {
-            let key = format!("order-{key}");
-            let event = OutboxEvent::protobuf(
-                &topic,
-                &key,
-                "fintech.payments.v1.order.updated",
-                "fintech.payments.v1.Order",
-                &order(&key, version),
-                chrono::Utc::now(),
-            );
-            outbox::enqueue(&mut tx, "/fintech/test", &event)
-                .await
-                .expect("enqueue");
-        }
-        tx.commit().await.expect("commit");
+        enqueue_versions(&db, &topic, keys, version..=version).await;
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
     wait_for_empty_backlog(&db, Duration::from_secs(60)).await;

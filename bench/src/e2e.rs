@@ -35,6 +35,9 @@ use crate::payments::{Pair, connect};
 use crate::progress::Progress;
 use crate::stats::{Live, Samples};
 
+/// A time per transaction id.
+type Times = HashMap<String, DateTime<Utc>>;
+
 /// Requests in flight beyond which the generator counts a scheduled pair as dropped instead of
 /// sending it (the system is not keeping up; queueing more only measures the queue).
 const MAX_IN_FLIGHT: i64 = 2_000;
@@ -247,12 +250,24 @@ pub async fn run(
             None => to_published.error("not on tax.calculated"),
         }
     }
-    let to_calculated = calculated_latencies(&setup.tax_db, &acks).await?;
-    let to_ledger = match &setup.ledger_db {
-        Some(ledger_db) => Some(posted_latencies(ledger_db, &acks).await?),
+    let calculated = calculated_times(&setup.tax_db, &acks).await?;
+    let to_calculated = wall_latencies(
+        &acks,
+        |transaction_id| calculated.get(transaction_id).copied(),
+        "not in taxed_transactions",
+    );
+    let posted = match &setup.ledger_db {
+        Some(ledger_db) => Some(posted_times(ledger_db, &acks).await?),
         None => None,
     };
-    let hops = hops(setup, &acks).await?;
+    let to_ledger = posted.as_ref().map(|posted| {
+        wall_latencies(
+            &acks,
+            |transaction_id| posted.get(transaction_id).copied(),
+            "not in ledger_entries",
+        )
+    });
+    let hops = hops(setup, &acks, &calculated, posted.as_ref()).await?;
     let read_back = read_back(setup.tax.clone(), acks.keys().cloned().collect()).await;
 
     Ok(E2eRun {
@@ -275,7 +290,8 @@ fn open_count(acks: &Mutex<HashMap<String, Ack>>, seen: &Mutex<HashMap<String, I
     acks.keys().filter(|id| !seen.contains_key(*id)).count()
 }
 
-async fn calculated_latencies(tax_db: &PgPool, acks: &HashMap<String, Ack>) -> anyhow::Result<Samples> {
+/// When tax calculated each transaction (`taxed_transactions.calculated_at`), by transaction id.
+async fn calculated_times(tax_db: &PgPool, acks: &HashMap<String, Ack>) -> anyhow::Result<Times> {
     let ids: Vec<uuid::Uuid> = acks.keys().filter_map(|id| id.parse().ok()).collect();
     let rows: Vec<(uuid::Uuid, DateTime<Utc>)> =
         sqlx::query_as("SELECT transaction_id, calculated_at FROM taxed_transactions WHERE transaction_id = ANY($1)")
@@ -283,17 +299,12 @@ async fn calculated_latencies(tax_db: &PgPool, acks: &HashMap<String, Ack>) -> a
             .fetch_all(tax_db)
             .await
             .context("read calculated_at")?;
-    let calculated: HashMap<String, DateTime<Utc>> = rows.into_iter().map(|(id, at)| (id.to_string(), at)).collect();
-    Ok(wall_latencies(
-        acks,
-        |transaction_id| calculated.get(transaction_id).copied(),
-        "not in taxed_transactions",
-    ))
+    Ok(rows.into_iter().map(|(id, at)| (id.to_string(), at)).collect())
 }
 
-/// The ledger posts each tax result as entry `tax:<transaction id>` (`services/ledger`,
-/// `domain::tax`).
-async fn posted_latencies(ledger_db: &PgPool, acks: &HashMap<String, Ack>) -> anyhow::Result<Samples> {
+/// When the ledger posted each transaction's tax result, by transaction id: the ledger posts it
+/// as entry `tax:<transaction id>` (`services/ledger`, `domain::tax`).
+async fn posted_times(ledger_db: &PgPool, acks: &HashMap<String, Ack>) -> anyhow::Result<Times> {
     let ids: Vec<String> = acks.keys().map(|id| format!("tax:{id}")).collect();
     let rows: Vec<(String, DateTime<Utc>)> =
         sqlx::query_as("SELECT entry_id, posted_at FROM ledger_entries WHERE entry_id = ANY($1)")
@@ -301,15 +312,10 @@ async fn posted_latencies(ledger_db: &PgPool, acks: &HashMap<String, Ack>) -> an
             .fetch_all(ledger_db)
             .await
             .context("read posted_at")?;
-    let posted: HashMap<String, DateTime<Utc>> = rows
+    Ok(rows
         .into_iter()
         .map(|(id, at)| (id.trim_start_matches("tax:").to_owned(), at))
-        .collect();
-    Ok(wall_latencies(
-        acks,
-        |transaction_id| posted.get(transaction_id).copied(),
-        "not in ledger_entries",
-    ))
+        .collect())
 }
 
 /// When each transaction's outbox row on a topic ending in `topic_suffix` was published
@@ -318,7 +324,7 @@ async fn published_by_transaction(
     db: &PgPool,
     topic_suffix: &str,
     transaction_id: impl Fn(&[u8]) -> Option<String>,
-) -> anyhow::Result<HashMap<String, DateTime<Utc>>> {
+) -> anyhow::Result<Times> {
     let rows: Vec<(Vec<u8>, Option<DateTime<Utc>>)> =
         sqlx::query_as("SELECT payload, published_at FROM outbox WHERE topic LIKE '%' || $1")
             .bind(topic_suffix)
@@ -340,7 +346,12 @@ async fn published_by_transaction(
 /// 4. -> ledger entry posted (when the ledger runs).
 ///
 /// A hop whose start or end is missing for a transaction is an error of that hop.
-async fn hops(setup: &Setup, acks: &HashMap<String, Ack>) -> anyhow::Result<Vec<(String, Samples)>> {
+async fn hops(
+    setup: &Setup,
+    acks: &HashMap<String, Ack>,
+    calculated: &Times,
+    posted: Option<&Times>,
+) -> anyhow::Result<Vec<(String, Samples)>> {
     let Some(payments_db) = &setup.payments_db else {
         return Ok(Vec::new());
     };
@@ -350,42 +361,14 @@ async fn hops(setup: &Setup, acks: &HashMap<String, Ack>) -> anyhow::Result<Vec<
             .map(|transaction| transaction.transaction_id)
     })
     .await?;
-    let ids: Vec<uuid::Uuid> = acks.keys().filter_map(|id| id.parse().ok()).collect();
-    let calculated: HashMap<String, DateTime<Utc>> = sqlx::query_as::<_, (uuid::Uuid, DateTime<Utc>)>(
-        "SELECT transaction_id, calculated_at FROM taxed_transactions WHERE transaction_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(&setup.tax_db)
-    .await
-    .context("read calculated_at")?
-    .into_iter()
-    .map(|(id, at)| (id.to_string(), at))
-    .collect();
     let tax_relayed = published_by_transaction(&setup.tax_db, "tax.calculated", |payload| {
         taxpb::TaxedTransaction::decode(payload)
             .ok()
             .map(|taxed| taxed.transaction_id)
     })
     .await?;
-    let posted: Option<HashMap<String, DateTime<Utc>>> = match &setup.ledger_db {
-        Some(ledger_db) => {
-            let entry_ids: Vec<String> = acks.keys().map(|id| format!("tax:{id}")).collect();
-            let rows: Vec<(String, DateTime<Utc>)> =
-                sqlx::query_as("SELECT entry_id, posted_at FROM ledger_entries WHERE entry_id = ANY($1)")
-                    .bind(&entry_ids)
-                    .fetch_all(ledger_db)
-                    .await
-                    .context("read posted_at")?;
-            Some(
-                rows.into_iter()
-                    .map(|(id, at)| (id.trim_start_matches("tax:").to_owned(), at))
-                    .collect(),
-            )
-        }
-        None => None,
-    };
 
-    let between = |from: &dyn Fn(&str) -> Option<DateTime<Utc>>, to: &HashMap<String, DateTime<Utc>>| {
+    let between = |from: &dyn Fn(&str) -> Option<DateTime<Utc>>, to: &Times| {
         let mut samples = Samples::new();
         for (transaction_id, _) in acks.iter().filter(|(_, ack)| ack.measured) {
             match (from(transaction_id), to.get(transaction_id)) {
@@ -406,14 +389,14 @@ async fn hops(setup: &Setup, acks: &HashMap<String, Ack>) -> anyhow::Result<Vec<
         ),
         (
             "payments published -> tax calculated".to_owned(),
-            between(&|id: &str| relayed.get(id).copied(), &calculated),
+            between(&|id: &str| relayed.get(id).copied(), calculated),
         ),
         (
             "tax calculated -> tax outbox row published".to_owned(),
             between(&|id: &str| calculated.get(id).copied(), &tax_relayed),
         ),
     ];
-    if let Some(posted) = &posted {
+    if let Some(posted) = posted {
         hops.push((
             "tax published -> ledger entry posted".to_owned(),
             between(&|id: &str| tax_relayed.get(id).copied(), posted),
