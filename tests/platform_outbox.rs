@@ -58,6 +58,14 @@ async fn enqueue_versions(db: &TestDb, topic: &str, keys: usize, versions: std::
     tx.commit().await.expect("commit");
 }
 
+/// Reads `topic` from the beginning: `total` records, each row exactly once, keys in order.
+async fn assert_topic_once_and_in_key_order(bootstrap: &str, topic: &str, total: usize) {
+    let consumer = reader(bootstrap, &[topic]);
+    let mut records = read_records(&consumer, total, Duration::from_secs(30)).await;
+    records.extend(read_extra(&consumer, Duration::from_secs(2)).await);
+    assert_once_and_in_key_order(&records, total);
+}
+
 /// Every row published exactly once (by `ce_id`), and each key's versions in ascending order.
 fn assert_once_and_in_key_order(records: &[rdkafka::message::OwnedMessage], total: usize) {
     let mut seen = HashSet::new();
@@ -216,10 +224,7 @@ async fn two_relays_publish_every_row_exactly_once_and_in_key_order() {
         relay.await.expect("relay task");
     }
 
-    let consumer = reader(&bootstrap, &[&topic]);
-    let mut records = read_records(&consumer, total, Duration::from_secs(30)).await;
-    records.extend(read_extra(&consumer, Duration::from_secs(2)).await);
-    assert_once_and_in_key_order(&records, total);
+    assert_topic_once_and_in_key_order(&bootstrap, &topic, total).await;
 }
 
 #[tokio::test]
@@ -253,10 +258,7 @@ async fn overlapping_rounds_keep_key_order_while_rows_keep_arriving() {
     shutdown.cancel();
     relay.await.expect("relay task");
 
-    let consumer = reader(&bootstrap, &[&topic]);
-    let mut records = read_records(&consumer, total, Duration::from_secs(30)).await;
-    records.extend(read_extra(&consumer, Duration::from_secs(2)).await);
-    assert_once_and_in_key_order(&records, total);
+    assert_topic_once_and_in_key_order(&bootstrap, &topic, total).await;
 }
 
 #[tokio::test]
