@@ -26,6 +26,7 @@ async fn start(db: &TestDb, kafka_bootstrap_servers: String) -> Running {
         pool: db.pool.clone(),
         kafka_bootstrap_servers,
         interval: Duration::from_millis(200),
+        components: Default::default(),
     };
     let server = tokio::spawn(grpc::serve(
         listener,

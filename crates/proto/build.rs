@@ -1,6 +1,8 @@
 //! Compiles every `.proto` under the workspace's `proto/` with protox (a pure-Rust protobuf
 //! compiler, so no `protoc` binary is needed) and generates prost messages plus tonic clients and
-//! servers. The encoded file descriptor set is written too, for gRPC server reflection.
+//! servers. The encoded file descriptor set is written too, for gRPC server reflection, and the
+//! topic list of `proto/topics.json` becomes typed constants (`fintech_proto::topics`); a topic
+//! whose payload names no message of the contracts fails the build.
 
 use std::path::{Path, PathBuf};
 
@@ -17,10 +19,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
 
+    let messages: Vec<String> = descriptors
+        .file
+        .iter()
+        .flat_map(|file| {
+            let package = file.package().to_owned();
+            file.message_type
+                .iter()
+                .map(move |message| format!("{package}.{}", message.name()))
+        })
+        .collect();
+    let topics_file = proto_root.join("topics.json");
+    std::fs::write(out_dir.join("topics.rs"), topics_rs(&topics_file, &messages)?)?;
+    println!("cargo:rerun-if-changed={}", topics_file.display());
+
+    // prost's `Name` on every message: the protobuf full names carried in event headers come from
+    // the contracts, never from string literals.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(descriptors)?;
+        .compile_fds_with_config(descriptors, config)?;
 
     println!("cargo:rerun-if-changed={}", proto_root.display());
     for file in &files {
@@ -39,4 +59,56 @@ fn collect_protos(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The Rust constants of `topics.json`.
+fn topics_rs(path: &Path, messages: &[String]) -> Result<String, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path)?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    let topics = json["topics"].as_array().ok_or("topics.json: no \"topics\" array")?;
+    let mut out = String::new();
+    let mut names = Vec::new();
+    for topic in topics {
+        let field = |key: &str| -> Result<Option<String>, String> {
+            match &topic[key] {
+                serde_json::Value::Null => Ok(None),
+                serde_json::Value::String(value) => Ok(Some(value.clone())),
+                other => Err(format!("topics.json: {key} must be a string or null, got {other}")),
+            }
+        };
+        let name = field("name")?.ok_or("topics.json: a topic without a name")?;
+        let partitions = topic["partitions"]
+            .as_i64()
+            .filter(|partitions| (1..=1000).contains(partitions))
+            .ok_or_else(|| format!("topics.json: {name}: partitions must be 1-1000"))?;
+        let key = field("key")?.ok_or_else(|| format!("topics.json: {name}: no key"))?;
+        let producer = field("producer")?.ok_or_else(|| format!("topics.json: {name}: no producer"))?;
+        let payload = field("payload")?;
+        let event_type = field("event_type")?;
+        if let Some(payload) = &payload
+            && !messages.contains(payload)
+        {
+            return Err(format!("topics.json: {name}: payload {payload} is no message of proto/").into());
+        }
+        if payload.is_some() != event_type.is_some() {
+            return Err(format!("topics.json: {name}: payload and event_type go together").into());
+        }
+        let constant = name.to_uppercase().replace(['.', '-'], "_");
+        let option = |value: &Option<String>| {
+            value
+                .as_ref()
+                .map_or("None".to_owned(), |value| format!("Some({value:?})"))
+        };
+        out.push_str(&format!(
+            "/// `{name}`: key {key}, produced by {producer}.\npub const {constant}: Topic = Topic {{ name: {name:?}, partitions: {partitions}, key: {key:?}, payload: {}, event_type: {}, producer: {producer:?} }};\n",
+            option(&payload),
+            option(&event_type),
+        ));
+        names.push(constant);
+    }
+    out.push_str(&format!(
+        "/// Every topic, in the order of `topics.json`.\npub const ALL: &[Topic] = &[{}];\n",
+        names.join(", ")
+    ));
+    Ok(out)
 }

@@ -6,24 +6,18 @@ Bootstrap servers come from KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092). Ex
 Never "fix" a topic by deleting it: Tansu 0.6.0 (SQLite engine) deletes every topic on any DeleteTopics request.
 """
 
+import json
 import os
 import sys
+from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-# (topic, partitions, replication factor). Add new topics here.
-TOPICS = [
-    ("orders.created", 3, 1),
-    ("orders.updated", 3, 1),
-    ("transactions.created", 3, 1),
-    ("transactions.updated", 3, 1),
-    ("tax.calculated", 3, 1),
-    ("tax.failed", 3, 1),
-    ("tax.reversed", 3, 1),
-    ("tax.dlq", 3, 1),
-    ("ledger.entry_posted", 3, 1),
-    ("ledger.dlq", 3, 1),
+# (topic, partitions, replication factor), from the platform's one topic list (proto/topics.json, which the
+# services' fintech_proto::topics is generated from). Add new topics there.
+CATALOGUE = Path(__file__).resolve().parents[2] / "proto" / "topics.json"
+TOPICS = [(topic["name"], topic["partitions"], 1) for topic in json.loads(CATALOGUE.read_text())["topics"]] + [
     # deploy/local/smoke.py's own topic: a broker check must never put its messages where services read.
     ("local.smoke", 1, 1),
 ]

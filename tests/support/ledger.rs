@@ -52,9 +52,10 @@ impl LedgerHarness {
         create_topics(&bootstrap, &topics.iter().map(String::as_str).collect::<Vec<_>>(), 3).await;
 
         let mut config = LedgerConfig {
-            platform: platform_config("ledger", &db.url, &bootstrap),
-            topic_prefix: prefix.clone(),
-            outbox_relays: 1,
+            platform: fintech_platform::config::PlatformConfig {
+                topic_prefix: prefix.clone(),
+                ..platform_config("ledger", &db.url, &bootstrap)
+            },
             tax_consumer_enabled: true,
             posting: PostingSettings::default(),
         };

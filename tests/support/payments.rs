@@ -34,21 +34,12 @@ pub fn unique_prefix() -> String {
 /// The settings a test instance runs with.
 pub fn platform_config(service: &str, database_url: &str, bootstrap: &str) -> PlatformConfig {
     PlatformConfig {
-        service_name: service.to_owned(),
         grpc_listen_addr: "127.0.0.1:0".parse().expect("address"),
         database_url: database_url.to_owned(),
         database_max_connections: 20,
         kafka_bootstrap_servers: bootstrap.to_owned(),
-        redis_url: None,
-        kafka_group_instance_id: None,
-        kafka_consumer_lanes: fintech_platform::kafka::consumer::DEFAULT_LANES,
-        kafka_consumer_max_batch: fintech_platform::kafka::consumer::DEFAULT_MAX_BATCH,
-        kafka_fetch_wait_max: fintech_platform::kafka::consumer::DEFAULT_FETCH_WAIT_MAX,
-        grpc_max_message_bytes: 4 * 1024 * 1024,
-        outbox_batch_size: 256,
         outbox_poll_interval: Duration::from_millis(20),
-        outbox_gather: Duration::ZERO,
-        outbox_rounds_in_flight: 1,
+        ..PlatformConfig::defaults(service, 0)
     }
 }
 
@@ -88,9 +79,10 @@ impl PaymentsHarness {
         create_topics(&bootstrap, &topics.iter().map(String::as_str).collect::<Vec<_>>(), 3).await;
 
         let config = PaymentsConfig {
-            platform: platform_config("payments", &db.url, &bootstrap),
-            topic_prefix: prefix.clone(),
-            outbox_relays: 1,
+            platform: PlatformConfig {
+                topic_prefix: prefix.clone(),
+                ..platform_config("payments", &db.url, &bootstrap)
+            },
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();

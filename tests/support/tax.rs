@@ -47,11 +47,12 @@ impl TaxHarness {
         let db = TestDb::empty().await;
         create_tax_topics(prefix).await;
         let config = TaxConfig {
-            platform: platform_config("tax", &db.url, &kafka_bootstrap()),
-            topic_prefix: prefix.to_owned(),
+            platform: fintech_platform::config::PlatformConfig {
+                topic_prefix: prefix.to_owned(),
+                ..platform_config("tax", &db.url, &kafka_bootstrap())
+            },
             park_deadline,
             sweep_interval: Duration::from_millis(200),
-            outbox_relays: 1,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();

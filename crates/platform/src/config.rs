@@ -19,6 +19,9 @@
 //! | `OUTBOX_POLL_INTERVAL_MS` | `100` | wait of the relay after a claim that found nothing |
 //! | `OUTBOX_GATHER_MS` | `0` | wait of the relay after a round that was not full, so that new rows gather into the next one (0-1000; 0 = claim again at once) |
 //! | `OUTBOX_ROUNDS_IN_FLIGHT` | `1` | rounds of one relay whose sends may await the broker at once (1-16; each holds a database connection meanwhile; ADR 0010) |
+//! | `TOPIC_PREFIX` | empty | prepended to every topic and consumer-group name (tests, shared brokers) |
+//! | `OUTBOX_RELAYS` | `1` | relays publishing this instance's outbox (0 = another process does) |
+//! | `SHUTDOWN_GRACE_MS` | `10000` | longest drain of in-flight requests on shutdown, and again of the background tasks (100-600000) |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset (no export) | OTLP/gRPC collector for traces |
 //! | `RUST_LOG` | `info` | log filter |
 //! | `LOG_FORMAT` | `text` | `text` or `json` |
@@ -104,39 +107,75 @@ pub struct PlatformConfig {
     pub outbox_gather: Duration,
     /// Outbox relay rounds awaiting acknowledgements at once.
     pub outbox_rounds_in_flight: usize,
+    /// Prefix of every topic and consumer-group name (isolated copies of the system on one broker).
+    pub topic_prefix: String,
+    /// Outbox relays this process runs (0 = another process publishes this database's outbox).
+    pub outbox_relays: usize,
+    /// Longest drain of in-flight requests on shutdown, and again of the background tasks.
+    pub shutdown_grace: Duration,
 }
 
 impl PlatformConfig {
+    /// The documented defaults, without reading the environment (tests start from these).
+    pub fn defaults(service_name: &str, default_port: u16) -> Self {
+        Self {
+            service_name: service_name.to_owned(),
+            grpc_listen_addr: SocketAddr::from(([127, 0, 0, 1], default_port)),
+            database_url: format!("postgres://postgres@127.0.0.1:5432/fintech_{service_name}"),
+            database_max_connections: 16,
+            kafka_bootstrap_servers: "127.0.0.1:9092".to_owned(),
+            redis_url: None,
+            kafka_group_instance_id: None,
+            kafka_consumer_lanes: crate::kafka::consumer::DEFAULT_LANES,
+            kafka_fetch_wait_max: crate::kafka::consumer::DEFAULT_FETCH_WAIT_MAX,
+            kafka_consumer_max_batch: crate::kafka::consumer::DEFAULT_MAX_BATCH,
+            grpc_max_message_bytes: 4 * 1024 * 1024,
+            outbox_batch_size: 256,
+            outbox_poll_interval: Duration::from_millis(100),
+            outbox_gather: Duration::ZERO,
+            outbox_rounds_in_flight: 1,
+            topic_prefix: String::new(),
+            outbox_relays: 1,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// The full name of `topic` (`<TOPIC_PREFIX><topic>`).
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.topic_prefix)
+    }
+
     /// Reads the shared settings from the environment, with `default_port` as the gRPC port.
     pub fn from_env(service_name: &str, default_port: u16) -> Result<Self> {
-        let grpc_listen_addr = env_parse("GRPC_LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], default_port)))?;
-        let database_url = env_or(
-            "DATABASE_URL",
-            &format!("postgres://postgres@127.0.0.1:5432/fintech_{service_name}"),
-        );
+        let defaults = Self::defaults(service_name, default_port);
+        let grpc_listen_addr = env_parse("GRPC_LISTEN_ADDR", defaults.grpc_listen_addr)?;
+        let database_url = env_or("DATABASE_URL", &defaults.database_url);
         if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
             return Err(Error::Config {
                 variable: "DATABASE_URL".to_owned(),
                 reason: "must be a postgres:// URL".to_owned(),
             });
         }
-        let kafka_bootstrap_servers = env_or("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092");
-        let database_max_connections = env_parse("DATABASE_MAX_CONNECTIONS", 16u32)?;
+        let kafka_bootstrap_servers = env_or("KAFKA_BOOTSTRAP_SERVERS", &defaults.kafka_bootstrap_servers);
+        let database_max_connections = env_parse("DATABASE_MAX_CONNECTIONS", defaults.database_max_connections)?;
         if database_max_connections == 0 {
             return Err(Error::Config {
                 variable: "DATABASE_MAX_CONNECTIONS".to_owned(),
                 reason: "must be at least 1".to_owned(),
             });
         }
-        let grpc_max_message_bytes = env_parse("GRPC_MAX_MESSAGE_BYTES", 4 * 1024 * 1024usize)?;
-        let outbox_batch_size = env_parse("OUTBOX_BATCH_SIZE", 256i64)?;
+        let grpc_max_message_bytes = env_parse("GRPC_MAX_MESSAGE_BYTES", defaults.grpc_max_message_bytes)?;
+        let outbox_batch_size = env_parse("OUTBOX_BATCH_SIZE", defaults.outbox_batch_size)?;
         if !(1..=10_000).contains(&outbox_batch_size) {
             return Err(Error::Config {
                 variable: "OUTBOX_BATCH_SIZE".to_owned(),
                 reason: "must be between 1 and 10000".to_owned(),
             });
         }
-        let outbox_poll_interval = Duration::from_millis(env_parse("OUTBOX_POLL_INTERVAL_MS", 100u64)?);
+        let outbox_poll_interval = Duration::from_millis(env_parse(
+            "OUTBOX_POLL_INTERVAL_MS",
+            defaults.outbox_poll_interval.as_millis() as u64,
+        )?);
         let outbox_gather_ms = env_parse("OUTBOX_GATHER_MS", 0u64)?;
         if outbox_gather_ms > 1000 {
             return Err(Error::Config {
@@ -144,14 +183,14 @@ impl PlatformConfig {
                 reason: "must be between 0 and 1000".to_owned(),
             });
         }
-        let outbox_rounds_in_flight = env_parse("OUTBOX_ROUNDS_IN_FLIGHT", 1usize)?;
+        let outbox_rounds_in_flight = env_parse("OUTBOX_ROUNDS_IN_FLIGHT", defaults.outbox_rounds_in_flight)?;
         if !(1..=16).contains(&outbox_rounds_in_flight) {
             return Err(Error::Config {
                 variable: "OUTBOX_ROUNDS_IN_FLIGHT".to_owned(),
                 reason: "must be between 1 and 16".to_owned(),
             });
         }
-        let kafka_consumer_lanes = env_parse("KAFKA_CONSUMER_LANES", crate::kafka::consumer::DEFAULT_LANES)?;
+        let kafka_consumer_lanes = env_parse("KAFKA_CONSUMER_LANES", defaults.kafka_consumer_lanes)?;
         if !(1..=64).contains(&kafka_consumer_lanes) {
             return Err(Error::Config {
                 variable: "KAFKA_CONSUMER_LANES".to_owned(),
@@ -160,7 +199,7 @@ impl PlatformConfig {
         }
         let kafka_fetch_wait_max_ms = env_parse(
             "KAFKA_FETCH_WAIT_MAX_MS",
-            crate::kafka::consumer::DEFAULT_FETCH_WAIT_MAX.as_millis() as u64,
+            defaults.kafka_fetch_wait_max.as_millis() as u64,
         )?;
         if !(1..=10_000).contains(&kafka_fetch_wait_max_ms) {
             return Err(Error::Config {
@@ -168,12 +207,18 @@ impl PlatformConfig {
                 reason: "must be between 1 and 10000".to_owned(),
             });
         }
-        let kafka_consumer_max_batch =
-            env_parse("KAFKA_CONSUMER_MAX_BATCH", crate::kafka::consumer::DEFAULT_MAX_BATCH)?;
+        let kafka_consumer_max_batch = env_parse("KAFKA_CONSUMER_MAX_BATCH", defaults.kafka_consumer_max_batch)?;
         if !(1..=1024).contains(&kafka_consumer_max_batch) {
             return Err(Error::Config {
                 variable: "KAFKA_CONSUMER_MAX_BATCH".to_owned(),
                 reason: "must be between 1 and 1024".to_owned(),
+            });
+        }
+        let shutdown_grace_ms = env_parse("SHUTDOWN_GRACE_MS", defaults.shutdown_grace.as_millis() as u64)?;
+        if !(100..=600_000).contains(&shutdown_grace_ms) {
+            return Err(Error::Config {
+                variable: "SHUTDOWN_GRACE_MS".to_owned(),
+                reason: "must be between 100 and 600000".to_owned(),
             });
         }
         Ok(Self {
@@ -192,6 +237,9 @@ impl PlatformConfig {
             outbox_poll_interval,
             outbox_gather: Duration::from_millis(outbox_gather_ms),
             outbox_rounds_in_flight,
+            topic_prefix: env_or("TOPIC_PREFIX", &defaults.topic_prefix),
+            outbox_relays: env_parse("OUTBOX_RELAYS", defaults.outbox_relays)?,
+            shutdown_grace: Duration::from_millis(shutdown_grace_ms),
         })
     }
 }

@@ -104,9 +104,89 @@ pub fn sqlstate(error: &sqlx::Error) -> Option<String> {
     }
 }
 
+/// What a failed statement means to the caller: the one place SQLSTATEs are read.
+///
+/// Services decide with it whether to retry (a [`Conflict`](DbFault::Conflict)), tell the client to
+/// come back later (the database is [`Unavailable`](DbFault::Unavailable)) or report a constraint;
+/// `grpc::status` turns it into a gRPC code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbFault {
+    /// The server cannot be reached or is going away: pool timeouts, I/O and TLS errors, class 08
+    /// (connection exception), 57P01 (admin shutdown), 57P02 (crash shutdown), 57P03 (cannot
+    /// connect now), 53300 (too many connections).
+    Unavailable,
+    /// The statement lost against a concurrent one and can be retried as it is: 40001
+    /// (serialization failure), 40P01 (deadlock), 55P03 (lock not available).
+    Conflict,
+    /// 23505: a unique constraint (named when PostgreSQL says which) already holds the value.
+    UniqueViolation(Option<String>),
+    /// 23503: a referenced row does not exist.
+    ForeignKeyViolation(Option<String>),
+    /// 23514: a CHECK constraint rejected the row.
+    CheckViolation(Option<String>),
+    /// Class 22 (data exception): a value the column cannot hold (NUL byte, out of range, …).
+    DataException,
+    /// 57014: the statement ran past `statement_timeout` or was cancelled.
+    Cancelled,
+    /// Anything else: a bug or an unexpected server state.
+    Other,
+}
+
+impl DbFault {
+    /// Classifies `error`.
+    pub fn of(error: &sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => return Self::Unavailable,
+            _ => {}
+        }
+        let sqlx::Error::Database(database_error) = error else {
+            return Self::Other;
+        };
+        let Some(code) = database_error.code() else {
+            return Self::Other;
+        };
+        let constraint = || database_error.constraint().map(str::to_owned);
+        match code.as_ref() {
+            UNIQUE_VIOLATION => Self::UniqueViolation(constraint()),
+            FOREIGN_KEY_VIOLATION => Self::ForeignKeyViolation(constraint()),
+            CHECK_VIOLATION => Self::CheckViolation(constraint()),
+            SERIALIZATION_FAILURE | DEADLOCK_DETECTED | LOCK_NOT_AVAILABLE => Self::Conflict,
+            QUERY_CANCELED => Self::Cancelled,
+            "57P01" | "57P02" | "57P03" | "53300" => Self::Unavailable,
+            code if code.starts_with("08") => Self::Unavailable,
+            code if code.starts_with("22") => Self::DataException,
+            _ => Self::Other,
+        }
+    }
+
+    /// The first database error in `error`'s chain of sources, classified.
+    pub fn in_chain(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        let mut current = Some(error);
+        while let Some(error) = current {
+            if let Some(sqlx_error) = error.downcast_ref::<sqlx::Error>() {
+                return Some(Self::of(sqlx_error));
+            }
+            current = error.source();
+        }
+        None
+    }
+}
+
 /// SQLSTATE of a unique violation.
 pub const UNIQUE_VIOLATION: &str = "23505";
+/// SQLSTATE of a foreign-key violation.
+pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+/// SQLSTATE of a CHECK violation.
+pub const CHECK_VIOLATION: &str = "23514";
 /// SQLSTATE of a serialization failure.
 pub const SERIALIZATION_FAILURE: &str = "40001";
+/// SQLSTATE of a detected deadlock.
+pub const DEADLOCK_DETECTED: &str = "40P01";
 /// SQLSTATE of a lock timeout (`lock_timeout` elapsed).
 pub const LOCK_NOT_AVAILABLE: &str = "55P03";
+/// SQLSTATE of a cancelled statement (`statement_timeout`, or a cancel request).
+pub const QUERY_CANCELED: &str = "57014";

@@ -1,7 +1,7 @@
 //! The platform crate's error type.
 
 /// Errors of the shared plumbing. Services map them to `tonic::Status` through
-/// [`crate::grpc::status_from_platform`]; details are logged, not sent to clients.
+/// [`crate::grpc::status::failure`]; details are logged, not sent to clients.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A configuration variable is missing or invalid; the message names it.

@@ -123,7 +123,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::db::{self, LOCK_NOT_AVAILABLE, SERIALIZATION_FAILURE};
+use crate::db::DbFault;
 
 /// The gRPC metadata entry that carries the key.
 pub const METADATA_KEY: &str = "idempotency-key";
@@ -302,32 +302,8 @@ impl From<IdempotencyError> for Status {
                 tracing::error!(key = %key, "idempotency response stored without a claim");
                 Status::internal("internal error")
             }
-            IdempotencyError::Database(error) => database_status(&error, "idempotency storage failed"),
+            IdempotencyError::Database(error) => crate::grpc::status::database(&error),
         }
-    }
-}
-
-/// Maps a database error to a status, logging the details that are not sent.
-fn database_status(error: &sqlx::Error, context: &'static str) -> Status {
-    tracing::error!(%error, context, "database error in an idempotent command");
-    let sqlstate = db::sqlstate(error);
-    match (error, sqlstate.as_deref()) {
-        (
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed,
-            _,
-        ) => Status::unavailable("the database is unavailable; retry"),
-        // connection exceptions (08xxx), shutdowns and crashes (57P0x)
-        (_, Some(code)) if code.starts_with("08") || code.starts_with("57P0") => {
-            Status::unavailable("the database is unavailable; retry")
-        }
-        (_, Some(code)) if code == SERIALIZATION_FAILURE || code == "40P01" => {
-            Status::aborted("the request conflicted with a concurrent one; retry")
-        }
-        _ => Status::internal("internal error"),
     }
 }
 
@@ -510,12 +486,15 @@ impl IdempotencyStore {
         F: AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, Status>,
     {
         let Some(key) = key else {
-            let mut transaction = pool.begin().await.map_err(|error| database_status(&error, "begin"))?;
+            let mut transaction = pool
+                .begin()
+                .await
+                .map_err(|error| crate::grpc::status::database(&error))?;
             let response = body(&mut *transaction, None).await?;
             transaction
                 .commit()
                 .await
-                .map_err(|error| database_status(&error, "commit"))?;
+                .map_err(|error| crate::grpc::status::database(&error))?;
             return Ok(response);
         };
         let fingerprint = fingerprint(request);
@@ -574,7 +553,10 @@ impl IdempotencyStore {
         Resp: Message + Default,
         F: AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, Status>,
     {
-        let mut transaction = pool.begin().await.map_err(|error| database_status(&error, "begin"))?;
+        let mut transaction = pool
+            .begin()
+            .await
+            .map_err(|error| crate::grpc::status::database(&error))?;
         match self.claim(&mut transaction, scope, key, fingerprint).await {
             Ok(Claim::New) => {}
             Ok(Claim::Replay(encoded)) => {
@@ -609,7 +591,7 @@ impl IdempotencyStore {
         transaction
             .commit()
             .await
-            .map_err(|error| database_status(&error, "commit"))?;
+            .map_err(|error| crate::grpc::status::database(&error))?;
         Ok((response, encoded))
     }
 }
@@ -653,7 +635,7 @@ async fn claim_row(
             .await
         {
             Ok(row) => row,
-            Err(error) if db::sqlstate(&error).as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+            Err(error) if DbFault::of(&error) == DbFault::Conflict => {
                 return Err(IdempotencyError::InProgress { key: key.clone() });
             }
             Err(error) => return Err(error.into()),

@@ -10,7 +10,8 @@
 //!   CloudEvents + trace headers;
 //! - [`outbox`]: transactional outbox and its relay;
 //! - [`idempotency`]: idempotent commands keyed by the `idempotency-key` metadata;
-//! - [`shutdown`]: the SIGTERM/SIGINT cancellation token.
+//! - [`shutdown`]: the SIGTERM/SIGINT cancellation token;
+//! - [`kit`]: the service kit every service's `run()` and `main()` are built on.
 
 pub mod config;
 pub mod db;
@@ -18,9 +19,11 @@ pub mod error;
 pub mod grpc;
 pub mod idempotency;
 pub mod kafka;
+pub mod kit;
 pub mod outbox;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use error::{Error, Result};
+pub use fintech_types::{Violation, Violations};
 pub use tokio_util::sync::CancellationToken;

@@ -69,6 +69,35 @@ impl OutboxEvent {
     }
 }
 
+impl OutboxEvent {
+    /// An event of `topic` (from the platform's topic list) carrying `message`, on the topic named
+    /// `<prefix><topic>`: the CloudEvents type and the payload's protobuf full name come from the
+    /// list and the contract, never from a literal.
+    pub fn of<M: prost::Name>(
+        prefix: &str,
+        topic: &fintech_proto::topics::Topic,
+        key: impl Into<String>,
+        message: &M,
+        occurred_at: DateTime<Utc>,
+    ) -> Self {
+        let payload_type = M::full_name();
+        debug_assert_eq!(
+            topic.payload,
+            Some(payload_type.as_str()),
+            "topic {} does not carry {payload_type}",
+            topic.name
+        );
+        Self {
+            topic: format!("{prefix}{}", topic.name),
+            key: key.into(),
+            event_type: topic.ce_type().to_owned(),
+            payload_type,
+            payload: message.encode_to_vec(),
+            occurred_at,
+        }
+    }
+}
+
 /// The outbox columns an event fills, in the order [`OutboxRow::bind`] binds them.
 pub const COLUMNS: &str = "event_id, topic, record_key, event_type, event_source, payload_type, payload, traceparent, tracestate, occurred_at";
 
@@ -524,14 +553,9 @@ async fn sleep_or_shutdown(wait: Duration, shutdown: &CancellationToken) -> bool
 /// timed-out send makes the idempotent producer bump its epoch, which a loaded broker handles worst.
 pub const RELAY_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts `count` relays over `pool` with the settings of `config`, each with its own idempotent
-/// producer (client id `<service>-outbox-<n>`); they stop when `shutdown` fires.
-pub fn spawn_relays(
-    pool: &PgPool,
-    config: &crate::config::PlatformConfig,
-    count: usize,
-    shutdown: &CancellationToken,
-) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+/// Relay number `index` over `pool` with the settings of `config` and its own idempotent producer
+/// (client id `<service>-outbox-<index>`); the service kit runs `OUTBOX_RELAYS` of them.
+pub fn relay(pool: &PgPool, config: &crate::config::PlatformConfig, index: usize) -> Result<OutboxRelay> {
     let settings = RelaySettings {
         batch_size: config.outbox_batch_size,
         poll_interval: config.outbox_poll_interval,
@@ -539,17 +563,12 @@ pub fn spawn_relays(
         rounds_in_flight: config.outbox_rounds_in_flight,
         ..RelaySettings::default()
     };
-    (0..count)
-        .map(|index| {
-            let producer = EventProducer::new(
-                &config.kafka_bootstrap_servers,
-                &format!("{}-outbox-{index}", config.service_name),
-                RELAY_DELIVERY_TIMEOUT,
-            )?;
-            let relay = OutboxRelay::new(pool.clone(), producer, settings.clone());
-            Ok(tokio::spawn(relay.run(shutdown.clone())))
-        })
-        .collect()
+    let producer = EventProducer::new(
+        &config.kafka_bootstrap_servers,
+        &format!("{}-outbox-{index}", config.service_name),
+        RELAY_DELIVERY_TIMEOUT,
+    )?;
+    Ok(OutboxRelay::new(pool.clone(), producer, settings))
 }
 
 fn next_backoff(backoff: &mut Duration, max: Duration) -> Duration {

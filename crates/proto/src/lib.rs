@@ -5,7 +5,9 @@
 //!   prost messages, the tonic client (`*_client`) and server (`*_server`) of each service;
 //! - [`FILE_DESCRIPTOR_SET`]: every contract as an encoded `FileDescriptorSet`, for gRPC server
 //!   reflection (so `grpcurl list` and `grpcurl describe` work without local `.proto` files);
-//! - [`events`]: the CloudEvents type name of each message published on Kafka.
+//! - [`MessageLimits`]: the message-size limits of every generated server, set by the service kit;
+//! - [`time`]: protobuf timestamps ⇄ chrono;
+//! - [`topics`]: every Kafka topic of the platform, with its key, payload and CloudEvents type.
 
 #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 
@@ -40,3 +42,29 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 pub use fintech::ledger::v1 as ledger;
 pub use fintech::payments::v1 as payments;
 pub use fintech::tax::v1 as tax;
+
+pub mod time;
+pub mod topics;
+
+/// The message-size limits of a generated tonic server, so the service kit can set them on any
+/// service without knowing its type.
+pub trait MessageLimits {
+    /// Caps decoded (received) and encoded (sent) messages at `max_bytes`.
+    fn with_message_limits(self, max_bytes: usize) -> Self;
+}
+
+macro_rules! message_limits {
+    ($($($segment:ident)::+),* $(,)?) => {$(
+        impl<T> MessageLimits for $($segment)::+<T> {
+            fn with_message_limits(self, max_bytes: usize) -> Self {
+                self.max_decoding_message_size(max_bytes).max_encoding_message_size(max_bytes)
+            }
+        }
+    )*};
+}
+
+message_limits!(
+    payments::payments_service_server::PaymentsServiceServer,
+    tax::tax_service_server::TaxServiceServer,
+    ledger::ledger_service_server::LedgerServiceServer,
+);

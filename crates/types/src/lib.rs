@@ -1,9 +1,13 @@
 //! Validated value types every service speaks: ISO 3166-1 alpha-2 countries and ISO 4217
-//! currencies, and keyset pagination ([`paging`]). Construct with `parse`; a value that exists is
-//! valid.
+//! currencies, field violations and the rule of each field kind ([`fields`]), keyset pagination
+//! ([`paging`]) and timestamps ([`time`]). Construct with `parse`; a value that exists is valid.
 
+pub mod fields;
 mod iso_data;
 pub mod paging;
+pub mod time;
+
+pub use fields::{Violation, Violations};
 
 use std::fmt;
 

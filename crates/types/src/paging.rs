@@ -4,6 +4,8 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::Violations;
+
 /// Default page size when the client sends 0.
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 /// Largest page size accepted.
@@ -51,17 +53,17 @@ pub struct PageRequest {
 
 impl PageRequest {
     /// Validates `page_size` (0 means [`DEFAULT_PAGE_SIZE`], at most [`MAX_PAGE_SIZE`]) and
-    /// `page_token`; the errors are `(field, description)` pairs for a `BadRequest`.
-    pub fn parse(page_size: i32, page_token: &str) -> Result<Self, Vec<(String, String)>> {
-        let mut violations = Vec::new();
+    /// `page_token`, naming the field at fault.
+    pub fn parse(page_size: i32, page_token: &str) -> Result<Self, Violations> {
+        let mut violations = Violations::default();
         let size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             1..=MAX_PAGE_SIZE => i64::from(page_size),
             other => {
-                violations.push((
-                    "page_size".to_owned(),
+                violations.add(
+                    "page_size",
                     format!("must be between 0 and {MAX_PAGE_SIZE}, got {other}"),
-                ));
+                );
                 0
             }
         };
@@ -70,10 +72,7 @@ impl PageRequest {
         } else {
             let cursor = Cursor::from_token(page_token);
             if cursor.is_none() {
-                violations.push((
-                    "page_token".to_owned(),
-                    "is not a token returned by this API".to_owned(),
-                ));
+                violations.add("page_token", "is not a token returned by this API");
             }
             cursor
         };
@@ -127,9 +126,9 @@ mod tests {
         };
         let page = PageRequest::parse(10, &cursor.token()).unwrap();
         assert_eq!(page.after, Some(cursor));
-        assert_eq!(PageRequest::parse(10, "zz").unwrap_err()[0].0, "page_token");
-        assert_eq!(PageRequest::parse(501, "").unwrap_err()[0].0, "page_size");
-        assert_eq!(PageRequest::parse(-1, "").unwrap_err()[0].0, "page_size");
+        assert_eq!(PageRequest::parse(10, "zz").unwrap_err().fields(), ["page_token"]);
+        assert_eq!(PageRequest::parse(501, "").unwrap_err().fields(), ["page_size"]);
+        assert_eq!(PageRequest::parse(-1, "").unwrap_err().fields(), ["page_size"]);
         assert_eq!(PageRequest::parse(0, "").unwrap().size, DEFAULT_PAGE_SIZE);
     }
 

@@ -2,8 +2,6 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `TOPIC_PREFIX` | empty | prepended to every topic name (tests, shared brokers) |
-//! | `OUTBOX_RELAYS` | `1` | relays publishing this instance's outbox (0 = another process does) |
 //! | `TAX_CONSUMER_ENABLED` | `true` | post the entries of `tax.calculated` events |
 //! | `LEDGER_MAX_POST_ATTEMPTS` | `8` | attempts of one posting under contention before `ABORTED` |
 //! | `LEDGER_LOCK_STREAMS` | `true` | lock affected streams in order before reading them (`false`: pure optimistic, retry on conflict; see ADR 0004) |
@@ -11,10 +9,10 @@
 
 use std::time::Duration;
 
-use fintech_platform::config::{PlatformConfig, env_or, env_parse};
+use fintech_platform::config::{PlatformConfig, env_parse};
 use fintech_platform::error::Error;
 
-use crate::posting::PostingSettings;
+use crate::app::posting::PostingSettings;
 
 /// Default gRPC port of the ledger.
 pub const DEFAULT_PORT: u16 = 50053;
@@ -24,10 +22,6 @@ pub const DEFAULT_PORT: u16 = 50053;
 pub struct LedgerConfig {
     /// Shared settings.
     pub platform: PlatformConfig,
-    /// Prefix of every topic name.
-    pub topic_prefix: String,
-    /// Outbox relays to run in this process.
-    pub outbox_relays: usize,
     /// Whether to consume `tax.calculated`.
     pub tax_consumer_enabled: bool,
     /// How postings retry and lock.
@@ -35,6 +29,15 @@ pub struct LedgerConfig {
 }
 
 impl LedgerConfig {
+    /// The defaults on top of `platform`.
+    pub fn defaults(platform: PlatformConfig) -> Self {
+        Self {
+            platform,
+            tax_consumer_enabled: true,
+            posting: PostingSettings::default(),
+        }
+    }
+
     /// Reads the environment; the error names the variable at fault.
     pub fn from_env() -> fintech_platform::Result<Self> {
         let max_attempts = env_parse("LEDGER_MAX_POST_ATTEMPTS", 8u32)?;
@@ -53,8 +56,6 @@ impl LedgerConfig {
         }
         Ok(Self {
             platform: PlatformConfig::from_env("ledger", DEFAULT_PORT)?,
-            topic_prefix: env_or("TOPIC_PREFIX", ""),
-            outbox_relays: env_parse("OUTBOX_RELAYS", 1usize)?,
             tax_consumer_enabled: env_parse("TAX_CONSUMER_ENABLED", true)?,
             posting: PostingSettings {
                 max_attempts,

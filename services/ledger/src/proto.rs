@@ -3,26 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use fintech_proto::ledger as pb;
 
 use crate::domain::account::OverdraftKind;
 use crate::domain::stream::{EventBody, StoredEvent};
 use crate::domain::{Account, AccountType, BalanceView, EntryInput, LineInput, OverdraftPolicy, PostedEntry, Side};
 
-/// A protobuf timestamp.
-pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.timestamp(),
-        nanos: time.timestamp_subsec_nanos() as i32,
-    }
-}
+pub use fintech_proto::time::timestamp;
 
-/// A UTC time from a protobuf timestamp, `None` when out of range.
-pub fn from_timestamp(timestamp: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
-    let nanos = u32::try_from(timestamp.nanos).ok()?;
-    DateTime::from_timestamp(timestamp.seconds, nanos)
-}
+pub use fintech_proto::time::from_timestamp;
 
 /// The domain type of a wire value: `Ok(None)` for UNSPECIFIED, `Err(raw)` for an unknown one.
 pub fn account_type_from_wire(raw: i32) -> Result<Option<AccountType>, i32> {

@@ -17,11 +17,9 @@ pub mod grpc;
 pub mod proto;
 pub mod storage;
 
-use std::time::Duration;
-
-use fintech_platform::grpc::Readiness;
-use fintech_platform::idempotency::IdempotencyStore;
-use fintech_platform::{CancellationToken, db, outbox};
+use fintech_platform::CancellationToken;
+use fintech_platform::config::PlatformConfig;
+use fintech_platform::kit::{Kit, Service};
 use fintech_proto::payments::payments_service_server::PaymentsServiceServer;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -31,53 +29,44 @@ pub use config::PaymentsConfig;
 /// The payments tables.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/payments");
 
-/// Full name of the service, as health and reflection report it.
-pub const SERVICE_NAME: &str = "fintech.payments.v1.PaymentsService";
+/// The payments service, as the kit runs it.
+#[derive(Debug)]
+pub struct Payments;
 
-/// Runs payments on `listener` until `shutdown` fires: migrates the database, starts the outbox
-/// relays and serves gRPC; on shutdown drains requests, then stops the relays.
-pub async fn run(config: PaymentsConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let platform = &config.platform;
-    let pool = db::connect(
-        &platform.database_url,
-        platform.database_max_connections,
-        Duration::from_secs(30),
-    )
-    .await?;
-    db::migrate(&pool, &MIGRATOR).await?;
+impl Service for Payments {
+    const NAME: &'static str = "payments";
+    const DEFAULT_PORT: u16 = config::DEFAULT_PORT;
+    type Config = PaymentsConfig;
 
-    let relays_stop = CancellationToken::new();
-    let relays = outbox::spawn_relays(&pool, platform, config.outbox_relays, &relays_stop)?;
-
-    let idempotency = IdempotencyStore::new(platform.redis_url.as_deref())?;
-    let service = grpc::Payments::new(
-        pool.clone(),
-        idempotency,
-        events::Topics::with_prefix(&config.topic_prefix),
-    );
-    let server = PaymentsServiceServer::new(service)
-        .max_decoding_message_size(platform.grpc_max_message_bytes)
-        .max_encoding_message_size(platform.grpc_max_message_bytes);
-    let readiness = Readiness {
-        pool: pool.clone(),
-        kafka_bootstrap_servers: platform.kafka_bootstrap_servers.clone(),
-        interval: Duration::from_secs(5),
-    };
-    let served = fintech_platform::grpc::serve(
-        listener,
-        tonic::service::Routes::new(server),
-        &[SERVICE_NAME],
-        readiness,
-        shutdown,
-    )
-    .await;
-
-    // Requests are drained; the relays finish their round and stop.
-    relays_stop.cancel();
-    for relay in relays {
-        let _ = relay.await;
+    fn config(platform: PlatformConfig) -> PaymentsConfig {
+        PaymentsConfig { platform }
     }
-    pool.close().await;
-    served?;
-    Ok(())
+
+    fn config_from_env() -> fintech_platform::Result<PaymentsConfig> {
+        Ok(Self::config(PlatformConfig::from_env(Self::NAME, Self::DEFAULT_PORT)?))
+    }
+
+    fn platform(config: &PaymentsConfig) -> &PlatformConfig {
+        &config.platform
+    }
+
+    async fn run(config: PaymentsConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        run(config, listener, shutdown).await
+    }
 }
+
+/// Runs payments on `listener` until `shutdown` fires: the gRPC service and the outbox relays.
+pub async fn run(config: PaymentsConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let kit = Kit::start(&config.platform, &MIGRATOR).await?;
+    let service = grpc::PaymentsGrpc::new(
+        kit.pool().clone(),
+        kit.idempotency()?,
+        events::Topics::with_prefix(&config.platform.topic_prefix),
+    );
+    kit.grpc(PaymentsServiceServer::new(service))
+        .serve(listener, shutdown)
+        .await
+}
+
+/// Full name of the gRPC service, as health and reflection report it.
+pub const SERVICE_NAME: &str = <PaymentsServiceServer<grpc::PaymentsGrpc> as tonic::server::NamedService>::NAME;

@@ -1,20 +1,5 @@
-//! The payments binary: reads config, sets up telemetry, runs until SIGTERM/SIGINT.
+//! The payments binary: the service kit's `main` (settings, telemetry, signals) around `run`.
 
-use anyhow::Context as _;
-use fintech_payments::PaymentsConfig;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = PaymentsConfig::from_env()?;
-    let _telemetry = fintech_platform::telemetry::init("payments")?;
-    let listener = tokio::net::TcpListener::bind(config.platform.grpc_listen_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "GRPC_LISTEN_ADDR: cannot listen on {}",
-                config.platform.grpc_listen_addr
-            )
-        })?;
-    let shutdown = fintech_platform::shutdown::on_signals();
-    fintech_payments::run(config, listener, shutdown).await
+fn main() -> anyhow::Result<()> {
+    fintech_platform::kit::main::<fintech_payments::Payments>()
 }

@@ -1,26 +1,19 @@
 //! Conversions between the protobuf contracts (`fintech.payments.v1`) and the domain types, used
 //! by the gRPC layer and by the events (which carry the same protobuf entities).
 
-use chrono::{DateTime, Utc};
 use fintech_proto::payments as pb;
 
 use crate::domain::{Order, Transaction, TransactionStatus};
 
-/// A protobuf timestamp.
-pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.timestamp(),
-        nanos: time.timestamp_subsec_nanos() as i32,
-    }
-}
+pub use fintech_proto::time::timestamp;
 
 impl From<&Order> for pb::Order {
     fn from(order: &Order) -> Self {
         Self {
             order_id: order.order_id.to_string(),
             customer_id: order.customer_id.clone(),
-            country: order.country.clone(),
-            currency: order.currency.clone(),
+            country: order.country.to_string(),
+            currency: order.currency.to_string(),
             amount: order.amount,
             product_type: order.product_type.clone(),
             created_at: Some(timestamp(order.created_at)),
@@ -64,7 +57,7 @@ impl From<&Transaction> for pb::Transaction {
             created_at: Some(timestamp(transaction.created_at)),
             updated_at: Some(timestamp(transaction.updated_at)),
             version: transaction.version,
-            currency: transaction.currency.clone(),
+            currency: transaction.currency.to_string(),
         }
     }
 }

@@ -1,20 +1,5 @@
-//! The tax binary: reads config, sets up telemetry, runs until SIGTERM/SIGINT.
+//! The tax binary: the service kit's `main` (settings, telemetry, signals) around `run`.
 
-use anyhow::Context as _;
-use fintech_tax::TaxConfig;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = TaxConfig::from_env()?;
-    let _telemetry = fintech_platform::telemetry::init("tax")?;
-    let listener = tokio::net::TcpListener::bind(config.platform.grpc_listen_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "GRPC_LISTEN_ADDR: cannot listen on {}",
-                config.platform.grpc_listen_addr
-            )
-        })?;
-    let shutdown = fintech_platform::shutdown::on_signals();
-    fintech_tax::run(config, listener, shutdown).await
+fn main() -> anyhow::Result<()> {
+    fintech_platform::kit::main::<fintech_tax::Tax>()
 }

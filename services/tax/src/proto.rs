@@ -8,18 +8,11 @@ use crate::domain::vat::TaxReason;
 use crate::domain::{CachedOrder, FailureReason, ReversalReason, TaxableTransaction, TaxedTransaction};
 use crate::storage::Failure;
 
-/// A protobuf timestamp.
-pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.timestamp(),
-        nanos: time.timestamp_subsec_nanos() as i32,
-    }
-}
+pub use fintech_proto::time::timestamp;
 
-/// A chrono time from a protobuf timestamp; `None` when absent or out of range.
+/// A chrono time from an optional protobuf timestamp; `None` when absent or out of range.
 pub fn from_timestamp(timestamp: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    let timestamp = timestamp?;
-    DateTime::from_timestamp(timestamp.seconds, u32::try_from(timestamp.nanos).ok()?)
+    fintech_proto::time::from_timestamp(timestamp?)
 }
 
 fn uuid(field: &str, value: &str) -> Result<Uuid, String> {

@@ -10,22 +10,26 @@
 //! - graceful shutdown: when the token fires the listener closes, in-flight requests finish, then
 //!   [`serve`] returns.
 //!
-//! Message-size limits are set per service with [`GrpcLimits`].
+//! [`status`] holds the statuses every service shares. Services do not call [`serve`]
+//! themselves: the [`kit`](crate::kit) does, with their routes and the health of their
+//! components.
 
 mod layer;
+pub mod status;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_stream_shim::TcpIncoming;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
-use tonic_types::{ErrorDetails, StatusExt};
 
 pub use layer::{RequestTrace, RequestTraceLayer};
+pub use status::invalid_argument;
 
 use crate::error::{Error, Result};
 
@@ -38,13 +42,34 @@ pub struct Readiness {
     pub kafka_bootstrap_servers: String,
     /// How often to re-check.
     pub interval: Duration,
+    /// The service's other components (its background tasks), each healthy or not.
+    pub components: Components,
 }
 
-/// Largest message a service accepts and sends.
-#[derive(Debug, Clone, Copy)]
-pub struct GrpcLimits {
-    /// Bytes.
-    pub max_message_bytes: usize,
+/// Health of named components (`relay-0`, `consumer-tax`, …), shared between the tasks' supervisor
+/// and the health service. The service is `SERVING` only while every component is healthy; each
+/// component is also reported under its own name (`grpcurl -d '{"service":"relay-0"}' …`).
+#[derive(Debug, Clone, Default)]
+pub struct Components(Arc<Mutex<BTreeMap<String, bool>>>);
+
+impl Components {
+    /// Records whether `name` is healthy.
+    pub fn set(&self, name: &str, healthy: bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned(), healthy);
+    }
+
+    /// Every component and whether it is healthy.
+    pub fn snapshot(&self) -> Vec<(String, bool)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(name, healthy)| (name.clone(), *healthy))
+            .collect()
+    }
 }
 
 /// Serves `routes` (the service's own tonic services, each wrapped by its generated `*Server`)
@@ -139,10 +164,30 @@ async fn watch_readiness(
     shutdown: CancellationToken,
 ) {
     let mut last: Option<bool> = None;
+    let mut last_components: BTreeMap<String, bool> = BTreeMap::new();
     loop {
         let database = crate::db::reachable(&readiness.pool).await;
         let broker = crate::kafka::broker_reachable(&readiness.kafka_bootstrap_servers, Duration::from_secs(2)).await;
-        let ready = database && broker && !shutdown.is_cancelled();
+        readiness.components.set("database", database);
+        readiness.components.set("broker", broker);
+        let components = readiness.components.snapshot();
+        let unhealthy: Vec<&str> = components
+            .iter()
+            .filter(|(_, healthy)| !healthy)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        for (name, healthy) in &components {
+            if last_components.get(name) != Some(healthy) {
+                let status = if *healthy {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                reporter.set_service_status(name, status).await;
+                last_components.insert(name.clone(), *healthy);
+            }
+        }
+        let ready = unhealthy.is_empty() && !shutdown.is_cancelled();
         if last != Some(ready) {
             let status = if ready {
                 ServingStatus::Serving
@@ -152,49 +197,13 @@ async fn watch_readiness(
             for name in &names {
                 reporter.set_service_status(name, status).await;
             }
-            tracing::info!(ready, database, broker, "health status changed");
+            tracing::info!(ready, ?unhealthy, "health status changed");
             last = Some(ready);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(readiness.interval) => {}
         }
-    }
-}
-
-/// `INVALID_ARGUMENT` with one `google.rpc.BadRequest` field violation per `(field, description)`.
-pub fn invalid_argument(violations: &[(String, String)]) -> Status {
-    let mut details = ErrorDetails::new();
-    for (field, description) in violations {
-        details.add_bad_request_violation(field.clone(), description.clone());
-    }
-    let summary = violations
-        .iter()
-        .map(|(field, description)| format!("{field}: {description}"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    Status::with_error_details(
-        tonic::Code::InvalidArgument,
-        format!("invalid request: {summary}"),
-        details,
-    )
-}
-
-/// `INTERNAL` (or `UNAVAILABLE` for a database that cannot be reached) without leaking details;
-/// the error itself is logged.
-pub fn internal(error: &(dyn std::error::Error + 'static)) -> Status {
-    tracing::error!(error = %error, "request failed");
-    Status::internal("internal error; the request can be retried")
-}
-
-/// Maps a platform error to a status (details logged, not sent).
-pub fn status_from_platform(error: &Error) -> Status {
-    match error {
-        Error::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
-            tracing::error!(%error, "database unavailable");
-            Status::unavailable("the database is unavailable; retry later")
-        }
-        other => internal(other),
     }
 }
 

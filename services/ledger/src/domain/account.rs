@@ -285,7 +285,7 @@ mod tests {
 
     fn fields(result: Result<Account, LedgerError>) -> Vec<String> {
         match result {
-            Err(LedgerError::Invalid(violations)) => violations.0.into_iter().map(|(field, _)| field).collect(),
+            Err(LedgerError::Invalid(violations)) => violations.fields().into_iter().map(str::to_owned).collect(),
             other => panic!("expected invalid, got {other:?}"),
         }
     }
@@ -331,7 +331,7 @@ mod tests {
         for code in ["-x", "a b", "ä", &"x".repeat(101)] {
             let mut violations = Violations::default();
             check_code("code", code, &mut violations);
-            assert_eq!(violations.0.len(), 1, "{code:?}");
+            assert_eq!(violations.iter().count(), 1, "{code:?}");
         }
     }
 

@@ -520,7 +520,7 @@ mod tests {
 
     fn invalid_fields(result: Result<NewEntry, LedgerError>) -> Vec<String> {
         match result {
-            Err(LedgerError::Invalid(violations)) => violations.0.into_iter().map(|(field, _)| field).collect(),
+            Err(LedgerError::Invalid(violations)) => violations.fields().into_iter().map(str::to_owned).collect(),
             other => panic!("expected invalid, got {other:?}"),
         }
     }

@@ -8,8 +8,6 @@ pub mod entry;
 pub mod stream;
 pub mod tax;
 
-use chrono::{DateTime, SubsecRound, Utc};
-
 pub use account::{Account, AccountType, CreateAccount, OverdraftPolicy};
 pub use entry::{
     AccountState, Append, BalanceView, EntryInput, Line, LineInput, NewEntry, PostedEntry, Side, StreamPosting,
@@ -21,33 +19,9 @@ pub const MAX_PAGE_SIZE: i32 = 500;
 /// Page size when the caller sends 0.
 pub const DEFAULT_PAGE_SIZE: i32 = 50;
 
-/// One rejected field: the field path and what is wrong with it.
-pub type Violation = (String, String);
-
-/// Everything wrong with a command's input (all fields are checked, not only the first).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Violations(pub Vec<Violation>);
-
-impl Violations {
-    /// Records that `field` is invalid.
-    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push((field.into(), description.into()));
-    }
-
-    /// Whether nothing was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// `value()` when nothing was recorded, otherwise [`LedgerError::Invalid`].
-    pub fn into_result<T>(self, value: impl FnOnce() -> T) -> Result<T, LedgerError> {
-        if self.0.is_empty() {
-            Ok(value())
-        } else {
-            Err(LedgerError::Invalid(self))
-        }
-    }
-}
+pub use fintech_types::Violations;
+pub use fintech_types::fields::parse_id;
+pub use fintech_types::time::now;
 
 /// A rule an entry breaks given the ledger's current state (`google.rpc.PreconditionFailure`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +38,8 @@ pub struct Precondition {
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     /// Some input fields are invalid (INVALID_ARGUMENT).
-    #[error("invalid input: {0:?}")]
-    Invalid(Violations),
+    #[error("invalid input: {0}")]
+    Invalid(#[from] Violations),
     /// The account named by the request does not exist (NOT_FOUND).
     #[error("account {0} not found")]
     AccountNotFound(String),
@@ -102,32 +76,9 @@ pub enum LedgerError {
     Internal(#[from] anyhow::Error),
 }
 
-/// The current time at the database's precision (microseconds), so what a command returns equals
-/// what a later read returns and what the hash chain covers.
-pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
-
-/// Parses a UUID id field.
-pub fn parse_id(field: &str, value: &str, violations: &mut Violations) -> Option<uuid::Uuid> {
-    if value.is_empty() {
-        violations.add(field, "is required");
-        return None;
-    }
-    match uuid::Uuid::parse_str(value) {
-        Ok(id) => Some(id),
-        Err(_) => {
-            violations.add(field, format!("must be a UUID, got {value:?}"));
-            None
-        }
-    }
-}
-
 /// Validates a single id outside a larger command.
 pub fn require_id(field: &str, value: &str) -> Result<uuid::Uuid, LedgerError> {
-    let mut violations = Violations::default();
-    let id = parse_id(field, value, &mut violations);
-    violations.into_result(|| id.unwrap_or_default())
+    Ok(fintech_types::fields::require_id(field, value)?)
 }
 
 /// The page size to use for a raw `page_size` (0 means the default).
@@ -154,7 +105,7 @@ mod tests {
         assert!(violations.is_empty());
         page_size(501, &mut violations);
         page_size(-1, &mut violations);
-        assert_eq!(violations.0.len(), 2);
+        assert_eq!(violations.iter().count(), 2);
     }
 
     #[test]

@@ -21,33 +21,40 @@ use fintech_platform::kafka::consumer::{BatchFailure, ConsumedEvent, EventHandle
 use fintech_platform::outbox::OutboxEvent;
 use fintech_proto::ledger as pb;
 use fintech_proto::tax::{TaxReversal, TaxedTransaction};
+use fintech_proto::topics;
 
+use crate::app::posting::{BatchPosting, Inbox, Ledger, PostError, PostOutcome};
 use crate::domain::LedgerError;
 use crate::domain::NewEntry;
 use crate::domain::tax::{Direction, TaxResultInput};
-use crate::posting::{BatchPosting, Inbox, Ledger, PostError, PostOutcome};
 use tracing::Instrument as _;
 
 /// CloudEvents source of every ledger event.
 pub const SOURCE: &str = "/fintech/ledger";
 /// Topic of posted entries.
-pub const ENTRY_POSTED: &str = "ledger.entry_posted";
-/// CloudEvents type of a posted entry.
-pub const ENTRY_POSTED_TYPE: &str = "fintech.ledger.v1.entry.posted";
+pub const ENTRY_POSTED: &str = topics::LEDGER_ENTRY_POSTED.name;
 /// Protobuf full name of the value of `tax.calculated`.
-pub const TAXED_TRANSACTION: &str = "fintech.tax.v1.TaxedTransaction";
+pub const TAXED_TRANSACTION: &str = payload_of(&topics::TAX_CALCULATED);
 /// Topic of VAT results, consumed.
-pub const TAX_CALCULATED: &str = "tax.calculated";
+pub const TAX_CALCULATED: &str = topics::TAX_CALCULATED.name;
 /// Reversals of VAT results (the transaction failed or was refunded) the ledger posts back.
-pub const TAX_REVERSED: &str = "tax.reversed";
+pub const TAX_REVERSED: &str = topics::TAX_REVERSED.name;
 /// Protobuf full name of a reversal.
-pub const TAX_REVERSAL: &str = "fintech.tax.v1.TaxReversal";
+pub const TAX_REVERSAL: &str = payload_of(&topics::TAX_REVERSED);
 /// Where the ledger's consumer sends records it can never process.
-pub const DEAD_LETTER: &str = "ledger.dlq";
+pub const DEAD_LETTER: &str = topics::LEDGER_DLQ.name;
 /// Every topic the ledger reads or writes.
 pub const TOPICS: [&str; 4] = [ENTRY_POSTED, TAX_CALCULATED, TAX_REVERSED, DEAD_LETTER];
 /// Consumer name in `processed_events` (and suffix of the consumer group).
 pub const TAX_CONSUMER: &str = "ledger.tax-postings";
+
+/// The payload name of a topic of events, as a constant to match on.
+const fn payload_of(topic: &topics::Topic) -> &'static str {
+    match topic.payload {
+        Some(name) => name,
+        None => panic!("a topic of events has a payload"),
+    }
+}
 
 /// Topic names, with an optional prefix (for tests and shared brokers).
 #[derive(Debug, Clone, Default)]
@@ -66,18 +73,12 @@ impl Topics {
         format!("{}{topic}", self.prefix)
     }
 
-    /// The consumer group of the tax postings consumer.
-    pub fn tax_consumer_group(&self) -> String {
-        format!("{}{TAX_CONSUMER}", self.prefix)
-    }
-
     /// The outbox event announcing a posted entry.
     pub fn entry_posted(&self, entry: &pb::Entry, posted_at: DateTime<Utc>) -> OutboxEvent {
-        OutboxEvent::protobuf(
-            self.name(ENTRY_POSTED),
+        OutboxEvent::of(
+            &self.prefix,
+            &topics::LEDGER_ENTRY_POSTED,
             entry.entry_id.clone(),
-            ENTRY_POSTED_TYPE,
-            "fintech.ledger.v1.Entry",
             entry,
             posted_at,
         )

@@ -12,17 +12,15 @@ use sqlx::PgConnection;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::app::posting::{Ledger, PostOutcome};
 use crate::domain::stream::{fold_balance, verify_stream};
 use crate::domain::{
     self, BalanceView, CreateAccount, EntryInput, LedgerError, PostedEntry, Violations, page_size, require_id,
 };
-use crate::posting::{Ledger, PostOutcome};
 use crate::proto::{
     account_to_wire, account_type_from_wire, event_to_wire, from_timestamp, overdraft_from_wire, timestamp,
 };
 use crate::storage::{self, Write};
-
-pub use status::{post_status, to_status};
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
@@ -43,8 +41,8 @@ impl LedgerGrpc {
             .pool()
             .acquire()
             .await
-            .map_err(|error| to_status(LedgerError::Internal(error.into())))?;
-        body(&mut conn).await.map_err(to_status)
+            .map_err(|error| Status::from(LedgerError::Internal(error.into())))?;
+        body(&mut conn).await.map_err(Status::from)
     }
 
     /// Runs `body` in a read-only REPEATABLE READ transaction: one snapshot for several statements.
@@ -52,13 +50,13 @@ impl LedgerGrpc {
         &self,
         body: impl AsyncFnOnce(&mut PgConnection) -> Result<T, LedgerError>,
     ) -> Result<T, Status> {
-        let internal = |error: sqlx::Error| to_status(LedgerError::Internal(error.into()));
+        let internal = |error: sqlx::Error| Status::from(LedgerError::Internal(error.into()));
         let mut transaction = self.ledger.pool().begin().await.map_err(internal)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *transaction)
             .await
             .map_err(internal)?;
-        let result = body(&mut transaction).await.map_err(to_status);
+        let result = body(&mut transaction).await.map_err(Status::from);
         transaction.rollback().await.map_err(internal)?;
         result
     }
@@ -109,7 +107,7 @@ impl LedgerService for LedgerGrpc {
             overdraft_limit: request.overdraft_limit,
         }
         .into_account(domain::now())
-        .map_err(to_status)?;
+        .map_err(Status::from)?;
         let response = self
             .ledger
             .idempotency()
@@ -122,8 +120,8 @@ impl LedgerService for LedgerGrpc {
                     Ok(Write::Done) => Ok(pb::CreateAccountResponse {
                         account: Some(account_to_wire(&account, 1)),
                     }),
-                    Ok(Write::Lost) => Err(to_status(LedgerError::CodeTaken(account.code.clone()))),
-                    Err(error) => Err(to_status(LedgerError::Internal(error))),
+                    Ok(Write::Lost) => Err(Status::from(LedgerError::CodeTaken(account.code.clone()))),
+                    Err(error) => Err(Status::from(LedgerError::Internal(error))),
                 },
             )
             .await?;
@@ -138,13 +136,13 @@ impl LedgerService for LedgerGrpc {
     ) -> Result<Response<pb::GetAccountResponse>, Status> {
         let request = request.into_inner();
         let by_id = match (request.account_id.is_empty(), request.code.is_empty()) {
-            (false, true) => Some(require_id("account_id", &request.account_id).map_err(to_status)?),
+            (false, true) => Some(require_id("account_id", &request.account_id).map_err(Status::from)?),
             (true, false) => None,
             _ => {
-                return Err(fintech_platform::grpc::invalid_argument(&[(
-                    "account_id".to_owned(),
-                    "exactly one of account_id and code is required".to_owned(),
-                )]));
+                return Err(Status::from(LedgerError::Invalid(Violations::single(
+                    "account_id",
+                    "exactly one of account_id and code is required",
+                ))));
             }
         };
         let (account, balance) = self
@@ -204,7 +202,7 @@ impl LedgerService for LedgerGrpc {
                 }
             }
         };
-        violations.into_result(|| ()).map_err(to_status)?;
+        violations.into_result::<_, LedgerError>(|| ()).map_err(Status::from)?;
         let currency = (!request.currency.is_empty()).then_some(request.currency.as_str());
         let mut accounts = self
             .read_snapshot(async |conn| {
@@ -244,7 +242,7 @@ impl LedgerService for LedgerGrpc {
         let request = request.into_inner();
         let key_differs = key.is_some_and(|key| key.as_str() != request.entry_id);
         let entry = match (EntryInput::from(request).validate(), key_differs) {
-            (validated, false) => validated.map_err(to_status)?,
+            (validated, false) => validated.map_err(Status::from)?,
             // Every violation at once: the key's next to the fields'.
             (validated, true) => {
                 let mut violations = match validated {
@@ -255,10 +253,10 @@ impl LedgerService for LedgerGrpc {
                     "idempotency-key",
                     "PostEntry is idempotent on entry_id: when sent, the idempotency-key metadata must equal entry_id",
                 );
-                return Err(to_status(LedgerError::Invalid(violations)));
+                return Err(Status::from(LedgerError::Invalid(violations)));
             }
         };
-        match self.ledger.post(&entry, None).await.map_err(post_status)? {
+        match self.ledger.post(&entry, None).await.map_err(Status::from)? {
             PostOutcome::Posted(response) => {
                 tracing::info!(lines = entry.lines.len(), "entry posted");
                 Ok(Response::new(response))
@@ -267,9 +265,9 @@ impl LedgerService for LedgerGrpc {
                 tracing::info!("entry posted before, first response returned");
                 Ok(Response::new(response))
             }
-            PostOutcome::AlreadyProcessed => {
-                Err(to_status(internal("a gRPC posting has no consumed event".to_owned())))
-            }
+            PostOutcome::AlreadyProcessed => Err(Status::from(internal(
+                "a gRPC posting has no consumed event".to_owned(),
+            ))),
         }
     }
 
@@ -278,7 +276,7 @@ impl LedgerService for LedgerGrpc {
         let request = request.into_inner();
         let mut violations = Violations::default();
         domain::entry::check_entry_id(&request.entry_id, &mut violations);
-        violations.into_result(|| ()).map_err(to_status)?;
+        violations.into_result::<_, LedgerError>(|| ()).map_err(Status::from)?;
         let entry = self
             .read(async |conn| {
                 let events = storage::entry_events(conn, &request.entry_id).await?;
@@ -299,23 +297,23 @@ impl LedgerService for LedgerGrpc {
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::GetBalanceResponse>, Status> {
         let request = request.into_inner();
-        let account_id = require_id("account_id", &request.account_id).map_err(to_status)?;
+        let account_id = require_id("account_id", &request.account_id).map_err(Status::from)?;
         let as_of = match request.as_of {
             None => None,
             Some(pb::get_balance_request::AsOf::AsOfVersion(version)) if version < 1 => {
-                return Err(fintech_platform::grpc::invalid_argument(&[(
-                    "as_of_version".to_owned(),
+                return Err(Status::from(LedgerError::Invalid(Violations::single(
+                    "as_of_version",
                     format!("must be at least 1, got {version}"),
-                )]));
+                ))));
             }
             Some(pb::get_balance_request::AsOf::AsOfVersion(version)) => Some((Some(version), None)),
             Some(pb::get_balance_request::AsOf::AsOfTime(time)) => match from_timestamp(&time) {
                 Some(time) => Some((None, Some(time))),
                 None => {
-                    return Err(fintech_platform::grpc::invalid_argument(&[(
-                        "as_of_time".to_owned(),
-                        "is not a valid timestamp".to_owned(),
-                    )]));
+                    return Err(Status::from(LedgerError::Invalid(Violations::single(
+                        "as_of_time",
+                        "is not a valid timestamp",
+                    ))));
                 }
             },
         };
@@ -369,8 +367,8 @@ impl LedgerService for LedgerGrpc {
             }
         };
         let account_id = violations
-            .into_result(|| account_id.unwrap_or_default())
-            .map_err(to_status)?;
+            .into_result::<_, LedgerError>(|| account_id.unwrap_or_default())
+            .map_err(Status::from)?;
         let mut events = self
             .read_snapshot(async |conn| {
                 account_or_not_found(conn, account_id).await?;
@@ -387,7 +385,7 @@ impl LedgerService for LedgerGrpc {
             .iter()
             .map(event_to_wire)
             .collect::<Result<Vec<_>, String>>()
-            .map_err(|reason| to_status(internal(reason)))?;
+            .map_err(|reason| Status::from(internal(reason)))?;
         Ok(Response::new(pb::ListAccountEventsResponse {
             events,
             next_page_token,
@@ -403,10 +401,10 @@ impl LedgerService for LedgerGrpc {
         if !request.currency.is_empty()
             && let Err(error) = fintech_types::Currency::parse(&request.currency)
         {
-            return Err(fintech_platform::grpc::invalid_argument(&[(
-                "currency".to_owned(),
+            return Err(Status::from(LedgerError::Invalid(Violations::single(
+                "currency",
                 error.to_string(),
-            )]));
+            ))));
         }
         let currency = (!request.currency.is_empty()).then_some(request.currency.as_str());
         let rows = self
@@ -437,7 +435,7 @@ impl LedgerService for LedgerGrpc {
         request: Request<pb::VerifyStreamRequest>,
     ) -> Result<Response<pb::VerifyStreamResponse>, Status> {
         let request = request.into_inner();
-        let account_id = require_id("account_id", &request.account_id).map_err(to_status)?;
+        let account_id = require_id("account_id", &request.account_id).map_err(Status::from)?;
         let verification = self
             .read_snapshot(async |conn| {
                 let (head_version, head_hash) = storage::stream_head(conn, account_id)

@@ -1,42 +1,21 @@
 //! The payments domain: orders, transactions, their validation and lifecycle. No tonic, sqlx or
 //! rdkafka here; `grpc/` converts to and from these types and `storage/` persists them.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use fintech_types::{Country, Currency};
 use uuid::Uuid;
 
-/// Longest customer id accepted.
-pub const MAX_CUSTOMER_ID_LEN: usize = 64;
-/// Longest product type accepted.
-pub const MAX_PRODUCT_TYPE_LEN: usize = 64;
-
-/// One rejected field: the field path and what is wrong with it.
-pub type Violation = (String, String);
-
-/// Everything wrong with a command's input (all fields are checked, not only the first).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Violations(pub Vec<Violation>);
-
-impl Violations {
-    fn add(&mut self, field: &str, description: impl Into<String>) {
-        self.0.push((field.to_owned(), description.into()));
-    }
-
-    fn into_result<T>(self, value: impl FnOnce() -> T) -> Result<T, PaymentsError> {
-        if self.0.is_empty() {
-            Ok(value())
-        } else {
-            Err(PaymentsError::Invalid(self))
-        }
-    }
-}
+pub use fintech_types::Violations;
+pub use fintech_types::fields::{MAX_CUSTOMER_ID_LEN, MAX_PRODUCT_TYPE_LEN, parse_id};
+use fintech_types::fields::{check_customer_id, check_product_type, parse_country, parse_currency};
+pub use fintech_types::time::now;
 
 /// Errors of the payments domain; `grpc::status` maps each to a gRPC code.
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentsError {
     /// Some input fields are invalid.
-    #[error("invalid input: {0:?}")]
-    Invalid(Violations),
+    #[error("invalid input: {0}")]
+    Invalid(#[from] Violations),
     /// No such order.
     #[error("order {0} not found")]
     OrderNotFound(String),
@@ -78,82 +57,14 @@ pub enum PaymentsError {
     Internal(#[from] anyhow::Error),
 }
 
-/// The current time at the database's precision (microseconds), so what a command returns equals
-/// what a later read and the published event carry.
-pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
-
-/// Parses a UUID id field.
-pub fn parse_id(field: &str, value: &str, violations: &mut Violations) -> Option<Uuid> {
-    if value.is_empty() {
-        violations.add(field, "is required");
-        return None;
-    }
-    match Uuid::parse_str(value) {
-        Ok(id) => Some(id),
-        Err(_) => {
-            violations.add(field, format!("must be a UUID, got {value:?}"));
-            None
-        }
-    }
-}
-
 /// Validates a single id outside a larger command.
 pub fn require_id(field: &str, value: &str) -> Result<Uuid, PaymentsError> {
-    let mut violations = Violations::default();
-    let id = parse_id(field, value, &mut violations);
-    violations.into_result(|| id.unwrap_or_default())
-}
-
-fn check_customer_id(value: &str, violations: &mut Violations) {
-    if value.is_empty() {
-        violations.add("customer_id", "is required");
-    } else if value.chars().count() > MAX_CUSTOMER_ID_LEN {
-        violations.add(
-            "customer_id",
-            format!("must be at most {MAX_CUSTOMER_ID_LEN} characters"),
-        );
-    } else if value.chars().any(char::is_control) {
-        violations.add("customer_id", "must not contain control characters");
-    }
-}
-
-fn check_country(value: &str, violations: &mut Violations) {
-    if let Err(error) = Country::parse(value) {
-        violations.add("country", error.to_string());
-    }
-}
-
-fn check_currency(field: &str, value: &str, violations: &mut Violations) {
-    if let Err(error) = Currency::parse(value) {
-        violations.add(field, error.to_string());
-    }
+    Ok(fintech_types::fields::require_id(field, value)?)
 }
 
 fn check_amount(value: i64, violations: &mut Violations) {
     if value <= 0 {
         violations.add("amount", format!("must be greater than 0 (minor units), got {value}"));
-    }
-}
-
-fn check_product_type(value: &str, violations: &mut Violations) {
-    let valid = !value.is_empty()
-        && value.len() <= MAX_PRODUCT_TYPE_LEN
-        && value.as_bytes()[0].is_ascii_lowercase()
-        && value
-            .bytes()
-            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_');
-    if value.is_empty() {
-        violations.add("product_type", "is required");
-    } else if !valid {
-        violations.add(
-            "product_type",
-            format!(
-                "must match [a-z][a-z0-9_]{{0,{}}}, got {value:?}",
-                MAX_PRODUCT_TYPE_LEN - 1
-            ),
-        );
     }
 }
 
@@ -165,9 +76,9 @@ pub struct Order {
     /// The customer.
     pub customer_id: String,
     /// ISO 3166-1 alpha-2.
-    pub country: String,
+    pub country: Country,
     /// ISO 4217.
-    pub currency: String,
+    pub currency: Currency,
     /// Minor units, > 0.
     pub amount: i64,
     /// Lowercase product type.
@@ -199,16 +110,19 @@ impl CreateOrder {
     /// Validates every field and builds the new order (version 1).
     pub fn into_order(self, now: DateTime<Utc>) -> Result<Order, PaymentsError> {
         let mut violations = Violations::default();
-        check_customer_id(&self.customer_id, &mut violations);
-        check_country(&self.country, &mut violations);
-        check_currency("currency", &self.currency, &mut violations);
+        check_customer_id("customer_id", &self.customer_id, &mut violations);
+        let country = parse_country("country", &self.country, &mut violations);
+        let currency = parse_currency("currency", &self.currency, &mut violations);
         check_amount(self.amount, &mut violations);
-        check_product_type(&self.product_type, &mut violations);
+        check_product_type("product_type", &self.product_type, &mut violations);
+        let (Some(country), Some(currency)) = (country, currency) else {
+            return Err(violations.into());
+        };
         violations.into_result(|| Order {
             order_id: Uuid::new_v4(),
             customer_id: self.customer_id,
-            country: self.country,
-            currency: self.currency,
+            country,
+            currency,
             amount: self.amount,
             product_type: self.product_type,
             created_at: now,
@@ -226,7 +140,7 @@ pub struct OrderChanges {
     /// The version the caller read.
     pub expected_version: i64,
     /// New country.
-    pub country: Option<String>,
+    pub country: Option<Country>,
     /// New amount.
     pub amount: Option<i64>,
     /// New product type.
@@ -247,14 +161,14 @@ impl OrderChanges {
         if expected_version < 1 {
             violations.add("expected_version", "must be the order's current version (>= 1)");
         }
-        if let Some(country) = &country {
-            check_country(country, &mut violations);
-        }
+        let parsed_country = country
+            .as_deref()
+            .and_then(|country| parse_country("country", country, &mut violations));
         if let Some(amount) = amount {
             check_amount(amount, &mut violations);
         }
         if let Some(product_type) = &product_type {
-            check_product_type(product_type, &mut violations);
+            check_product_type("product_type", product_type, &mut violations);
         }
         if country.is_none() && amount.is_none() && product_type.is_none() {
             violations.add("country", "at least one of country, amount, product_type must be set");
@@ -262,7 +176,7 @@ impl OrderChanges {
         violations.into_result(|| Self {
             order_id: id.unwrap_or_default(),
             expected_version,
-            country,
+            country: parsed_country,
             amount,
             product_type,
         })
@@ -362,7 +276,7 @@ pub struct Transaction {
     /// Minor units, > 0.
     pub amount: i64,
     /// The order's currency.
-    pub currency: String,
+    pub currency: Currency,
     /// Lifecycle state.
     pub status: TransactionStatus,
     /// Creation time.
@@ -381,7 +295,7 @@ pub struct CreateTransaction {
     /// Minor units.
     pub amount: i64,
     /// Currency sent.
-    pub currency: String,
+    pub currency: Currency,
     /// Initial status.
     pub status: TransactionStatus,
 }
@@ -398,7 +312,7 @@ impl CreateTransaction {
         let mut violations = Violations::default();
         let id = parse_id("order_id", order_id, &mut violations);
         check_amount(amount, &mut violations);
-        check_currency("currency", currency, &mut violations);
+        let currency = parse_currency("currency", currency, &mut violations);
         let status = match status {
             Ok(None) => Some(TransactionStatus::Pending),
             Ok(Some(status)) if status.is_initial() => Some(status),
@@ -411,10 +325,13 @@ impl CreateTransaction {
                 None
             }
         };
+        let Some(currency) = currency else {
+            return Err(violations.into());
+        };
         violations.into_result(|| Self {
             order_id: id.unwrap_or_default(),
             amount,
-            currency: currency.to_owned(),
+            currency,
             status: status.unwrap_or(TransactionStatus::Pending),
         })
     }
@@ -423,8 +340,8 @@ impl CreateTransaction {
     pub fn on_order(self, order: &Order, now: DateTime<Utc>) -> Result<Transaction, PaymentsError> {
         if self.currency != order.currency {
             return Err(PaymentsError::CurrencyMismatch {
-                order: order.currency.clone(),
-                given: self.currency,
+                order: order.currency.to_string(),
+                given: self.currency.to_string(),
             });
         }
         Ok(Transaction {
@@ -474,7 +391,7 @@ pub use fintech_types::paging::{Cursor, PageRequest};
 
 /// Validates paging fields into the domain's error.
 pub fn page(page_size: i32, page_token: &str) -> Result<PageRequest, PaymentsError> {
-    PageRequest::parse(page_size, page_token).map_err(|violations| PaymentsError::Invalid(Violations(violations)))
+    Ok(PageRequest::parse(page_size, page_token)?)
 }
 
 #[cfg(test)]
@@ -510,7 +427,7 @@ mod tests {
         let Err(PaymentsError::Invalid(violations)) = command.into_order(now()) else {
             panic!("must be invalid")
         };
-        let fields: Vec<_> = violations.0.iter().map(|(field, _)| field.as_str()).collect();
+        let fields = violations.fields();
         assert_eq!(fields, ["customer_id", "country", "currency", "amount", "product_type"]);
     }
 

@@ -1,29 +1,23 @@
 //! What payments publishes: the full `Order` / `Transaction` after every change, on
 //! `orders.created`, `orders.updated`, `transactions.created`, `transactions.updated`, with the
-//! order id as record key for all four so an order and its transactions share a partition.
+//! order id as record key for all four so an order and its transactions share a partition. Topic
+//! names, CloudEvents types and payload names come from the platform's topic list
+//! (`fintech_proto::topics`).
 
-use fintech_platform::kafka::TopicNames;
 use fintech_platform::outbox::OutboxEvent;
 use fintech_proto::payments as pb;
+use fintech_proto::topics::{self, Topic};
 
 use crate::domain::{Order, Transaction};
 
 /// CloudEvents source of every payments event.
 pub const SOURCE: &str = "/fintech/payments";
-/// Topic of new orders.
-pub const ORDERS_CREATED: &str = "orders.created";
-/// Topic of changed orders.
-pub const ORDERS_UPDATED: &str = "orders.updated";
-/// Topic of new transactions.
-pub const TRANSACTIONS_CREATED: &str = "transactions.created";
-/// Topic of changed transactions.
-pub const TRANSACTIONS_UPDATED: &str = "transactions.updated";
 /// All topics payments writes.
 pub const TOPICS: [&str; 4] = [
-    ORDERS_CREATED,
-    ORDERS_UPDATED,
-    TRANSACTIONS_CREATED,
-    TRANSACTIONS_UPDATED,
+    topics::ORDERS_CREATED.name,
+    topics::ORDERS_UPDATED.name,
+    topics::TRANSACTIONS_CREATED.name,
+    topics::TRANSACTIONS_UPDATED.name,
 ];
 
 /// Whether an event announces a new entity or a change.
@@ -38,33 +32,30 @@ pub enum Change {
 /// The events payments writes, on topics with an optional prefix.
 #[derive(Debug, Clone, Default)]
 pub struct Topics {
-    names: TopicNames,
+    prefix: String,
 }
 
 impl Topics {
     /// Topics named `<prefix><topic>`.
     pub fn with_prefix(prefix: impl Into<String>) -> Self {
-        Self {
-            names: TopicNames::with_prefix(prefix),
-        }
+        Self { prefix: prefix.into() }
     }
 
     /// The full name of `topic`.
     pub fn name(&self, topic: &str) -> String {
-        self.names.name(topic)
+        format!("{}{topic}", self.prefix)
     }
 
     /// The outbox event for an order's new state.
     pub fn order_event(&self, order: &Order, change: Change) -> OutboxEvent {
-        let (topic, event_type) = match change {
-            Change::Created => (ORDERS_CREATED, "fintech.payments.v1.order.created"),
-            Change::Updated => (ORDERS_UPDATED, "fintech.payments.v1.order.updated"),
+        let topic: &Topic = match change {
+            Change::Created => &topics::ORDERS_CREATED,
+            Change::Updated => &topics::ORDERS_UPDATED,
         };
-        OutboxEvent::protobuf(
-            self.name(topic),
+        OutboxEvent::of(
+            &self.prefix,
+            topic,
             order.order_id.to_string(),
-            event_type,
-            "fintech.payments.v1.Order",
             &pb::Order::from(order),
             order.updated_at,
         )
@@ -72,15 +63,14 @@ impl Topics {
 
     /// The outbox event for a transaction's new state (keyed by its order).
     pub fn transaction_event(&self, transaction: &Transaction, change: Change) -> OutboxEvent {
-        let (topic, event_type) = match change {
-            Change::Created => (TRANSACTIONS_CREATED, "fintech.payments.v1.transaction.created"),
-            Change::Updated => (TRANSACTIONS_UPDATED, "fintech.payments.v1.transaction.updated"),
+        let topic: &Topic = match change {
+            Change::Created => &topics::TRANSACTIONS_CREATED,
+            Change::Updated => &topics::TRANSACTIONS_UPDATED,
         };
-        OutboxEvent::protobuf(
-            self.name(topic),
+        OutboxEvent::of(
+            &self.prefix,
+            topic,
             transaction.order_id.to_string(),
-            event_type,
-            "fintech.payments.v1.Transaction",
             &pb::Transaction::from(transaction),
             transaction.updated_at,
         )

@@ -5,6 +5,8 @@
 
 mod status;
 
+use fintech_platform::Violations;
+use fintech_platform::grpc::invalid_argument;
 use fintech_platform::idempotency::{IdempotencyStore, ResponseSlot, key_from_metadata};
 use fintech_platform::outbox::{OutboxEvent, OutboxRow};
 use fintech_proto::payments as pb;
@@ -17,17 +19,15 @@ use crate::events::{Change, SOURCE, Topics};
 use crate::proto::status_from_wire;
 use crate::storage;
 
-pub use status::to_status;
-
 /// The gRPC service.
 #[derive(Debug, Clone)]
-pub struct Payments {
+pub struct PaymentsGrpc {
     pool: PgPool,
     idempotency: IdempotencyStore,
     topics: Topics,
 }
 
-impl Payments {
+impl PaymentsGrpc {
     /// A service over `pool` publishing on `topics`.
     pub fn new(pool: PgPool, idempotency: IdempotencyStore, topics: Topics) -> Self {
         Self {
@@ -45,8 +45,8 @@ impl Payments {
             .pool
             .acquire()
             .await
-            .map_err(|error| to_status(PaymentsError::Internal(error.into())))?;
-        body(&mut conn).await.map_err(to_status)
+            .map_err(|error| Status::from(PaymentsError::Internal(error.into())))?;
+        body(&mut conn).await.map_err(Status::from)
     }
 }
 
@@ -55,7 +55,7 @@ fn method(name: &str) -> String {
 }
 
 #[tonic::async_trait]
-impl PaymentsService for Payments {
+impl PaymentsService for PaymentsGrpc {
     #[tracing::instrument(skip_all)]
     async fn create_order(
         &self,
@@ -70,7 +70,7 @@ impl PaymentsService for Payments {
             amount: request.amount,
             product_type: request.product_type.clone(),
         };
-        let order = command.into_order(domain::now()).map_err(to_status)?;
+        let order = command.into_order(domain::now()).map_err(Status::from)?;
         let response = self
             .idempotency
             .execute_folded(&self.pool, &method("CreateOrder"), key, &request, async |conn, slot| {
@@ -105,15 +105,15 @@ impl PaymentsService for Payments {
             request.amount,
             request.product_type.clone(),
         )
-        .map_err(to_status)?;
+        .map_err(Status::from)?;
         let response = self
             .idempotency
             .execute_folded(&self.pool, &method("UpdateOrder"), key, &request, async |conn, slot| {
                 let current = storage::get_order(conn, changes.order_id, true)
                     .await
                     .map_err(internal)?
-                    .ok_or_else(|| to_status(PaymentsError::OrderNotFound(request.order_id.clone())))?;
-                let order = changes.apply(&current, domain::now()).map_err(to_status)?;
+                    .ok_or_else(|| Status::from(PaymentsError::OrderNotFound(request.order_id.clone())))?;
+                let order = changes.apply(&current, domain::now()).map_err(Status::from)?;
                 let response = pb::UpdateOrderResponse {
                     order: Some(pb::Order::from(&order)),
                 };
@@ -130,7 +130,7 @@ impl PaymentsService for Payments {
     #[tracing::instrument(skip_all)]
     async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::GetOrderResponse>, Status> {
         let request = request.into_inner();
-        let order_id = domain::require_id("order_id", &request.order_id).map_err(to_status)?;
+        let order_id = domain::require_id("order_id", &request.order_id).map_err(Status::from)?;
         let order = self
             .read(async |conn| {
                 storage::get_order(conn, order_id, false)
@@ -150,12 +150,9 @@ impl PaymentsService for Payments {
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let request = request.into_inner();
         if request.customer_id.is_empty() {
-            return Err(fintech_platform::grpc::invalid_argument(&[(
-                "customer_id".to_owned(),
-                "is required".to_owned(),
-            )]));
+            return Err(invalid_argument(&Violations::single("customer_id", "is required")));
         }
-        let page = domain::page(request.page_size, &request.page_token).map_err(to_status)?;
+        let page = domain::page(request.page_size, &request.page_token).map_err(Status::from)?;
         let (orders, next) = self
             .read(async |conn| Ok(storage::list_orders(conn, &request.customer_id, &page).await?))
             .await?;
@@ -178,7 +175,7 @@ impl PaymentsService for Payments {
             &request.currency,
             status_from_wire(request.status),
         )
-        .map_err(to_status)?;
+        .map_err(Status::from)?;
         let response = self
             .idempotency
             .execute_folded(
@@ -191,8 +188,8 @@ impl PaymentsService for Payments {
                     let order = storage::get_order(conn, command.order_id, true)
                         .await
                         .map_err(internal)?
-                        .ok_or_else(|| to_status(PaymentsError::OrderNotFound(request.order_id.clone())))?;
-                    let transaction = command.on_order(&order, domain::now()).map_err(to_status)?;
+                        .ok_or_else(|| Status::from(PaymentsError::OrderNotFound(request.order_id.clone())))?;
+                    let transaction = command.on_order(&order, domain::now()).map_err(Status::from)?;
                     let response = pb::CreateTransactionResponse {
                         transaction: Some(pb::Transaction::from(&transaction)),
                     };
@@ -221,20 +218,17 @@ impl PaymentsService for Payments {
     ) -> Result<Response<pb::UpdateTransactionStatusResponse>, Status> {
         let key = key_from_metadata(request.metadata())?;
         let request = request.into_inner();
-        let transaction_id = domain::require_id("transaction_id", &request.transaction_id).map_err(to_status)?;
+        let transaction_id = domain::require_id("transaction_id", &request.transaction_id).map_err(Status::from)?;
         let next = match status_from_wire(request.status) {
             Ok(Some(status)) => status,
             Ok(None) => {
-                return Err(fintech_platform::grpc::invalid_argument(&[(
-                    "status".to_owned(),
-                    "is required".to_owned(),
-                )]));
+                return Err(invalid_argument(&Violations::single("status", "is required")));
             }
             Err(raw) => {
-                return Err(fintech_platform::grpc::invalid_argument(&[(
-                    "status".to_owned(),
+                return Err(invalid_argument(&Violations::single(
+                    "status",
                     format!("unknown status value {raw}"),
-                )]));
+                )));
             }
         };
         let response = self
@@ -248,9 +242,11 @@ impl PaymentsService for Payments {
                     let current = storage::get_transaction(conn, transaction_id, true)
                         .await
                         .map_err(internal)?
-                        .ok_or_else(|| to_status(PaymentsError::TransactionNotFound(request.transaction_id.clone())))?;
+                        .ok_or_else(|| {
+                            Status::from(PaymentsError::TransactionNotFound(request.transaction_id.clone()))
+                        })?;
                     let transaction = domain::change_status(&current, request.expected_version, next, domain::now())
-                        .map_err(to_status)?;
+                        .map_err(Status::from)?;
                     let response = pb::UpdateTransactionStatusResponse {
                         transaction: Some(pb::Transaction::from(&transaction)),
                     };
@@ -271,7 +267,7 @@ impl PaymentsService for Payments {
         request: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::GetTransactionResponse>, Status> {
         let request = request.into_inner();
-        let transaction_id = domain::require_id("transaction_id", &request.transaction_id).map_err(to_status)?;
+        let transaction_id = domain::require_id("transaction_id", &request.transaction_id).map_err(Status::from)?;
         let transaction = self
             .read(async |conn| {
                 storage::get_transaction(conn, transaction_id, false)
@@ -290,8 +286,8 @@ impl PaymentsService for Payments {
         request: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
         let request = request.into_inner();
-        let order_id = domain::require_id("order_id", &request.order_id).map_err(to_status)?;
-        let page = domain::page(request.page_size, &request.page_token).map_err(to_status)?;
+        let order_id = domain::require_id("order_id", &request.order_id).map_err(Status::from)?;
+        let page = domain::page(request.page_size, &request.page_token).map_err(Status::from)?;
         let (transactions, next) = self
             .read(async |conn| Ok(storage::list_transactions(conn, order_id, &page).await?))
             .await?;
@@ -321,5 +317,5 @@ async fn write_change<R: prost::Message>(
 }
 
 fn internal(error: anyhow::Error) -> Status {
-    to_status(PaymentsError::Internal(error))
+    Status::from(PaymentsError::Internal(error))
 }

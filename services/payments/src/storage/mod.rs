@@ -13,6 +13,8 @@ use sqlx::query::Query;
 use sqlx::{PgConnection, Postgres, Row};
 use uuid::Uuid;
 
+use fintech_types::{Country, Currency};
+
 use crate::domain::{Cursor, Order, PageRequest, Transaction, TransactionStatus};
 
 const ORDER_COLUMNS: &str =
@@ -24,8 +26,8 @@ fn order_from_row(row: &PgRow) -> anyhow::Result<Order> {
     Ok(Order {
         order_id: row.try_get("order_id")?,
         customer_id: row.try_get("customer_id")?,
-        country: row.try_get("country")?,
-        currency: row.try_get("currency")?,
+        country: Country::parse(row.try_get("country")?).context("stored country")?,
+        currency: Currency::parse(row.try_get("currency")?).context("stored currency")?,
         amount: row.try_get("amount")?,
         product_type: row.try_get("product_type")?,
         created_at: row.try_get("created_at")?,
@@ -41,7 +43,7 @@ fn transaction_from_row(row: &PgRow) -> anyhow::Result<Transaction> {
         order_id: row.try_get("order_id")?,
         customer_id: row.try_get("customer_id")?,
         amount: row.try_get("amount")?,
-        currency: row.try_get("currency")?,
+        currency: Currency::parse(row.try_get("currency")?).context("stored currency")?,
         status: TransactionStatus::from_stored(&status).with_context(|| format!("unknown stored status {status:?}"))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -118,8 +120,8 @@ pub async fn insert_order(conn: &mut PgConnection, order: &Order, effects: &Effe
             query
                 .bind(order.order_id)
                 .bind(&order.customer_id)
-                .bind(&order.country)
-                .bind(&order.currency)
+                .bind(order.country.as_str())
+                .bind(order.currency.as_str())
                 .bind(order.amount)
                 .bind(&order.product_type)
                 .bind(order.created_at)
@@ -163,7 +165,7 @@ pub async fn update_order(conn: &mut PgConnection, order: &Order, effects: &Effe
         |query| {
             query
                 .bind(order.order_id)
-                .bind(&order.country)
+                .bind(order.country.as_str())
                 .bind(order.amount)
                 .bind(&order.product_type)
                 .bind(order.updated_at)
@@ -228,7 +230,7 @@ pub async fn insert_transaction(
                 .bind(transaction.order_id)
                 .bind(&transaction.customer_id)
                 .bind(transaction.amount)
-                .bind(&transaction.currency)
+                .bind(transaction.currency.as_str())
                 .bind(transaction.status.as_str())
                 .bind(transaction.created_at)
                 .bind(transaction.updated_at)

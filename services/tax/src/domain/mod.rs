@@ -4,8 +4,28 @@
 pub mod vat;
 
 use chrono::{DateTime, Utc};
+pub use fintech_types::Violations;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// Errors of the tax use cases; `grpc::status` maps each to a gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum TaxError {
+    /// Some input fields are invalid (INVALID_ARGUMENT).
+    #[error("invalid input: {0}")]
+    Invalid(#[from] Violations),
+    /// Nothing of this kind for the transaction (NOT_FOUND).
+    #[error("no {resource} for transaction {id}")]
+    NotFound {
+        /// The protobuf message name (`TaxedTransaction`, `TaxFailure`).
+        resource: &'static str,
+        /// The transaction id.
+        id: String,
+    },
+    /// Storage or plumbing failed (UNAVAILABLE / INTERNAL, details logged).
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
 
 /// An order as the tax service caches it: the full state carried by `orders.created` /
 /// `orders.updated`, stored as JSON in `order_cache.payload`.

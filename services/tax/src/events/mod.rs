@@ -25,46 +25,32 @@
 //! orders first, in order, so two batches never deadlock on them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use async_trait::async_trait;
-use chrono::Utc;
-use fintech_platform::CancellationToken;
 use fintech_platform::kafka::consumer::{ConsumedEvent, EventHandler, HandlerError};
 use fintech_platform::kafka::transactional::{InTransaction, TransactionalHandler};
-use fintech_platform::outbox::{self, OutboxEvent};
-use fintech_platform::telemetry::{self, TraceHeaders};
-use fintech_proto::{payments, tax as pb};
-use prost::Message as _;
+use fintech_platform::telemetry::TraceHeaders;
+use fintech_proto::{payments, topics};
 use sqlx::{PgConnection, PgPool};
-use tracing::Instrument;
 
-use crate::domain::vat::RateTable;
-use crate::domain::{self, Decision, FailureReason};
+use crate::app::Processor;
 use crate::proto;
-use crate::storage::{self, Failure, Parked};
+use crate::storage::{self, Parked};
 
 /// CloudEvents source of tax events.
 pub const SOURCE: &str = "/fintech/tax";
 /// Consumer group (and inbox name) of the tax service.
 pub const CONSUMER: &str = "tax";
-/// Input topics.
-pub const ORDERS_CREATED: &str = "orders.created";
+/// Input: new orders.
+pub const ORDERS_CREATED: &str = topics::ORDERS_CREATED.name;
 /// Input: changed orders.
-pub const ORDERS_UPDATED: &str = "orders.updated";
+pub const ORDERS_UPDATED: &str = topics::ORDERS_UPDATED.name;
 /// Input: new transactions.
-pub const TRANSACTIONS_CREATED: &str = "transactions.created";
+pub const TRANSACTIONS_CREATED: &str = topics::TRANSACTIONS_CREATED.name;
 /// Input: changed transactions (a failure or refund reverses the VAT).
-pub const TRANSACTIONS_UPDATED: &str = "transactions.updated";
-/// Output: results.
-pub const TAX_CALCULATED: &str = "tax.calculated";
-/// Output: failures.
-pub const TAX_FAILED: &str = "tax.failed";
-/// Output: reversals of calculated VAT.
-pub const TAX_REVERSED: &str = "tax.reversed";
+pub const TRANSACTIONS_UPDATED: &str = topics::TRANSACTIONS_UPDATED.name;
 /// Output: records that could not be decoded.
-pub const TAX_DLQ: &str = "tax.dlq";
+pub const TAX_DLQ: &str = topics::TAX_DLQ.name;
 /// Topics tax reads.
 pub const INPUT_TOPICS: [&str; 4] = [
     ORDERS_CREATED,
@@ -73,198 +59,15 @@ pub const INPUT_TOPICS: [&str; 4] = [
     TRANSACTIONS_UPDATED,
 ];
 /// Topics tax writes.
-pub const OUTPUT_TOPICS: [&str; 4] = [TAX_CALCULATED, TAX_FAILED, TAX_REVERSED, TAX_DLQ];
+pub const OUTPUT_TOPICS: [&str; 4] = [
+    topics::TAX_CALCULATED.name,
+    topics::TAX_FAILED.name,
+    topics::TAX_REVERSED.name,
+    TAX_DLQ,
+];
 
 /// Topic names with an optional prefix.
 pub type Topics = fintech_platform::kafka::TopicNames;
-
-/// What became of one transaction.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Calculated now and published.
-    Taxed(domain::TaxedTransaction),
-    /// Already had a result: nothing done.
-    AlreadyTaxed,
-    /// Waiting for its order.
-    Parked,
-    /// Created as failed: nothing to tax.
-    NotTaxable,
-    /// Could not be taxed: failure recorded and published.
-    Failed(Failure),
-}
-
-/// Calculates, parks or fails transactions; shared by the consumer, the sweeper and RetryFailed.
-#[derive(Debug, Clone)]
-pub struct Processor {
-    topics: Topics,
-    rates: &'static RateTable,
-    park_deadline: Duration,
-}
-
-impl Processor {
-    /// A processor publishing on `topics`, parking for at most `park_deadline`.
-    pub fn new(topics: Topics, rates: &'static RateTable, park_deadline: Duration) -> Self {
-        Self {
-            topics,
-            rates,
-            park_deadline,
-        }
-    }
-
-    /// The rate table in use.
-    pub fn rates(&self) -> &'static RateTable {
-        self.rates
-    }
-
-    /// Processes one transaction event inside the caller's open transaction. With `may_park`
-    /// false (deadline passed, operator retry) a missing order is a failure instead.
-    pub async fn process(&self, conn: &mut PgConnection, envelope: &Parked, may_park: bool) -> anyhow::Result<Outcome> {
-        let span = tracing::info_span!("tax.process", transaction_id = %envelope.transaction_id, order_id = %envelope.order_id);
-        // Results continue the trace of the transaction's event, even when an order event releases it.
-        telemetry::set_remote_parent(
-            &span,
-            &TraceHeaders {
-                traceparent: envelope.traceparent.clone(),
-                tracestate: envelope.tracestate.clone(),
-            },
-        );
-        self.process_in_span(conn, envelope, may_park).instrument(span).await
-    }
-
-    async fn process_in_span(
-        &self,
-        conn: &mut PgConnection,
-        envelope: &Parked,
-        may_park: bool,
-    ) -> anyhow::Result<Outcome> {
-        let transaction =
-            payments::Transaction::decode(envelope.payload.as_slice()).context("decode parked transaction")?;
-        let transaction = proto::taxable_transaction(&transaction).map_err(anyhow::Error::msg)?;
-        storage::lock_order(conn, transaction.order_id).await?;
-        let state = storage::transaction_state(conn, transaction.transaction_id, transaction.order_id).await?;
-        if state.taxed {
-            return Ok(Outcome::AlreadyTaxed);
-        }
-        if state.reversed {
-            // It failed or was refunded before it could be taxed (its update came first).
-            return Ok(Outcome::NotTaxable);
-        }
-        let now = Utc::now();
-        match domain::decide(&transaction, state.order.as_ref(), self.rates, fintech_now(now)) {
-            Decision::Taxed(taxed) => {
-                if !storage::insert_taxed(conn, &taxed).await? {
-                    return Ok(Outcome::AlreadyTaxed);
-                }
-                if state.open_failure {
-                    storage::resolve_failure(conn, taxed.transaction_id).await?;
-                }
-                let event = OutboxEvent::protobuf(
-                    self.topics.name(TAX_CALCULATED),
-                    taxed.order_id.to_string(),
-                    "fintech.tax.v1.tax.calculated",
-                    "fintech.tax.v1.TaxedTransaction",
-                    &pb::TaxedTransaction::from(&taxed),
-                    taxed.calculated_at,
-                );
-                outbox::enqueue(conn, SOURCE, &event).await?;
-                tracing::info!(
-                    tax_applied = taxed.tax_applied,
-                    rate_bps = taxed.tax_rate_bps,
-                    "tax calculated"
-                );
-                Ok(Outcome::Taxed(taxed))
-            }
-            Decision::Park if may_park => {
-                let deadline = now + chrono::Duration::from_std(self.park_deadline).context("park deadline")?;
-                storage::park(conn, envelope, deadline).await?;
-                tracing::info!(%deadline, "order not cached yet, transaction parked");
-                Ok(Outcome::Parked)
-            }
-            Decision::Park => {
-                let detail = format!("order {} did not arrive", transaction.order_id);
-                self.fail(conn, envelope, FailureReason::OrderNotFound, &detail).await
-            }
-            Decision::NotTaxable => Ok(Outcome::NotTaxable),
-            Decision::Fail(reason, detail) => self.fail(conn, envelope, reason, &detail).await,
-        }
-    }
-
-    /// Records that `transaction` stopped being taxable: reverses its result on `tax.reversed`
-    /// if it has one, otherwise voids it (drops it from parking; a late creation is not taxed).
-    /// Returns whether a reversal was published.
-    pub async fn reverse(
-        &self,
-        conn: &mut PgConnection,
-        transaction: &domain::TaxableTransaction,
-        reason: domain::ReversalReason,
-        transaction_version: i64,
-    ) -> anyhow::Result<bool> {
-        storage::lock_order(conn, transaction.order_id).await?;
-        let taxed = storage::get_taxed(conn, transaction.transaction_id).await?;
-        let now = fintech_now(Utc::now());
-        let recorded = storage::insert_reversal(
-            conn,
-            transaction.transaction_id,
-            transaction.order_id,
-            reason,
-            transaction_version,
-            taxed.is_some(),
-            now,
-        )
-        .await?;
-        if !recorded {
-            return Ok(false);
-        }
-        let Some(taxed) = taxed else {
-            let unparked = storage::unpark(conn, transaction.transaction_id).await?;
-            tracing::info!(transaction_id = %transaction.transaction_id, unparked, "transaction voided before it was taxed");
-            return Ok(false);
-        };
-        let event = OutboxEvent::protobuf(
-            self.topics.name(TAX_REVERSED),
-            taxed.order_id.to_string(),
-            "fintech.tax.v1.tax.reversed",
-            "fintech.tax.v1.TaxReversal",
-            &proto::reversal(&taxed, reason, transaction_version, now),
-            now,
-        );
-        outbox::enqueue(conn, SOURCE, &event).await?;
-        tracing::info!(transaction_id = %taxed.transaction_id, tax_reversed = taxed.tax_applied, "tax reversed");
-        Ok(true)
-    }
-
-    async fn fail(
-        &self,
-        conn: &mut PgConnection,
-        envelope: &Parked,
-        reason: FailureReason,
-        detail: &str,
-    ) -> anyhow::Result<Outcome> {
-        let failure = storage::record_failure(conn, envelope, reason, detail, fintech_now(Utc::now())).await?;
-        let event = OutboxEvent::protobuf(
-            self.topics.name(TAX_FAILED),
-            failure.order_id.to_string(),
-            "fintech.tax.v1.tax.failed",
-            "fintech.tax.v1.TaxFailure",
-            &pb::TaxFailure::from(&failure),
-            failure.failed_at,
-        );
-        outbox::enqueue(conn, SOURCE, &event).await?;
-        tracing::warn!(
-            reason = reason.as_str(),
-            detail,
-            attempts = failure.attempts,
-            "transaction could not be taxed"
-        );
-        Ok(Outcome::Failed(failure))
-    }
-}
-
-/// Microsecond precision, as stored.
-fn fintech_now(now: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
-    use chrono::SubsecRound;
-    now.trunc_subsecs(6)
-}
 
 /// The consumer's handler: each event's effect runs in the transaction (one per record, or one
 /// per batch) that records it in the inbox (see [`fintech_platform::kafka::transactional`]).
@@ -374,32 +177,6 @@ impl TransactionalHandler for TaxHandler {
             .await
             .map_err(HandlerError::transient)
     }
-}
-
-/// Fails parked transactions whose deadline passed, every `interval`, until `shutdown`.
-pub async fn run_deadline_sweeper(pool: PgPool, processor: Processor, interval: Duration, shutdown: CancellationToken) {
-    loop {
-        match sweep_once(&pool, &processor).await {
-            Ok(count) if count > 0 => tracing::info!(count, "parked transactions past their deadline handled"),
-            Ok(_) => {}
-            Err(error) => tracing::warn!(error = format!("{error:#}"), "deadline sweep failed, will retry"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
-}
-
-/// One sweep: up to 100 expired parked transactions, in one transaction.
-pub async fn sweep_once(pool: &PgPool, processor: &Processor) -> anyhow::Result<usize> {
-    let mut tx = pool.begin().await?;
-    let expired = storage::take_expired(&mut tx, 100).await?;
-    for parked in &expired {
-        processor.process(&mut tx, parked, false).await?;
-    }
-    tx.commit().await?;
-    Ok(expired.len())
 }
 
 /// The handler as the platform consumer wants it.

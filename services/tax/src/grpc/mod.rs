@@ -1,69 +1,68 @@
 //! `fintech.tax.v1.TaxService`: reads of results and failures, a stateless quote, and the
 //! operator's retry of a failed transaction.
 
-use chrono::Utc;
-use fintech_platform::grpc::invalid_argument;
+mod status;
+
 use fintech_proto::tax as pb;
 use fintech_proto::tax::tax_service_server::TaxService;
+use fintech_types::Violations;
+use fintech_types::fields::{check_product_type, parse_country, parse_currency, require_id};
 use fintech_types::paging::PageRequest;
-use fintech_types::{Country, Currency};
 use sqlx::PgPool;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
-use uuid::Uuid;
+use tonic::{Request, Response, Status};
 
+use crate::app::{Processor, Retried};
+use crate::domain::TaxError;
 use crate::domain::vat::VatError;
-use crate::events::{Outcome, Processor};
 use crate::proto::from_timestamp;
-use crate::storage::{self, Parked, TaxedFilter};
+use crate::storage::{self, TaxedFilter};
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
-pub struct Tax {
+pub struct TaxGrpc {
     pool: PgPool,
     processor: Processor,
 }
 
-impl Tax {
+impl TaxGrpc {
     /// A service over `pool`.
     pub fn new(pool: PgPool, processor: Processor) -> Self {
         Self { pool, processor }
     }
+
+    async fn connection(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, Status> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(|error| Status::from(TaxError::Internal(error.into())))
+    }
 }
 
 fn internal(error: anyhow::Error) -> Status {
-    tracing::error!(error = format!("{error:#}"), "tax request failed");
-    Status::internal("internal error; the request can be retried")
+    Status::from(TaxError::Internal(error))
 }
 
 fn violation(field: &str, description: impl Into<String>) -> Status {
-    invalid_argument(&[(field.to_owned(), description.into())])
+    Status::from(TaxError::Invalid(Violations::single(field, description)))
 }
 
-fn parse_uuid(field: &str, value: &str) -> Result<Uuid, Status> {
-    if value.is_empty() {
-        return Err(violation(field, "is required"));
-    }
-    Uuid::parse_str(value).map_err(|_| violation(field, format!("must be a UUID, got {value:?}")))
+fn parse_uuid(field: &str, value: &str) -> Result<uuid::Uuid, Status> {
+    require_id(field, value).map_err(|violations| Status::from(TaxError::Invalid(violations)))
 }
 
 fn page(page_size: i32, page_token: &str) -> Result<PageRequest, Status> {
-    PageRequest::parse(page_size, page_token).map_err(|violations| invalid_argument(&violations))
+    PageRequest::parse(page_size, page_token).map_err(|violations| Status::from(TaxError::Invalid(violations)))
 }
 
-fn not_found(kind: &str, id: &str) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_resource_info(
-        format!("fintech.tax.v1.{kind}"),
-        id,
-        "",
-        format!("no {kind} for this transaction"),
-    );
-    Status::with_error_details(Code::NotFound, format!("no {kind} for transaction {id}"), details)
+fn not_found(resource: &'static str, id: &str) -> Status {
+    Status::from(TaxError::NotFound {
+        resource,
+        id: id.to_owned(),
+    })
 }
 
 #[tonic::async_trait]
-impl TaxService for Tax {
+impl TaxService for TaxGrpc {
     #[tracing::instrument(skip_all)]
     async fn get_taxed_transaction(
         &self,
@@ -71,7 +70,7 @@ impl TaxService for Tax {
     ) -> Result<Response<pb::GetTaxedTransactionResponse>, Status> {
         let request = request.into_inner();
         let id = parse_uuid("transaction_id", &request.transaction_id)?;
-        let mut conn = self.pool.acquire().await.map_err(|error| internal(error.into()))?;
+        let mut conn = self.connection().await?;
         let taxed = storage::get_taxed(&mut conn, id)
             .await
             .map_err(internal)?
@@ -93,7 +92,7 @@ impl TaxService for Tax {
             _ => return Err(violation("order_id", "set exactly one of order_id and customer_id")),
         };
         let page = page(request.page_size, &request.page_token)?;
-        let mut conn = self.pool.acquire().await.map_err(|error| internal(error.into()))?;
+        let mut conn = self.connection().await?;
         let (items, next) = storage::list_taxed(&mut conn, &filter, &page).await.map_err(internal)?;
         Ok(Response::new(pb::ListTaxedTransactionsResponse {
             taxed_transactions: items.iter().map(pb::TaxedTransaction::from).collect(),
@@ -104,33 +103,27 @@ impl TaxService for Tax {
     #[tracing::instrument(skip_all)]
     async fn quote_tax(&self, request: Request<pb::QuoteTaxRequest>) -> Result<Response<pb::QuoteTaxResponse>, Status> {
         let request = request.into_inner();
-        let mut violations = Vec::new();
-        if let Err(error) = Country::parse(&request.country) {
-            violations.push(("country".to_owned(), error.to_string()));
-        }
-        if let Err(error) = Currency::parse(&request.currency) {
-            violations.push(("currency".to_owned(), error.to_string()));
-        }
+        let mut violations = Violations::default();
+        parse_country("country", &request.country, &mut violations);
+        parse_currency("currency", &request.currency, &mut violations);
         if request.amount <= 0 {
-            violations.push((
-                "amount".to_owned(),
+            violations.add(
+                "amount",
                 format!("must be greater than 0 (minor units), got {}", request.amount),
-            ));
+            );
         }
-        if request.product_type.is_empty() {
-            violations.push(("product_type".to_owned(), "is required".to_owned()));
-        }
+        check_product_type("product_type", &request.product_type, &mut violations);
         let tax_date = match &request.tax_date {
-            None => Some(Utc::now()),
+            None => Some(chrono::Utc::now()),
             Some(timestamp) => from_timestamp(Some(timestamp)),
         };
         if tax_date.is_none() {
-            violations.push(("tax_date".to_owned(), "is not a valid timestamp".to_owned()));
+            violations.add("tax_date", "is not a valid timestamp");
         }
         if !violations.is_empty() {
-            return Err(invalid_argument(&violations));
+            return Err(Status::from(TaxError::Invalid(violations)));
         }
-        let tax_date = tax_date.unwrap_or_else(Utc::now).date_naive();
+        let tax_date = tax_date.unwrap_or_else(chrono::Utc::now).date_naive();
         let rates = self.processor.rates();
         let calculation = rates
             .calculate(&request.country, &request.product_type, tax_date, request.amount)
@@ -157,7 +150,7 @@ impl TaxService for Tax {
     ) -> Result<Response<pb::ListFailedResponse>, Status> {
         let request = request.into_inner();
         let page = page(request.page_size, &request.page_token)?;
-        let mut conn = self.pool.acquire().await.map_err(|error| internal(error.into()))?;
+        let mut conn = self.connection().await?;
         let (items, next) = storage::list_open_failures(&mut conn, &page).await.map_err(internal)?;
         Ok(Response::new(pb::ListFailedResponse {
             failures: items.iter().map(pb::TaxFailure::from).collect(),
@@ -172,43 +165,20 @@ impl TaxService for Tax {
     ) -> Result<Response<pb::RetryFailedResponse>, Status> {
         let request = request.into_inner();
         let id = parse_uuid("transaction_id", &request.transaction_id)?;
-        let mut tx = self.pool.begin().await.map_err(|error| internal(error.into()))?;
-        let failure = storage::get_open_failure(&mut tx, id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| not_found("TaxFailure", &request.transaction_id))?;
-        let envelope = Parked {
-            transaction_id: failure.transaction_id,
-            order_id: failure.order_id,
-            event_type: failure.original_event_type.clone(),
-            payload: failure.original_event.clone(),
-            traceparent: failure.traceparent.clone(),
-            tracestate: failure.tracestate.clone(),
-        };
-        let outcome = self
-            .processor
-            .process(&mut tx, &envelope, false)
-            .await
-            .map_err(internal)?;
-        let response = match outcome {
-            Outcome::Taxed(taxed) => pb::RetryFailedResponse {
+        let response = match self.processor.retry_failed(&self.pool, id).await? {
+            Retried::Taxed(taxed) => pb::RetryFailedResponse {
                 taxed_transaction: Some((&taxed).into()),
                 failure: None,
             },
-            Outcome::Failed(failure) => pb::RetryFailedResponse {
+            Retried::Failed(failure) => pb::RetryFailedResponse {
                 taxed_transaction: None,
                 failure: Some((&failure).into()),
             },
-            Outcome::AlreadyTaxed | Outcome::NotTaxable | Outcome::Parked => {
-                storage::resolve_failure(&mut tx, id).await.map_err(internal)?;
-                let taxed = storage::get_taxed(&mut tx, id).await.map_err(internal)?;
-                pb::RetryFailedResponse {
-                    taxed_transaction: taxed.as_ref().map(Into::into),
-                    failure: None,
-                }
-            }
+            Retried::Resolved(taxed) => pb::RetryFailedResponse {
+                taxed_transaction: taxed.as_ref().map(Into::into),
+                failure: None,
+            },
         };
-        tx.commit().await.map_err(|error| internal(error.into()))?;
         Ok(Response::new(response))
     }
 }

@@ -45,7 +45,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fintech_platform::db::{self, LOCK_NOT_AVAILABLE, SERIALIZATION_FAILURE, UNIQUE_VIOLATION};
+use fintech_platform::db::DbFault;
 use fintech_platform::idempotency::{Claim, IdempotencyError, IdempotencyKey, IdempotencyStore};
 use fintech_platform::kafka::consumer::mark_processed;
 use fintech_platform::outbox::OutboxRow;
@@ -66,7 +66,6 @@ use crate::storage::{self, AppendOutcome, Write};
 /// entry whichever way it arrived).
 pub const POST_ENTRY_SCOPE: &str = "/fintech.ledger.v1.LedgerService/PostEntry";
 /// SQLSTATE of a detected deadlock.
-const DEADLOCK_DETECTED: &str = "40P01";
 /// First backoff after a conflict; doubles up to [`MAX_BACKOFF`], with full jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 /// Longest backoff between two attempts.
@@ -576,14 +575,8 @@ impl Ledger {
 /// A retry for conflicts, serialization failures, deadlocks and lock timeouts; an internal error
 /// otherwise.
 fn classify(error: anyhow::Error) -> Result<Attempt, PostError> {
-    let sqlstate = error
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
-        .and_then(db::sqlstate);
-    match sqlstate.as_deref() {
-        Some(SERIALIZATION_FAILURE | DEADLOCK_DETECTED | LOCK_NOT_AVAILABLE | UNIQUE_VIOLATION) => {
-            Ok(Attempt::Retry(format!("{error:#}")))
-        }
+    match DbFault::in_chain(error.as_ref()) {
+        Some(DbFault::Conflict | DbFault::UniqueViolation(_)) => Ok(Attempt::Retry(format!("{error:#}"))),
         _ => Err(LedgerError::Internal(error).into()),
     }
 }
