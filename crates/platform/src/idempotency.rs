@@ -149,15 +149,15 @@ const PURGE_BATCH: i64 = 10_000;
 /// Length of a [`fingerprint`] (hex SHA-256); the Redis cache value starts with one.
 const FINGERPRINT_LEN: usize = 64;
 
-/// Inserts the placeholder under the claim's own `lock_timeout`, or reads the stored row, in one
-/// round trip (`migrations/platform/0004_idempotency_claim.sql`).
-const CLAIM: &str = "SELECT claimed, stored_fingerprint, stored_response FROM idempotency_claim($1, $2, $3, $4)";
-/// The statement of [`IdempotencyStore::complete`] with its scope, key and response at the given
-/// placeholders, for a service that folds it into a larger statement (a data-modifying CTE) to
-/// save a round trip while it holds locks. It must still run after the claim, in its transaction.
-pub fn complete_statement(scope: usize, key: usize, response: usize) -> String {
-    format!("UPDATE idempotency_keys SET response = ${response} WHERE scope = ${scope} AND idempotency_key = ${key}")
-}
+/// The statement of [`IdempotencyStore::complete`]: `$1` the response, `$2` the scope, `$3` the key.
+/// A service folds it into a larger [`Statement`](crate::sql::Statement) (a data-modifying CTE)
+/// to save a round trip while it holds locks; it must still run after the claim, in its
+/// transaction.
+pub const COMPLETE: &str = "UPDATE idempotency_keys SET response = $1 WHERE scope = $2 AND idempotency_key = $3";
+/// The claim: inserts the key's row under the claim's own `lock_timeout`, or reads the stored row,
+/// in one round trip (`migrations/platform/0004_idempotency_claim.sql`). `$1` scope, `$2` key,
+/// `$3` fingerprint, `$4` lock wait.
+pub const CLAIM: &str = "SELECT claimed, stored_fingerprint, stored_response FROM idempotency_claim($1, $2, $3, $4)";
 const PURGE: &str = "DELETE FROM idempotency_keys WHERE (scope, idempotency_key) IN ( \
          SELECT scope, idempotency_key FROM idempotency_keys \
          WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)";
@@ -399,10 +399,10 @@ impl IdempotencyStore {
         key: &IdempotencyKey,
         response: &[u8],
     ) -> Result<(), IdempotencyError> {
-        let updated = sqlx::query(&complete_statement(1, 2, 3))
+        let updated = sqlx::query(COMPLETE)
+            .bind(response)
             .bind(scope)
             .bind(key.as_str())
-            .bind(response)
             .execute(&mut *conn)
             .await?
             .rows_affected();
@@ -446,7 +446,7 @@ impl IdempotencyStore {
     }
 
     /// [`execute`](Self::execute) for a command that stores its response itself, in the statement
-    /// that writes its business rows (a data-modifying CTE using [`complete_statement`]), to save
+    /// that writes its business rows (a data-modifying CTE using [`COMPLETE`]), to save
     /// the round trip of [`complete`](Self::complete). With a key, `body` gets the
     /// [`ResponseSlot`] to write to and must store there exactly the encoding of the response it
     /// returns; without a key it gets `None` and stores nothing.
@@ -597,7 +597,7 @@ impl IdempotencyStore {
 }
 
 /// Where a command run by [`IdempotencyStore::execute_folded`] stores its encoded response: the
-/// row its claim inserted, to be filled by [`complete_statement`] in the command's own statement.
+/// row its claim inserted, to be filled by [`COMPLETE`] in the command's own statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseSlot {
     /// The scope of the key (the gRPC method).

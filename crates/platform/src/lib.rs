@@ -11,6 +11,7 @@
 //! - [`outbox`]: transactional outbox and its relay;
 //! - [`idempotency`]: idempotent commands keyed by the `idempotency-key` metadata;
 //! - [`shutdown`]: the SIGTERM/SIGINT cancellation token;
+//! - [`sql`]: statements assembled from parts, placeholders numbered for you;
 //! - [`kit`]: the service kit every service's `run()` and `main()` are built on.
 
 pub mod config;
@@ -22,6 +23,7 @@ pub mod kafka;
 pub mod kit;
 pub mod outbox;
 pub mod shutdown;
+pub mod sql;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -101,10 +101,19 @@ impl OutboxEvent {
 /// The outbox columns an event fills, in the order [`OutboxRow::bind`] binds them.
 pub const COLUMNS: &str = "event_id, topic, record_key, event_type, event_source, payload_type, payload, traceparent, tracestate, occurred_at";
 
+/// The insert of one outbox row, `$1..$10` in [`COLUMNS`] order: a part of a larger
+/// [`Statement`](crate::sql::Statement), or the whole of [`enqueue`].
+pub fn insert_statement() -> String {
+    format!(
+        "INSERT INTO outbox ({COLUMNS}) VALUES ({})",
+        crate::sql::placeholders(COLUMNS.split(',').count())
+    )
+}
+
 /// An outbox row about to be written: the event with its id and the trace context of the current
 /// span. [`enqueue`] writes one on its own; a service that folds the insert into a larger statement
-/// (to save round trips while it holds locks) uses [`COLUMNS`], [`OutboxRow::placeholders`] and
-/// [`OutboxRow::bind`], so the row is the same either way.
+/// (to save round trips while it holds locks) uses [`insert_statement`] (or [`COLUMNS`]) as a part of a
+/// [`Statement`](crate::sql::Statement) and [`OutboxRow::bind`], so the row is the same either way.
 #[derive(Debug, Clone)]
 pub struct OutboxRow<'a> {
     /// The event id (`ce_id`).
@@ -123,14 +132,6 @@ impl<'a> OutboxRow<'a> {
             event,
             trace: TraceHeaders::current(),
         }
-    }
-
-    /// `$first, …, $(first + 9)`: one placeholder per column of [`COLUMNS`].
-    pub fn placeholders(first: usize) -> String {
-        (first..first + 10)
-            .map(|index| format!("${index}"))
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 
     /// Binds the row's values to `query`, in [`COLUMNS`] order.
@@ -157,7 +158,7 @@ impl<'a> OutboxRow<'a> {
 #[tracing::instrument(skip(conn, event), fields(topic = %event.topic, key = %event.key))]
 pub async fn enqueue(conn: &mut PgConnection, source: &str, event: &OutboxEvent) -> Result<Uuid> {
     let row = OutboxRow::new(source, event);
-    let sql = format!("INSERT INTO outbox ({COLUMNS}) VALUES ({})", OutboxRow::placeholders(1));
+    let sql = insert_statement();
     row.bind(sqlx::query(&sql)).execute(conn).await?;
     Ok(row.event_id)
 }

@@ -10,8 +10,9 @@ use std::collections::HashMap;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use fintech_platform::idempotency::complete_statement;
-use fintech_platform::outbox::{self, OutboxRow};
+use fintech_platform::idempotency;
+use fintech_platform::outbox;
+use fintech_platform::sql::{self, Statement};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -209,8 +210,9 @@ pub async fn append_entry(
 ) -> anyhow::Result<AppendOutcome> {
     let column = |value: fn(&StreamAppend<'_>) -> i64| appends.iter().map(value).collect::<Vec<i64>>();
     let stream_ids: Vec<Uuid> = appends.iter().map(|append| append.event.stream_id).collect();
-    let sql = format!(
-        "WITH input AS ( \
+    let sql = Statement::new()
+        .part(
+            "WITH input AS ( \
              SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::jsonb[], $6::text[], \
                                   $7::text[], $8::bigint[]) \
                AS i(stream_id, expected_version, version, event_type, payload, previous_hash, hash, balance)), \
@@ -232,18 +234,19 @@ pub async fn append_entry(
              INSERT INTO ledger_entries (entry_id, posted_at, line_count, account_ids) \
              SELECT $10, $9, $11, $1 WHERE (SELECT count(*) FROM moved) = cardinality($1::uuid[]) \
              ON CONFLICT (entry_id) DO NOTHING \
-             RETURNING entry_id), \
-         queued AS ( \
-             INSERT INTO outbox ({outbox_columns}) SELECT {outbox_values} FROM recorded \
-             RETURNING event_id), \
-         completed AS ({complete} AND EXISTS (SELECT 1 FROM recorded) RETURNING 1) \
-         SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM appended) AS appended, \
-                (SELECT count(*) FROM projected) AS projected, (SELECT count(*) FROM recorded) AS recorded, \
-                (SELECT count(*) FROM queued) AS queued, (SELECT count(*) FROM completed) AS completed",
-        outbox_columns = outbox::COLUMNS,
-        outbox_values = OutboxRow::placeholders(15),
-        complete = complete_statement(12, 13, 14),
-    );
+             RETURNING entry_id), ",
+        )
+        .text(&format!("queued AS (INSERT INTO outbox ({}) SELECT ", outbox::COLUMNS))
+        .part(&sql::placeholders(outbox::COLUMNS.split(',').count()))
+        .text(" FROM recorded RETURNING event_id), completed AS (")
+        .part(idempotency::COMPLETE)
+        .text(
+            " AND EXISTS (SELECT 1 FROM recorded) RETURNING 1) \
+             SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM appended) AS appended, \
+                    (SELECT count(*) FROM projected) AS projected, (SELECT count(*) FROM recorded) AS recorded, \
+                    (SELECT count(*) FROM queued) AS queued, (SELECT count(*) FROM completed) AS completed",
+        )
+        .into_sql();
     let query = sqlx::query(&sql)
         .bind(&stream_ids)
         .bind(column(|append| append.expected_version))
@@ -275,13 +278,13 @@ pub async fn append_entry(
         .bind(column(|append| append.balance_after))
         .bind(posted_at)
         .bind(entry_id)
-        .bind(i32::try_from(line_count).context("line count")?)
-        .bind(effects.idempotency_scope)
-        .bind(effects.idempotency_key)
-        .bind(effects.response);
+        .bind(i32::try_from(line_count).context("line count")?);
     let row = effects
         .outbox
         .bind(query)
+        .bind(effects.response)
+        .bind(effects.idempotency_scope)
+        .bind(effects.idempotency_key)
         .fetch_one(conn)
         .await
         .context("append entry")?;

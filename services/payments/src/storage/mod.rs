@@ -6,8 +6,9 @@
 //! before it and the commit after it, a command is four round trips (five with a locking read).
 
 use anyhow::Context as _;
-use fintech_platform::idempotency::{ResponseSlot, complete_statement};
+use fintech_platform::idempotency::{self, ResponseSlot};
 use fintech_platform::outbox::{self, OutboxRow};
+use fintech_platform::sql::{self, Statement};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::{PgConnection, Postgres, Row};
@@ -60,26 +61,50 @@ pub struct Effects<'a> {
     pub response: Option<(&'a ResponseSlot, &'a [u8])>,
 }
 
-/// The statement of [`write_with_effects`]: `business` (one `INSERT`/`UPDATE … RETURNING 1` using
-/// `$1..$business_params`), then the outbox row, then, with a response slot, the response.
-fn effects_statement(business: &str, business_params: usize, effects: &Effects<'_>) -> String {
-    let outbox_first = business_params + 1;
-    let response_first = outbox_first + 10;
-    let completed = if effects.response.is_some() {
-        format!(
-            "completed AS ({} RETURNING 1)",
-            complete_statement(response_first + 1, response_first + 2, response_first)
-        )
+/// The statement of [`write_with_effects`]: `business` (one `INSERT`/`UPDATE … RETURNING 1` with
+/// its own `$1..$n`), then the outbox row, then, with a response, the stored response
+/// ([`idempotency::COMPLETE`]), as data-modifying CTEs in one round trip. Parameters bind in that
+/// order.
+pub fn effects_statement(business: &str, with_response: bool) -> String {
+    let statement = Statement::new()
+        .text("WITH business AS (")
+        .part(business)
+        .text("), queued AS (")
+        .part(&outbox::insert_statement())
+        .text(" RETURNING 1), ");
+    let statement = if with_response {
+        statement
+            .text("completed AS (")
+            .part(idempotency::COMPLETE)
+            .text(" RETURNING 1)")
     } else {
-        "completed AS (SELECT 1 WHERE false)".to_owned()
+        statement.text("completed AS (SELECT 1 WHERE false)")
     };
+    statement
+        .text(" SELECT (SELECT count(*) FROM business) AS written, (SELECT count(*) FROM completed) AS completed")
+        .into_sql()
+}
+
+/// The business part of `CreateOrder`'s statement (`$1..$9` in `ORDER_COLUMNS` order).
+pub fn insert_order_sql() -> String {
     format!(
-        "WITH business AS ({business}), \
-         queued AS (INSERT INTO outbox ({columns}) VALUES ({values}) RETURNING 1), {completed} \
-         SELECT (SELECT count(*) FROM business) AS written, (SELECT count(*) FROM completed) AS completed",
-        columns = outbox::COLUMNS,
-        values = OutboxRow::placeholders(outbox_first),
+        "INSERT INTO orders ({ORDER_COLUMNS}) VALUES ({}) RETURNING 1",
+        sql::placeholders(9)
     )
+}
+
+/// The business part of `CreateTransaction`'s statement (`$1..$9` in `TRANSACTION_COLUMNS` order).
+pub fn insert_transaction_sql() -> String {
+    format!(
+        "INSERT INTO transactions ({TRANSACTION_COLUMNS}) VALUES ({}) RETURNING 1",
+        sql::placeholders(9)
+    )
+}
+
+/// The read of an order by id, `FOR UPDATE` when `lock`.
+pub fn get_order_sql(lock: bool) -> String {
+    let suffix = if lock { " FOR UPDATE" } else { "" };
+    format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1{suffix}")
 }
 
 /// Runs `sql` (from [`effects_statement`]) with the business values bound by `bind`, then the
@@ -108,11 +133,7 @@ async fn write_with_effects<'q>(
 /// Inserts a new order with its effects.
 #[tracing::instrument(skip_all, fields(order_id = %order.order_id))]
 pub async fn insert_order(conn: &mut PgConnection, order: &Order, effects: &Effects<'_>) -> anyhow::Result<()> {
-    let sql = effects_statement(
-        &format!("INSERT INTO orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING 1"),
-        9,
-        effects,
-    );
+    let sql = effects_statement(&insert_order_sql(), effects.response.is_some());
     write_with_effects(
         conn,
         &sql,
@@ -138,14 +159,11 @@ pub async fn insert_order(conn: &mut PgConnection, order: &Order, effects: &Effe
 /// Reads an order; `lock` takes a row lock until the transaction ends.
 #[tracing::instrument(skip(conn))]
 pub async fn get_order(conn: &mut PgConnection, order_id: Uuid, lock: bool) -> anyhow::Result<Option<Order>> {
-    let suffix = if lock { " FOR UPDATE" } else { "" };
-    let row = sqlx::query(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1{suffix}"
-    ))
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await
-    .context("read order")?;
+    let row = sqlx::query(&get_order_sql(lock))
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await
+        .context("read order")?;
     row.as_ref().map(order_from_row).transpose()
 }
 
@@ -156,8 +174,7 @@ pub async fn update_order(conn: &mut PgConnection, order: &Order, effects: &Effe
     let sql = effects_statement(
         "UPDATE orders SET country = $2, amount = $3, product_type = $4, updated_at = $5, version = $6 \
          WHERE order_id = $1 AND version = $6 - 1 RETURNING 1",
-        6,
-        effects,
+        effects.response.is_some(),
     );
     let updated = write_with_effects(
         conn,
@@ -214,13 +231,7 @@ pub async fn insert_transaction(
     transaction: &Transaction,
     effects: &Effects<'_>,
 ) -> anyhow::Result<()> {
-    let sql = effects_statement(
-        &format!(
-            "INSERT INTO transactions ({TRANSACTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING 1"
-        ),
-        9,
-        effects,
-    );
+    let sql = effects_statement(&insert_transaction_sql(), effects.response.is_some());
     write_with_effects(
         conn,
         &sql,
@@ -272,8 +283,7 @@ pub async fn update_transaction(
     let sql = effects_statement(
         "UPDATE transactions SET status = $2, updated_at = $3, version = $4 \
          WHERE transaction_id = $1 AND version = $4 - 1 RETURNING 1",
-        4,
-        effects,
+        effects.response.is_some(),
     );
     let updated = write_with_effects(
         conn,
