@@ -279,6 +279,13 @@ pub enum IdempotencyError {
         /// The key that was not claimed.
         key: IdempotencyKey,
     },
+    /// The stored response of the key no longer decodes as the command's response (a bug, or a
+    /// response type changed incompatibly).
+    #[error("the stored response of idempotency key {key:?} does not decode")]
+    CorruptResponse {
+        /// The key whose response is unreadable.
+        key: IdempotencyKey,
+    },
     /// PostgreSQL failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -302,6 +309,7 @@ impl From<IdempotencyError> for Status {
                 tracing::error!(key = %key, "idempotency response stored without a claim");
                 Status::internal("internal error")
             }
+            IdempotencyError::CorruptResponse { .. } => Status::internal("internal error"),
             IdempotencyError::Database(error) => crate::grpc::status::database(&error),
         }
     }
@@ -426,18 +434,19 @@ impl IdempotencyStore {
         skip_all,
         fields(scope = %scope, key = key.as_ref().map(IdempotencyKey::as_str))
     )]
-    pub async fn execute<Req, Resp, F>(
+    pub async fn execute<Req, Resp, E, F>(
         &self,
         pool: &PgPool,
         scope: &str,
         key: Option<IdempotencyKey>,
         request: &Req,
         body: F,
-    ) -> Result<Resp, Status>
+    ) -> Result<Resp, E>
     where
+        E: From<IdempotencyError>,
         Req: Message,
         Resp: Message + Default,
-        F: AsyncFnOnce(&mut PgConnection) -> Result<Resp, Status>,
+        F: AsyncFnOnce(&mut PgConnection) -> Result<Resp, E>,
     {
         self.run(pool, scope, key, request, Completion::ByStore, async |conn, _slot| {
             body(conn).await
@@ -455,23 +464,24 @@ impl IdempotencyStore {
         skip_all,
         fields(scope = %scope, key = key.as_ref().map(IdempotencyKey::as_str))
     )]
-    pub async fn execute_folded<Req, Resp, F>(
+    pub async fn execute_folded<Req, Resp, E, F>(
         &self,
         pool: &PgPool,
         scope: &str,
         key: Option<IdempotencyKey>,
         request: &Req,
         body: F,
-    ) -> Result<Resp, Status>
+    ) -> Result<Resp, E>
     where
+        E: From<IdempotencyError>,
         Req: Message,
         Resp: Message + Default,
-        F: AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, Status>,
+        F: AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, E>,
     {
         self.run(pool, scope, key, request, Completion::ByBody, body).await
     }
 
-    async fn run<Req, Resp, F>(
+    async fn run<Req, Resp, E, F>(
         &self,
         pool: &PgPool,
         scope: &str,
@@ -479,22 +489,23 @@ impl IdempotencyStore {
         request: &Req,
         completion: Completion,
         body: F,
-    ) -> Result<Resp, Status>
+    ) -> Result<Resp, E>
     where
+        E: From<IdempotencyError>,
         Req: Message,
         Resp: Message + Default,
-        F: AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, Status>,
+        F: AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, E>,
     {
         let Some(key) = key else {
             let mut transaction = pool
                 .begin()
                 .await
-                .map_err(|error| crate::grpc::status::database(&error))?;
+                .map_err(|error| E::from(IdempotencyError::Database(error)))?;
             let response = body(&mut *transaction, None).await?;
             transaction
                 .commit()
                 .await
-                .map_err(|error| crate::grpc::status::database(&error))?;
+                .map_err(|error| E::from(IdempotencyError::Database(error)))?;
             return Ok(response);
         };
         let fingerprint = fingerprint(request);
@@ -509,7 +520,7 @@ impl IdempotencyStore {
         let cache_key = format!("idem:{scope}:{key}");
         let marker_key = format!("idem-lock:{scope}:{key}");
         if let Some(cached) = redis.lookup(&cache_key, &fingerprint).await {
-            return replay_cached(cached, &key);
+            return replay_cached(cached, &key).map_err(E::from);
         }
         let marker = uuid::Uuid::new_v4().to_string();
         let owns_marker = match redis.mark_in_flight(&marker_key, &marker).await {
@@ -520,7 +531,7 @@ impl IdempotencyStore {
                     .wait_for_response(&cache_key, &marker_key, &fingerprint, deadline)
                     .await
                 {
-                    return replay_cached(cached, &key);
+                    return replay_cached(cached, &key).map_err(E::from);
                 }
                 false
             }
@@ -540,7 +551,7 @@ impl IdempotencyStore {
 
     /// The authoritative path: claim, run, complete and commit in one transaction. Returns the
     /// response and its encoding (for the cache).
-    async fn execute_in_postgres<Resp, F>(
+    async fn execute_in_postgres<Resp, E, F>(
         &self,
         pool: &PgPool,
         scope: &str,
@@ -548,20 +559,21 @@ impl IdempotencyStore {
         fingerprint: &str,
         completion: Completion,
         body: F,
-    ) -> Result<(Resp, Vec<u8>), Status>
+    ) -> Result<(Resp, Vec<u8>), E>
     where
+        E: From<IdempotencyError>,
         Resp: Message + Default,
-        F: AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, Status>,
+        F: AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, E>,
     {
         let mut transaction = pool
             .begin()
             .await
-            .map_err(|error| crate::grpc::status::database(&error))?;
+            .map_err(|error| E::from(IdempotencyError::Database(error)))?;
         match self.claim(&mut transaction, scope, key, fingerprint).await {
             Ok(Claim::New) => {}
             Ok(Claim::Replay(encoded)) => {
                 rollback(transaction).await;
-                let response = decode_stored(&encoded, key)?;
+                let response = decode_stored(&encoded, key).map_err(E::from)?;
                 return Ok((response, encoded));
             }
             Err(error) => {
@@ -591,7 +603,7 @@ impl IdempotencyStore {
         transaction
             .commit()
             .await
-            .map_err(|error| crate::grpc::status::database(&error))?;
+            .map_err(|error| E::from(IdempotencyError::Database(error)))?;
         Ok((response, encoded))
     }
 }
@@ -659,17 +671,17 @@ async fn rollback(transaction: sqlx::Transaction<'static, sqlx::Postgres>) {
     }
 }
 
-fn decode_stored<Resp: Message + Default>(encoded: &[u8], key: &IdempotencyKey) -> Result<Resp, Status> {
+fn decode_stored<Resp: Message + Default>(encoded: &[u8], key: &IdempotencyKey) -> Result<Resp, IdempotencyError> {
     Resp::decode(encoded).map_err(|error| {
         tracing::error!(%error, key = %key, "stored idempotent response does not decode");
-        Status::internal("internal error")
+        IdempotencyError::CorruptResponse { key: key.clone() }
     })
 }
 
-fn replay_cached<Resp: Message + Default>(cached: Cached, key: &IdempotencyKey) -> Result<Resp, Status> {
+fn replay_cached<Resp: Message + Default>(cached: Cached, key: &IdempotencyKey) -> Result<Resp, IdempotencyError> {
     match cached {
         Cached::Response(encoded) => decode_stored(&encoded, key),
-        Cached::Conflict => Err(IdempotencyError::Conflict { key: key.clone() }.into()),
+        Cached::Conflict => Err(IdempotencyError::Conflict { key: key.clone() }),
     }
 }
 

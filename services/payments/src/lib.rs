@@ -3,13 +3,15 @@
 //!
 //! # Layout
 //! - [`config`]: environment variables;
-//! - [`grpc`]: the tonic service (decode, call the domain in one transaction, encode) and the one
-//!   error-to-status mapping;
+//! - [`grpc`]: the tonic service (decode, call [`app`], encode) and the one error-to-status
+//!   mapping;
+//! - [`app`]: the use cases (validate, one transaction with the outbox row and the stored answer);
 //! - [`domain`]: orders, transactions, validation, lifecycle (no I/O);
 //! - [`storage`]: the SQL;
 //! - [`events`]: topics and the outbox events;
 //! - [`proto`]: protobuf <-> domain conversions.
 
+pub mod app;
 pub mod config;
 pub mod domain;
 pub mod events;
@@ -58,11 +60,11 @@ impl Service for Payments {
 /// Runs payments on `listener` until `shutdown` fires: the gRPC service and the outbox relays.
 pub async fn run(config: PaymentsConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let kit = Kit::start(&config.platform, &MIGRATOR).await?;
-    let service = grpc::PaymentsGrpc::new(
+    let service = grpc::PaymentsGrpc::new(app::PaymentsApp::new(
         kit.pool().clone(),
         kit.idempotency()?,
         events::Topics::with_prefix(&config.platform.topic_prefix),
-    );
+    ));
     kit.grpc(PaymentsServiceServer::new(service))
         .serve(listener, shutdown)
         .await

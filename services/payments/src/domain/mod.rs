@@ -52,6 +52,10 @@ pub enum PaymentsError {
         /// The currency sent.
         given: String,
     },
+    /// The idempotency protocol refused the command (key reused with another request, still in
+    /// progress) or its storage failed.
+    #[error(transparent)]
+    Idempotency(#[from] fintech_platform::idempotency::IdempotencyError),
     /// Storage or plumbing failed.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),

@@ -24,6 +24,7 @@ impl From<PaymentsError> for Status {
             mismatch @ PaymentsError::CurrencyMismatch { .. } => {
                 status::failed_precondition("CURRENCY_MISMATCH", "currency", mismatch.to_string())
             }
+            PaymentsError::Idempotency(error) => Status::from(error),
             PaymentsError::Internal(error) => status::anyhow_failure(&error),
         }
     }

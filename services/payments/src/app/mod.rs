@@ -1,0 +1,248 @@
+//! The payments use cases: each command validates its input (`domain/`), then, inside one
+//! PostgreSQL transaction run by the idempotency store, reads what it needs, builds the new state
+//! and writes the business row, the outbox event and the stored answer in one statement
+//! ([`write_change`]). Reads run on a pooled connection. The gRPC layer only decodes, calls these
+//! and encodes; the answer of a command is its protobuf response because that is what a retry
+//! with the same idempotency key gets back, byte for byte.
+
+use fintech_platform::idempotency::{IdempotencyKey, IdempotencyStore, ResponseSlot};
+use fintech_platform::outbox::{OutboxEvent, OutboxRow};
+use fintech_proto::payments as pb;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{
+    self, CreateOrder, CreateTransaction, Order, OrderChanges, PageRequest, PaymentsError, Transaction,
+    TransactionStatus,
+};
+use crate::events::{Change, SOURCE, Topics};
+use crate::storage;
+
+/// The payments application: its pool, idempotency store and topics.
+#[derive(Debug, Clone)]
+pub struct PaymentsApp {
+    pool: PgPool,
+    idempotency: IdempotencyStore,
+    topics: Topics,
+}
+
+fn scope(method: &str) -> String {
+    format!("/fintech.payments.v1.PaymentsService/{method}")
+}
+
+impl PaymentsApp {
+    /// The application over `pool`, publishing on `topics`.
+    pub fn new(pool: PgPool, idempotency: IdempotencyStore, topics: Topics) -> Self {
+        Self {
+            pool,
+            idempotency,
+            topics,
+        }
+    }
+
+    async fn read<T>(
+        &self,
+        body: impl AsyncFnOnce(&mut PgConnection) -> Result<T, PaymentsError>,
+    ) -> Result<T, PaymentsError> {
+        let mut conn = self.pool.acquire().await.map_err(anyhow::Error::from)?;
+        body(&mut conn).await
+    }
+
+    /// Creates an order (version 1) and publishes it on `orders.created`.
+    pub async fn create_order(
+        &self,
+        key: Option<IdempotencyKey>,
+        request: &pb::CreateOrderRequest,
+    ) -> Result<pb::CreateOrderResponse, PaymentsError> {
+        let command = CreateOrder {
+            customer_id: request.customer_id.clone(),
+            country: request.country.clone(),
+            currency: request.currency.clone(),
+            amount: request.amount,
+            product_type: request.product_type.clone(),
+        };
+        let order = command.into_order(domain::now())?;
+        let response = self
+            .idempotency
+            .execute_folded(&self.pool, &scope("CreateOrder"), key, request, async |conn, slot| {
+                let response = pb::CreateOrderResponse {
+                    order: Some(pb::Order::from(&order)),
+                };
+                let event = self.topics.order_event(&order, Change::Created);
+                write_change(conn, slot, &event, response, async |conn, effects| {
+                    storage::insert_order(conn, &order, effects).await
+                })
+                .await
+            })
+            .await?;
+        tracing::info!(
+            order_id = response.order.as_ref().map(|order| order.order_id.as_str()),
+            "order created"
+        );
+        Ok(response)
+    }
+
+    /// Changes an order at the version the caller read and publishes it on `orders.updated`.
+    pub async fn update_order(
+        &self,
+        key: Option<IdempotencyKey>,
+        request: &pb::UpdateOrderRequest,
+    ) -> Result<pb::UpdateOrderResponse, PaymentsError> {
+        let changes = OrderChanges::parse(
+            &request.order_id,
+            request.expected_version,
+            request.country.clone(),
+            request.amount,
+            request.product_type.clone(),
+        )?;
+        self.idempotency
+            .execute_folded(&self.pool, &scope("UpdateOrder"), key, request, async |conn, slot| {
+                let current = storage::get_order(conn, changes.order_id, true)
+                    .await?
+                    .ok_or_else(|| PaymentsError::OrderNotFound(request.order_id.clone()))?;
+                let order = changes.apply(&current, domain::now())?;
+                let response = pb::UpdateOrderResponse {
+                    order: Some(pb::Order::from(&order)),
+                };
+                let event = self.topics.order_event(&order, Change::Updated);
+                write_change(conn, slot, &event, response, async |conn, effects| {
+                    storage::update_order(conn, &order, effects).await
+                })
+                .await
+            })
+            .await
+    }
+
+    /// The order `order_id`.
+    pub async fn get_order(&self, order_id: Uuid) -> Result<Order, PaymentsError> {
+        self.read(async |conn| {
+            storage::get_order(conn, order_id, false)
+                .await?
+                .ok_or_else(|| PaymentsError::OrderNotFound(order_id.to_string()))
+        })
+        .await
+    }
+
+    /// A page of a customer's orders, newest first, and the cursor of the next page.
+    pub async fn list_orders(
+        &self,
+        customer_id: &str,
+        page: &PageRequest,
+    ) -> Result<(Vec<Order>, Option<domain::Cursor>), PaymentsError> {
+        self.read(async |conn| Ok(storage::list_orders(conn, customer_id, page).await?))
+            .await
+    }
+
+    /// Creates a transaction on its order (locked, so the event follows any concurrent order
+    /// update) and publishes it on `transactions.created`.
+    pub async fn create_transaction(
+        &self,
+        key: Option<IdempotencyKey>,
+        request: &pb::CreateTransactionRequest,
+        status: Result<Option<TransactionStatus>, i32>,
+    ) -> Result<pb::CreateTransactionResponse, PaymentsError> {
+        let command = CreateTransaction::parse(&request.order_id, request.amount, &request.currency, status)?;
+        let response = self
+            .idempotency
+            .execute_folded(
+                &self.pool,
+                &scope("CreateTransaction"),
+                key,
+                request,
+                async |conn, slot| {
+                    let order = storage::get_order(conn, command.order_id, true)
+                        .await?
+                        .ok_or_else(|| PaymentsError::OrderNotFound(request.order_id.clone()))?;
+                    let transaction = command.on_order(&order, domain::now())?;
+                    let response = pb::CreateTransactionResponse {
+                        transaction: Some(pb::Transaction::from(&transaction)),
+                    };
+                    let event = self.topics.transaction_event(&transaction, Change::Created);
+                    write_change(conn, slot, &event, response, async |conn, effects| {
+                        storage::insert_transaction(conn, &transaction, effects).await
+                    })
+                    .await
+                },
+            )
+            .await?;
+        tracing::info!(
+            transaction_id = response
+                .transaction
+                .as_ref()
+                .map(|transaction| transaction.transaction_id.as_str()),
+            "transaction created"
+        );
+        Ok(response)
+    }
+
+    /// Moves a transaction to `next` at the version the caller read and publishes it on
+    /// `transactions.updated`.
+    pub async fn update_transaction_status(
+        &self,
+        key: Option<IdempotencyKey>,
+        request: &pb::UpdateTransactionStatusRequest,
+        transaction_id: Uuid,
+        next: TransactionStatus,
+    ) -> Result<pb::UpdateTransactionStatusResponse, PaymentsError> {
+        self.idempotency
+            .execute_folded(
+                &self.pool,
+                &scope("UpdateTransactionStatus"),
+                key,
+                request,
+                async |conn, slot| {
+                    let current = storage::get_transaction(conn, transaction_id, true)
+                        .await?
+                        .ok_or_else(|| PaymentsError::TransactionNotFound(request.transaction_id.clone()))?;
+                    let transaction = domain::change_status(&current, request.expected_version, next, domain::now())?;
+                    let response = pb::UpdateTransactionStatusResponse {
+                        transaction: Some(pb::Transaction::from(&transaction)),
+                    };
+                    let event = self.topics.transaction_event(&transaction, Change::Updated);
+                    write_change(conn, slot, &event, response, async |conn, effects| {
+                        storage::update_transaction(conn, &transaction, effects).await
+                    })
+                    .await
+                },
+            )
+            .await
+    }
+
+    /// The transaction `transaction_id`.
+    pub async fn get_transaction(&self, transaction_id: Uuid) -> Result<Transaction, PaymentsError> {
+        self.read(async |conn| {
+            storage::get_transaction(conn, transaction_id, false)
+                .await?
+                .ok_or_else(|| PaymentsError::TransactionNotFound(transaction_id.to_string()))
+        })
+        .await
+    }
+
+    /// A page of an order's transactions, oldest first, and the cursor of the next page.
+    pub async fn list_transactions(
+        &self,
+        order_id: Uuid,
+        page: &PageRequest,
+    ) -> Result<(Vec<Transaction>, Option<domain::Cursor>), PaymentsError> {
+        self.read(async |conn| Ok(storage::list_transactions(conn, order_id, page).await?))
+            .await
+    }
+}
+
+/// Writes a command's change with `write`: its rows, the outbox row of `event` and (with a key)
+/// the encoded `response`, in one statement ([`storage::Effects`]); returns `response`.
+async fn write_change<R: prost::Message>(
+    conn: &mut PgConnection,
+    slot: Option<ResponseSlot>,
+    event: &OutboxEvent,
+    response: R,
+    write: impl AsyncFnOnce(&mut PgConnection, &storage::Effects<'_>) -> anyhow::Result<()>,
+) -> Result<R, PaymentsError> {
+    let encoded = response.encode_to_vec();
+    let effects = storage::Effects {
+        outbox: OutboxRow::new(SOURCE, event),
+        response: slot.as_ref().map(|slot| (slot, encoded.as_slice())),
+    };
+    write(conn, &effects).await?;
+    Ok(response)
+}
