@@ -60,8 +60,10 @@ fn parse_code(
     Ok(input.to_owned())
 }
 
-/// An ISO 3166-1 alpha-2 country code, e.g. `DE`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// An ISO 3166-1 alpha-2 country code, e.g. `DE`. Serialized as the code; deserializing
+/// validates it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Country(String);
 
 impl Country {
@@ -82,8 +84,9 @@ impl fmt::Display for Country {
     }
 }
 
-/// An ISO 4217 currency code, e.g. `EUR`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// An ISO 4217 currency code, e.g. `EUR`. Serialized as the code; deserializing validates it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Currency(String);
 
 impl Currency {
@@ -103,6 +106,38 @@ impl fmt::Display for Currency {
         formatter.write_str(&self.0)
     }
 }
+
+macro_rules! code_conversions {
+    ($($code:ident),*) => {$(
+        impl TryFrom<String> for $code {
+            type Error = CodeError;
+
+            fn try_from(value: String) -> Result<Self, CodeError> {
+                Self::parse(&value)
+            }
+        }
+
+        impl From<$code> for String {
+            fn from(code: $code) -> String {
+                code.0
+            }
+        }
+
+        impl PartialEq<str> for $code {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $code {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    )*};
+}
+
+code_conversions!(Country, Currency);
 
 #[cfg(test)]
 mod tests {

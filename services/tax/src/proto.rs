@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use fintech_proto::{payments, tax as pb};
+use fintech_types::{Country, Currency};
 use uuid::Uuid;
 
 use crate::domain::vat::TaxReason;
@@ -27,8 +28,8 @@ pub fn cached_order(order: &payments::Order) -> Result<CachedOrder, String> {
     Ok(CachedOrder {
         order_id: uuid("order_id", &order.order_id)?,
         customer_id: order.customer_id.clone(),
-        country: order.country.clone(),
-        currency: order.currency.clone(),
+        country: Country::parse(&order.country).map_err(|error| format!("order country {error}"))?,
+        currency: Currency::parse(&order.currency).map_err(|error| format!("order currency {error}"))?,
         amount: order.amount,
         product_type: order.product_type.clone(),
         created_at: from_timestamp(order.created_at.as_ref()).ok_or("order created_at is missing")?,
@@ -49,7 +50,8 @@ pub fn taxable_transaction(transaction: &payments::Transaction) -> Result<Taxabl
         order_id: uuid("order_id", &transaction.order_id)?,
         customer_id: transaction.customer_id.clone(),
         amount: transaction.amount,
-        currency: transaction.currency.clone(),
+        currency: Currency::parse(&transaction.currency)
+            .map_err(|error| format!("transaction currency {error}"))?,
         created_at: from_timestamp(transaction.created_at.as_ref()).ok_or("transaction created_at is missing")?,
         taxable: matches!(
             status,
@@ -90,8 +92,8 @@ impl From<&TaxedTransaction> for pb::TaxedTransaction {
             base_amount: taxed.base_amount,
             tax_applied: taxed.tax_applied,
             total_amount: taxed.total_amount,
-            currency: taxed.currency.clone(),
-            country: taxed.country.clone(),
+            currency: taxed.currency.to_string(),
+            country: taxed.country.to_string(),
             product_type: taxed.product_type.clone(),
             tax_rate_bps: taxed.tax_rate_bps,
             reason: pb::TaxReason::from(taxed.reason) as i32,
@@ -140,8 +142,8 @@ pub fn reversal(
         base_amount: taxed.base_amount,
         tax_reversed: taxed.tax_applied,
         total_amount: taxed.total_amount,
-        currency: taxed.currency.clone(),
-        country: taxed.country.clone(),
+        currency: taxed.currency.to_string(),
+        country: taxed.country.to_string(),
         tax_rate_bps: taxed.tax_rate_bps,
         reason: match reason {
             ReversalReason::Failed => pb::TaxReversalReason::TransactionFailed,

@@ -5,6 +5,7 @@ pub mod vat;
 
 use chrono::{DateTime, Utc};
 pub use fintech_types::Violations;
+use fintech_types::{Country, Currency};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -36,9 +37,9 @@ pub struct CachedOrder {
     /// The customer.
     pub customer_id: String,
     /// ISO 3166-1 alpha-2.
-    pub country: String,
+    pub country: Country,
     /// ISO 4217.
-    pub currency: String,
+    pub currency: Currency,
     /// Minor units.
     pub amount: i64,
     /// Lowercase product type.
@@ -63,7 +64,7 @@ pub struct TaxableTransaction {
     /// Minor units.
     pub amount: i64,
     /// ISO 4217.
-    pub currency: String,
+    pub currency: Currency,
     /// The tax point: when the transaction was created.
     pub created_at: DateTime<Utc>,
     /// Whether the transaction moved (or may move) money; a transaction created as failed is not
@@ -137,9 +138,9 @@ pub struct TaxedTransaction {
     /// base + VAT.
     pub total_amount: i64,
     /// ISO 4217.
-    pub currency: String,
+    pub currency: Currency,
     /// Country whose rules applied.
-    pub country: String,
+    pub country: Country,
     /// Product type.
     pub product_type: String,
     /// Rate in basis points.
@@ -188,7 +189,7 @@ pub fn decide(
         );
     }
     match rates.calculate(
-        &order.country,
+        order.country.as_str(),
         &order.product_type,
         transaction.created_at.date_naive(),
         transaction.amount,

@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use fintech_types::paging::{Cursor, PageRequest};
+use fintech_types::{Country, Currency};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -219,8 +220,8 @@ fn taxed_from_row(row: &PgRow) -> anyhow::Result<TaxedTransaction> {
         base_amount: row.try_get("base_amount")?,
         tax_applied: row.try_get("tax_applied")?,
         total_amount: row.try_get("total_amount")?,
-        currency: row.try_get("currency")?,
-        country: row.try_get("country")?,
+        currency: Currency::parse(row.try_get("currency")?).context("stored currency")?,
+        country: Country::parse(row.try_get("country")?).context("stored country")?,
         product_type: row.try_get("product_type")?,
         tax_rate_bps: row.try_get("tax_rate_bps")?,
         reason: reason_from_stored(&reason).with_context(|| format!("unknown stored reason {reason:?}"))?,
@@ -243,8 +244,8 @@ pub async fn insert_taxed(conn: &mut PgConnection, taxed: &TaxedTransaction) -> 
     .bind(taxed.base_amount)
     .bind(taxed.tax_applied)
     .bind(taxed.total_amount)
-    .bind(&taxed.currency)
-    .bind(&taxed.country)
+    .bind(taxed.currency.as_str())
+    .bind(taxed.country.as_str())
     .bind(&taxed.product_type)
     .bind(taxed.tax_rate_bps)
     .bind(reason_to_stored(taxed.reason))
