@@ -50,8 +50,7 @@ pub fn taxable_transaction(transaction: &payments::Transaction) -> Result<Taxabl
         order_id: uuid("order_id", &transaction.order_id)?,
         customer_id: transaction.customer_id.clone(),
         amount: transaction.amount,
-        currency: Currency::parse(&transaction.currency)
-            .map_err(|error| format!("transaction currency {error}"))?,
+        currency: Currency::parse(&transaction.currency).map_err(|error| format!("transaction currency {error}"))?,
         created_at: from_timestamp(transaction.created_at.as_ref()).ok_or("transaction created_at is missing")?,
         taxable: matches!(
             status,
