@@ -1,7 +1,8 @@
 //! The PostgreSQL baseline: `pgbench` running exactly the statements payments sends for
-//! `CreateOrder` and `CreateTransaction` (read from `services/payments`, `crates/platform/src/
-//! idempotency.rs` and `outbox.rs`), with payloads of the sizes the service writes, on a fresh
-//! database with the payments schema, same server, same client counts.
+//! `CreateOrder` and `CreateTransaction` (taken from `fintech_payments::storage` and
+//! `fintech_platform::idempotency`, their parameters replaced by pgbench expressions), with
+//! payloads of the sizes the service writes, on a fresh database with the payments schema, same
+//! server, same client counts.
 //!
 //! One script run = one pair = two transactions, like one iteration of the payments load:
 //!
@@ -10,7 +11,7 @@
 //! | `BEGIN` | `BEGIN` |
 //! | idempotency claim: `idempotency_claim(..)` (sets `lock_timeout`, `INSERT .. ON CONFLICT DO NOTHING` the key, restores it; `migrations/platform/0004_idempotency_claim.sql`) | the same call, with a fresh key |
 //! | `SELECT .. FOR UPDATE` the order (CreateTransaction only) | the same |
-//! | one statement: `INSERT` the order / transaction, `INSERT` the outbox row (full protobuf payload, traceparent) and `UPDATE` the key with the encoded response, as data-modifying CTEs | the same statement, payload and response of the same sizes (the ids come from `gen_random_uuid()` instead of parameters) |
+//! | one statement: `INSERT` the order / transaction, `INSERT` the outbox row (full protobuf payload, traceparent) and `UPDATE` the key with the encoded response, as data-modifying CTEs | the same statement, payload and response of the same sizes (ids and keys drawn by pgbench instead of parameters) |
 //! | `COMMIT` | `COMMIT` |
 //!
 //! What the baseline leaves out is what the service adds on top of its SQL: gRPC, validation,
@@ -94,84 +95,115 @@ fn hex_bytes(len: usize) -> String {
     text
 }
 
-/// The pgbench script of one pair, topics under `topic_prefix`.
-pub fn pair_script(sizes: PayloadSizes, topic_prefix: &str) -> String {
+/// The pgbench script of one pair, topics under `topic_prefix`: the service's own statements
+/// (`fintech_payments::storage`, `idempotency::CLAIM`), with each parameter replaced by a pgbench
+/// expression ([`fintech_platform::sql::inline`]), so a column added to the outbox or to an order
+/// changes the baseline with the service instead of breaking it at run time.
+pub fn pair_script(sizes: PayloadSizes, topic_prefix: &str) -> anyhow::Result<String> {
+    use fintech_payments::domain::TransactionStatus;
+    use fintech_payments::events::SOURCE;
+    use fintech_payments::storage;
+    use fintech_platform::idempotency::CLAIM;
+    use fintech_platform::sql::inline;
+    use fintech_proto::topics::{self, Topic};
+
     const ORDER_SCOPE: &str = "/fintech.payments.v1.PaymentsService/CreateOrder";
     const TRANSACTION_SCOPE: &str = "/fintech.payments.v1.PaymentsService/CreateTransaction";
-    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let fingerprint = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-    let claim = |scope: &str, variable: &str| {
+    const TRACEPARENT: &str = "'00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'";
+    const FINGERPRINT: &str = "'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'";
+    let quoted = |text: &str| format!("'{}'", text.replace('\'', "''"));
+    let bytes = |len: usize| format!("'{}'::bytea", hex_bytes(len));
+    // Ids drawn by pgbench (client side), so the transaction can name its order without a round
+    // trip the service does not make.
+    let uuid = |variable: &str| {
         format!(
-            "SELECT c.claimed AS {variable}_claimed, g.k AS {variable} \
-             FROM (SELECT gen_random_uuid()::text AS k) g \
-             CROSS JOIN LATERAL idempotency_claim('{scope}', g.k, '{fingerprint}', '5000ms') c \\gset\n"
+            "(lpad(to_hex(:{variable}_hi::bigint), 16, '0') || lpad(to_hex(:{variable}_lo::bigint), 16, '0'))::uuid"
         )
     };
-    // The statement of services/payments/src/storage (`effects_statement`): the business row, its
-    // outbox row and the stored response as data-modifying CTEs, one round trip.
-    let write = |business: &str,
-                 record_key: &str,
-                 topic: &str,
-                 event_type: &str,
-                 payload_type: &str,
-                 size: usize,
-                 scope: &str,
-                 variable: &str,
-                 response_size: usize| {
-        format!(
-            "WITH business AS ({business}), \
-             queued AS (INSERT INTO outbox (event_id, topic, record_key, event_type, event_source, payload_type, \
-             payload, traceparent, tracestate, occurred_at) SELECT gen_random_uuid(), '{topic_prefix}{topic}', \
-             {record_key}, '{event_type}', '/fintech/payments', '{payload_type}', '{payload}'::bytea, '{TRACEPARENT}', \
-             NULL, now() FROM business RETURNING 1), \
-             completed AS (UPDATE idempotency_keys SET response = '{response}'::bytea WHERE scope = '{scope}' \
-             AND idempotency_key = :{variable} RETURNING 1) \
-             SELECT (SELECT order_id FROM business) AS order_id, (SELECT count(*) FROM completed) AS completed \\gset\n",
-            payload = hex_bytes(size),
-            response = hex_bytes(response_size),
-        )
+    let key = |variable: &str| format!("('k' || :client_id::text || '-' || :{variable}::text)");
+    let order_id = uuid("order");
+    let customer = "'bench-customer-' || :client_id::text".to_owned();
+    let claim = |scope: &str, key: &str| inline(CLAIM, &[&quoted(scope), key, FINGERPRINT, "'5000ms'"]);
+    let outbox = |topic: &Topic, size: usize| -> anyhow::Result<Vec<String>> {
+        Ok(vec![
+            "gen_random_uuid()".to_owned(),
+            quoted(&format!("{topic_prefix}{}", topic.name)),
+            format!("{order_id}::text"),
+            quoted(topic.ce_type()),
+            quoted(SOURCE),
+            quoted(topic.payload.context("an event topic has a payload")?),
+            bytes(size),
+            TRACEPARENT.to_owned(),
+            "NULL".to_owned(),
+            "now()".to_owned(),
+        ])
     };
-    let mut script = String::from("-- generated by fintech-bench: the SQL of CreateOrder + CreateTransaction\n");
+    let statement = |business: String, values: Vec<String>| -> anyhow::Result<String> {
+        let sql = storage::effects_statement(&business, true);
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        Ok(format!("{};\n", inline(&sql, &values).map_err(anyhow::Error::msg)?))
+    };
+
+    let mut order_values = vec![
+        order_id.clone(),
+        customer.clone(),
+        "'DE'".to_owned(),
+        "'EUR'".to_owned(),
+        ":amount::bigint".to_owned(),
+        "'standard'".to_owned(),
+        "now()".to_owned(),
+        "now()".to_owned(),
+        "1".to_owned(),
+    ];
+    order_values.extend(outbox(&topics::ORDERS_CREATED, sizes.order)?);
+    order_values.extend([bytes(sizes.order_response), quoted(ORDER_SCOPE), key("order_key")]);
+    let mut transaction_values = vec![
+        "gen_random_uuid()".to_owned(),
+        order_id.clone(),
+        customer,
+        ":amount::bigint".to_owned(),
+        "'EUR'".to_owned(),
+        quoted(TransactionStatus::Pending.as_str()),
+        "now()".to_owned(),
+        "now()".to_owned(),
+        "1".to_owned(),
+    ];
+    transaction_values.extend(outbox(&topics::TRANSACTIONS_CREATED, sizes.transaction)?);
+    transaction_values.extend([
+        bytes(sizes.transaction_response),
+        quoted(TRANSACTION_SCOPE),
+        key("transaction_key"),
+    ]);
+
+    let mut script = String::from("-- generated by fintech-bench from the SQL of CreateOrder + CreateTransaction\n");
     script.push_str("\\set amount random(1000, 100000)\n");
+    for variable in ["order_hi", "order_lo", "order_key", "transaction_key"] {
+        let _ = writeln!(script, "\\set {variable} random(0, 4611686018427387903)");
+    }
     // CreateOrder
     script.push_str("BEGIN;\n");
-    script.push_str(&claim(ORDER_SCOPE, "order_key"));
-    script.push_str(&write(
-        "INSERT INTO orders (order_id, customer_id, country, currency, amount, product_type, created_at, updated_at, version) \
-         VALUES (gen_random_uuid(), 'bench-customer-' || :client_id::text, 'DE', 'EUR', :amount, 'standard', now(), now(), 1) \
-         RETURNING order_id",
-        "order_id::text",
-        "orders.created",
-        "fintech.payments.v1.order.created",
-        "fintech.payments.v1.Order",
-        sizes.order,
-        ORDER_SCOPE,
-        "order_key",
-        sizes.order_response,
-    ));
+    let _ = writeln!(
+        script,
+        "{};",
+        claim(ORDER_SCOPE, &key("order_key")).map_err(anyhow::Error::msg)?
+    );
+    script.push_str(&statement(storage::insert_order_sql(), order_values)?);
     script.push_str("COMMIT;\n");
     // CreateTransaction
     script.push_str("BEGIN;\n");
-    script.push_str(&claim(TRANSACTION_SCOPE, "transaction_key"));
-    script.push_str(
-        "SELECT order_id, customer_id, country, currency, amount, product_type, created_at, updated_at, version \
-         FROM orders WHERE order_id = :order_id FOR UPDATE;\n",
+    let _ = writeln!(
+        script,
+        "{};",
+        claim(TRANSACTION_SCOPE, &key("transaction_key")).map_err(anyhow::Error::msg)?
     );
-    script.push_str(&write(
-        "INSERT INTO transactions (transaction_id, order_id, customer_id, amount, currency, status, created_at, updated_at, version) \
-         VALUES (gen_random_uuid(), :order_id, 'bench-customer-' || :client_id::text, :amount, 'EUR', 'pending', now(), now(), 1) \
-         RETURNING order_id",
-        "order_id::text",
-        "transactions.created",
-        "fintech.payments.v1.transaction.created",
-        "fintech.payments.v1.Transaction",
-        sizes.transaction,
-        TRANSACTION_SCOPE,
-        "transaction_key",
-        sizes.transaction_response,
-    ));
+    let _ = writeln!(
+        script,
+        "{};",
+        inline(&storage::get_order_sql(true), &[&order_id]).map_err(anyhow::Error::msg)?
+    );
+    script.push_str(&statement(storage::insert_transaction_sql(), transaction_values)?);
     script.push_str("COMMIT;\n");
-    script
+    Ok(script)
 }
 
 /// Result of one pgbench run.
@@ -357,7 +389,8 @@ mod tests {
             transaction: 20,
             transaction_response: 22,
         };
-        let script = pair_script(sizes, "bench.x.");
+        let script = pair_script(sizes, "bench.x.").expect("the script builds");
+        assert!(!script.contains('$'), "every parameter inlined: {script}");
         assert_eq!(script.matches("BEGIN;").count(), 2);
         assert_eq!(script.matches("COMMIT;").count(), 2);
         assert!(script.contains("'bench.x.orders.created'"));

@@ -425,7 +425,7 @@ async fn measure_level(
         context.work_dir.join(&environment.tag),
     );
     let script = work_dir.join("pair.sql");
-    std::fs::write(&script, pgbench::pair_script(sizes, &environment.prefix))?;
+    std::fs::write(&script, pgbench::pair_script(sizes, &environment.prefix)?)?;
     let threads = std::thread::available_parallelism().map_or(2, usize::from);
     let from = sampler.now();
     let baseline = pgbench::run(
