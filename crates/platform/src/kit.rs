@@ -56,17 +56,17 @@ pub trait Service: 'static {
     const NAME: &'static str;
     /// Default gRPC port.
     const DEFAULT_PORT: u16;
-    /// Every settings of the service; holds a [`PlatformConfig`].
-    type Config: Clone + std::fmt::Debug + Send + Sync + 'static;
+    /// Every setting of the service, the shared ones included.
+    type Config: AsRef<PlatformConfig> + Clone + std::fmt::Debug + Send + Sync + 'static;
 
     /// The service's defaults on top of `platform` (tests start from these).
     fn config(platform: PlatformConfig) -> Self::Config;
 
-    /// Reads the settings from the environment; the error names the variable at fault.
-    fn config_from_env() -> crate::Result<Self::Config>;
-
-    /// The shared part of the settings.
-    fn platform(config: &Self::Config) -> &PlatformConfig;
+    /// Reads the settings from the environment; the error names the variable at fault. The
+    /// default reads only the shared ones.
+    fn config_from_env() -> crate::Result<Self::Config> {
+        Ok(Self::config(PlatformConfig::from_env(Self::NAME, Self::DEFAULT_PORT)?))
+    }
 
     /// Runs the service on `listener` until `shutdown` fires (or one of its tasks fails).
     fn run(
@@ -86,7 +86,7 @@ pub fn main<S: Service>() -> anyhow::Result<()> {
     runtime.block_on(async {
         let config = S::config_from_env()?;
         let _telemetry = crate::telemetry::init(S::NAME)?;
-        let address = S::platform(&config).grpc_listen_addr;
+        let address = config.as_ref().grpc_listen_addr;
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("GRPC_LISTEN_ADDR: cannot listen on {address}"))?;

@@ -65,3 +65,9 @@ impl LedgerConfig {
         })
     }
 }
+
+impl AsRef<PlatformConfig> for LedgerConfig {
+    fn as_ref(&self) -> &PlatformConfig {
+        &self.platform
+    }
+}

@@ -67,10 +67,6 @@ impl Service for LedgerService {
         LedgerConfig::from_env()
     }
 
-    fn platform(config: &LedgerConfig) -> &PlatformConfig {
-        &config.platform
-    }
-
     async fn run(config: LedgerConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
         run(config, listener, shutdown).await
     }

@@ -11,3 +11,9 @@ pub struct PaymentsConfig {
     /// Shared settings.
     pub platform: PlatformConfig,
 }
+
+impl AsRef<PlatformConfig> for PaymentsConfig {
+    fn as_ref(&self) -> &PlatformConfig {
+        &self.platform
+    }
+}

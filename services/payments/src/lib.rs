@@ -44,14 +44,6 @@ impl Service for Payments {
         PaymentsConfig { platform }
     }
 
-    fn config_from_env() -> fintech_platform::Result<PaymentsConfig> {
-        Ok(Self::config(PlatformConfig::from_env(Self::NAME, Self::DEFAULT_PORT)?))
-    }
-
-    fn platform(config: &PaymentsConfig) -> &PlatformConfig {
-        &config.platform
-    }
-
     async fn run(config: PaymentsConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
         run(config, listener, shutdown).await
     }

@@ -49,3 +49,9 @@ impl TaxConfig {
         })
     }
 }
+
+impl AsRef<PlatformConfig> for TaxConfig {
+    fn as_ref(&self) -> &PlatformConfig {
+        &self.platform
+    }
+}

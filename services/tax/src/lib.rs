@@ -51,10 +51,6 @@ impl Service for Tax {
         TaxConfig::from_env()
     }
 
-    fn platform(config: &TaxConfig) -> &PlatformConfig {
-        &config.platform
-    }
-
     async fn run(config: TaxConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
         run(config, listener, shutdown).await
     }

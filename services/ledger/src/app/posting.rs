@@ -59,7 +59,7 @@ use uuid::Uuid;
 use crate::domain::stream::{AccountOpened, EntryPosted, EventBody, GENESIS_HASH, PostedLine, StoredEvent};
 use crate::domain::tax::SystemAccount;
 use crate::domain::{Account, Append, LedgerError, NewEntry, PostedEntry, Violations, now, plan_posting};
-use crate::events::{SOURCE, Topics};
+use crate::events::{self, SOURCE, Topics};
 use crate::storage::{self, AppendOutcome, Write};
 
 /// Idempotency scope of PostEntry (entries posted from events share it, so an entry id means one
@@ -471,7 +471,8 @@ impl Ledger {
             entry: Some(pb::Entry::from(&posted)),
             balances,
         };
-        let event = self.topics.entry_posted(
+        let event = events::entry_posted(
+            &self.topics,
             response.entry.as_ref().unwrap_or(&pb::Entry::default()),
             posted.posted_at,
         );

@@ -56,33 +56,18 @@ const fn payload_of(topic: &topics::Topic) -> &'static str {
     }
 }
 
-/// Topic names, with an optional prefix (for tests and shared brokers).
-#[derive(Debug, Clone, Default)]
-pub struct Topics {
-    prefix: String,
-}
+/// Topic names with the instance's prefix.
+pub type Topics = fintech_platform::kafka::TopicNames;
 
-impl Topics {
-    /// Topics named `<prefix><topic>`.
-    pub fn with_prefix(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
-    }
-
-    /// The full name of `topic`.
-    pub fn name(&self, topic: &str) -> String {
-        format!("{}{topic}", self.prefix)
-    }
-
-    /// The outbox event announcing a posted entry.
-    pub fn entry_posted(&self, entry: &pb::Entry, posted_at: DateTime<Utc>) -> OutboxEvent {
-        OutboxEvent::of(
-            &self.prefix,
-            &topics::LEDGER_ENTRY_POSTED,
-            entry.entry_id.clone(),
-            entry,
-            posted_at,
-        )
-    }
+/// The outbox event announcing a posted entry.
+pub fn entry_posted(names: &Topics, entry: &pb::Entry, posted_at: DateTime<Utc>) -> OutboxEvent {
+    OutboxEvent::of(
+        names.prefix(),
+        &topics::LEDGER_ENTRY_POSTED,
+        entry.entry_id.clone(),
+        entry,
+        posted_at,
+    )
 }
 
 /// Posts the entry of every `tax.calculated` event.

@@ -15,7 +15,7 @@ use crate::domain::{
     self, CreateOrder, CreateTransaction, Order, OrderChanges, PageRequest, PaymentsError, Transaction,
     TransactionStatus,
 };
-use crate::events::{Change, SOURCE, Topics};
+use crate::events::{self, Change, SOURCE, Topics};
 use crate::storage;
 
 /// The payments application: its pool, idempotency store and topics.
@@ -68,7 +68,7 @@ impl PaymentsApp {
                 let response = pb::CreateOrderResponse {
                     order: Some(pb::Order::from(&order)),
                 };
-                let event = self.topics.order_event(&order, Change::Created);
+                let event = events::order_event(&self.topics, &order, Change::Created);
                 write_change(conn, slot, &event, response, async |conn, effects| {
                     storage::insert_order(conn, &order, effects).await
                 })
@@ -104,7 +104,7 @@ impl PaymentsApp {
                 let response = pb::UpdateOrderResponse {
                     order: Some(pb::Order::from(&order)),
                 };
-                let event = self.topics.order_event(&order, Change::Updated);
+                let event = events::order_event(&self.topics, &order, Change::Updated);
                 write_change(conn, slot, &event, response, async |conn, effects| {
                     storage::update_order(conn, &order, effects).await
                 })
@@ -157,7 +157,7 @@ impl PaymentsApp {
                     let response = pb::CreateTransactionResponse {
                         transaction: Some(pb::Transaction::from(&transaction)),
                     };
-                    let event = self.topics.transaction_event(&transaction, Change::Created);
+                    let event = events::transaction_event(&self.topics, &transaction, Change::Created);
                     write_change(conn, slot, &event, response, async |conn, effects| {
                         storage::insert_transaction(conn, &transaction, effects).await
                     })
@@ -198,7 +198,7 @@ impl PaymentsApp {
                     let response = pb::UpdateTransactionStatusResponse {
                         transaction: Some(pb::Transaction::from(&transaction)),
                     };
-                    let event = self.topics.transaction_event(&transaction, Change::Updated);
+                    let event = events::transaction_event(&self.topics, &transaction, Change::Updated);
                     write_change(conn, slot, &event, response, async |conn, effects| {
                         storage::update_transaction(conn, &transaction, effects).await
                     })

@@ -29,50 +29,35 @@ pub enum Change {
     Updated,
 }
 
-/// The events payments writes, on topics with an optional prefix.
-#[derive(Debug, Clone, Default)]
-pub struct Topics {
-    prefix: String,
+/// Topic names with the instance's prefix.
+pub type Topics = fintech_platform::kafka::TopicNames;
+
+/// The outbox event for an order's new state.
+pub fn order_event(names: &Topics, order: &Order, change: Change) -> OutboxEvent {
+    let topic: &Topic = match change {
+        Change::Created => &topics::ORDERS_CREATED,
+        Change::Updated => &topics::ORDERS_UPDATED,
+    };
+    OutboxEvent::of(
+        names.prefix(),
+        topic,
+        order.order_id.to_string(),
+        &pb::Order::from(order),
+        order.updated_at,
+    )
 }
 
-impl Topics {
-    /// Topics named `<prefix><topic>`.
-    pub fn with_prefix(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
-    }
-
-    /// The full name of `topic`.
-    pub fn name(&self, topic: &str) -> String {
-        format!("{}{topic}", self.prefix)
-    }
-
-    /// The outbox event for an order's new state.
-    pub fn order_event(&self, order: &Order, change: Change) -> OutboxEvent {
-        let topic: &Topic = match change {
-            Change::Created => &topics::ORDERS_CREATED,
-            Change::Updated => &topics::ORDERS_UPDATED,
-        };
-        OutboxEvent::of(
-            &self.prefix,
-            topic,
-            order.order_id.to_string(),
-            &pb::Order::from(order),
-            order.updated_at,
-        )
-    }
-
-    /// The outbox event for a transaction's new state (keyed by its order).
-    pub fn transaction_event(&self, transaction: &Transaction, change: Change) -> OutboxEvent {
-        let topic: &Topic = match change {
-            Change::Created => &topics::TRANSACTIONS_CREATED,
-            Change::Updated => &topics::TRANSACTIONS_UPDATED,
-        };
-        OutboxEvent::of(
-            &self.prefix,
-            topic,
-            transaction.order_id.to_string(),
-            &pb::Transaction::from(transaction),
-            transaction.updated_at,
-        )
-    }
+/// The outbox event for a transaction's new state (keyed by its order).
+pub fn transaction_event(names: &Topics, transaction: &Transaction, change: Change) -> OutboxEvent {
+    let topic: &Topic = match change {
+        Change::Created => &topics::TRANSACTIONS_CREATED,
+        Change::Updated => &topics::TRANSACTIONS_UPDATED,
+    };
+    OutboxEvent::of(
+        names.prefix(),
+        topic,
+        transaction.order_id.to_string(),
+        &pb::Transaction::from(transaction),
+        transaction.updated_at,
+    )
 }
