@@ -1,5 +1,12 @@
 //! Helpers that the integration tests (`tests/`) and the benchmark (`bench/`) both need to run
-//! their own brokers and topics. Development only: no service depends on this crate.
+//! their own databases, brokers and topics. Development only: no service depends on this crate.
+//!
+//! # Layout
+//!
+//! - this file: the Tansu binary and its storage preparation, free ports, topic creation
+//! - [`postgres`]: a private PostgreSQL cluster that a test may stop, crash and restart
+
+pub mod postgres;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
