@@ -18,16 +18,13 @@ pub fn invalid_argument(violations: &Violations) -> Status {
     Status::with_error_details(Code::InvalidArgument, format!("invalid request: {violations}"), details)
 }
 
-/// `NOT_FOUND` with a `google.rpc.ResourceInfo` naming the resource (`fintech.payments.v1.Order`).
-pub fn not_found(resource_type: &str, id: &str) -> Status {
-    let what = resource_type.rsplit('.').next().unwrap_or(resource_type);
+/// `NOT_FOUND` with a `google.rpc.ResourceInfo` naming the resource by its protobuf full name
+/// (`fintech.payments.v1.Order`): "order <id> not found".
+pub fn not_found<M: prost::Name>(id: &str) -> Status {
+    let what = M::NAME.to_lowercase();
     let mut details = ErrorDetails::new();
-    details.set_resource_info(resource_type, id, "", format!("no such {}", what.to_lowercase()));
-    Status::with_error_details(
-        Code::NotFound,
-        format!("{} {id} not found", what.to_lowercase()),
-        details,
-    )
+    details.set_resource_info(M::full_name(), id, "", format!("no such {what}"));
+    Status::with_error_details(Code::NotFound, format!("{what} {id} not found"), details)
 }
 
 /// `FAILED_PRECONDITION` with one `google.rpc.PreconditionFailure` violation.

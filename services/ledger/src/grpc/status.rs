@@ -2,6 +2,7 @@
 
 use fintech_platform::grpc::status;
 use fintech_platform::idempotency::IdempotencyError;
+use fintech_proto::ledger as pb;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -18,8 +19,8 @@ impl From<LedgerError> for Status {
     fn from(error: LedgerError) -> Self {
         match error {
             LedgerError::Invalid(violations) => status::invalid_argument(&violations),
-            LedgerError::AccountNotFound(id) => status::not_found("fintech.ledger.v1.Account", &id),
-            LedgerError::EntryNotFound(id) => status::not_found("fintech.ledger.v1.Entry", &id),
+            LedgerError::AccountNotFound(id) => status::not_found::<pb::Account>(&id),
+            LedgerError::EntryNotFound(id) => status::not_found::<pb::Entry>(&id),
             taken @ LedgerError::CodeTaken(_) => Status::already_exists(taken.to_string()),
             posted @ LedgerError::EntryAlreadyPosted(_) => {
                 Status::already_exists(format!("{posted}; read it with GetEntry"))

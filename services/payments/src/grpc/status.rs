@@ -1,6 +1,7 @@
 //! The one place payments errors become gRPC statuses. Internal details are logged, not sent.
 
 use fintech_platform::grpc::status;
+use fintech_proto::payments as pb;
 use tonic::Status;
 
 use crate::domain::PaymentsError;
@@ -13,8 +14,8 @@ impl From<PaymentsError> for Status {
     fn from(error: PaymentsError) -> Self {
         match error {
             PaymentsError::Invalid(violations) => status::invalid_argument(&violations),
-            PaymentsError::OrderNotFound(id) => status::not_found("fintech.payments.v1.Order", &id),
-            PaymentsError::TransactionNotFound(id) => status::not_found("fintech.payments.v1.Transaction", &id),
+            PaymentsError::OrderNotFound(id) => status::not_found::<pb::Order>(&id),
+            PaymentsError::TransactionNotFound(id) => status::not_found::<pb::Transaction>(&id),
             conflict @ PaymentsError::VersionConflict { .. } => {
                 Status::aborted(format!("{conflict}; read it again and retry with its current version"))
             }
