@@ -6,11 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::time::Duration;
 
+use fintech_devkit::broker::PrivateBroker;
 use fintech_platform::kafka::{EventMetadata, EventProducer};
 use fintech_platform::telemetry::{self, TraceHeaders};
 use fintech_proto::payments;
 use fintech_proto::payments::payments_service_client::PaymentsServiceClient;
-use fintech_tests::broker::PrivateBroker;
 use fintech_tests::payments::{connect, unique_prefix};
 use fintech_tests::process::{ServiceProcess, service_binary};
 use fintech_tests::tax::create_tax_topics;
@@ -29,27 +29,27 @@ fn free_address() -> String {
 async fn payments_killed_right_after_an_acknowledged_command_publishes_it_after_restart() {
     let _telemetry = telemetry::init("test");
     let db = TestDb::empty().await;
-    let mut broker = PrivateBroker::start().await;
+    let mut broker = PrivateBroker::start().await.expect("private broker starts");
     let prefix = unique_prefix();
     let topics: Vec<String> = fintech_payments::events::TOPICS
         .iter()
         .map(|topic| format!("{prefix}{topic}"))
         .collect();
     create_topics(
-        &broker.bootstrap(),
+        broker.bootstrap(),
         &topics.iter().map(String::as_str).collect::<Vec<_>>(),
         1,
     )
     .await;
     // The broker is down while the command is served, so nothing can be published before the kill.
-    broker.stop();
+    broker.kill();
 
     let binary = service_binary("fintech-payments", "payments");
     let address = free_address();
     let log = tempfile::NamedTempFile::new().expect("log");
     let env = vec![
         ("DATABASE_URL", db.url.clone()),
-        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap()),
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap().to_owned()),
         ("GRPC_LISTEN_ADDR", address.clone()),
         ("TOPIC_PREFIX", prefix.clone()),
     ];
@@ -70,9 +70,9 @@ async fn payments_killed_right_after_an_acknowledged_command_publishes_it_after_
         .expect("order");
     service.kill();
 
-    broker.resume().await;
+    broker.start_again().await.expect("private broker starts again");
     let _service = ServiceProcess::spawn(&binary, &env, log.path());
-    let consumer = reader(&broker.bootstrap(), &[&format!("{prefix}orders.created")]);
+    let consumer = reader(broker.bootstrap(), &[&format!("{prefix}orders.created")]);
     let records = read_records(&consumer, 1, Duration::from_secs(60)).await;
     assert_eq!(
         records.len(),

@@ -1,7 +1,10 @@
-//! Idempotent commands against the real PostgreSQL (and Redis when it answers): concurrent
-//! duplicates run the command once and all get the same response; a reused key is rejected; a
-//! failed command leaves nothing behind; a duplicate of a slow command is told to retry; Redis
-//! serves replays but correctness never depends on it; bad metadata is rejected by name.
+//! Idempotent commands against the real PostgreSQL and Redis: concurrent duplicates run the
+//! command once and all get the same response; a reused key is rejected; a failed command leaves
+//! nothing behind; a duplicate of a slow command is told to retry; Redis serves replays but
+//! correctness never depends on it; bad metadata is rejected by name.
+//!
+//! Redis is `REDIS_URL`, default `redis://127.0.0.1:6379`. One that does not answer fails the
+//! Redis tests; only with `REDIS_URL` unset and `FINTECH_TESTS_WITHOUT_REDIS=1` do they skip.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -494,11 +497,18 @@ async fn purge_forgets_old_keys_only() {
 
 // ---- Redis fast path -------------------------------------------------------------------------
 
+/// Set to `1` to let the Redis tests skip when `REDIS_URL` is unset and the default Redis does not
+/// answer (a machine without Redis); without it they fail, so a missing Redis is never a silent pass.
+const WITHOUT_REDIS: &str = "FINTECH_TESTS_WITHOUT_REDIS";
+
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
 fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned())
 }
 
-/// A connection to the test Redis, or `None` (with a message) when it does not answer.
+/// A connection to the test Redis. Panics when it does not answer, unless `REDIS_URL` is unset and
+/// `FINTECH_TESTS_WITHOUT_REDIS=1` opts out: then `None`, with a message in the test output.
 #[expect(clippy::print_stderr, reason = "a skipped test must say so in the test output")]
 async fn redis_or_skip(test: &str) -> Option<MultiplexedConnection> {
     let url = redis_url();
@@ -508,17 +518,22 @@ async fn redis_or_skip(test: &str) -> Option<MultiplexedConnection> {
         redis::cmd("PING").query_async::<String>(&mut connection).await?;
         Ok::<_, redis::RedisError>(connection)
     };
-    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
-        Ok(Ok(connection)) => Some(connection),
-        Ok(Err(error)) => {
-            eprintln!("SKIPPED {test}: Redis at {url} (REDIS_URL) does not answer: {error}");
-            None
-        }
-        Err(_) => {
-            eprintln!("SKIPPED {test}: Redis at {url} (REDIS_URL) did not answer within 2s");
-            None
-        }
+    let problem = match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Ok(connection)) => return Some(connection),
+        Ok(Err(error)) => format!("does not answer: {error}"),
+        Err(_) => "did not answer within 2s".to_owned(),
+    };
+    if std::env::var_os("REDIS_URL").is_some() {
+        panic!("{test}: Redis at REDIS_URL={url} {problem}");
     }
+    if std::env::var(WITHOUT_REDIS).is_ok_and(|value| value == "1") {
+        eprintln!("SKIPPED {test}: Redis at {url} (default; REDIS_URL unset) {problem}, and {WITHOUT_REDIS}=1");
+        return None;
+    }
+    panic!(
+        "{test}: Redis at {url} (default; REDIS_URL unset) {problem}; start it (deploy/local/up infra), \
+         point REDIS_URL at one, or set {WITHOUT_REDIS}=1 to skip the Redis tests"
+    );
 }
 
 async fn redis_get(connection: &mut MultiplexedConnection, redis_key: &str) -> Option<Vec<u8>> {

@@ -5,11 +5,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use fintech_devkit::broker::PrivateBroker;
 use fintech_platform::kafka::EventProducer;
 use fintech_platform::outbox::{self, OutboxEvent, OutboxRelay, RelaySettings};
 use fintech_platform::telemetry;
 use fintech_proto::payments::Order;
-use fintech_tests::broker::PrivateBroker;
 use fintech_tests::{TestDb, create_topics, header, kafka_bootstrap, read_extra, read_records, reader, unique_topic};
 use prost::Message as _;
 use rdkafka::Message as _;
@@ -265,8 +265,8 @@ async fn overlapping_rounds_keep_key_order_while_rows_keep_arriving() {
 async fn broker_outage_loses_nothing_and_the_relay_resumes_by_itself() {
     let _telemetry = telemetry::init("test");
     let db = TestDb::with_platform_tables().await;
-    let mut broker = PrivateBroker::start().await;
-    let bootstrap = broker.bootstrap();
+    let mut broker = PrivateBroker::start().await.expect("private broker starts");
+    let bootstrap = broker.bootstrap().to_owned();
     let topic = unique_topic("outbox-outage");
     create_topics(&bootstrap, &[&topic], 1).await;
 
@@ -280,7 +280,7 @@ async fn broker_outage_loses_nothing_and_the_relay_resumes_by_itself() {
     };
     let relay = tokio::spawn(OutboxRelay::new(db.pool.clone(), producer, settings).run(shutdown.clone()));
 
-    broker.stop();
+    broker.kill();
     enqueue_orders(&db, &topic, 5, 4).await;
 
     // While the broker is down the rows stay, and the failures are recorded on them.
@@ -305,7 +305,7 @@ async fn broker_outage_loses_nothing_and_the_relay_resumes_by_itself() {
         "nothing marked while down"
     );
 
-    broker.resume().await;
+    broker.start_again().await.expect("private broker starts again");
     wait_for_empty_backlog(&db, Duration::from_secs(90)).await;
     shutdown.cancel();
     relay.await.expect("relay task");
@@ -327,8 +327,8 @@ async fn broker_outage_loses_nothing_and_the_relay_resumes_by_itself() {
 async fn a_stalled_broker_times_sends_out_and_the_relay_recovers_without_losing_anything() {
     let _telemetry = telemetry::init("test");
     let db = TestDb::with_platform_tables().await;
-    let broker = PrivateBroker::start().await;
-    let bootstrap = broker.bootstrap();
+    let broker = PrivateBroker::start().await.expect("private broker starts");
+    let bootstrap = broker.bootstrap().to_owned();
     let topic = unique_topic("outbox-stall");
     create_topics(&bootstrap, &[&topic], 1).await;
 
@@ -346,10 +346,10 @@ async fn a_stalled_broker_times_sends_out_and_the_relay_recovers_without_losing_
 
     // In-flight sends time out while the broker is frozen: the idempotent producer would bump its
     // epoch on the next send, so the relay must carry on with a fresh producer.
-    broker.freeze();
+    broker.freeze().expect("broker frozen");
     enqueue_orders(&db, &topic, 5, 2).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    broker.thaw();
+    broker.thaw().expect("broker thawed");
     wait_for_empty_backlog(&db, Duration::from_secs(90)).await;
     shutdown.cancel();
     relay.await.expect("relay task");

@@ -4,9 +4,9 @@
 //! Tests meet the real PostgreSQL (`DATABASE_URL`, default the local server) and the real
 //! Kafka-protocol broker (`KAFKA_BOOTSTRAP_SERVERS`, default `127.0.0.1:9092`) that
 //! `deploy/local/up infra` starts. Each test uses its own database and topics, so tests run in
-//! parallel without seeing each other.
+//! parallel without seeing each other. Tests that stop or crash the broker or the database use the
+//! private ones of `fintech_devkit` (`broker::PrivateBroker`, `postgres::PgCluster`).
 
-pub mod broker;
 pub mod ledger;
 pub mod payments;
 pub mod process;

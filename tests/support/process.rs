@@ -35,7 +35,13 @@ impl ServiceProcess {
             .expect("log file");
         let mut command = Command::new(binary);
         let stdout = log.try_clone().expect("log file handle");
-        command.stdout(stdout).stderr(log).env("RUST_LOG", "info");
+        // Only what `env` says: `scripts/test` exports REDIS_URL for the Redis tests, and a
+        // service that inherited it would run with the Redis fast path the test did not ask for.
+        command
+            .stdout(stdout)
+            .stderr(log)
+            .env("RUST_LOG", "info")
+            .env_remove("REDIS_URL");
         for (name, value) in env {
             command.env(name, value);
         }

@@ -4,8 +4,11 @@
 //! # Layout
 //!
 //! - this file: the Tansu binary and its storage preparation, free ports, topic creation
+//! - [`broker`]: a private broker (Tansu) that a test may kill, freeze and restart, and that the
+//!   benchmark runs on so that it neither measures nor disturbs its neighbours
 //! - [`postgres`]: a private PostgreSQL cluster that a test may stop, crash and restart
 
+pub mod broker;
 pub mod postgres;
 
 use std::net::TcpListener;
@@ -86,4 +89,11 @@ pub async fn create_topics(bootstrap: &str, topics: &[&str], partitions: i32) ->
         }
     }
     Ok(())
+}
+
+/// The last `lines` lines of a log file (empty when it cannot be read), for error messages.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

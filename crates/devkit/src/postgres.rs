@@ -287,9 +287,7 @@ impl PgCluster {
     }
 
     fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.log_file()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::log_tail(&self.log_file(), lines)
     }
 
     fn log_contains(&self, needle: &str) -> bool {
