@@ -213,7 +213,7 @@ async fn post_entries(
         let live = Arc::clone(&live);
         let prefix = format!("bench-{}-{name}-{worker}", setup.run_id);
         workers.push(tokio::spawn(async move {
-            let mut samples = Samples::new();
+            let mut samples = Samples::default();
             let mut n = 0u64;
             loop {
                 let started = Instant::now();
@@ -276,7 +276,7 @@ async fn post_entries(
             samples
         }));
     }
-    let mut total = Samples::new();
+    let mut total = Samples::default();
     for worker in workers {
         total.merge(worker.await?);
     }

@@ -20,7 +20,8 @@
 //! - [`services`]: the service processes;
 //! - [`broker`]: the run's private Tansu broker;
 //! - [`db`]: the run's databases and SQL probes;
-//! - [`stats`], [`progress`], [`report`]: percentiles, progress lines, JSON/Markdown/SVG.
+//! - [`stats`], [`progress`], [`report`]: latency histograms (HdrHistogram), progress lines,
+//!   JSON/Markdown/SVG.
 
 pub mod broker;
 pub mod db;
