@@ -21,7 +21,7 @@
 //! - [`broker`]: the run's private Tansu broker;
 //! - [`db`]: the run's databases and SQL probes;
 //! - [`stats`], [`progress`], [`report`]: latency histograms (HdrHistogram), progress lines,
-//!   JSON/Markdown/SVG.
+//!   JSON/Markdown and the SVG plot (plotters).
 
 pub mod broker;
 pub mod db;

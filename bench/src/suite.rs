@@ -713,7 +713,7 @@ pub fn write_report(report: &Report, out_dir: &Path) -> anyhow::Result<()> {
         serde_json::to_string_pretty(report)? + "\n",
     )?;
     std::fs::write(out_dir.join("latest.md"), report.markdown())?;
-    std::fs::write(out_dir.join("latest.svg"), report.svg())?;
+    std::fs::write(out_dir.join("latest.svg"), report.svg().context("draw the plot")?)?;
     step(format!("results: {}/latest.{{json,md,svg}}", out_dir.display()));
     Ok(())
 }
