@@ -30,8 +30,9 @@ use sqlx::PgPool;
 use tonic::transport::Channel;
 
 use crate::kafka::{Start, assigned_reader};
+use crate::load::connect;
 use crate::monitor::{Monitor, Point, Series};
-use crate::payments::{Pair, connect};
+use crate::payments::Pair;
 use crate::progress::Progress;
 use crate::stats::{Live, Samples};
 
