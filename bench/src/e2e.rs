@@ -30,8 +30,9 @@ use sqlx::PgPool;
 use tonic::transport::Channel;
 
 use crate::kafka::{Start, assigned_reader};
+use crate::load::connect;
 use crate::monitor::{Monitor, Point, Series};
-use crate::payments::{Pair, connect};
+use crate::payments::Pair;
 use crate::progress::Progress;
 use crate::stats::{Live, Samples};
 
@@ -178,7 +179,7 @@ pub async fn run(
     let started = Instant::now();
     let mut scheduled = 0u64;
     let mut tasks = Vec::new();
-    let mut dropped = Samples::new();
+    let mut dropped = Samples::default();
     while started.elapsed() < duration {
         let due = started + interval.mul_f64(scheduled as f64);
         tokio::time::sleep_until(due.into()).await;
@@ -200,7 +201,7 @@ pub async fn run(
         let live = Arc::clone(&live);
         tasks.push(tokio::spawn(async move {
             let result = pair.send(n as usize % 64, n).await;
-            let mut samples = Samples::new();
+            let mut samples = Samples::default();
             match result {
                 Ok(outcome) => {
                     let ack = Ack {
@@ -243,7 +244,7 @@ pub async fn run(
 
     let acks = acks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
     let seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-    let mut to_published = Samples::new();
+    let mut to_published = Samples::default();
     for (transaction_id, ack) in acks.iter().filter(|(_, ack)| ack.measured) {
         match seen.get(transaction_id) {
             Some(arrived) => to_published.record(arrived.saturating_duration_since(ack.at)),
@@ -369,7 +370,7 @@ async fn hops(
     .await?;
 
     let between = |from: &dyn Fn(&str) -> Option<DateTime<Utc>>, to: &Times| {
-        let mut samples = Samples::new();
+        let mut samples = Samples::default();
         for (transaction_id, _) in acks.iter().filter(|(_, ack)| ack.measured) {
             match (from(transaction_id), to.get(transaction_id)) {
                 (Some(start), Some(end)) => {
@@ -411,7 +412,7 @@ fn wall_latencies(
     recorded_at: impl Fn(&str) -> Option<DateTime<Utc>>,
     missing: &str,
 ) -> Samples {
-    let mut samples = Samples::new();
+    let mut samples = Samples::default();
     for (transaction_id, ack) in acks.iter().filter(|(_, ack)| ack.measured) {
         match recorded_at(transaction_id) {
             Some(at) => {
@@ -430,7 +431,7 @@ async fn read_back(channel: Channel, mut transaction_ids: Vec<String>) -> Sample
     transaction_ids.sort();
     let step = (transaction_ids.len() / 200).max(1);
     let mut client = TaxServiceClient::new(channel);
-    let mut samples = Samples::new();
+    let mut samples = Samples::default();
     for transaction_id in transaction_ids.into_iter().step_by(step) {
         let started = Instant::now();
         let answer = client

@@ -20,8 +20,9 @@ use tonic::transport::Channel;
 use crate::broker::PrivateBroker;
 use crate::db::{self, Admin, redact};
 use crate::kafka::{self, GroupLag};
+use crate::load::connect;
 use crate::monitor::Monitor;
-use crate::payments::{self, Pair};
+use crate::payments::Pair;
 use crate::pgbench::PayloadSizes;
 use crate::procstat::{Sampler, Selector, Usage};
 use crate::progress::say;
@@ -336,7 +337,7 @@ impl Environment {
 
     /// One pair first: proves the path works and gives the real payload sizes.
     async fn probe(&self, run_id: &str) -> anyhow::Result<PayloadSizes> {
-        let channel = payments::connect(&self.payments_address()?).await?;
+        let channel = connect(&self.payments_address()?).await?;
         let mut pair = Pair::new(channel, format!("{run_id}-{}-probe", self.tag));
         let outcome = pair
             .send(0, 0)

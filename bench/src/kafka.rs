@@ -159,7 +159,7 @@ pub async fn produce_baseline(
     let payload = vec![0x5a_u8; payload_size];
     let live = Arc::new(Live::default());
     let _progress = Progress::start(label, duration, Arc::clone(&live), None);
-    let mut samples = Samples::new();
+    let mut samples = Samples::default();
     let mut in_flight = FuturesUnordered::new();
     let started = Instant::now();
     let deadline = started + duration;
@@ -345,7 +345,7 @@ pub async fn roundtrip_baseline(
         let live = Arc::clone(&live);
         let expected = Arc::clone(&expected);
         tokio::spawn(async move {
-            let mut samples = Samples::new();
+            let mut samples = Samples::default();
             let mut last_record = Instant::now();
             // Until every sent record arrived, or 5 s without a record once sending is over.
             while samples.count() < expected.load(Ordering::Relaxed) {
@@ -410,7 +410,7 @@ pub async fn roundtrip_baseline(
     let started = Instant::now();
     let mut sends = FuturesUnordered::new();
     let mut sent = 0u64;
-    let mut acks = Samples::new();
+    let mut acks = Samples::default();
     while started.elapsed() < duration {
         let due = started + interval.mul_f64(sent as f64);
         tokio::time::sleep_until(due.into()).await;

@@ -11,22 +11,20 @@
 //! implementation of "one stream per account with ordered locks" can reach here.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use fintech_proto::ledger as pb;
 use fintech_proto::ledger::ledger_service_client::LedgerServiceClient;
 use rand::Rng as _;
 use sqlx::PgPool;
-use tonic::Request;
 use tonic::transport::Channel;
 
-use crate::payments::connect;
+use crate::load::{self, Failure, connect, with_key};
 use crate::pgbench;
 use crate::procstat::Sampler;
-use crate::progress::{Progress, say, step};
+use crate::progress::{say, step};
 use crate::report::{LedgerResults, LedgerRun, Measured};
-use crate::stats::{Live, Samples};
 
 /// Accounts of the spread scenario (full run).
 pub const SPREAD_ACCOUNTS: usize = 200;
@@ -54,14 +52,6 @@ pub struct Setup<'a> {
     pub pgbench_url: &'a str,
     /// Where scripts and logs go.
     pub work_dir: &'a std::path::Path,
-}
-
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Ok(value) = key.parse() {
-        request.metadata_mut().insert("idempotency-key", value);
-    }
-    request
 }
 
 async fn open_account(
@@ -138,12 +128,11 @@ pub async fn run(setup: Setup<'_>, sampler: &Sampler) -> anyhow::Result<LedgerRe
 
         step(format!("ledger {name}: PostEntry"));
         let from = sampler.now() + setup.warmup.as_secs_f64();
-        let (samples, elapsed) =
-            post_entries(&setup, Arc::clone(&accounts), hot_account.then(|| hot.clone()), name).await?;
+        let run = post_entries(&setup, Arc::clone(&accounts), hot_account.then(|| hot.clone()), name).await?;
         sampler.sample_now();
         let resources = sampler.usage(from, sampler.now());
-        let entries_per_second = samples.count() as f64 / elapsed.as_secs_f64();
-        let post = Measured::from(&samples);
+        let entries_per_second = run.samples[0].count() as f64 / run.elapsed.as_secs_f64();
+        let post = Measured::from(&run.samples[0]);
         say(format!(
             "    {entries_per_second:.0} entries/s (p99 {:.1} ms, {} errors) vs row-lock ceiling {:.0}/s (p99 {:.1} ms)",
             post.latency.p99_ms,
@@ -189,99 +178,58 @@ fn ceiling_script(accounts: usize, hot: bool) -> String {
     )
 }
 
+/// `PostEntry` by `setup.clients` clients in a closed loop: each entry debits a random account and
+/// credits another, or the `hot` one.
 async fn post_entries(
     setup: &Setup<'_>,
     accounts: Arc<Vec<String>>,
     hot: Option<String>,
     name: &str,
-) -> anyhow::Result<(Samples, Duration)> {
-    let live = Arc::new(Live::default());
-    let begin = Instant::now();
-    let measure_from = begin + setup.warmup;
-    let deadline = measure_from + setup.duration;
-    let progress = Progress::start(
-        format!("ledger {name}"),
-        setup.warmup + setup.duration,
-        Arc::clone(&live),
-        None,
-    );
-    let mut workers = Vec::new();
+) -> anyhow::Result<load::ClosedLoopRun> {
+    let mut clients = Vec::with_capacity(setup.clients);
     for worker in 0..setup.clients {
-        let mut client = LedgerServiceClient::new(connect(&setup.address).await?);
-        let accounts = Arc::clone(&accounts);
-        let hot = hot.clone();
-        let live = Arc::clone(&live);
+        let client = LedgerServiceClient::new(connect(&setup.address).await?);
+        let (accounts, hot) = (Arc::clone(&accounts), hot.clone());
         let prefix = format!("bench-{}-{name}-{worker}", setup.run_id);
-        workers.push(tokio::spawn(async move {
-            let mut samples = Samples::new();
-            let mut n = 0u64;
-            loop {
-                let started = Instant::now();
-                if started >= deadline {
-                    break;
-                }
-                let (debit, credit) = {
-                    let mut rng = rand::rng();
-                    let debit = rng.random_range(0..accounts.len());
-                    match &hot {
-                        Some(hot) => (accounts[debit].clone(), hot.clone()),
-                        None => {
-                            let mut credit = rng.random_range(0..accounts.len() - 1);
-                            if credit >= debit {
-                                credit += 1;
-                            }
-                            (accounts[debit].clone(), accounts[credit].clone())
-                        }
+        clients.push(move |n: u64| {
+            let mut client = client.clone();
+            let (debit, credit) = {
+                let mut rng = rand::rng();
+                let debit = rng.random_range(0..accounts.len());
+                let credit = match &hot {
+                    Some(hot) => hot.clone(),
+                    None => {
+                        let credit = rng.random_range(0..accounts.len() - 1);
+                        accounts[if credit >= debit { credit + 1 } else { credit }].clone()
                     }
                 };
-                let amount = 100 + (n as i64 % 900);
-                let request = pb::PostEntryRequest {
-                    entry_id: format!("{prefix}-{n}"),
-                    description: "benchmark entry".to_owned(),
-                    metadata: Default::default(),
-                    lines: vec![
-                        pb::EntryLine {
-                            account_id: debit,
-                            side: pb::Side::Debit as i32,
-                            amount,
-                            currency: "EUR".to_owned(),
-                        },
-                        pb::EntryLine {
-                            account_id: credit,
-                            side: pb::Side::Credit as i32,
-                            amount,
-                            currency: "EUR".to_owned(),
-                        },
-                    ],
-                };
-                n += 1;
-                let result = client.post_entry(request).await;
-                let measured = started >= measure_from;
-                match result {
-                    Ok(_) => {
-                        live.ok();
-                        if measured {
-                            samples.record(started.elapsed());
-                        }
-                    }
-                    Err(status) => {
-                        live.failed();
-                        if measured {
-                            samples.error(format!("PostEntry: {:?}", status.code()));
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                (accounts[debit].clone(), credit)
+            };
+            let amount = 100 + (n as i64 % 900);
+            let line = |account_id, side: pb::Side| pb::EntryLine {
+                account_id,
+                side: side as i32,
+                amount,
+                currency: "EUR".to_owned(),
+            };
+            let request = pb::PostEntryRequest {
+                entry_id: format!("{prefix}-{n}"),
+                description: "benchmark entry".to_owned(),
+                metadata: Default::default(),
+                lines: vec![line(debit, pb::Side::Debit), line(credit, pb::Side::Credit)],
+            };
+            async move {
+                match client.post_entry(request).await {
+                    Ok(_) => Ok((Vec::new(), 1)),
+                    Err(status) => Err(Failure {
+                        kind: format!("PostEntry: {:?}", status.code()),
+                        commits: 0,
+                    }),
                 }
             }
-            samples
-        }));
+        });
     }
-    let mut total = Samples::new();
-    for worker in workers {
-        total.merge(worker.await?);
-    }
-    drop(progress);
-    Ok((total, measure_from.elapsed().max(Duration::from_millis(1))))
+    load::closed_loop(clients, 0, setup.warmup, setup.duration, &format!("ledger {name}")).await
 }
 
 #[cfg(test)]

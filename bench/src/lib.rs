@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`suite`]: the scenario order, their results and the targets;
 //! - [`environment`]: a fresh environment per scenario (databases, broker, topics, services);
+//! - [`load`]: gRPC connections, idempotency keys and the closed loop;
 //! - [`payments`]: closed-loop gRPC load on payments (CreateOrder + CreateTransaction);
 //! - [`e2e`]: open-loop load and the time until the `TaxedTransaction` exists;
 //! - [`ledger`]: PostEntry across many accounts and on one hot account;
@@ -20,7 +21,8 @@
 //! - [`services`]: the service processes;
 //! - [`broker`]: the run's private Tansu broker;
 //! - [`db`]: the run's databases and SQL probes;
-//! - [`stats`], [`progress`], [`report`]: percentiles, progress lines, JSON/Markdown/SVG.
+//! - [`stats`], [`progress`], [`report`]: latency histograms (HdrHistogram), progress lines,
+//!   JSON/Markdown and the SVG plot (plotters).
 
 pub mod broker;
 pub mod db;
@@ -28,6 +30,7 @@ pub mod e2e;
 pub mod environment;
 pub mod kafka;
 pub mod ledger;
+pub mod load;
 pub mod monitor;
 pub mod payments;
 pub mod pgbench;

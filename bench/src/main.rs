@@ -1,18 +1,5 @@
-//! `fintech-bench`: parses flags and runs the suite (see `bench/README.md`).
-//!
-//! ```text
-//! fintech-bench suite [--smoke] [--out DIR] [--work DIR] [--bin-dir DIR] [--profile NAME]
-//!                     [--ledger-bin PATH | --ledger-skip REASON] [--levels 1,8,32,64]
-//!                     [--duration S] [--warmup S] [--e2e-duration S] [--e2e-rate N]
-//!                     [--kafka-duration S] [--ledger-duration S] [--drain-timeout S]
-//!                     [--pgbench PATH] [--service-log FILTER] [--redis URL] [--keep-databases]
-//!                     [--shared-broker] [--scenarios payments,kafka,e2e,ledger] [--strict]
-//! fintech-bench render JSON [--out DIR]
-//! ```
-//!
-//! `DATABASE_URL` (admin connection, default `postgres://postgres@127.0.0.1:5432/postgres`) and
-//! `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`, used with `--shared-broker`) come from the
-//! environment; by default the run starts a private broker of its own.
+//! `fintech-bench`: parses flags and runs the suite (see `bench/README.md`); `src/usage.txt`
+//! (what `--help` prints) lists the commands, their flags and the environment they read.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use fintech_bench::progress::say;
-use fintech_bench::report::Report;
+use fintech_bench::report::{Report, SCHEMA_VERSION};
 use fintech_bench::suite::{self, Options};
 
 fn main() -> ExitCode {
@@ -65,11 +52,14 @@ async fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
                     .map(PathBuf::from)
                     .unwrap_or_else(|| PathBuf::from(".")),
             };
-            let mut report: Report =
-                serde_json::from_str(&std::fs::read_to_string(json).with_context(|| format!("read {json}"))?)
-                    .with_context(|| format!("parse {json}"))?;
-            // Any older layout reads; the JSON written back is in the current one.
-            report.schema_version = fintech_bench::report::SCHEMA_VERSION;
+            let text = std::fs::read_to_string(json).with_context(|| format!("read {json}"))?;
+            let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parse {json}"))?;
+            let layout = value["schema_version"].as_u64().unwrap_or(0);
+            anyhow::ensure!(
+                layout == u64::from(SCHEMA_VERSION),
+                "{json} has layout {layout}; render reads layout {SCHEMA_VERSION} only"
+            );
+            let report: Report = serde_json::from_value(value).with_context(|| format!("read {json}"))?;
             suite::write_report(&report, &out)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -39,11 +39,9 @@ pub struct Point {
     /// Events published by payments so far (cumulative).
     pub payments_published: i64,
     /// Unpublished rows in the ledger's outbox (`-1`: no ledger).
-    #[serde(default)]
     pub ledger_outbox: i64,
     /// `tax.calculated` events published by tax and not yet applied by the ledger (`-1`: no
     /// ledger).
-    #[serde(default)]
     pub ledger_lag_sql: i64,
     /// Scenario-specific: requests acknowledged but not yet seen at the end of the flow.
     pub in_flight: i64,
@@ -172,11 +170,6 @@ impl Series {
     /// Seconds since the series started.
     pub fn now(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
-    }
-
-    /// The latest reading.
-    pub fn latest(&self) -> Point {
-        *self.latest.borrow()
     }
 
     /// A short text of the latest reading for the progress line.

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use procfs::process::Process;
 use serde::{Deserialize, Serialize};
 
 /// How a group finds its processes.
@@ -91,7 +92,7 @@ impl Sampler {
             state,
             stop,
             thread,
-            ticks_per_second: clock_ticks_per_second(),
+            ticks_per_second: procfs::ticks_per_second() as f64,
         }
     }
 
@@ -217,84 +218,36 @@ struct ProcReading {
     hwm_kb: u64,
 }
 
-/// utime + stime from `/proc/<pid>/stat`, VmRSS and VmHWM from `/proc/<pid>/status`.
+/// utime + stime, VmRSS and VmHWM of `pid`; `None` once it has exited.
 fn read_process(pid: u32) -> Option<ProcReading> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ticks = parse_stat_ticks(&stat)?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let process = Process::new(i32::try_from(pid).ok()?).ok()?;
+    let stat = process.stat().ok()?;
+    let status = process.status().ok();
     Some(ProcReading {
-        ticks,
-        rss_kb: status_kb(&status, "VmRSS:").unwrap_or(0),
-        hwm_kb: status_kb(&status, "VmHWM:").unwrap_or(0),
+        ticks: stat.utime + stat.stime,
+        rss_kb: status.as_ref().and_then(|status| status.vmrss).unwrap_or(0),
+        hwm_kb: status.and_then(|status| status.vmhwm).unwrap_or(0),
     })
-}
-
-/// Fields 14 and 15 (utime, stime) of a `stat` line; the command name in parentheses may hold
-/// spaces, so fields are counted after the last `)`.
-fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // after_comm starts at field 3 (state): utime is field 14, stime 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-fn status_kb(status: &str, field: &str) -> Option<u64> {
-    status
-        .lines()
-        .find(|line| line.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn processes_by_comm() -> HashMap<String, Vec<u32>> {
     let mut found: HashMap<String, Vec<u32>> = HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-            found.entry(comm.trim().to_owned()).or_default().push(pid);
+    for stat in procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|process| process.stat().ok())
+    {
+        if let Ok(pid) = u32::try_from(stat.pid) {
+            found.entry(stat.comm).or_default().push(pid);
         }
     }
     found
 }
 
-/// `getconf CLK_TCK` (100 on every Linux this runs on; asked rather than assumed).
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|output| String::from_utf8(output.stdout).ok())
-        .and_then(|text| text.trim().parse::<f64>().ok())
-        .filter(|ticks| *ticks > 0.0)
-        .unwrap_or(100.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_ticks_survive_spaces_in_the_command_name() {
-        let stat = "1234 (tokio rt (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 100 0 0";
-        assert_eq!(parse_stat_ticks(stat), Some(300));
-    }
-
-    #[test]
-    fn status_fields_in_kilobytes() {
-        let status = "Name:\tpayments\nVmHWM:\t   40960 kB\nVmRSS:\t   20480 kB\n";
-        assert_eq!(status_kb(status, "VmRSS:"), Some(20480));
-        assert_eq!(status_kb(status, "VmHWM:"), Some(40960));
-        assert_eq!(status_kb(status, "VmSwap:"), None);
-    }
 
     #[test]
     fn the_own_process_is_measured() {

@@ -479,6 +479,8 @@ async fn measure_level(
         &format!("payments c={clients}"),
     )
     .await?;
+    // The run's samples: whole pairs, CreateOrder, CreateTransaction.
+    let (pairs, orders, transactions) = (&run.samples[0], &run.samples[1], &run.samples[2]);
     sampler.sample_now();
     let resources = active(sampler.usage(load_from, sampler.now()));
     state.peak(&resources);
@@ -496,18 +498,18 @@ async fn measure_level(
     {
         state.profiles.push(profile);
     }
-    let pairs_per_second = run.pairs.count() as f64 / run.elapsed.as_secs_f64();
+    let pairs_per_second = pairs.count() as f64 / run.elapsed.as_secs_f64();
     let commits_per_second = run.commits as f64 / run.elapsed.as_secs_f64();
     let baseline_commits = 2.0 * baseline.tps;
     let level = PaymentsLevel {
         concurrency: clients,
         pairs_per_second,
         commits_per_second,
-        pair: Measured::from(&run.pairs),
-        create_order: Measured::from(&run.orders),
-        create_transaction: Measured::from(&run.transactions),
+        pair: Measured::from(pairs),
+        create_order: Measured::from(orders),
+        create_transaction: Measured::from(transactions),
         throughput_ratio: commits_per_second / baseline_commits.max(1e-9),
-        p99_ratio: run.pairs.latency().p99_ms / baseline.samples.latency().p99_ms.max(1e-9),
+        p99_ratio: pairs.latency().p99_ms / baseline.samples.latency().p99_ms.max(1e-9),
         baseline: Baseline {
             pairs_per_second: baseline.tps,
             commits_per_second: baseline_commits,
@@ -713,7 +715,7 @@ pub fn write_report(report: &Report, out_dir: &Path) -> anyhow::Result<()> {
         serde_json::to_string_pretty(report)? + "\n",
     )?;
     std::fs::write(out_dir.join("latest.md"), report.markdown())?;
-    std::fs::write(out_dir.join("latest.svg"), report.svg())?;
+    std::fs::write(out_dir.join("latest.svg"), report.svg().context("draw the plot")?)?;
     step(format!("results: {}/latest.{{json,md,svg}}", out_dir.display()));
     Ok(())
 }

@@ -22,6 +22,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
+pub mod process;
+
 /// The Tansu binary: `TANSU_BIN`, else `~/.cargo/bin/tansu` (where `deploy/local/up` installs
 /// it), else `tansu` on the `PATH`.
 pub fn tansu_binary() -> PathBuf {
