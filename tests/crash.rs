@@ -11,7 +11,7 @@ use fintech_platform::kafka::{EventMetadata, EventProducer};
 use fintech_platform::telemetry::{self, TraceHeaders};
 use fintech_proto::payments;
 use fintech_proto::payments::payments_service_client::PaymentsServiceClient;
-use fintech_tests::payments::{connect, unique_prefix};
+use fintech_tests::payments::{connect, platform_config, unique_prefix};
 use fintech_tests::process::{ServiceProcess, service_binary};
 use fintech_tests::tax::create_tax_topics;
 use fintech_tests::{TestDb, create_topics, header, kafka_bootstrap, read_records, reader};
@@ -47,12 +47,9 @@ async fn payments_killed_right_after_an_acknowledged_command_publishes_it_after_
     let binary = service_binary("fintech-payments", "payments");
     let address = free_address();
     let log = tempfile::NamedTempFile::new().expect("log");
-    let env = vec![
-        ("DATABASE_URL", db.url.clone()),
-        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap().to_owned()),
-        ("GRPC_LISTEN_ADDR", address.clone()),
-        ("TOPIC_PREFIX", prefix.clone()),
-    ];
+    let mut platform = platform_config("payments", &db.url, broker.bootstrap());
+    platform.grpc_listen_addr = address.parse().expect("address");
+    let env = fintech_tests::payments::env(&fintech_tests::payments::config(platform, &db, &prefix));
     let mut service = ServiceProcess::spawn(&binary, &env, log.path());
     let mut client = PaymentsServiceClient::new(connect(&address).await);
     let order = client
@@ -172,16 +169,13 @@ async fn tax_killed_in_the_middle_of_1000_transactions_yields_exactly_one_result
 
     let binary = service_binary("fintech-tax", "tax");
     let log = tempfile::NamedTempFile::new().expect("log");
-    let env = vec![
-        ("DATABASE_URL", db.url.clone()),
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-        ("GRPC_LISTEN_ADDR", free_address()),
-        ("TOPIC_PREFIX", prefix.clone()),
-        // The restarted process is the same instance: static membership hands it the partitions
-        // at once (without it the broker may keep them with the killed member until its session
-        // expires; Tansu 0.6 keeps them for good when the new member joins before that).
-        ("KAFKA_GROUP_INSTANCE_ID", format!("{prefix}tax-0")),
-    ];
+    let mut platform = platform_config("tax", &db.url, &bootstrap);
+    platform.grpc_listen_addr = free_address().parse().expect("address");
+    // The restarted process is the same instance: static membership hands it the partitions at
+    // once (without it the broker may keep them with the killed member until its session expires;
+    // Tansu 0.6 keeps them for good when the new member joins before that).
+    platform.kafka_group_instance_id = Some(format!("{prefix}tax-0"));
+    let env = fintech_tests::tax::env(&fintech_tests::tax::config(platform, &db, &prefix));
     let taxed = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM taxed_transactions")
             .fetch_one(&db.pool)

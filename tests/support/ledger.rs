@@ -1,31 +1,26 @@
 //! Runs the ledger service in-process on a free port, with its own database and its own topics
 //! (`test.<uuid>.tax.calculated`, `test.<uuid>.ledger.entry_posted`, …) on the shared broker.
 
-use std::time::Duration;
-
-use fintech_ledger::LedgerConfig;
-use fintech_ledger::posting::PostingSettings;
-use fintech_platform::CancellationToken;
+use fintech_ledger::{LedgerConfig, LedgerService};
+use fintech_platform::config::PlatformConfig;
+use fintech_platform::kit::Service as _;
 use fintech_proto::ledger as pb;
 use fintech_proto::ledger::ledger_service_client::LedgerServiceClient;
 use tonic::transport::Channel;
 
-use crate::payments::{connect, platform_config};
-use crate::{TestDb, create_topics, kafka_bootstrap};
+use crate::TestDb;
+use crate::service::{ServiceHarness, unique_prefix};
 
 /// A running ledger service.
-#[derive(Debug)]
-pub struct LedgerHarness {
-    /// Its database.
-    pub db: TestDb,
-    /// `127.0.0.1:<port>`.
-    pub address: String,
-    /// Topic prefix of this instance.
-    pub prefix: String,
-    /// A connected client.
-    pub client: LedgerServiceClient<Channel>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+pub type LedgerHarness = ServiceHarness<LedgerServiceClient<Channel>>;
+
+/// The ledger's settings in a test: the test platform settings on the topics of `prefix`, the
+/// `tax.calculated` consumer on, default posting settings.
+pub fn config(platform: PlatformConfig, _db: &TestDb, prefix: &str) -> LedgerConfig {
+    LedgerService::config(PlatformConfig {
+        topic_prefix: prefix.to_owned(),
+        ..platform
+    })
 }
 
 impl LedgerHarness {
@@ -36,48 +31,25 @@ impl LedgerHarness {
 
     /// Starts the ledger after `configure` adjusted its settings.
     pub async fn start_with(configure: impl FnOnce(&mut LedgerConfig)) -> Self {
-        Self::start_on(&format!("test.{}.", uuid::Uuid::new_v4().simple()), configure).await
+        Self::start_on(&unique_prefix(), configure).await
     }
 
     /// Starts the ledger on the topics of `prefix` (shared with other harnesses, so it consumes
     /// the `tax.calculated` a tax harness on the same prefix publishes).
     pub async fn start_on(prefix: &str, configure: impl FnOnce(&mut LedgerConfig)) -> Self {
-        let db = TestDb::empty().await;
-        let prefix = prefix.to_owned();
-        let bootstrap = kafka_bootstrap();
-        let topics: Vec<String> = fintech_ledger::events::TOPICS
-            .iter()
-            .map(|topic| format!("{prefix}{topic}"))
-            .collect();
-        create_topics(&bootstrap, &topics.iter().map(String::as_str).collect::<Vec<_>>(), 3).await;
-
-        let mut config = LedgerConfig {
-            platform: fintech_platform::config::PlatformConfig {
-                topic_prefix: prefix.clone(),
-                ..platform_config("ledger", &db.url, &bootstrap)
-            },
-            tax_consumer_enabled: true,
-            posting: PostingSettings::default(),
-        };
-        configure(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address").to_string();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(fintech_ledger::run(config, listener, shutdown.clone()));
-        let client = LedgerServiceClient::new(connect(&address).await);
-        Self {
-            db,
-            address,
+        Self::launch(
+            "ledger",
             prefix,
-            client,
-            shutdown,
-            task,
-        }
-    }
-
-    /// The full name of one of the ledger's topics.
-    pub fn topic(&self, topic: &str) -> String {
-        format!("{}{topic}", self.prefix)
+            &fintech_ledger::events::TOPICS,
+            |platform, db, prefix| {
+                let mut config = config(platform, db, prefix);
+                configure(&mut config);
+                config
+            },
+            fintech_ledger::run,
+            LedgerServiceClient::new,
+        )
+        .await
     }
 
     /// Opens an account and returns it.
@@ -135,16 +107,6 @@ impl LedgerHarness {
             .expect("trial balance")
             .into_inner()
             .currencies
-    }
-
-    /// Stops the service gracefully and waits for it.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("ledger stops within 30s")
-            .expect("ledger task")
-            .expect("ledger returns Ok");
     }
 }
 

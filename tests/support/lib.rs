@@ -10,6 +10,7 @@
 pub mod ledger;
 pub mod payments;
 pub mod process;
+pub mod service;
 pub mod tax;
 
 use std::path::PathBuf;

@@ -1,10 +1,17 @@
 //! Service binaries run as real processes, for tests that SIGKILL them.
+//!
+//! A process is described by the same config as an in-process instance: build it with the
+//! service module's `config` (on [`crate::service::platform_config`]) and pass its `env` form, e.g.
+//! `payments::env(&payments::config(platform, &db, &prefix))`, so both run with the same settings.
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::Mutex;
 
 static BUILD: Mutex<()> = Mutex::new(());
+
+/// Settings whose absence means "off" (see `crate::service::platform_env`).
+const OPTIONAL_SETTINGS: [&str; 2] = ["REDIS_URL", "KAFKA_GROUP_INSTANCE_ID"];
 
 /// The path of a workspace binary, built (incrementally) first.
 pub fn service_binary(package: &str, binary: &str) -> PathBuf {
@@ -35,13 +42,13 @@ impl ServiceProcess {
             .expect("log file");
         let mut command = Command::new(binary);
         let stdout = log.try_clone().expect("log file handle");
-        // Only what `env` says: `scripts/test` exports REDIS_URL for the Redis tests, and a
-        // service that inherited it would run with the Redis fast path the test did not ask for.
-        command
-            .stdout(stdout)
-            .stderr(log)
-            .env("RUST_LOG", "info")
-            .env_remove("REDIS_URL");
+        command.stdout(stdout).stderr(log).env("RUST_LOG", "info");
+        // An optional setting that `env` leaves out is off, as in-process, not inherited:
+        // `scripts/test` exports REDIS_URL for the Redis tests, and a service that inherited it
+        // would run with the Redis fast path the test did not ask for.
+        for name in OPTIONAL_SETTINGS {
+            command.env_remove(name);
+        }
         for (name, value) in env {
             command.env(name, value);
         }

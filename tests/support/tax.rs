@@ -3,75 +3,72 @@
 
 use std::time::Duration;
 
-use fintech_platform::CancellationToken;
+use fintech_platform::config::PlatformConfig;
+use fintech_platform::kit::Service as _;
 use fintech_proto::tax::tax_service_client::TaxServiceClient;
-use fintech_tax::TaxConfig;
+use fintech_tax::{Tax, TaxConfig};
 use tonic::transport::Channel;
 
-use crate::payments::{connect, platform_config};
-use crate::{TestDb, create_topics, kafka_bootstrap};
+use crate::service::{ServiceHarness, create_prefixed_topics, platform_env};
+use crate::{TestDb, kafka_bootstrap};
 
 /// A running tax service.
-#[derive(Debug)]
-pub struct TaxHarness {
-    /// Its database.
-    pub db: TestDb,
-    /// `127.0.0.1:<port>`.
-    pub address: String,
-    /// Topic prefix.
-    pub prefix: String,
-    /// A connected client.
-    pub client: TaxServiceClient<Channel>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+pub type TaxHarness = ServiceHarness<TaxServiceClient<Channel>>;
+
+/// Every topic tax reads and writes.
+fn topics() -> Vec<&'static str> {
+    fintech_tax::events::INPUT_TOPICS
+        .iter()
+        .chain(fintech_tax::events::OUTPUT_TOPICS.iter())
+        .copied()
+        .collect()
 }
 
 /// Creates every topic tax reads and writes under `prefix`.
 pub async fn create_tax_topics(prefix: &str) {
-    let topics: Vec<String> = fintech_tax::events::INPUT_TOPICS
-        .iter()
-        .chain(fintech_tax::events::OUTPUT_TOPICS.iter())
-        .map(|topic| format!("{prefix}{topic}"))
-        .collect();
-    create_topics(
-        &kafka_bootstrap(),
-        &topics.iter().map(String::as_str).collect::<Vec<_>>(),
-        3,
-    )
-    .await;
+    create_prefixed_topics(&kafka_bootstrap(), prefix, &topics()).await;
+}
+
+/// Tax's settings in a test: the test platform settings on the topics of `prefix`, the
+/// sweeper every 200 ms and the default parking deadline (the harness sets its own).
+pub fn config(platform: PlatformConfig, _db: &TestDb, prefix: &str) -> TaxConfig {
+    TaxConfig {
+        sweep_interval: Duration::from_millis(200),
+        ..Tax::config(PlatformConfig {
+            topic_prefix: prefix.to_owned(),
+            ..platform
+        })
+    }
+}
+
+/// `config` as the environment of a tax process (see [`crate::process`]).
+pub fn env(config: &TaxConfig) -> Vec<(&'static str, String)> {
+    let TaxConfig {
+        platform,
+        park_deadline,
+        sweep_interval,
+    } = config;
+    let mut env = platform_env(platform);
+    env.push(("TAX_PARK_DEADLINE_SECS", park_deadline.as_secs().to_string()));
+    env.push(("TAX_SWEEP_INTERVAL_MS", sweep_interval.as_millis().to_string()));
+    env
 }
 
 impl TaxHarness {
     /// Starts tax on `prefix`'s topics with the given parking deadline.
     pub async fn start(prefix: &str, park_deadline: Duration) -> Self {
-        let db = TestDb::empty().await;
-        create_tax_topics(prefix).await;
-        let config = TaxConfig {
-            platform: fintech_platform::config::PlatformConfig {
-                topic_prefix: prefix.to_owned(),
-                ..platform_config("tax", &db.url, &kafka_bootstrap())
+        Self::launch(
+            "tax",
+            prefix,
+            &topics(),
+            |platform, db, prefix| TaxConfig {
+                park_deadline,
+                ..config(platform, db, prefix)
             },
-            park_deadline,
-            sweep_interval: Duration::from_millis(200),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address").to_string();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(fintech_tax::run(config, listener, shutdown.clone()));
-        let client = TaxServiceClient::new(connect(&address).await);
-        Self {
-            db,
-            address,
-            prefix: prefix.to_owned(),
-            client,
-            shutdown,
-            task,
-        }
-    }
-
-    /// The full name of a topic under this prefix.
-    pub fn topic(&self, topic: &str) -> String {
-        format!("{}{topic}", self.prefix)
+            fintech_tax::run,
+            TaxServiceClient::new,
+        )
+        .await
     }
 
     /// Waits until `count` results are stored.
@@ -91,15 +88,5 @@ impl TaxHarness {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    /// Stops tax gracefully.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("tax stops within 30s")
-            .expect("tax task")
-            .expect("tax returns Ok");
     }
 }
