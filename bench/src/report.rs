@@ -910,7 +910,7 @@ fn panel(
     series: &[Series<'_>],
 ) -> anyhow::Result<()> {
     let max = (series.iter().flat_map(|(_, _, values)| values.iter().flatten())).fold(0.0, |a: f64, b| a.max(*b));
-    // Client counts spread evenly at 0, 1, 2, ... (1, 8, 32, 64 would crowd on a linear axis).
+    // The i-th client count sits at x = i.
     let x_range = -0.5..(levels.len().max(1) as f64 - 0.5);
     // Headroom above the highest point for its label and the legend.
     let top = (max * 1.4).max(1.0);
@@ -975,13 +975,16 @@ fn panel(
                 .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 12, y + 6)], colour.filled()));
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(NOTE)
-        .label_font(("sans-serif", 13))
-        .draw()?;
+    // A legend without entries would be an empty box (a run without payments levels).
+    if series.iter().any(|(_, _, values)| values.iter().any(Option::is_some)) {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(NOTE)
+            .label_font(("sans-serif", 13))
+            .draw()?;
+    }
     Ok(())
 }
 

@@ -669,6 +669,7 @@ async fn kafka_baselines(
     let options = context.options;
     let (sampler, duration) = (&context.sampler, options.kafka_duration);
     let consume_records = if options.smoke { 500 } else { 5_000 };
+    let window = PRODUCE_WINDOW;
     let topic = |name: &str| format!("{}baseline.{name}", environment.prefix);
     let (consume_topic, produce_topic) = (topic("consume"), topic("produce"));
     let from = sampler.now();
@@ -676,41 +677,32 @@ async fn kafka_baselines(
     // scan of every header it stores (no index on `header`), so what an earlier baseline left
     // behind would slow the next one down.
     let (broker, bootstrap) = fresh_broker(context, environment, "consume", &consume_topic).await?;
-    let window = PRODUCE_WINDOW;
-    let (fill_time, records) = (Duration::from_secs(60), Some(consume_records));
+    let fill = Duration::from_secs(60);
     let filled = kafka::produce_baseline(
         &bootstrap,
         &consume_topic,
         payload_size,
         window,
-        fill_time,
-        records,
+        fill,
+        Some(consume_records),
         "kafka fill",
-    );
-    let filled = filled.await?;
+    )
+    .await?;
     let consumed = kafka::consume_baseline(
         &bootstrap,
         &consume_topic,
         filled.samples.count(),
-        Duration::from_secs(60),
+        fill,
         "kafka consume",
     )
     .await?;
     drop(broker);
     // The first hop of the flow carries two events per pair.
     let roundtrip_rate = 2.0 * e2e_rate;
-    let mut roundtrips = Vec::new();
-    for (name, fetch_wait, label) in [
-        ("roundtrip", None, "kafka produce->consume (default fetch wait)"),
-        (
-            "roundtrip.fast",
-            Some(kafka::INSTRUMENT_FETCH_WAIT_MS),
-            "kafka produce->consume (fetch.wait.max.ms 10)",
-        ),
-    ] {
+    let roundtrip = async |name: &str, fetch_wait: Option<u32>, label: &str| {
         let topic = topic(name);
-        let (broker, bootstrap) = fresh_broker(context, environment, name, &topic).await?;
-        let run = kafka::roundtrip_baseline(
+        let (_broker, bootstrap) = fresh_broker(context, environment, name, &topic).await?;
+        kafka::roundtrip_baseline(
             &bootstrap,
             &topic,
             payload_size,
@@ -718,10 +710,17 @@ async fn kafka_baselines(
             duration,
             fetch_wait,
             label,
-        );
-        roundtrips.push(run.await?);
-        drop(broker);
-    }
+        )
+        .await
+    };
+    let slow = roundtrip("roundtrip", None, "kafka produce->consume (default fetch wait)").await?;
+    let fast_wait = Some(kafka::INSTRUMENT_FETCH_WAIT_MS);
+    let fast = roundtrip(
+        "roundtrip.fast",
+        fast_wait,
+        "kafka produce->consume (fetch.wait.max.ms 10)",
+    )
+    .await?;
     let (broker, bootstrap) = fresh_broker(context, environment, "produce", &produce_topic).await?;
     let produced = kafka::produce_baseline(
         &bootstrap,
@@ -731,13 +730,10 @@ async fn kafka_baselines(
         duration,
         None,
         "kafka produce",
-    );
-    let produced = produced.await?;
+    )
+    .await?;
     drop(broker);
     sampler.sample_now();
-    let [roundtrip, roundtrip_fast] = &roundtrips[..] else {
-        unreachable!("two round trips ran");
-    };
     let kafka_results = KafkaBaselines {
         payload_bytes: payload_size,
         window,
@@ -747,10 +743,10 @@ async fn kafka_baselines(
         consumed: consumed.records,
         consume_first_record_ms: consumed.first_record.map(|first| first.as_secs_f64() * 1000.0),
         roundtrip_rate,
-        roundtrip: Measured::from(&roundtrip.arrival),
-        roundtrip_ack: Measured::from(&roundtrip.ack),
+        roundtrip: Measured::from(&slow.arrival),
+        roundtrip_ack: Measured::from(&slow.ack),
         fast_fetch_wait_ms: kafka::INSTRUMENT_FETCH_WAIT_MS,
-        roundtrip_fast: Measured::from(&roundtrip_fast.arrival),
+        roundtrip_fast: Measured::from(&fast.arrival),
         resources: sampler.usage(from, sampler.now()),
     };
     say(format!(
