@@ -828,6 +828,7 @@ fn ledger_markdown(out: &mut String, ledger: &LedgerResults) {
 /// measured at that count).
 type Series<'a> = (&'a str, RGBColor, Vec<Option<f64>>);
 
+/// Legend names and colours of the plot's three series, and the grey of its notes.
 const WITH_FLOW: (&str, RGBColor) = ("service + flow", RGBColor(0x1f, 0x77, 0xb4));
 const ALONE: (&str, RGBColor) = ("service alone", RGBColor(0x2c, 0xa0, 0x2c));
 const PGBENCH: (&str, RGBColor) = ("pgbench", RGBColor(0xff, 0x7f, 0x0e));
