@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
@@ -114,19 +114,10 @@ pub async fn run(
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let in_flight = Arc::new(AtomicI64::new(0));
 
-    let consumer = {
-        let bootstrap = setup.bootstrap.clone();
-        let topic = setup.tax_calculated_topic.clone();
-        tokio::task::spawn_blocking(move || {
-            assigned_reader(
-                &bootstrap,
-                &topic,
-                Start::End,
-                Some(crate::kafka::INSTRUMENT_FETCH_WAIT_MS),
-            )
-        })
-        .await??
-    };
+    let consumer = tokio::task::block_in_place(|| {
+        let fetch_wait = Some(crate::kafka::INSTRUMENT_FETCH_WAIT_MS);
+        assigned_reader(&setup.bootstrap, &setup.tax_calculated_topic, Start::End, fetch_wait)
+    })?;
     let reader = {
         let seen = Arc::clone(&seen);
         tokio::spawn(async move {
@@ -141,9 +132,7 @@ pub async fn run(
                 else {
                     continue;
                 };
-                seen.lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .insert(taxed.transaction_id, arrived);
+                locked(&seen).insert(taxed.transaction_id, arrived);
             }
         })
     };
@@ -151,14 +140,8 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let open = {
-        let acks = Arc::clone(&acks);
-        let seen = Arc::clone(&seen);
-        let in_flight = Arc::clone(&in_flight);
-        Arc::new(move || {
-            let acked = acks.lock().map(|acks| acks.len()).unwrap_or(0) as i64;
-            let arrived = seen.lock().map(|seen| seen.len()).unwrap_or(0) as i64;
-            (acked - arrived).max(0) + in_flight.load(Ordering::Relaxed)
-        })
+        let (acks, seen, in_flight) = (Arc::clone(&acks), Arc::clone(&seen), Arc::clone(&in_flight));
+        Arc::new(move || open_count(&acks, &seen) as i64 + in_flight.load(Ordering::Relaxed))
     };
     let series = monitor.start(Some(open));
     let live = Arc::new(Live::default());
@@ -196,9 +179,7 @@ pub async fn run(
             channels[n as usize % channels.len()].clone(),
             format!("{}-e2e", setup.key_prefix),
         );
-        let acks = Arc::clone(&acks);
-        let in_flight = Arc::clone(&in_flight);
-        let live = Arc::clone(&live);
+        let (acks, in_flight, live) = (Arc::clone(&acks), Arc::clone(&in_flight), Arc::clone(&live));
         tasks.push(tokio::spawn(async move {
             let result = pair.send(n as usize % 64, n).await;
             let mut samples = Samples::default();
@@ -212,9 +193,7 @@ pub async fn run(
                     if measured {
                         samples.record(due.elapsed());
                     }
-                    acks.lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .insert(outcome.transaction.transaction_id, ack);
+                    locked(&acks).insert(outcome.transaction.transaction_id, ack);
                     live.ok();
                 }
                 Err(error) => {
@@ -242,8 +221,7 @@ pub async fn run(
     let points = series.finish().await;
     reader.abort();
 
-    let acks = acks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-    let seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    let (acks, seen) = (locked(&acks).clone(), locked(&seen).clone());
     let mut to_published = Samples::default();
     for (transaction_id, ack) in acks.iter().filter(|(_, ack)| ack.measured) {
         match seen.get(transaction_id) {
@@ -252,22 +230,13 @@ pub async fn run(
         }
     }
     let calculated = calculated_times(&setup.tax_db, &acks).await?;
-    let to_calculated = wall_latencies(
-        &acks,
-        |transaction_id| calculated.get(transaction_id).copied(),
-        "not in taxed_transactions",
-    );
+    let acked = |id: &str| acked_at(&acks, id);
+    let to_calculated = between(&acks, acked, at(&calculated), "not in taxed_transactions");
     let posted = match &setup.ledger_db {
         Some(ledger_db) => Some(posted_times(ledger_db, &acks).await?),
         None => None,
     };
-    let to_ledger = posted.as_ref().map(|posted| {
-        wall_latencies(
-            &acks,
-            |transaction_id| posted.get(transaction_id).copied(),
-            "not in ledger_entries",
-        )
-    });
+    let to_ledger = (posted.as_ref()).map(|posted| between(&acks, acked, at(posted), "not in ledger_entries"));
     let hops = hops(setup, &acks, &calculated, posted.as_ref()).await?;
     let read_back = read_back(setup.tax.clone(), acks.keys().cloned().collect()).await;
 
@@ -285,10 +254,25 @@ pub async fn run(
     })
 }
 
+/// A transaction's time in `times`.
+fn at(times: &Times) -> impl Fn(&str) -> Option<DateTime<Utc>> + '_ {
+    |transaction_id| times.get(transaction_id).copied()
+}
+
+/// The wall-clock time of a transaction's acknowledgement.
+fn acked_at(acks: &HashMap<String, Ack>, transaction_id: &str) -> Option<DateTime<Utc>> {
+    acks.get(transaction_id).map(|ack| DateTime::<Utc>::from(ack.wall))
+}
+
+/// A lock that a panicked holder did not spoil: the maps only ever get whole entries.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Transactions acknowledged and not yet seen on `tax.calculated`.
 fn open_count(acks: &Mutex<HashMap<String, Ack>>, seen: &Mutex<HashMap<String, Instant>>) -> usize {
-    let acks = acks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    acks.keys().filter(|id| !seen.contains_key(*id)).count()
+    let seen = locked(seen);
+    locked(acks).keys().filter(|id| !seen.contains_key(*id)).count()
 }
 
 /// When tax calculated each transaction (`taxed_transactions.calculated_at`), by transaction id.
@@ -369,58 +353,46 @@ async fn hops(
     })
     .await?;
 
-    let between = |from: &dyn Fn(&str) -> Option<DateTime<Utc>>, to: &Times| {
-        let mut samples = Samples::default();
-        for (transaction_id, _) in acks.iter().filter(|(_, ack)| ack.measured) {
-            match (from(transaction_id), to.get(transaction_id)) {
-                (Some(start), Some(end)) => {
-                    let micros = (*end - start).num_microseconds().unwrap_or(0).max(0);
-                    samples.record_us(micros.unsigned_abs());
-                }
-                _ => samples.error("a timestamp is missing"),
-            }
-        }
-        samples
-    };
-    let acked_at = |transaction_id: &str| acks.get(transaction_id).map(|ack| DateTime::<Utc>::from(ack.wall));
+    let hop = |from: &Times, to: &Times| between(acks, at(from), at(to), "a timestamp is missing");
     let mut hops = vec![
         (
             "ack -> payments outbox row published".to_owned(),
-            between(&acked_at, &relayed),
+            between(acks, |id| acked_at(acks, id), at(&relayed), "a timestamp is missing"),
         ),
         (
             "payments published -> tax calculated".to_owned(),
-            between(&|id: &str| relayed.get(id).copied(), calculated),
+            hop(&relayed, calculated),
         ),
         (
             "tax calculated -> tax outbox row published".to_owned(),
-            between(&|id: &str| calculated.get(id).copied(), &tax_relayed),
+            hop(calculated, &tax_relayed),
         ),
     ];
     if let Some(posted) = posted {
         hops.push((
             "tax published -> ledger entry posted".to_owned(),
-            between(&|id: &str| tax_relayed.get(id).copied(), posted),
+            hop(&tax_relayed, posted),
         ));
     }
     Ok(hops)
 }
 
-/// Latency from each acknowledgement to the time another service recorded (its clock; same host).
-fn wall_latencies(
+/// Per measured transaction, the time from `from` to `to` (both recorded on this host's clock);
+/// a transaction without one of them counts as an error `missing`.
+fn between(
     acks: &HashMap<String, Ack>,
-    recorded_at: impl Fn(&str) -> Option<DateTime<Utc>>,
+    from: impl Fn(&str) -> Option<DateTime<Utc>>,
+    to: impl Fn(&str) -> Option<DateTime<Utc>>,
     missing: &str,
 ) -> Samples {
     let mut samples = Samples::default();
-    for (transaction_id, ack) in acks.iter().filter(|(_, ack)| ack.measured) {
-        match recorded_at(transaction_id) {
-            Some(at) => {
-                let acked = DateTime::<Utc>::from(ack.wall);
-                let micros = (at - acked).num_microseconds().unwrap_or(0).max(0);
+    for (transaction_id, _) in acks.iter().filter(|(_, ack)| ack.measured) {
+        match (from(transaction_id), to(transaction_id)) {
+            (Some(start), Some(end)) => {
+                let micros = (end - start).num_microseconds().unwrap_or(0).max(0);
                 samples.record_us(micros.unsigned_abs());
             }
-            None => samples.error(missing),
+            _ => samples.error(missing),
         }
     }
     samples

@@ -27,7 +27,7 @@ use crate::pgbench::PayloadSizes;
 use crate::procstat::{Sampler, Selector, Usage};
 use crate::progress::say;
 use crate::report::LogSummary;
-use crate::services::{ServiceProcess, count_problems};
+use crate::services::ServiceProcess;
 use crate::suite::Options;
 
 /// Topics tax reads and writes besides payments' (the benchmark does not link the tax crate: it
@@ -35,8 +35,17 @@ use crate::suite::Options;
 const TAX_TOPICS: [&str; 3] = ["tax.calculated", "tax.failed", "tax.dlq"];
 /// Tax's consumer group name (without the prefix).
 const TAX_CONSUMER: &str = "tax";
-/// Topics the ledger reads and writes besides `tax.calculated`.
-const LEDGER_TOPICS: [&str; 3] = ["ledger.entry_posted", "tax.reversed", "ledger.dlq"];
+/// Topics the ledger reads and writes.
+const LEDGER_TOPICS: [&str; 4] = ["ledger.entry_posted", "tax.reversed", "ledger.dlq", "tax.calculated"];
+/// Topics of the raw Kafka baselines (created everywhere, so `--shared-broker` has them too).
+const BASELINE_TOPICS: [&str; 4] = [
+    "baseline.produce",
+    "baseline.consume",
+    "baseline.roundtrip",
+    "baseline.roundtrip.fast",
+];
+/// Longest wait for a service to report SERVING.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// What a scenario needs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -66,17 +75,34 @@ pub struct RunContext<'a> {
     pub sampler: Sampler,
 }
 
-/// Running services of one environment.
+/// A running service of an environment.
 #[derive(Debug)]
-pub struct Services {
-    /// Payments (with the flow).
-    pub payments: Option<ServiceProcess>,
-    /// Tax (with the flow).
-    pub tax: Option<ServiceProcess>,
-    /// The ledger (with the flow when available, or alone).
-    pub ledger: Option<ServiceProcess>,
-    /// A channel to tax.
-    pub tax_channel: Option<Channel>,
+pub struct Service {
+    /// Its process.
+    pub process: ServiceProcess,
+    /// The channel its health check answered on.
+    pub channel: Channel,
+    /// A small pool on its database, for the benchmark's own reads.
+    pub db: PgPool,
+}
+
+/// A service process started but not yet known to serve.
+#[derive(Debug)]
+struct Starting {
+    process: ServiceProcess,
+    database_url: String,
+}
+
+impl Starting {
+    /// Waits until its health service reports `service` as SERVING.
+    async fn serving(mut self, service: &str) -> anyhow::Result<Service> {
+        let channel = self.process.wait_serving(service, START_TIMEOUT).await?;
+        Ok(Service {
+            db: pool(&self.database_url).await?,
+            channel,
+            process: self.process,
+        })
+    }
 }
 
 /// A fresh environment.
@@ -88,23 +114,23 @@ pub struct Environment {
     pub prefix: String,
     /// Broker address.
     pub bootstrap: String,
+    /// Work files of this environment.
+    pub dir: PathBuf,
     /// The private broker (none with `--shared-broker`).
     pub broker: Option<PrivateBroker>,
-    /// The services.
-    pub services: Services,
-    /// Payments' database.
-    pub payments_db: Option<PgPool>,
-    /// Tax's database.
-    pub tax_db: Option<PgPool>,
-    /// The ledger's database.
-    pub ledger_db: Option<PgPool>,
+    /// Payments (with the flow, or alone).
+    pub payments: Option<Service>,
+    /// Tax (with the flow).
+    pub tax: Option<Service>,
+    /// The ledger (with the flow when available, or alone).
+    pub ledger: Option<Service>,
     /// The pgbench database and its URL.
     pub pgbench_db: Option<(PgPool, String)>,
     /// Backlog readings (with the flow).
     pub monitor: Option<Monitor>,
-    /// Payload sizes measured from the first pair (with the flow).
+    /// Payload sizes measured from the first pair (whenever payments runs).
     pub sizes: Option<PayloadSizes>,
-    /// Environment variables the services got.
+    /// Environment variables the services got (besides their `DATABASE_URL`).
     pub service_env: Vec<(&'static str, String)>,
     databases: Vec<String>,
 }
@@ -113,7 +139,21 @@ impl Environment {
     /// Builds the environment `tag` with what `needs` asks for; what was built before a failure is
     /// torn down again (databases dropped, processes stopped).
     pub async fn start(context: &RunContext<'_>, tag: &str, needs: Needs) -> anyhow::Result<Self> {
-        let mut environment = Self::empty(context, tag);
+        let mut environment = Self {
+            tag: tag.to_owned(),
+            prefix: format!("bench.{}.{tag}.", context.run_id),
+            bootstrap: context.options.bootstrap.clone(),
+            dir: context.work_dir.join(tag),
+            broker: None,
+            payments: None,
+            tax: None,
+            ledger: None,
+            pgbench_db: None,
+            monitor: None,
+            sizes: None,
+            service_env: Vec::new(),
+            databases: Vec::new(),
+        };
         match environment.build(context, needs).await {
             Ok(()) => Ok(environment),
             Err(error) => {
@@ -123,201 +163,113 @@ impl Environment {
         }
     }
 
-    fn empty(context: &RunContext<'_>, tag: &str) -> Self {
-        Self {
-            tag: tag.to_owned(),
-            prefix: format!("bench.{}.{tag}.", context.run_id),
-            bootstrap: context.options.bootstrap.clone(),
-            broker: None,
-            services: Services {
-                payments: None,
-                tax: None,
-                ledger: None,
-                tax_channel: None,
-            },
-            payments_db: None,
-            tax_db: None,
-            ledger_db: None,
-            pgbench_db: None,
-            monitor: None,
-            sizes: None,
-            service_env: Vec::new(),
-            databases: Vec::new(),
-        }
-    }
-
     async fn build(&mut self, context: &RunContext<'_>, needs: Needs) -> anyhow::Result<()> {
         let options = context.options;
-        let tag = self.tag.clone();
-        let dir = context.work_dir.join(&tag);
-        std::fs::create_dir_all(&dir)?;
-        let prefix = self.prefix.clone();
-        let environment = self;
-        if !options.shared_broker {
-            let broker = PrivateBroker::start(&dir.join("broker")).await?;
-            environment.bootstrap = broker.bootstrap.clone();
+        std::fs::create_dir_all(&self.dir)?;
+        if options.shared_broker {
+            context.sampler.track("broker", Selector::Comm("tansu".to_owned()));
+        } else {
+            let broker = PrivateBroker::start(&self.dir.join("broker")).await?;
+            self.bootstrap = broker.bootstrap.clone();
             if let Some(pid) = broker.pid() {
                 context.sampler.track("broker", Selector::Pid(pid));
             }
-            environment.broker = Some(broker);
-        } else {
-            context.sampler.track("broker", Selector::Comm("tansu".to_owned()));
+            self.broker = Some(broker);
         }
-        let bootstrap = environment.bootstrap.clone();
 
         let with_ledger = options.ledger_bin.is_some() && (needs.flow || needs.ledger_only);
-        let mut topics: Vec<String> = Vec::new();
+        let mut topics = BASELINE_TOPICS.to_vec();
         if needs.flow || needs.payments_only {
-            topics.extend(
-                fintech_payments::events::TOPICS
-                    .iter()
-                    .chain(TAX_TOPICS.iter())
-                    .map(|topic| format!("{prefix}{topic}")),
-            );
+            topics.extend(fintech_payments::events::TOPICS.iter().chain(&TAX_TOPICS));
         }
         if with_ledger {
-            topics.extend(
-                LEDGER_TOPICS
-                    .iter()
-                    .chain(["tax.calculated"].iter())
-                    .map(|topic| format!("{prefix}{topic}")),
-            );
+            topics.extend(LEDGER_TOPICS);
         }
-        topics.extend(
-            [
-                "baseline.produce",
-                "baseline.consume",
-                "baseline.roundtrip",
-                "baseline.roundtrip.fast",
-            ]
-            .iter()
-            .map(|topic| format!("{prefix}{topic}")),
-        );
-        topics.sort();
+        topics.sort_unstable();
         topics.dedup();
-        kafka::create_topics(&bootstrap, &topics).await?;
+        let topics: Vec<String> = topics.iter().map(|topic| format!("{}{topic}", self.prefix)).collect();
+        kafka::create_topics(&self.bootstrap, &topics).await?;
 
-        let database = |service: &str| format!("{}{}_{tag}_{service}", db::DATABASE_PREFIX, context.run_id);
         if needs.pgbench {
-            let name = database("pgbench");
-            environment.create_database(context, &name).await?;
+            let name = self.database_name(context, "pgbench");
+            self.create_database(context, &name).await?;
             let url = context.admin.url_for(&name);
             let pool = pool(&url).await?;
             fintech_platform::db::migrate(&pool, &fintech_payments::MIGRATOR)
                 .await
                 .context("payments schema on the pgbench database")?;
-            environment.pgbench_db = Some((pool, url));
+            self.pgbench_db = Some((pool, url));
         }
 
-        let mut service_env: Vec<(&'static str, String)> = vec![
-            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
-            ("TOPIC_PREFIX", prefix.clone()),
+        self.service_env = vec![
+            ("KAFKA_BOOTSTRAP_SERVERS", self.bootstrap.clone()),
+            ("TOPIC_PREFIX", self.prefix.clone()),
             ("RUST_LOG", options.service_log.clone()),
             ("NO_COLOR", "1".to_owned()),
         ];
         if let Some(redis) = &options.redis_url {
-            service_env.push(("REDIS_URL", redis.clone()));
+            self.service_env.push(("REDIS_URL", redis.clone()));
         }
-        environment.service_env = service_env.clone();
-        let env_for = |url: String| {
-            let mut env = service_env.clone();
-            env.push(("DATABASE_URL", url));
-            env
-        };
-        let timeout = Duration::from_secs(90);
+        let payments_bin = options.bin_dir.join("payments");
         if needs.payments_only {
-            let payments_name = database("payments");
-            environment.create_database(context, &payments_name).await?;
-            let mut env = env_for(context.admin.url_for(&payments_name));
-            env.push(("OUTBOX_RELAYS", "0".to_owned()));
-            let mut payments = ServiceProcess::spawn(
-                "payments",
-                &options.bin_dir.join("payments"),
-                &env,
-                dir.join("payments.log"),
-            )?;
-            context.sampler.track("payments", Selector::Pid(payments.pid()));
-            payments.wait_serving(fintech_payments::SERVICE_NAME, timeout).await?;
-            environment.payments_db = Some(pool(&context.admin.url_for(&payments_name)).await?);
-            environment.services.payments = Some(payments);
-            environment.sizes = Some(environment.probe(&context.run_id).await?);
+            let payments = self
+                .launch(context, "payments", &payments_bin, &[("OUTBOX_RELAYS", "0")])
+                .await?;
+            self.payments = Some(payments.serving(fintech_payments::SERVICE_NAME).await?);
         }
         if needs.flow {
-            let payments_name = database("payments");
-            let tax_name = database("tax");
-            environment.create_database(context, &payments_name).await?;
-            environment.create_database(context, &tax_name).await?;
-            let mut payments = ServiceProcess::spawn(
-                "payments",
-                &options.bin_dir.join("payments"),
-                &env_for(context.admin.url_for(&payments_name)),
-                dir.join("payments.log"),
-            )?;
-            let mut tax = ServiceProcess::spawn(
-                "tax",
-                &options.bin_dir.join("tax"),
-                &env_for(context.admin.url_for(&tax_name)),
-                dir.join("tax.log"),
-            )?;
-            context.sampler.track("payments", Selector::Pid(payments.pid()));
-            context.sampler.track("tax", Selector::Pid(tax.pid()));
-            payments.wait_serving(fintech_payments::SERVICE_NAME, timeout).await?;
-            let tax_channel = tax.wait_serving("fintech.tax.v1.TaxService", timeout).await?;
-            environment.payments_db = Some(pool(&context.admin.url_for(&payments_name)).await?);
-            environment.tax_db = Some(pool(&context.admin.url_for(&tax_name)).await?);
-            environment.services.payments = Some(payments);
-            environment.services.tax = Some(tax);
-            environment.services.tax_channel = Some(tax_channel);
+            // Both start at once; then each is waited for.
+            let payments = self.launch(context, "payments", &payments_bin, &[]).await?;
+            let tax = self.launch(context, "tax", &options.bin_dir.join("tax"), &[]).await?;
+            self.payments = Some(payments.serving(fintech_payments::SERVICE_NAME).await?);
+            self.tax = Some(tax.serving("fintech.tax.v1.TaxService").await?);
         }
         if with_ledger && let Some(binary) = &options.ledger_bin {
-            let ledger_name = database("ledger");
-            environment.create_database(context, &ledger_name).await?;
-            let mut env = env_for(context.admin.url_for(&ledger_name));
-            if !needs.flow {
-                // Its own scenarios measure PostEntry alone.
-                env.push(("TAX_CONSUMER_ENABLED", "false".to_owned()));
-            }
-            let mut ledger = ServiceProcess::spawn("ledger", binary, &env, dir.join("ledger.log"))?;
-            context.sampler.track("ledger", Selector::Pid(ledger.pid()));
-            ledger.wait_serving("fintech.ledger.v1.LedgerService", timeout).await?;
-            environment.ledger_db = Some(pool(&context.admin.url_for(&ledger_name)).await?);
-            environment.services.ledger = Some(ledger);
+            // Its own scenarios measure PostEntry alone.
+            let extra: &[_] = if needs.flow {
+                &[]
+            } else {
+                &[("TAX_CONSUMER_ENABLED", "false")]
+            };
+            let ledger = self.launch(context, "ledger", binary, extra).await?;
+            self.ledger = Some(ledger.serving("fintech.ledger.v1.LedgerService").await?);
         }
 
-        if needs.flow
-            && let (Some(payments_db), Some(tax_db)) = (&environment.payments_db, &environment.tax_db)
-        {
-            environment.monitor = Some(Monitor {
-                payments: payments_db.clone(),
-                tax: tax_db.clone(),
+        if let (Some(payments), Some(tax)) = (&self.payments, &self.tax) {
+            let tax_inputs = fintech_payments::events::TOPICS.iter().take(3);
+            self.monitor = Some(Monitor {
+                payments: payments.db.clone(),
+                tax: tax.db.clone(),
                 tax_lag: GroupLag::new(
-                    &bootstrap,
-                    &format!("{prefix}{TAX_CONSUMER}"),
-                    fintech_payments::events::TOPICS
-                        .iter()
-                        .take(3)
-                        .map(|topic| format!("{prefix}{topic}"))
-                        .collect(),
+                    &self.bootstrap,
+                    &format!("{}{TAX_CONSUMER}", self.prefix),
+                    tax_inputs.map(|topic| format!("{}{topic}", self.prefix)).collect(),
                 )?,
-                ledger: environment.ledger_db.clone(),
+                ledger: self.ledger.as_ref().map(|ledger| ledger.db.clone()),
             });
-            environment.sizes = Some(environment.probe(&context.run_id).await?);
         }
-        let names: Vec<String> = [
-            environment.services.payments.as_ref(),
-            environment.services.tax.as_ref(),
-            environment.services.ledger.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|service| format!("{} {}", service.name, service.address))
-        .collect();
+        if self.payments.is_some() {
+            self.sizes = Some(self.probe(&context.run_id).await?);
+        }
+        let names: Vec<String> = self
+            .services()
+            .map(|service| format!(" · {} {}", service.process.name, service.process.address))
+            .collect();
         say(format!(
-            "    environment {tag}: broker {bootstrap}{}{}",
-            if names.is_empty() { "" } else { " · " },
-            names.join(" · ")
+            "    environment {}: broker {}{}",
+            self.tag,
+            self.bootstrap,
+            names.concat()
         ));
         Ok(())
+    }
+
+    fn services(&self) -> impl Iterator<Item = &Service> {
+        [&self.payments, &self.tax, &self.ledger].into_iter().flatten()
+    }
+
+    fn database_name(&self, context: &RunContext<'_>, service: &str) -> String {
+        format!("{}{}_{}_{service}", db::DATABASE_PREFIX, context.run_id, self.tag)
     }
 
     async fn create_database(&mut self, context: &RunContext<'_>, name: &str) -> anyhow::Result<()> {
@@ -326,32 +278,49 @@ impl Environment {
         Ok(())
     }
 
+    /// Creates `name`'s database and starts `binary` on it with `extra` settings.
+    async fn launch(
+        &mut self,
+        context: &RunContext<'_>,
+        name: &str,
+        binary: &Path,
+        extra: &[(&'static str, &str)],
+    ) -> anyhow::Result<Starting> {
+        let database = self.database_name(context, name);
+        self.create_database(context, &database).await?;
+        let database_url = context.admin.url_for(&database);
+        let mut env = self.service_env.clone();
+        env.push(("DATABASE_URL", database_url.clone()));
+        env.extend(extra.iter().map(|(variable, value)| (*variable, (*value).to_owned())));
+        let process = ServiceProcess::spawn(name, binary, &env, &self.dir.join(format!("{name}.log")))?;
+        context.sampler.track(name, Selector::Pid(process.pid()));
+        Ok(Starting { process, database_url })
+    }
+
     /// Payments' address.
     pub fn payments_address(&self) -> anyhow::Result<String> {
-        self.services
-            .payments
+        self.payments
             .as_ref()
-            .map(|payments| payments.address.clone())
+            .map(|payments| payments.process.address.clone())
             .context("payments is not running in this environment")
     }
 
     /// One pair first: proves the path works and gives the real payload sizes.
     async fn probe(&self, run_id: &str) -> anyhow::Result<PayloadSizes> {
         let channel = connect(&self.payments_address()?).await?;
-        let mut pair = Pair::new(channel, format!("{run_id}-{}-probe", self.tag));
-        let outcome = pair
+        let outcome = Pair::new(channel, format!("{run_id}-{}-probe", self.tag))
             .send(0, 0)
             .await
             .map_err(|error| anyhow::anyhow!("first CreateOrder/CreateTransaction failed: {}", error.status))?;
         Ok(PayloadSizes {
             order: outcome.order.encoded_len(),
+            transaction: outcome.transaction.encoded_len(),
             order_response: pb::CreateOrderResponse {
-                order: Some(outcome.order.clone()),
+                order: Some(outcome.order),
             }
             .encoded_len(),
-            transaction: outcome.transaction.encoded_len(),
             transaction_response: pb::CreateTransactionResponse {
-                transaction: Some(outcome.transaction.clone()),
+                transaction: Some(outcome.transaction),
             }
             .encoded_len(),
         })
@@ -359,15 +328,11 @@ impl Environment {
 
     /// Fails if a service or the private broker died.
     pub fn ensure_alive(&mut self) -> anyhow::Result<()> {
-        for service in [
-            self.services.payments.as_mut(),
-            self.services.tax.as_mut(),
-            self.services.ledger.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
+        for service in [&mut self.payments, &mut self.tax, &mut self.ledger]
+            .into_iter()
+            .flatten()
         {
-            service.ensure_running()?;
+            service.process.ensure_running()?;
         }
         if let Some(broker) = &self.broker
             && let Some(panic) = broker.panic()
@@ -386,41 +351,22 @@ impl Environment {
         context.sampler.sample_now();
         let lifetime = context.sampler.usage(0.0, context.sampler.now());
         let mut report = EnvironmentReport::default();
-        for name in ["payments", "tax", "ledger"] {
-            let running = match name {
-                "payments" => self.services.payments.is_some(),
-                "tax" => self.services.tax.is_some(),
-                _ => self.services.ledger.is_some(),
-            };
-            if let (true, Some(usage)) = (running, lifetime.get(name)) {
-                report.peak_rss_mb.insert(name.to_owned(), usage.lifetime_peak_rss_mb);
-            }
-        }
         if let Some(broker) = &self.broker {
             report.broker_data_mb = broker.data_bytes() as f64 / 1e6;
             report.broker_panic = broker.panic();
         }
-        let timeout = Duration::from_secs(20);
-        for service in [
-            self.services.payments.as_mut(),
-            self.services.tax.as_mut(),
-            self.services.ledger.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
+        for mut service in [self.payments.take(), self.tax.take(), self.ledger.take()]
+            .into_iter()
+            .flatten()
         {
-            service.stop(timeout).await;
-            report.logs.insert(service.name.clone(), summarize_log(&service.log));
+            let name = service.process.name.clone();
+            if let Some(usage) = lifetime.get(&name) {
+                report.peak_rss_mb.insert(name.clone(), usage.lifetime_peak_rss_mb);
+            }
+            report.logs.insert(name, service.process.stop(Duration::from_secs(20)));
+            service.db.close().await;
         }
-        for pool in [
-            self.payments_db.take(),
-            self.tax_db.take(),
-            self.ledger_db.take(),
-            self.pgbench_db.take().map(|(pool, _)| pool),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        if let Some((pool, _)) = self.pgbench_db.take() {
             pool.close().await;
         }
         drop(self.monitor.take());
@@ -449,36 +395,6 @@ pub struct EnvironmentReport {
     pub broker_data_mb: f64,
     /// The broker's panic, if it had one.
     pub broker_panic: Option<String>,
-}
-
-fn summarize_log(path: &Path) -> LogSummary {
-    let (warnings, errors) = count_problems(path);
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let last_problems: Vec<String> = text
-        .lines()
-        .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
-        .rev()
-        .take(3)
-        .map(|line| line.chars().take(300).collect())
-        .collect();
-    LogSummary {
-        warnings,
-        errors,
-        assignments: text.matches("partitions assigned").count(),
-        session_timeouts: text.matches("SESSTMOUT").count(),
-        last_problems,
-    }
-}
-
-/// Adds `other`'s counts to `into` (the same service in several environments).
-pub fn merge_log(into: &mut LogSummary, other: LogSummary) {
-    into.warnings += other.warnings;
-    into.errors += other.errors;
-    into.assignments += other.assignments;
-    into.session_timeouts += other.session_timeouts;
-    if !other.last_problems.is_empty() {
-        into.last_problems = other.last_problems;
-    }
 }
 
 /// A small pool for the benchmark's own reads.

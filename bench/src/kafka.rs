@@ -2,6 +2,7 @@
 //! baselines (producer throughput and ack latency, consumer throughput, produce-to-consume latency)
 //! with the same client settings, record key, payload size and headers the outbox relay sends.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -134,6 +135,41 @@ fn producer(bootstrap: &str, client_id: &str) -> anyhow::Result<FutureProducer> 
         .create()?)
 }
 
+/// Sends one record like the relay's (a UUID key, the CloudEvents and trace headers) with
+/// `payload` to `topic`; yields the time from the send to the acknowledgement.
+fn send_record(
+    producer: &FutureProducer,
+    topic: &str,
+    payload: Vec<u8>,
+) -> impl Future<Output = (Duration, Result<(), String>)> + Send + 'static {
+    let (producer, topic) = (producer.clone(), topic.to_owned());
+    async move {
+        let key = uuid::Uuid::new_v4().to_string();
+        let headers = relay_like_headers(&key);
+        let started = Instant::now();
+        let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
+        let result = producer.send(record, Timeout::Never).await;
+        (
+            started.elapsed(),
+            result.map(|_| ()).map_err(|(error, _)| error.to_string()),
+        )
+    }
+}
+
+/// Counts one acknowledgement into `samples` (and into `live`, when given).
+fn tally(samples: &mut Samples, live: Option<&Live>, (latency, result): (Duration, Result<(), String>)) {
+    let ok = result.is_ok();
+    match result {
+        Ok(()) => samples.record(latency),
+        Err(error) => samples.error(error),
+    }
+    match live {
+        Some(live) if ok => live.ok(),
+        Some(live) => live.failed(),
+        None => {}
+    }
+}
+
 /// Result of the producer baseline.
 #[derive(Debug)]
 pub struct ProduceRun {
@@ -144,8 +180,8 @@ pub struct ProduceRun {
 }
 
 /// Sends records of `payload_size` bytes to `topic` for `duration` (or until `limit` records),
-/// keeping up to `window` unacknowledged (the relay sends a batch of up to 256 at once and waits for
-/// all of them).
+/// keeping up to `window` unacknowledged (the relay sends a batch of up to 256 at once and waits
+/// for all of them).
 pub async fn produce_baseline(
     bootstrap: &str,
     topic: &str,
@@ -156,41 +192,22 @@ pub async fn produce_baseline(
     label: &str,
 ) -> anyhow::Result<ProduceRun> {
     let producer = producer(bootstrap, "fintech-bench-produce")?;
-    let payload = vec![0x5a_u8; payload_size];
     let live = Arc::new(Live::default());
     let _progress = Progress::start(label, duration, Arc::clone(&live), None);
     let mut samples = Samples::default();
     let mut in_flight = FuturesUnordered::new();
     let started = Instant::now();
-    let deadline = started + duration;
-    let limit = limit.unwrap_or(u64::MAX);
+    let (deadline, limit) = (started + duration, limit.unwrap_or(u64::MAX));
     let mut sent = 0u64;
     loop {
         while in_flight.len() < window && Instant::now() < deadline && sent < limit {
             sent += 1;
-            let key = uuid::Uuid::new_v4().to_string();
-            let headers = relay_like_headers(&key);
-            let producer = producer.clone();
-            let payload = payload.clone();
-            let topic = topic.to_owned();
-            in_flight.push(async move {
-                let sent = Instant::now();
-                let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
-                let result = producer.send(record, Timeout::Never).await;
-                (sent.elapsed(), result.map(|_| ()).map_err(|(error, _)| error))
-            });
+            in_flight.push(send_record(&producer, topic, vec![0x5a_u8; payload_size]));
         }
-        match in_flight.next().await {
-            Some((latency, Ok(()))) => {
-                samples.record(latency);
-                live.ok();
-            }
-            Some((_, Err(error))) => {
-                samples.error(format!("{error}"));
-                live.failed();
-            }
-            None => break,
-        }
+        let Some(acknowledged) = in_flight.next().await else {
+            break;
+        };
+        tally(&mut samples, Some(&live), acknowledged);
     }
     Ok(ProduceRun {
         samples,
@@ -333,17 +350,21 @@ pub async fn roundtrip_baseline(
     label: &str,
 ) -> anyhow::Result<RoundtripRun> {
     // The topic is the run's own and empty: reading from offset 0 is reading from now.
-    let consumer = Arc::new(assigned_reader(bootstrap, topic, Start::Zero, fetch_wait_ms)?);
+    let consumer = assigned_reader(bootstrap, topic, Start::Zero, fetch_wait_ms)?;
     let base = Instant::now();
     let live = Arc::new(Live::default());
+    // The payload starts with the send time (nanoseconds since `base`) or the warm-up mark.
+    let payload = move |mark: u64| {
+        let mut payload = vec![0x5a_u8; payload_size.max(8)];
+        payload[..8].copy_from_slice(&mark.to_le_bytes());
+        payload
+    };
 
     // The reader runs first and must own its partitions before the first send, or early records
     // would wait for the group join.
     let expected = Arc::new(AtomicU64::new(u64::MAX));
     let reader = {
-        let consumer = Arc::clone(&consumer);
-        let live = Arc::clone(&live);
-        let expected = Arc::clone(&expected);
+        let (live, expected) = (Arc::clone(&live), Arc::clone(&expected));
         tokio::spawn(async move {
             let mut samples = Samples::default();
             let mut last_record = Instant::now();
@@ -364,13 +385,12 @@ pub async fn roundtrip_baseline(
                         }
                     }
                     Ok(Err(error)) => samples.error(format!("{error}")),
-                    Err(_) => {
-                        if expected.load(Ordering::Relaxed) != u64::MAX
-                            && last_record.elapsed() > Duration::from_secs(5)
-                        {
+                    Err(_) if expected.load(Ordering::Relaxed) != u64::MAX => {
+                        if last_record.elapsed() > Duration::from_secs(5) {
                             break;
                         }
                     }
+                    Err(_) => {}
                 }
             }
             samples
@@ -384,26 +404,11 @@ pub async fn roundtrip_baseline(
     // metadata, first write to each partition), measured on Tansu 0.6. The relays' producers
     // are long-lived, so the baseline measures a warmed-up producer: a second's worth of marked
     // records first, acknowledged before the clock starts, and skipped by the reader.
-    let warm_up = (rate as u64).max(10);
-    let mut warming = FuturesUnordered::new();
-    for _ in 0..warm_up {
-        let key = uuid::Uuid::new_v4().to_string();
-        let headers = relay_like_headers(&key);
-        let mut payload = vec![0x5a_u8; payload_size.max(8)];
-        payload[..8].copy_from_slice(&WARM_UP_MARK.to_le_bytes());
-        let producer = producer.clone();
-        let topic = topic.to_owned();
-        warming.push(async move {
-            let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
-            producer
-                .send(record, Timeout::Never)
-                .await
-                .map(|_| ())
-                .map_err(|(error, _)| error)
-        });
-    }
-    while let Some(result) = warming.next().await {
-        result.context("warm-up record")?;
+    let mut warming: FuturesUnordered<_> = (0..(rate as u64).max(10))
+        .map(|_| send_record(&producer, topic, payload(WARM_UP_MARK)))
+        .collect();
+    while let Some((_, result)) = warming.next().await {
+        result.map_err(anyhow::Error::msg).context("warm-up record")?;
     }
     let _progress = Progress::start(label, duration, Arc::clone(&live), None);
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.1));
@@ -412,43 +417,23 @@ pub async fn roundtrip_baseline(
     let mut sent = 0u64;
     let mut acks = Samples::default();
     while started.elapsed() < duration {
-        let due = started + interval.mul_f64(sent as f64);
-        tokio::time::sleep_until(due.into()).await;
-        let key = uuid::Uuid::new_v4().to_string();
-        let headers = relay_like_headers(&key);
-        let mut payload = vec![0x5a_u8; payload_size.max(8)];
-        payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
-        let producer = producer.clone();
-        let topic = topic.to_owned();
+        tokio::time::sleep_until((started + interval.mul_f64(sent as f64)).into()).await;
         // A task of its own, so the acknowledgement is timed when it arrives, not when this loop
         // next looks (at a low rate that would add up to a whole send interval).
-        sends.push(tokio::spawn(async move {
-            let started = Instant::now();
-            let record = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
-            let result = producer.send(record, Timeout::Never).await;
-            (started.elapsed(), result.map(|_| ()).map_err(|(error, _)| error))
-        }));
+        let sent_nanos = base.elapsed().as_nanos() as u64;
+        sends.push(tokio::spawn(send_record(&producer, topic, payload(sent_nanos))));
         sent += 1;
         // Reap finished sends without waiting.
         while let Some(Some(joined)) = futures::FutureExt::now_or_never(sends.next()) {
-            let (latency, result) = joined.context("send task")?;
-            match result {
-                Ok(()) => acks.record(latency),
-                Err(error) => acks.error(format!("{error}")),
-            }
+            tally(&mut acks, None, joined.context("send task")?);
         }
     }
     while let Some(joined) = sends.next().await {
-        let (latency, result) = joined.context("send task")?;
-        match result {
-            Ok(()) => acks.record(latency),
-            Err(error) => acks.error(format!("{error}")),
-        }
+        tally(&mut acks, None, joined.context("send task")?);
     }
     expected.store(sent, Ordering::Relaxed);
     let mut arrival = reader.await.context("round-trip reader")?;
-    let missing = sent.saturating_sub(arrival.count());
-    for _ in 0..missing {
+    for _ in arrival.count()..sent {
         arrival.error("not consumed");
     }
     Ok(RoundtripRun { arrival, ack: acks })

@@ -18,7 +18,7 @@
 //! - [`monitor`]: outbox backlog and consumer lag over time;
 //! - [`procstat`]: CPU and RSS per process from `/proc`;
 //! - [`profile`]: `perf` profiles of a process during a scenario;
-//! - [`services`]: the service processes;
+//! - [`services`]: the service processes (spawned through `fintech_devkit::process`);
 //! - [`broker`]: the run's private Tansu broker;
 //! - [`db`]: the run's databases and SQL probes;
 //! - [`stats`], [`progress`], [`report`]: latency histograms (HdrHistogram), progress lines,

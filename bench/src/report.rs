@@ -828,6 +828,7 @@ fn ledger_markdown(out: &mut String, ledger: &LedgerResults) {
 /// measured at that count).
 type Series<'a> = (&'a str, RGBColor, Vec<Option<f64>>);
 
+/// Legend names and colours of the plot's three series, and the grey of its notes.
 const WITH_FLOW: (&str, RGBColor) = ("service + flow", RGBColor(0x1f, 0x77, 0xb4));
 const ALONE: (&str, RGBColor) = ("service alone", RGBColor(0x2c, 0xa0, 0x2c));
 const PGBENCH: (&str, RGBColor) = ("pgbench", RGBColor(0xff, 0x7f, 0x0e));
@@ -910,7 +911,7 @@ fn panel(
     series: &[Series<'_>],
 ) -> anyhow::Result<()> {
     let max = (series.iter().flat_map(|(_, _, values)| values.iter().flatten())).fold(0.0, |a: f64, b| a.max(*b));
-    // Client counts spread evenly at 0, 1, 2, ... (1, 8, 32, 64 would crowd on a linear axis).
+    // The i-th client count sits at x = i.
     let x_range = -0.5..(levels.len().max(1) as f64 - 0.5);
     // Headroom above the highest point for its label and the legend.
     let top = (max * 1.4).max(1.0);
@@ -975,13 +976,16 @@ fn panel(
                 .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 12, y + 6)], colour.filled()));
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(NOTE)
-        .label_font(("sans-serif", 13))
-        .draw()?;
+    // A legend without entries would be an empty box (a run without payments levels).
+    if series.iter().any(|(_, _, values)| values.iter().any(Option::is_some)) {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(NOTE)
+            .label_font(("sans-serif", 13))
+            .draw()?;
+    }
     Ok(())
 }
 

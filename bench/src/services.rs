@@ -1,16 +1,20 @@
 //! The services under test, run as real processes (the binaries `bench/run` built), each with its
 //! own fresh database, a free loopback port and the run's topic prefix, so their CPU and memory
-//! can be read per process.
+//! can be read per process. Spawning, exit checks and shutdown are `fintech_devkit::process`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
+use fintech_devkit::process::Process;
+pub use fintech_devkit::{free_port, process::log_tail};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+
+use crate::report::LogSummary;
 
 /// A service process; killed when dropped if [`ServiceProcess::stop`] was not called.
 #[derive(Debug)]
@@ -19,44 +23,25 @@ pub struct ServiceProcess {
     pub name: String,
     /// `127.0.0.1:<port>`.
     pub address: String,
-    /// Its log file (stderr and stdout).
-    pub log: PathBuf,
-    child: Option<Child>,
-    pid: u32,
+    process: Process,
 }
-
-pub use fintech_devkit::free_port;
 
 impl ServiceProcess {
     /// Starts `binary` listening on a free port, with `env` on top of the inherited environment.
-    pub fn spawn(name: &str, binary: &Path, env: &[(&str, String)], log: PathBuf) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let address = format!("127.0.0.1:{port}");
-        let log_file = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+    pub fn spawn(name: &str, binary: &Path, env: &[(&str, String)], log: &Path) -> anyhow::Result<Self> {
+        let address = format!("127.0.0.1:{}", free_port()?);
         let mut command = Command::new(binary);
-        command
-            .env("GRPC_LISTEN_ADDR", &address)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        for (variable, value) in env {
-            command.env(variable, value);
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("start {name} ({})", binary.display()))?;
+        command.env("GRPC_LISTEN_ADDR", &address).envs(env.iter().cloned());
         Ok(Self {
             name: name.to_owned(),
             address,
-            log,
-            pid: child.id(),
-            child: Some(child),
+            process: Process::spawn(name, command, log)?,
         })
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.process.pid()
     }
 
     /// Waits until `grpc.health.v1` reports `service` as SERVING (database and broker reachable)
@@ -70,12 +55,10 @@ impl ServiceProcess {
             self.ensure_running()?;
             let state = match endpoint.connect().await {
                 Ok(channel) => {
-                    let answer = HealthClient::new(channel.clone())
-                        .check(HealthCheckRequest {
-                            service: service.to_owned(),
-                        })
-                        .await;
-                    match answer {
+                    let request = HealthCheckRequest {
+                        service: service.to_owned(),
+                    };
+                    match HealthClient::new(channel.clone()).check(request).await {
                         Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => {
                             return Ok(channel);
                         }
@@ -89,8 +72,8 @@ impl ServiceProcess {
                 bail!(
                     "{} did not become SERVING within {timeout:?} ({state}); end of {}:\n{}",
                     self.name,
-                    self.log.display(),
-                    log_tail(&self.log, 20)
+                    self.process.log().display(),
+                    log_tail(self.process.log(), 20)
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -99,65 +82,62 @@ impl ServiceProcess {
 
     /// Fails (with the end of its log) if the process has exited.
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
-        let Some(child) = self.child.as_mut() else {
-            bail!("{} was stopped", self.name);
-        };
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "{} exited ({status}); end of {}:\n{}",
-                self.name,
-                self.log.display(),
-                log_tail(&self.log, 20)
-            );
-        }
-        Ok(())
+        self.process.ensure_running()
     }
 
-    /// SIGTERM (graceful shutdown: drains requests, stops relays), SIGKILL after `timeout`.
-    pub async fn stop(&mut self, timeout: Duration) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // `kill` the command: the workspace forbids unsafe code, so no libc::kill here.
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+    /// SIGTERM (graceful shutdown: drains requests, stops relays), SIGKILL after `grace`; then
+    /// what its log says.
+    pub fn stop(&mut self, grace: Duration) -> LogSummary {
+        tokio::task::block_in_place(|| self.process.stop(grace));
+        summarize_log(self.process.log())
     }
 }
 
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The last `lines` lines of a log file.
-pub fn log_tail(path: &Path, lines: usize) -> String {
+/// Counts the warnings and errors of a service log (text or JSON format), consumer-group
+/// assignments and session timeouts, and keeps its last three problems.
+fn summarize_log(path: &Path) -> LogSummary {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let lines: Vec<(&str, Option<&str>)> = text
+        .lines()
+        .map(|line| {
+            let level = ["WARN", "ERROR"]
+                .into_iter()
+                .find(|level| line.contains(&format!(" {level} ")) || line.contains(&format!("\"level\":\"{level}\"")));
+            (line, level)
+        })
+        .collect();
+    let count = |wanted: &str| lines.iter().filter(|(_, level)| *level == Some(wanted)).count();
+    LogSummary {
+        warnings: count("WARN"),
+        errors: count("ERROR"),
+        assignments: text.matches("partitions assigned").count(),
+        session_timeouts: text.matches("SESSTMOUT").count(),
+        last_problems: lines
+            .iter()
+            .rev()
+            .filter(|(_, level)| level.is_some())
+            .take(3)
+            .map(|(line, _)| line.chars().take(300).collect())
+            .collect(),
+    }
 }
 
-/// Counts lines at WARN or ERROR level in a service log (text or JSON format).
-pub fn count_problems(path: &Path) -> (usize, usize) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let warnings = text
-        .lines()
-        .filter(|line| line.contains(" WARN ") || line.contains("\"level\":\"WARN\""))
-        .count();
-    let errors = text
-        .lines()
-        .filter(|line| line.contains(" ERROR ") || line.contains("\"level\":\"ERROR\""))
-        .count();
-    (warnings, errors)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_summary_counts_both_formats() {
+        let path = std::env::temp_dir().join(format!("bench-log-{}.log", std::process::id()));
+        std::fs::write(
+            &path,
+            "2026 WARN slow\n{\"level\":\"ERROR\",\"msg\":\"x\"}\nINFO partitions assigned\n2026 ERROR SESSTMOUT\n",
+        )
+        .expect("write log");
+        let summary = summarize_log(&path);
+        assert_eq!((summary.warnings, summary.errors), (1, 2));
+        assert_eq!((summary.assignments, summary.session_timeouts), (1, 1));
+        assert_eq!(summary.last_problems.len(), 3);
+        let _ = std::fs::remove_file(&path);
+    }
 }
