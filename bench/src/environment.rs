@@ -17,7 +17,6 @@ use prost::Message as _;
 use sqlx::PgPool;
 use tonic::transport::Channel;
 
-use crate::broker::PrivateBroker;
 use crate::db::{self, Admin, redact};
 use crate::kafka::{self, GroupLag};
 use crate::load::connect;
@@ -29,6 +28,7 @@ use crate::progress::say;
 use crate::report::LogSummary;
 use crate::services::ServiceProcess;
 use crate::suite::Options;
+use fintech_devkit::broker::PrivateBroker;
 
 /// Topics tax reads and writes besides payments' (the benchmark does not link the tax crate: it
 /// talks to tax only as a client would).
@@ -169,8 +169,8 @@ impl Environment {
         if options.shared_broker {
             context.sampler.track("broker", Selector::Comm("tansu".to_owned()));
         } else {
-            let broker = PrivateBroker::start(&self.dir.join("broker")).await?;
-            self.bootstrap = broker.bootstrap.clone();
+            let broker = PrivateBroker::start_in(&self.dir.join("broker")).await?;
+            self.bootstrap = broker.bootstrap().to_owned();
             if let Some(pid) = broker.pid() {
                 context.sampler.track("broker", Selector::Pid(pid));
             }
@@ -337,10 +337,7 @@ impl Environment {
         if let Some(broker) = &self.broker
             && let Some(panic) = broker.panic()
         {
-            anyhow::bail!(
-                "the broker crashed: {panic} (log: {})",
-                broker.dir.join("broker.log").display()
-            );
+            anyhow::bail!("the broker crashed: {panic} (log: {})", broker.log_file().display());
         }
         Ok(())
     }

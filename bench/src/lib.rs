@@ -19,12 +19,11 @@
 //! - [`procstat`]: CPU and RSS per process from `/proc`;
 //! - [`profile`]: `perf` profiles of a process during a scenario;
 //! - [`services`]: the service processes (spawned through `fintech_devkit::process`);
-//! - [`broker`]: the run's private Tansu broker;
+//! - the run's private Tansu broker is `fintech_devkit::broker::PrivateBroker`, shared with the tests;
 //! - [`db`]: the run's databases and SQL probes;
 //! - [`stats`], [`progress`], [`report`]: latency histograms (HdrHistogram), progress lines,
 //!   JSON/Markdown and the SVG plot (plotters).
 
-pub mod broker;
 pub mod db;
 pub mod e2e;
 pub mod environment;

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use procfs::Current as _;
 
-use crate::broker::PrivateBroker;
 use crate::db::{self, Admin, redact};
 use crate::environment::{Environment, EnvironmentReport, Needs, RunContext, active};
 use crate::pgbench::{self, PayloadSizes};
@@ -32,6 +31,7 @@ use crate::report::{
     RunConfig, Target,
 };
 use crate::{e2e, kafka, ledger, payments};
+use fintech_devkit::broker::PrivateBroker;
 
 /// Records the raw producer keeps in flight: the relay's default batch size.
 const PRODUCE_WINDOW: usize = 256;
@@ -786,12 +786,12 @@ async fn fresh_broker(
     if context.options.shared_broker {
         return Ok((None, environment.bootstrap.clone()));
     }
-    let broker = PrivateBroker::start(&environment.dir.join(name)).await?;
+    let broker = PrivateBroker::start_in(&environment.dir.join(name)).await?;
     if let Some(pid) = broker.pid() {
         context.sampler.track("broker", Selector::Pid(pid));
     }
-    kafka::create_topics(&broker.bootstrap, &[topic.to_owned()]).await?;
-    let bootstrap = broker.bootstrap.clone();
+    kafka::create_topics(broker.bootstrap(), &[topic.to_owned()]).await?;
+    let bootstrap = broker.bootstrap().to_owned();
     Ok((Some(broker), bootstrap))
 }
 

@@ -5,7 +5,7 @@
 //! `payments::env(&payments::config(platform, &db, &prefix))`, so both run with the same settings.
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Mutex;
 
 static BUILD: Mutex<()> = Mutex::new(());
@@ -29,43 +29,30 @@ pub fn service_binary(package: &str, binary: &str) -> PathBuf {
 /// A service process, SIGKILLed when dropped.
 #[derive(Debug)]
 pub struct ServiceProcess {
-    child: Child,
+    process: fintech_devkit::process::Process,
 }
 
 impl ServiceProcess {
-    /// Starts `binary` with `env`, logging to `log`.
+    /// Starts `binary` with `env`, appending its output to `log`.
     pub fn spawn(binary: &PathBuf, env: &[(&str, String)], log: &std::path::Path) -> Self {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("log file");
         let mut command = Command::new(binary);
-        let stdout = log.try_clone().expect("log file handle");
-        command.stdout(stdout).stderr(log).env("RUST_LOG", "info");
-        // An optional setting that `env` leaves out is off, as in-process, not inherited:
-        // `scripts/test` exports REDIS_URL for the Redis tests, and a service that inherited it
-        // would run with the Redis fast path the test did not ask for.
+        command.env("RUST_LOG", "info");
         for name in OPTIONAL_SETTINGS {
             command.env_remove(name);
         }
         for (name, value) in env {
             command.env(name, value);
         }
+        let name = binary
+            .file_name()
+            .map_or_else(String::new, |name| name.to_string_lossy().into_owned());
         Self {
-            child: command.spawn().expect("service starts"),
+            process: fintech_devkit::process::Process::spawn(&name, command, log).expect("service starts"),
         }
     }
 
     /// SIGKILL: no shutdown hook runs, nothing is flushed.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
 }

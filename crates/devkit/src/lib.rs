@@ -93,9 +93,4 @@ pub async fn create_topics(bootstrap: &str, topics: &[&str], partitions: i32) ->
     Ok(())
 }
 
-/// The last `lines` lines of a log file (empty when it cannot be read), for error messages.
-fn log_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
+pub use process::log_tail;
