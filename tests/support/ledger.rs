@@ -46,7 +46,7 @@ impl LedgerHarness {
                 configure(&mut config);
                 config
             },
-            fintech_ledger::run,
+            LedgerService::run,
             LedgerServiceClient::new,
         )
         .await

@@ -41,7 +41,7 @@ impl PaymentsHarness {
             prefix,
             &fintech_payments::events::TOPICS,
             config,
-            fintech_payments::run,
+            Payments::run,
             PaymentsServiceClient::new,
         )
         .await

@@ -65,7 +65,7 @@ impl TaxHarness {
                 park_deadline,
                 ..config(platform, db, prefix)
             },
-            fintech_tax::run,
+            Tax::run,
             TaxServiceClient::new,
         )
         .await

@@ -67,30 +67,26 @@ impl Service for LedgerService {
         LedgerConfig::from_env()
     }
 
+    /// Runs the ledger on `listener` until `shutdown` fires: the gRPC service, the consumer of the
+    /// tax results (unless `TAX_CONSUMER_ENABLED=false`) and the outbox relays.
     async fn run(config: LedgerConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-        run(config, listener, shutdown).await
+        let mut kit = Kit::start(&config.platform, &MIGRATOR).await?;
+        let ledger = Arc::new(posting::Ledger::new(
+            kit.pool().clone(),
+            kit.idempotency()?,
+            events::Topics::with_prefix(&config.platform.topic_prefix),
+            config.posting.clone(),
+        ));
+        if config.tax_consumer_enabled {
+            kit = kit.consumer(
+                events::TAX_CONSUMER,
+                &[events::TAX_CALCULATED, events::TAX_REVERSED],
+                events::DEAD_LETTER,
+                Arc::new(events::TaxPostingHandler::new(ledger.clone())),
+            );
+        }
+        kit.grpc(LedgerServiceServer::new(grpc::LedgerGrpc::new(ledger)))
+            .serve(listener, shutdown)
+            .await
     }
-}
-
-/// Runs the ledger on `listener` until `shutdown` fires: the gRPC service, the consumer of the
-/// tax results (unless `TAX_CONSUMER_ENABLED=false`) and the outbox relays.
-pub async fn run(config: LedgerConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut kit = Kit::start(&config.platform, &MIGRATOR).await?;
-    let ledger = Arc::new(posting::Ledger::new(
-        kit.pool().clone(),
-        kit.idempotency()?,
-        events::Topics::with_prefix(&config.platform.topic_prefix),
-        config.posting.clone(),
-    ));
-    if config.tax_consumer_enabled {
-        kit = kit.consumer(
-            events::TAX_CONSUMER,
-            &[events::TAX_CALCULATED, events::TAX_REVERSED],
-            events::DEAD_LETTER,
-            Arc::new(events::TaxPostingHandler::new(ledger.clone())),
-        );
-    }
-    kit.grpc(LedgerServiceServer::new(grpc::LedgerGrpc::new(ledger)))
-        .serve(listener, shutdown)
-        .await
 }

@@ -44,22 +44,18 @@ impl Service for Payments {
         PaymentsConfig { platform }
     }
 
+    /// Runs payments on `listener` until `shutdown` fires: the gRPC service and the outbox relays.
     async fn run(config: PaymentsConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-        run(config, listener, shutdown).await
+        let kit = Kit::start(&config.platform, &MIGRATOR).await?;
+        let service = grpc::PaymentsGrpc::new(app::PaymentsApp::new(
+            kit.pool().clone(),
+            kit.idempotency()?,
+            events::Topics::with_prefix(&config.platform.topic_prefix),
+        ));
+        kit.grpc(PaymentsServiceServer::new(service))
+            .serve(listener, shutdown)
+            .await
     }
-}
-
-/// Runs payments on `listener` until `shutdown` fires: the gRPC service and the outbox relays.
-pub async fn run(config: PaymentsConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let kit = Kit::start(&config.platform, &MIGRATOR).await?;
-    let service = grpc::PaymentsGrpc::new(app::PaymentsApp::new(
-        kit.pool().clone(),
-        kit.idempotency()?,
-        events::Topics::with_prefix(&config.platform.topic_prefix),
-    ));
-    kit.grpc(PaymentsServiceServer::new(service))
-        .serve(listener, shutdown)
-        .await
 }
 
 /// Full name of the gRPC service, as health and reflection report it.

@@ -51,30 +51,26 @@ impl Service for Tax {
         TaxConfig::from_env()
     }
 
+    /// Runs tax on `listener` until `shutdown` fires: the consumer of the payments topics, the
+    /// deadline sweeper, the outbox relays and the gRPC service.
     async fn run(config: TaxConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-        run(config, listener, shutdown).await
+        let kit = Kit::start(&config.platform, &MIGRATOR).await?;
+        let pool = kit.pool().clone();
+        let topics = events::Topics::with_prefix(&config.platform.topic_prefix);
+        let processor = app::Processor::new(topics.clone(), domain::vat::RateTable::embedded(), config.park_deadline);
+        let sweeper = {
+            let (pool, processor, interval) = (pool.clone(), processor.clone(), config.sweep_interval);
+            move |stop| app::run_deadline_sweeper(pool, processor, interval, stop)
+        };
+        kit.consumer(
+            events::CONSUMER,
+            &events::INPUT_TOPICS,
+            events::TAX_DLQ,
+            events::handler(pool.clone(), processor.clone(), topics),
+        )
+        .job("deadline-sweeper", sweeper)
+        .grpc(TaxServiceServer::new(grpc::TaxGrpc::new(pool, processor)))
+        .serve(listener, shutdown)
+        .await
     }
-}
-
-/// Runs tax on `listener` until `shutdown` fires: the consumer of the payments topics, the
-/// deadline sweeper, the outbox relays and the gRPC service.
-pub async fn run(config: TaxConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let kit = Kit::start(&config.platform, &MIGRATOR).await?;
-    let pool = kit.pool().clone();
-    let topics = events::Topics::with_prefix(&config.platform.topic_prefix);
-    let processor = app::Processor::new(topics.clone(), domain::vat::RateTable::embedded(), config.park_deadline);
-    let sweeper = {
-        let (pool, processor, interval) = (pool.clone(), processor.clone(), config.sweep_interval);
-        move |stop| app::run_deadline_sweeper(pool, processor, interval, stop)
-    };
-    kit.consumer(
-        events::CONSUMER,
-        &events::INPUT_TOPICS,
-        events::TAX_DLQ,
-        events::handler(pool.clone(), processor.clone(), topics),
-    )
-    .job("deadline-sweeper", sweeper)
-    .grpc(TaxServiceServer::new(grpc::TaxGrpc::new(pool, processor)))
-    .serve(listener, shutdown)
-    .await
 }
