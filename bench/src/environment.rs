@@ -106,7 +106,7 @@ impl Starting {
 }
 
 /// A fresh environment.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Environment {
     /// Short name (`c8`, `e2e`, `kafka`, `ledger`).
     pub tag: String,
@@ -144,15 +144,7 @@ impl Environment {
             prefix: format!("bench.{}.{tag}.", context.run_id),
             bootstrap: context.options.bootstrap.clone(),
             dir: context.work_dir.join(tag),
-            broker: None,
-            payments: None,
-            tax: None,
-            ledger: None,
-            pgbench_db: None,
-            monitor: None,
-            sizes: None,
-            service_env: Vec::new(),
-            databases: Vec::new(),
+            ..Self::default()
         };
         match environment.build(context, needs).await {
             Ok(()) => Ok(environment),
@@ -169,11 +161,8 @@ impl Environment {
         if options.shared_broker {
             context.sampler.track("broker", Selector::Comm("tansu".to_owned()));
         } else {
-            let broker = PrivateBroker::start_in(&self.dir.join("broker")).await?;
+            let broker = private_broker(context, &self.dir.join("broker")).await?;
             self.bootstrap = broker.bootstrap().to_owned();
-            if let Some(pid) = broker.pid() {
-                context.sampler.track("broker", Selector::Pid(pid));
-            }
             self.broker = Some(broker);
         }
 
@@ -392,6 +381,15 @@ pub struct EnvironmentReport {
     pub broker_data_mb: f64,
     /// The broker's panic, if it had one.
     pub broker_panic: Option<String>,
+}
+
+/// A fresh private broker in `dir`, its process sampled as `broker`.
+pub async fn private_broker(context: &RunContext<'_>, dir: &Path) -> anyhow::Result<PrivateBroker> {
+    let broker = PrivateBroker::start_in(dir).await?;
+    if let Some(pid) = broker.pid() {
+        context.sampler.track("broker", Selector::Pid(pid));
+    }
+    Ok(broker)
 }
 
 /// A small pool for the benchmark's own reads.

@@ -165,6 +165,8 @@ impl BacklogSummary {
     pub fn of(points: &[Point], load_end: f64, input_events_per_second: f64, drain_seconds: Option<f64>) -> Self {
         let during: Vec<&Point> = points.iter().filter(|point| point.t <= load_end + 0.5).collect();
         let max = |value: fn(&Point) -> i64| points.iter().map(value).max().unwrap_or(0);
+        // `-1`: no readings at all, so no ledger either.
+        let ledger_max = |value: fn(&Point) -> i64| if points.is_empty() { -1 } else { max(value) };
         let rate = |value: fn(&Point) -> i64| match (during.first(), during.last()) {
             (Some(first), Some(last)) if last.t > first.t && value(first) >= 0 && value(last) >= 0 => {
                 (value(last) - value(first)) as f64 / (last.t - first.t)
@@ -192,16 +194,8 @@ impl BacklogSummary {
             max_tax_outbox: max(|point| point.tax_outbox),
             max_tax_lag: max(|point| point.tax_lag_sql),
             max_tax_lag_kafka: max(|point| point.tax_lag_kafka),
-            max_ledger_outbox: if points.is_empty() {
-                -1
-            } else {
-                max(|point| point.ledger_outbox)
-            },
-            max_ledger_lag: if points.is_empty() {
-                -1
-            } else {
-                max(|point| point.ledger_lag_sql)
-            },
+            max_ledger_outbox: ledger_max(|point| point.ledger_outbox),
+            max_ledger_lag: ledger_max(|point| point.ledger_lag_sql),
             growth_per_second: growth,
             bounded: growth < 0.05 * input_events_per_second.max(1.0) && drain_seconds.is_some(),
             drain_seconds,
@@ -684,22 +678,18 @@ impl Report {
             kafka.consumed,
             (kafka.consume_first_record_ms).map_or("-".to_owned(), |ms| format!("{} ms", fmt_ms(ms)))
         );
-        let rate = fmt_rate(kafka.roundtrip_rate);
+        let at = format!(
+            "produce -> consume at {} records/s (warmed-up producer)",
+            fmt_rate(kafka.roundtrip_rate)
+        );
+        let fast_wait = kafka.fast_fetch_wait_ms;
         for (what, measured) in [
             (
-                format!(
-                    "produce -> consume at {rate} records/s (warmed-up producer), librdkafka default `fetch.wait.max.ms` (500 ms)"
-                ),
+                format!("{at}, librdkafka default `fetch.wait.max.ms` (500 ms)"),
                 &kafka.roundtrip,
             ),
             ("of which producer ack".to_owned(), &kafka.roundtrip_ack),
-            (
-                format!(
-                    "produce -> consume at {rate} records/s (warmed-up producer), `fetch.wait.max.ms={}`",
-                    kafka.fast_fetch_wait_ms
-                ),
-                &kafka.roundtrip_fast,
-            ),
+            (format!("{at}, `fetch.wait.max.ms={fast_wait}`"), &kafka.roundtrip_fast),
         ] {
             let latency = fmt_latency(&measured.latency, P50_P99_MAX);
             let _ = writeln!(out, "| {what} | - | {latency} | {} |", errors_text(measured));
@@ -731,25 +721,21 @@ impl Report {
             self.config.e2e_seconds,
             self.config.warmup_seconds
         );
-        let mut rows = vec![
-            ("CreateOrder + CreateTransaction (from schedule)".to_owned(), &e2e.pair),
+        let fixed = [
+            ("CreateOrder + CreateTransaction (from schedule)", Some(&e2e.pair)),
             (
-                "ack -> TaxedTransaction calculated (readable)".to_owned(),
-                &e2e.to_calculated,
+                "ack -> TaxedTransaction calculated (readable)",
+                Some(&e2e.to_calculated),
             ),
-            (
-                "ack -> TaxedTransaction on tax.calculated".to_owned(),
-                &e2e.to_published,
-            ),
+            ("ack -> TaxedTransaction on tax.calculated", Some(&e2e.to_published)),
+            ("ack -> ledger entry posted", e2e.to_ledger.as_ref()),
+            ("GetTaxedTransaction read-back (sample)", Some(&e2e.read_back)),
         ];
-        rows.extend(
-            e2e.to_ledger
-                .iter()
-                .map(|ledger| ("ack -> ledger entry posted".to_owned(), ledger)),
-        );
-        rows.push(("GetTaxedTransaction read-back (sample)".to_owned(), &e2e.read_back));
-        rows.extend(e2e.hops.iter().map(|hop| (format!("hop: {}", hop.name), &hop.measured)));
-        for (name, measured) in rows {
+        let fixed = fixed
+            .into_iter()
+            .filter_map(|(name, measured)| Some((name.to_owned(), measured?)));
+        let hops = e2e.hops.iter().map(|hop| (format!("hop: {}", hop.name), &hop.measured));
+        for (name, measured) in fixed.chain(hops) {
             let _ = writeln!(
                 out,
                 "| {name} | {} | {} | {} |",
@@ -828,6 +814,9 @@ fn ledger_markdown(out: &mut String, ledger: &LedgerResults) {
 /// measured at that count).
 type Series<'a> = (&'a str, RGBColor, Vec<Option<f64>>);
 
+/// What a series plots of a level.
+type Value = fn(&PaymentsLevel) -> f64;
+
 /// Legend names and colours of the plot's three series, and the grey of its notes.
 const WITH_FLOW: (&str, RGBColor) = ("service + flow", RGBColor(0x1f, 0x77, 0xb4));
 const ALONE: (&str, RGBColor) = ("service alone", RGBColor(0x2c, 0xa0, 0x2c));
@@ -845,13 +834,12 @@ impl Report {
             .collect();
         levels.sort_unstable();
         levels.dedup();
-        let series =
-            |(name, colour): (&'static str, RGBColor), of: &[PaymentsLevel], value: fn(&PaymentsLevel) -> f64| {
-                let values = (levels.iter())
-                    .map(|clients| of.iter().find(|level| level.concurrency == *clients).map(value))
-                    .collect();
-                (name, colour, values)
-            };
+        let series = |(name, colour): (&'static str, RGBColor), of: &[PaymentsLevel], value: Value| {
+            let values = (levels.iter())
+                .map(|clients| of.iter().find(|level| level.concurrency == *clients).map(value))
+                .collect();
+            (name, colour, values)
+        };
         let mut svg = String::new();
         {
             let root = SVGBackend::with_string(&mut svg, (960, 460)).into_drawing_area();
@@ -863,26 +851,21 @@ impl Report {
             let (top, bottom) = root.split_vertically(400);
             let top = top.titled(&title, ("sans-serif", 18).into_font().style(FontStyle::Bold))?;
             let (left, right) = top.split_horizontally(480);
-            panel(
-                &left,
-                "throughput (commits/s)",
-                &levels,
-                &[
-                    series(WITH_FLOW, &self.payments, |level| level.commits_per_second),
-                    series(ALONE, &self.payments_alone, |level| level.commits_per_second),
-                    series(PGBENCH, &self.payments, |level| level.baseline.commits_per_second),
-                ],
-            )?;
-            panel(
-                &right,
-                "p99 latency of a pair (ms)",
-                &levels,
-                &[
-                    series(WITH_FLOW, &self.payments, |level| level.pair.latency.p99_ms),
-                    series(ALONE, &self.payments_alone, |level| level.pair.latency.p99_ms),
-                    series(PGBENCH, &self.payments, |level| level.baseline.pair.latency.p99_ms),
-                ],
-            )?;
+            // Per panel: the service's value (with the flow and alone) and pgbench's.
+            let throughput: [Value; 2] = [|l| l.commits_per_second, |l| l.baseline.commits_per_second];
+            let p99: [Value; 2] = [|l| l.pair.latency.p99_ms, |l| l.baseline.pair.latency.p99_ms];
+            let panels = [
+                (left, "throughput (commits/s)", throughput),
+                (right, "p99 latency of a pair (ms)", p99),
+            ];
+            for (area, title, [service, pgbench]) in panels {
+                let lines = [
+                    series(WITH_FLOW, &self.payments, service),
+                    series(ALONE, &self.payments_alone, service),
+                    series(PGBENCH, &self.payments, pgbench),
+                ];
+                panel(&area, title, &levels, &lines)?;
+            }
             let notes = [
                 "service + flow: outbox relay, tax, ledger and broker running on the same cores · service alone: none of them".to_owned(),
                 "pgbench: the same SQL, services idle, run before each with-flow level (the alone levels' own pgbench runs are in latest.md)".to_owned(),

@@ -22,7 +22,7 @@ use anyhow::Context as _;
 use procfs::Current as _;
 
 use crate::db::{self, Admin, redact};
-use crate::environment::{Environment, EnvironmentReport, Needs, RunContext, active};
+use crate::environment::{Environment, EnvironmentReport, Needs, RunContext, active, private_broker};
 use crate::pgbench::{self, PayloadSizes};
 use crate::procstat::{Sampler, Selector, Usage};
 use crate::progress::{say, step};
@@ -575,12 +575,17 @@ async fn e2e_scenario(
             end_to_end.to_published.latency.p99_ms,
             end_to_end.to_published.errors
         ));
-        let problems = &mut state.problems;
-        check(problems, "end to end: pairs", &end_to_end.pair);
-        check(problems, "end to end: tax.calculated", &end_to_end.to_published);
-        check(problems, "end to end: GetTaxedTransaction", &end_to_end.read_back);
+        for (what, measured) in [
+            ("pairs", Some(&end_to_end.pair)),
+            ("tax.calculated", Some(&end_to_end.to_published)),
+            ("GetTaxedTransaction", Some(&end_to_end.read_back)),
+            ("ledger entries", end_to_end.to_ledger.as_ref()),
+        ] {
+            if let Some(measured) = measured {
+                check(&mut state.problems, &format!("end to end: {what}"), measured);
+            }
+        }
         if let Some(to_ledger) = &end_to_end.to_ledger {
-            check(problems, "end to end: ledger entries", to_ledger);
             say(format!(
                 "    ack -> ledger entry posted p50 {:.1} / p99 {:.1} ms, {} missing",
                 to_ledger.latency.p50_ms, to_ledger.latency.p99_ms, to_ledger.errors
@@ -702,16 +707,8 @@ async fn kafka_baselines(
     let roundtrip = async |name: &str, fetch_wait: Option<u32>, label: &str| {
         let topic = topic(name);
         let (_broker, bootstrap) = fresh_broker(context, environment, name, &topic).await?;
-        kafka::roundtrip_baseline(
-            &bootstrap,
-            &topic,
-            payload_size,
-            roundtrip_rate,
-            duration,
-            fetch_wait,
-            label,
-        )
-        .await
+        let (rate, size) = (roundtrip_rate, payload_size);
+        kafka::roundtrip_baseline(&bootstrap, &topic, size, rate, duration, fetch_wait, label).await
     };
     let slow = roundtrip("roundtrip", None, "kafka produce->consume (default fetch wait)").await?;
     let fast_wait = Some(kafka::INSTRUMENT_FETCH_WAIT_MS);
@@ -761,13 +758,13 @@ async fn kafka_baselines(
         kafka_results.roundtrip_fast.latency.p50_ms,
         kafka_results.roundtrip_fast.latency.p99_ms,
     ));
-    check(problems, "kafka produce", &kafka_results.produce);
-    check(problems, "kafka produce->consume", &kafka_results.roundtrip);
-    check(
-        problems,
-        "kafka produce->consume (fast fetch)",
-        &kafka_results.roundtrip_fast,
-    );
+    for (what, measured) in [
+        ("kafka produce", &kafka_results.produce),
+        ("kafka produce->consume", &kafka_results.roundtrip),
+        ("kafka produce->consume (fast fetch)", &kafka_results.roundtrip_fast),
+    ] {
+        check(problems, what, measured);
+    }
     if consumed.records < filled.samples.count() {
         let (read, of) = (consumed.records, filled.samples.count());
         problems.push(format!("kafka consume: read {read} of {of} records"));
@@ -786,10 +783,7 @@ async fn fresh_broker(
     if context.options.shared_broker {
         return Ok((None, environment.bootstrap.clone()));
     }
-    let broker = PrivateBroker::start_in(&environment.dir.join(name)).await?;
-    if let Some(pid) = broker.pid() {
-        context.sampler.track("broker", Selector::Pid(pid));
-    }
+    let broker = private_broker(context, &environment.dir.join(name)).await?;
     kafka::create_topics(broker.bootstrap(), &[topic.to_owned()]).await?;
     let bootstrap = broker.bootstrap().to_owned();
     Ok((Some(broker), bootstrap))
