@@ -229,15 +229,15 @@ pub async fn run(
             None => to_published.error("not on tax.calculated"),
         }
     }
+    let acked: Times = (acks.iter()).map(|(id, ack)| (id.clone(), ack.wall.into())).collect();
     let calculated = calculated_times(&setup.tax_db, &acks).await?;
-    let acked = |id: &str| acked_at(&acks, id);
-    let to_calculated = between(&acks, acked, at(&calculated), "not in taxed_transactions");
+    let to_calculated = between(&acks, &acked, &calculated, "not in taxed_transactions");
     let posted = match &setup.ledger_db {
         Some(ledger_db) => Some(posted_times(ledger_db, &acks).await?),
         None => None,
     };
-    let to_ledger = (posted.as_ref()).map(|posted| between(&acks, acked, at(posted), "not in ledger_entries"));
-    let hops = hops(setup, &acks, &calculated, posted.as_ref()).await?;
+    let to_ledger = (posted.as_ref()).map(|posted| between(&acks, &acked, posted, "not in ledger_entries"));
+    let hops = hops(setup, &acks, &acked, &calculated, posted.as_ref()).await?;
     let read_back = read_back(setup.tax.clone(), acks.keys().cloned().collect()).await;
 
     Ok(E2eRun {
@@ -252,16 +252,6 @@ pub async fn run(
         drain_seconds,
         elapsed,
     })
-}
-
-/// A transaction's time in `times`.
-fn at(times: &Times) -> impl Fn(&str) -> Option<DateTime<Utc>> + '_ {
-    |transaction_id| times.get(transaction_id).copied()
-}
-
-/// The wall-clock time of a transaction's acknowledgement.
-fn acked_at(acks: &HashMap<String, Ack>, transaction_id: &str) -> Option<DateTime<Utc>> {
-    acks.get(transaction_id).map(|ack| DateTime::<Utc>::from(ack.wall))
 }
 
 /// A lock that a panicked holder did not spoil: the maps only ever get whole entries.
@@ -334,6 +324,7 @@ async fn published_by_transaction(
 async fn hops(
     setup: &Setup,
     acks: &HashMap<String, Ack>,
+    acked: &Times,
     calculated: &Times,
     posted: Option<&Times>,
 ) -> anyhow::Result<Vec<(String, Samples)>> {
@@ -353,43 +344,27 @@ async fn hops(
     })
     .await?;
 
-    let hop = |from: &Times, to: &Times| between(acks, at(from), at(to), "a timestamp is missing");
-    let mut hops = vec![
-        (
-            "ack -> payments outbox row published".to_owned(),
-            between(acks, |id| acked_at(acks, id), at(&relayed), "a timestamp is missing"),
-        ),
-        (
-            "payments published -> tax calculated".to_owned(),
-            hop(&relayed, calculated),
-        ),
-        (
-            "tax calculated -> tax outbox row published".to_owned(),
-            hop(calculated, &tax_relayed),
-        ),
+    let mut legs = vec![
+        (acked, &relayed, "ack -> payments outbox row published"),
+        (&relayed, calculated, "payments published -> tax calculated"),
+        (calculated, &tax_relayed, "tax calculated -> tax outbox row published"),
     ];
     if let Some(posted) = posted {
-        hops.push((
-            "tax published -> ledger entry posted".to_owned(),
-            hop(&tax_relayed, posted),
-        ));
+        legs.push((&tax_relayed, posted, "tax published -> ledger entry posted"));
     }
-    Ok(hops)
+    let hop =
+        |(from, to, name): (&Times, &Times, &str)| (name.to_owned(), between(acks, from, to, "a timestamp is missing"));
+    Ok(legs.into_iter().map(hop).collect())
 }
 
 /// Per measured transaction, the time from `from` to `to` (both recorded on this host's clock);
 /// a transaction without one of them counts as an error `missing`.
-fn between(
-    acks: &HashMap<String, Ack>,
-    from: impl Fn(&str) -> Option<DateTime<Utc>>,
-    to: impl Fn(&str) -> Option<DateTime<Utc>>,
-    missing: &str,
-) -> Samples {
+fn between(acks: &HashMap<String, Ack>, from: &Times, to: &Times, missing: &str) -> Samples {
     let mut samples = Samples::default();
     for (transaction_id, _) in acks.iter().filter(|(_, ack)| ack.measured) {
-        match (from(transaction_id), to(transaction_id)) {
+        match (from.get(transaction_id), to.get(transaction_id)) {
             (Some(start), Some(end)) => {
-                let micros = (end - start).num_microseconds().unwrap_or(0).max(0);
+                let micros = (*end - *start).num_microseconds().unwrap_or(0).max(0);
                 samples.record_us(micros.unsigned_abs());
             }
             _ => samples.error(missing),
