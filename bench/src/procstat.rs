@@ -42,6 +42,8 @@ pub struct Usage {
     pub lifetime_peak_rss_mb: f64,
 }
 
+/// One reading of a process, or of a group (CPU cumulative since its baseline, RSS summed, HWM the
+/// largest).
 #[derive(Debug, Clone, Copy, Default)]
 struct GroupSample {
     cpu_ticks: u64,
@@ -170,7 +172,7 @@ fn sample_once(state: &Mutex<State>, now: f64) {
     } else {
         HashMap::new()
     };
-    let mut readings: Vec<(String, Vec<(u32, ProcReading)>)> = Vec::new();
+    let mut readings: Vec<(String, Vec<(u32, GroupSample)>)> = Vec::new();
     for (name, selector) in &groups {
         let pids: Vec<u32> = match selector {
             Selector::Pid(pid) => vec![*pid],
@@ -192,13 +194,13 @@ fn sample_once(state: &Mutex<State>, now: f64) {
         let mut added = 0;
         for (pid, reading) in processes {
             let key = (name.clone(), pid);
-            let previous = state.last_ticks.insert(key, reading.ticks);
+            let previous = state.last_ticks.insert(key, reading.cpu_ticks);
             added += match previous {
-                Some(previous) => reading.ticks.saturating_sub(previous),
+                Some(previous) => reading.cpu_ticks.saturating_sub(previous),
                 // A process seen for the first time: its whole CPU counts (a new backend), unless
                 // it is part of the group's baseline.
                 None if first_sample => 0,
-                None => reading.ticks,
+                None => reading.cpu_ticks,
             };
             group.rss_kb += reading.rss_kb;
             group.hwm_kb = group.hwm_kb.max(reading.hwm_kb);
@@ -211,20 +213,13 @@ fn sample_once(state: &Mutex<State>, now: f64) {
     state.samples.push((now, sample));
 }
 
-#[derive(Debug, Clone, Copy)]
-struct ProcReading {
-    ticks: u64,
-    rss_kb: u64,
-    hwm_kb: u64,
-}
-
 /// utime + stime, VmRSS and VmHWM of `pid`; `None` once it has exited.
-fn read_process(pid: u32) -> Option<ProcReading> {
+fn read_process(pid: u32) -> Option<GroupSample> {
     let process = Process::new(i32::try_from(pid).ok()?).ok()?;
     let stat = process.stat().ok()?;
     let status = process.status().ok();
-    Some(ProcReading {
-        ticks: stat.utime + stat.stime,
+    Some(GroupSample {
+        cpu_ticks: stat.utime + stat.stime,
         rss_kb: status.as_ref().and_then(|status| status.vmrss).unwrap_or(0),
         hwm_kb: status.and_then(|status| status.vmhwm).unwrap_or(0),
     })

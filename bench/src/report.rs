@@ -490,14 +490,8 @@ impl Report {
         );
 
         out.push_str("## Targets\n\n| target | measured | verdict |\n|---|---|---|\n");
-        for target in &self.targets {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} |",
-                target.target,
-                target.measured,
-                verdict(target.met)
-            );
+        for Target { target, measured, met } in &self.targets {
+            let _ = writeln!(out, "| {target} | {measured} | {} |", verdict(*met));
         }
         out.push('\n');
 

@@ -682,25 +682,13 @@ async fn kafka_baselines(
     // scan of every header it stores (no index on `header`), so what an earlier baseline left
     // behind would slow the next one down.
     let (broker, bootstrap) = fresh_broker(context, environment, "consume", &consume_topic).await?;
+    let produce = async |bootstrap: &str, topic: &str, duration, limit, label: &str| {
+        kafka::produce_baseline(bootstrap, topic, payload_size, window, duration, limit, label).await
+    };
     let fill = Duration::from_secs(60);
-    let filled = kafka::produce_baseline(
-        &bootstrap,
-        &consume_topic,
-        payload_size,
-        window,
-        fill,
-        Some(consume_records),
-        "kafka fill",
-    )
-    .await?;
-    let consumed = kafka::consume_baseline(
-        &bootstrap,
-        &consume_topic,
-        filled.samples.count(),
-        fill,
-        "kafka consume",
-    )
-    .await?;
+    let filled = produce(&bootstrap, &consume_topic, fill, Some(consume_records), "kafka fill").await?;
+    let filled_count = filled.samples.count();
+    let consumed = kafka::consume_baseline(&bootstrap, &consume_topic, filled_count, fill, "kafka consume").await?;
     drop(broker);
     // The first hop of the flow carries two events per pair.
     let roundtrip_rate = 2.0 * e2e_rate;
@@ -719,16 +707,7 @@ async fn kafka_baselines(
     )
     .await?;
     let (broker, bootstrap) = fresh_broker(context, environment, "produce", &produce_topic).await?;
-    let produced = kafka::produce_baseline(
-        &bootstrap,
-        &produce_topic,
-        payload_size,
-        window,
-        duration,
-        None,
-        "kafka produce",
-    )
-    .await?;
+    let produced = produce(&bootstrap, &produce_topic, duration, None, "kafka produce").await?;
     drop(broker);
     sampler.sample_now();
     let kafka_results = KafkaBaselines {
@@ -765,9 +744,9 @@ async fn kafka_baselines(
     ] {
         check(problems, what, measured);
     }
-    if consumed.records < filled.samples.count() {
-        let (read, of) = (consumed.records, filled.samples.count());
-        problems.push(format!("kafka consume: read {read} of {of} records"));
+    if consumed.records < filled_count {
+        let read = consumed.records;
+        problems.push(format!("kafka consume: read {read} of {filled_count} records"));
     }
     Ok(kafka_results)
 }
