@@ -47,23 +47,25 @@ impl Admin {
 
     /// Creates an empty database `name`.
     pub async fn create(&self, name: &str) -> anyhow::Result<()> {
-        check_name(name)?;
-        let mut admin = self.connect().await?;
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
+        self.execute(name, "create", format!("CREATE DATABASE \"{name}\""))
             .await
-            .with_context(|| format!("create database {name}"))?;
-        Ok(())
     }
 
     /// Drops database `name`, disconnecting whoever is still on it.
     pub async fn drop(&self, name: &str) -> anyhow::Result<()> {
+        self.execute(name, "drop", format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await
+    }
+
+    /// Runs `statement` (`what`: create or drop) on benchmark database `name`, checked first since
+    /// the statement holds it.
+    async fn execute(&self, name: &str, what: &str, statement: String) -> anyhow::Result<()> {
         check_name(name)?;
         let mut admin = self.connect().await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        sqlx::query(&statement)
             .execute(&mut admin)
             .await
-            .with_context(|| format!("drop database {name}"))?;
+            .with_context(|| format!("{what} database {name}"))?;
         Ok(())
     }
 
@@ -141,20 +143,16 @@ pub fn redact(url: &str) -> String {
 
 /// Rows of `outbox` not yet published.
 pub async fn outbox_backlog(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(pool)
-            .await?,
-    )
+    count(pool, "SELECT count(*) FROM outbox WHERE published_at IS NULL").await
 }
 
 /// Rows of `outbox` already published.
 pub async fn outbox_published(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
-            .fetch_one(pool)
-            .await?,
-    )
+    count(pool, "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL").await
+}
+
+async fn count(pool: &PgPool, query: &'static str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(query).fetch_one(pool).await?)
 }
 
 /// Events consumer `consumer` has applied (its inbox, `processed_events`).

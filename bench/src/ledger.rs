@@ -104,7 +104,6 @@ pub async fn run(setup: Setup<'_>, sampler: &Sampler) -> anyhow::Result<LedgerRe
         .bind(i32::try_from(setup.accounts).unwrap_or(i32::MAX))
         .execute(setup.pgbench_db)
         .await?;
-    let threads = std::thread::available_parallelism().map_or(2, usize::from);
 
     let mut runs = Vec::new();
     for hot_account in [false, true] {
@@ -118,7 +117,6 @@ pub async fn run(setup: Setup<'_>, sampler: &Sampler) -> anyhow::Result<LedgerRe
                 conninfo: setup.pgbench_url,
                 script: &script,
                 clients: setup.clients,
-                threads,
                 duration: setup.duration,
                 log_dir: &setup.work_dir.join("pgbench"),
             },

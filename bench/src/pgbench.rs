@@ -228,8 +228,6 @@ pub struct Invocation<'a> {
     pub script: &'a Path,
     /// Connections (`--client`).
     pub clients: usize,
-    /// Client threads (`--jobs`), at most `clients`.
-    pub threads: usize,
     /// Run time (`--time`, whole seconds).
     pub duration: Duration,
     /// Where the per-transaction logs go (read, then removed).
@@ -243,10 +241,11 @@ pub async fn run(invocation: Invocation<'_>, label: &str) -> anyhow::Result<Pgbe
         conninfo,
         script,
         clients,
-        threads,
         duration,
         log_dir,
     } = invocation;
+    // Client threads: one per core, at most one per client.
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
     std::fs::create_dir_all(log_dir)?;
     let log_prefix = log_dir.join(format!("c{clients}"));
     let mut child = tokio::process::Command::new(pgbench)
@@ -296,10 +295,9 @@ pub async fn run(invocation: Invocation<'_>, label: &str) -> anyhow::Result<Pgbe
     let summary = stdout
         .lines()
         .filter(|line| {
-            line.starts_with("number of")
-                || line.starts_with("latency")
-                || line.starts_with("tps")
-                || line.starts_with("initial connection")
+            ["number of", "latency", "tps", "initial connection"]
+                .iter()
+                .any(|start| line.starts_with(start))
         })
         .collect::<Vec<_>>()
         .join("\n");

@@ -406,7 +406,6 @@ async fn measure_level(
             conninfo: &pgbench_url,
             script: &script,
             clients,
-            threads: std::thread::available_parallelism().map_or(2, usize::from),
             duration: options.duration,
             log_dir: &environment.dir.join("pgbench"),
         },
