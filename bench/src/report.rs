@@ -503,12 +503,10 @@ impl Report {
                 out,
                 "### Payments alone (no outbox relay, no tax, no ledger)\n\n\
                  The command path by itself: the same load, each level against a pgbench run of its own in the same \
-                 environment, with nothing else on the machine competing for the {} cores.\n",
+                 environment, with nothing else on the machine competing for the {} cores.\n\n\
+                 | clients | service commits/s | pgbench commits/s | ratio | service p50 / p99 ms | pgbench p50 / p99 ms \
+                 | errors | service run | pgbench run |\n|---:|---:|---:|---:|---|---|---|---|---|",
                 machine.nproc
-            );
-            out.push_str(
-                "| clients | service commits/s | pgbench commits/s | ratio | service p50 / p99 ms | pgbench p50 / p99 ms \
-                 | errors | service run | pgbench run |\n|---:|---:|---:|---:|---|---|---|---|---|\n",
             );
             for alone in &self.payments_alone {
                 let _ = writeln!(
@@ -582,13 +580,11 @@ impl Report {
             out,
             "## Payments: CreateOrder + CreateTransaction vs pgbench running the same SQL\n\n\
              {:.0} s measured per level (after {:.1} s warm-up for the service). A pair is two commits. \
-             Ratio = service / pgbench.\n",
-            self.config.duration_seconds, self.config.warmup_seconds
-        );
-        out.push_str(
-            "| clients | service commits/s | pgbench commits/s | ratio | service p50 / p95 / p99 / max ms (pair) \
+             Ratio = service / pgbench.\n\n\
+             | clients | service commits/s | pgbench commits/s | ratio | service p50 / p95 / p99 / max ms (pair) \
              | pgbench p50 / p95 / p99 / max ms | p99 ratio | errors (service / pgbench) |\n\
-             |---:|---:|---:|---:|---|---|---:|---|\n",
+             |---:|---:|---:|---:|---|---|---:|---|",
+            self.config.duration_seconds, self.config.warmup_seconds
         );
         for level in &self.payments {
             let _ = writeln!(
