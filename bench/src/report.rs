@@ -929,13 +929,9 @@ fn panel(
         let label = |(index, value): (usize, f64)| {
             let above = label_above(series, own, index, value);
             let (dy, anchor) = if above { (-6, VPos::Bottom) } else { (6, VPos::Top) };
-            let text = if value >= 100.0 {
-                format!("{value:.0}")
-            } else {
-                format!("{value:.1}")
-            };
             let font = ("sans-serif", 12).into_font().color(&colour);
-            Text::new(text, (0, dy), font.pos(Pos::new(HPos::Center, anchor)))
+            // The same rounding as the tables' rates.
+            Text::new(fmt_rate(value), (0, dy), font.pos(Pos::new(HPos::Center, anchor)))
         };
         let labelled = points
             .iter()
