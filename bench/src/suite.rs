@@ -651,10 +651,8 @@ fn prune_work_dirs(work_root: &Path, current: &str) {
 /// Writes `latest.json`, `latest.md` and `latest.svg` into `out_dir`.
 pub fn write_report(report: &Report, out_dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out_dir)?;
-    std::fs::write(
-        out_dir.join("latest.json"),
-        serde_json::to_string_pretty(report)? + "\n",
-    )?;
+    let json = serde_json::to_string_pretty(report)? + "\n";
+    std::fs::write(out_dir.join("latest.json"), json)?;
     std::fs::write(out_dir.join("latest.md"), report.markdown())?;
     std::fs::write(out_dir.join("latest.svg"), report.svg().context("draw the plot")?)?;
     step(format!("results: {}/latest.{{json,md,svg}}", out_dir.display()));
@@ -769,11 +767,9 @@ async fn fresh_broker(
 
 /// Any failed operation, or none that succeeded, is a problem of the run.
 fn check(problems: &mut Vec<String>, what: &str, measured: &Measured) {
-    if measured.errors > 0 {
-        problems.push(format!(
-            "{what}: {} failed ({:?})",
-            measured.errors, measured.error_kinds
-        ));
+    let (errors, kinds) = (measured.errors, &measured.error_kinds);
+    if errors > 0 {
+        problems.push(format!("{what}: {errors} failed ({kinds:?})"));
     }
     if measured.ok == 0 {
         problems.push(format!("{what}: no successful operation"));
