@@ -146,12 +146,8 @@ pub async fn run(
     let series = monitor.start(Some(open));
     let live = Arc::new(Live::default());
     let watch = series.watch();
-    let _progress = Progress::start(
-        label,
-        duration,
-        Arc::clone(&live),
-        Some(Arc::new(move || Series::describe(&watch))),
-    );
+    let describe = Arc::new(move || Series::describe(&watch));
+    let _progress = Progress::start(label, duration, Arc::clone(&live), Some(describe));
 
     // A few connections, as a handful of front-end instances would hold.
     let mut channels = Vec::new();
@@ -175,10 +171,8 @@ pub async fn run(
             continue;
         }
         in_flight.fetch_add(1, Ordering::Relaxed);
-        let mut pair = Pair::new(
-            channels[n as usize % channels.len()].clone(),
-            format!("{}-e2e", setup.key_prefix),
-        );
+        let channel = channels[n as usize % channels.len()].clone();
+        let mut pair = Pair::new(channel, format!("{}-e2e", setup.key_prefix));
         let (acks, in_flight, live) = (Arc::clone(&acks), Arc::clone(&in_flight), Arc::clone(&live));
         tasks.push(tokio::spawn(async move {
             let result = pair.send(n as usize % 64, n).await;
