@@ -33,6 +33,7 @@ async fn start(db: &TestDb, kafka_bootstrap_servers: String) -> Running {
         tonic::service::Routes::default(),
         &["fintech.test.v1.TestService"],
         readiness,
+        None,
         shutdown.clone(),
     ));
     Running {

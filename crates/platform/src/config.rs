@@ -22,6 +22,8 @@
 //! | `TOPIC_PREFIX` | empty | prepended to every topic and consumer-group name (tests, shared brokers) |
 //! | `OUTBOX_RELAYS` | `1` | relays publishing this instance's outbox (0 = another process does) |
 //! | `SHUTDOWN_GRACE_MS` | `10000` | longest drain of in-flight requests on shutdown, and again of the background tasks (100-600000) |
+//! | `GRPC_TLS_CERT`, `GRPC_TLS_KEY`, `GRPC_TLS_CLIENT_CA` | unset (plaintext) | TLS and mTLS of the gRPC server ([`crate::tls`]) |
+//! | `KAFKA_PROPERTY_<NAME>` | none | librdkafka properties passed through, e.g. `security.protocol`, SASL ([`crate::tls`]) |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset (no export) | OTLP/gRPC collector for traces |
 //! | `RUST_LOG` | `info` | log filter |
 //! | `LOG_FORMAT` | `text` | `text` or `json` |
@@ -113,6 +115,10 @@ pub struct PlatformConfig {
     pub outbox_relays: usize,
     /// Longest drain of in-flight requests on shutdown, and again of the background tasks.
     pub shutdown_grace: Duration,
+    /// TLS of the gRPC server (`None`: plaintext, for loopback and meshes that add mTLS).
+    pub grpc_tls: Option<crate::tls::GrpcTls>,
+    /// librdkafka properties from `KAFKA_PROPERTY_*` (TLS, SASL); every client applies them.
+    pub kafka_properties: crate::tls::KafkaProperties,
 }
 
 impl PlatformConfig {
@@ -137,6 +143,8 @@ impl PlatformConfig {
             topic_prefix: String::new(),
             outbox_relays: 1,
             shutdown_grace: Duration::from_secs(10),
+            grpc_tls: None,
+            kafka_properties: crate::tls::KafkaProperties::default(),
         }
     }
 
@@ -240,6 +248,8 @@ impl PlatformConfig {
             topic_prefix: env_or("TOPIC_PREFIX", &defaults.topic_prefix),
             outbox_relays: env_parse("OUTBOX_RELAYS", defaults.outbox_relays)?,
             shutdown_grace: Duration::from_millis(shutdown_grace_ms),
+            grpc_tls: crate::tls::GrpcTls::from_env()?,
+            kafka_properties: crate::tls::KafkaProperties::from_env()?,
         })
     }
 }

@@ -258,6 +258,13 @@ impl Kit {
     /// Serves until `shutdown` fires or a task fails, then shuts down in order (see the
     /// [module](self) docs). Returns an error when a task failed or the server could not run.
     pub async fn serve(mut self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Before any task starts: an unreadable certificate stops the start-up, nothing half-up.
+        let tls = self
+            .config
+            .grpc_tls
+            .as_ref()
+            .map(crate::tls::GrpcTls::server_config)
+            .transpose()?;
         for index in 0..self.config.outbox_relays {
             let relay = outbox::relay(&self.pool, &self.config, index)?;
             self.tasks.push(Task {
@@ -301,7 +308,14 @@ impl Kit {
             components,
         };
         let grace = self.config.shutdown_grace;
-        let server = crate::grpc::serve(listener, self.routes, &self.service_names, readiness, serving.clone());
+        let server = crate::grpc::serve(
+            listener,
+            self.routes,
+            &self.service_names,
+            readiness,
+            tls,
+            serving.clone(),
+        );
         tokio::pin!(server);
         let served = tokio::select! {
             served = &mut server => served.map_err(anyhow::Error::from),

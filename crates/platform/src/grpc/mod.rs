@@ -80,6 +80,7 @@ pub async fn serve(
     routes: Routes,
     service_names: &[&str],
     readiness: Readiness,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -146,7 +147,12 @@ pub async fn serve(
             tracing::info!("grpc server draining in-flight requests");
         }
     };
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+        tracing::info!("grpc server serves TLS");
+    }
+    let served = builder
         .layer(RequestTraceLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpIncoming::new(listener), drain_signal)
