@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
+use crate::auth::{Authenticator, Policy};
 use crate::config::PlatformConfig;
 use crate::grpc::{Components, Readiness};
 use crate::idempotency::IdempotencyStore;
@@ -258,6 +259,12 @@ impl Kit {
     /// Serves until `shutdown` fires or a task fails, then shuts down in order (see the
     /// [module](self) docs). Returns an error when a task failed or the server could not run.
     pub async fn serve(mut self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Before anything starts: every RPC must declare its scope, and the keys must load.
+        let policy = Policy::for_services(fintech_proto::FILE_DESCRIPTOR_SET, &self.service_names)
+            .context("the contract's authorization rules")?;
+        let authenticator = Authenticator::new(&self.config.auth, policy)
+            .await
+            .context("authentication")?;
         for index in 0..self.config.outbox_relays {
             let relay = outbox::relay(&self.pool, &self.config, index)?;
             self.tasks.push(Task {
@@ -301,7 +308,14 @@ impl Kit {
             components,
         };
         let grace = self.config.shutdown_grace;
-        let server = crate::grpc::serve(listener, self.routes, &self.service_names, readiness, serving.clone());
+        let server = crate::grpc::serve(
+            listener,
+            self.routes,
+            &self.service_names,
+            readiness,
+            authenticator,
+            serving.clone(),
+        );
         tokio::pin!(server);
         let served = tokio::select! {
             served = &mut server => served.map_err(anyhow::Error::from),

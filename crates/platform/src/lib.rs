@@ -1,6 +1,7 @@
 //! Shared plumbing of every service. Write it once, test it hard.
 //!
 //! # Layout
+//! - [`auth`]: bearer-token authentication and the contract's scopes, one layer for every service;
 //! - [`config`]: settings from environment variables with documented defaults;
 //! - [`telemetry`]: `tracing` + OpenTelemetry, W3C trace-context helpers;
 //! - [`db`]: PostgreSQL pool and migrations (platform tables + the service's own);
@@ -14,6 +15,7 @@
 //! - [`sql`]: statements assembled from parts, placeholders numbered for you;
 //! - [`kit`]: the service kit every service's `run()` and `main()` are built on.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -4,7 +4,7 @@
 mod status;
 
 use fintech_platform::Violations;
-use fintech_platform::idempotency::key_from_metadata;
+use fintech_platform::idempotency::key_from_request;
 use fintech_proto::payments as pb;
 use fintech_proto::payments::payments_service_server::PaymentsService;
 use tonic::{Request, Response, Status};
@@ -37,7 +37,7 @@ impl PaymentsService for PaymentsGrpc {
         &self,
         request: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
-        let key = key_from_metadata(request.metadata())?;
+        let key = key_from_request(&request)?;
         Ok(Response::new(self.app.create_order(key, request.get_ref()).await?))
     }
 
@@ -46,7 +46,7 @@ impl PaymentsService for PaymentsGrpc {
         &self,
         request: Request<pb::UpdateOrderRequest>,
     ) -> Result<Response<pb::UpdateOrderResponse>, Status> {
-        let key = key_from_metadata(request.metadata())?;
+        let key = key_from_request(&request)?;
         Ok(Response::new(self.app.update_order(key, request.get_ref()).await?))
     }
 
@@ -81,7 +81,7 @@ impl PaymentsService for PaymentsGrpc {
         &self,
         request: Request<pb::CreateTransactionRequest>,
     ) -> Result<Response<pb::CreateTransactionResponse>, Status> {
-        let key = key_from_metadata(request.metadata())?;
+        let key = key_from_request(&request)?;
         let status = status_from_wire(request.get_ref().status);
         Ok(Response::new(
             self.app.create_transaction(key, request.get_ref(), status).await?,
@@ -93,7 +93,7 @@ impl PaymentsService for PaymentsGrpc {
         &self,
         request: Request<pb::UpdateTransactionStatusRequest>,
     ) -> Result<Response<pb::UpdateTransactionStatusResponse>, Status> {
-        let key = key_from_metadata(request.metadata())?;
+        let key = key_from_request(&request)?;
         let transaction_id = domain::require_id("transaction_id", &request.get_ref().transaction_id)?;
         let next = match status_from_wire(request.get_ref().status) {
             Ok(Some(status)) => status,
