@@ -12,11 +12,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     collect_protos(&proto_root, &mut files)?;
     files.sort();
 
-    let descriptors = protox::compile(&files, [&proto_root])?;
+    let mut compiler = protox::Compiler::new([&proto_root])?;
+    compiler
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(&files)?;
+    let descriptors = compiler.file_descriptor_set();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Encoded by protox itself, not re-encoded from prost-types: prost-types drops the custom
+    // method options (`fintech.common.v1.authorization`) that the services read at start-up.
     std::fs::write(
         out_dir.join("fintech_descriptor.bin"),
-        prost::Message::encode_to_vec(&descriptors),
+        compiler.encode_file_descriptor_set(),
     )?;
 
     let messages: Vec<String> = descriptors
