@@ -23,12 +23,15 @@ fn latest_baseline() -> std::path::PathBuf {
 fn buf_breaking_after(edit: impl Fn(&str) -> String) -> Output {
     let scratch = tempfile::tempdir().expect("temp dir");
     copy_dir(&repo_root().join("proto"), &scratch.path().join("proto"));
+    // buf.yaml's second module: the googleapis files scripts/install-tools copies from PyPI.
+    copy_dir(&repo_root().join(".tools/proto"), &scratch.path().join(".tools/proto"));
     std::fs::copy(repo_root().join("buf.yaml"), scratch.path().join("buf.yaml")).expect("copy buf.yaml");
     let payments = scratch.path().join("proto/fintech/payments/v1/payments.proto");
     let source = std::fs::read_to_string(&payments).expect("read payments.proto");
     std::fs::write(&payments, edit(&source)).expect("write payments.proto");
     Command::new(node_tool("buf"))
         .arg("breaking")
+        .arg("proto")
         .arg("--against")
         .arg(latest_baseline())
         .current_dir(scratch.path())

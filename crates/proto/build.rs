@@ -3,6 +3,11 @@
 //! servers. The encoded file descriptor set is written too, for gRPC server reflection, and the
 //! topic list of `proto/topics.json` becomes typed constants (`fintech_proto::topics`); a topic
 //! whose payload names no message of the contracts fails the build.
+//!
+//! The contracts import googleapis' `google/api/annotations.proto` (HTTP annotations for the
+//! gateway's JSON transcoding). It comes from the pinned PyPI package googleapis-common-protos,
+//! which `scripts/install-tools` copies into `.tools/proto/`; `GOOGLEAPIS_PROTO_DIR` points
+//! elsewhere. It is never copied into the repository.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     collect_protos(&proto_root, &mut files)?;
     files.sort();
 
-    let mut compiler = protox::Compiler::new([&proto_root])?;
+    let googleapis = googleapis_dir(&proto_root)?;
+    let mut compiler = protox::Compiler::new([&proto_root, &googleapis])?;
     compiler
         .include_imports(true)
         .include_source_info(true)
@@ -54,6 +60,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", file.display());
     }
     Ok(())
+}
+
+/// Where `google/api/annotations.proto` is: `GOOGLEAPIS_PROTO_DIR`, else `.tools/proto` of the
+/// workspace. A clear error when neither has it, naming the command that provides it.
+fn googleapis_dir(proto_root: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-env-changed=GOOGLEAPIS_PROTO_DIR");
+    let dir = match std::env::var_os("GOOGLEAPIS_PROTO_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => proto_root.join("../.tools/proto"),
+    };
+    let annotations = dir.join("google/api/annotations.proto");
+    if !annotations.is_file() {
+        return Err(format!(
+            "{} not found: run scripts/install-tools (it copies google/api/*.proto from the pinned PyPI \
+             package googleapis-common-protos), or set GOOGLEAPIS_PROTO_DIR to a directory holding google/api/",
+            annotations.display()
+        )
+        .into());
+    }
+    println!("cargo:rerun-if-changed={}", annotations.display());
+    println!("cargo:rerun-if-changed={}", dir.join("google/api/http.proto").display());
+    Ok(dir)
 }
 
 fn collect_protos(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -20,6 +20,17 @@ TANSU_DATA_DIR="$LOCAL_DIR/tansu"
 TANSU_PID_FILE="$RUN_DIR/tansu.pid"
 TANSU_LOG="$LOG_DIR/tansu.log"
 
+# The Envoy gateway (deploy/gateway): one port in front of every service, JWT checked at the edge.
+GATEWAY_LISTEN="${GATEWAY_LISTEN:-127.0.0.1:8080}"
+GATEWAY_ADMIN="${GATEWAY_ADMIN:-127.0.0.1:9901}"
+GATEWAY_RATE_LIMIT="${GATEWAY_RATE_LIMIT:-100/1s}"   # token bucket per service route
+GATEWAY_DIR="$LOCAL_DIR/gateway"
+GATEWAY_PID_FILE="$RUN_DIR/gateway.pid"
+GATEWAY_LOG="$LOG_DIR/gateway.log"               # Envoy's own log and the JSON access log
+# The JWKS the gateway (and the services) verify bearer tokens against; deploy/local/up creates the
+# development signing key and this file when absent.
+AUTH_JWKS_FILE="${AUTH_JWKS_FILE:-$LOCAL_DIR/auth/jwks.json}"
+
 # Project-local PostgreSQL cluster (only used when nothing answers at DATABASE_URL).
 PG_LOCAL_DIR="$LOCAL_DIR/postgres"
 PG_DATA="$PG_LOCAL_DIR/data"

@@ -13,6 +13,14 @@
 
 /// Generated code, one module per protobuf package.
 pub mod fintech {
+    /// `fintech.common.*`
+    pub mod common {
+        /// `fintech.common.v1`: what every contract shares, e.g. the `authorization` method
+        /// option that declares each RPC's scope.
+        pub mod v1 {
+            tonic::include_proto!("fintech.common.v1");
+        }
+    }
     /// `fintech.payments.*`
     pub mod payments {
         /// `fintech.payments.v1`: orders and transactions.
@@ -39,6 +47,7 @@ pub mod fintech {
 /// Every contract of `proto/` as an encoded `google.protobuf.FileDescriptorSet`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fintech_descriptor.bin"));
 
+pub use fintech::common::v1 as common;
 pub use fintech::ledger::v1 as ledger;
 pub use fintech::payments::v1 as payments;
 pub use fintech::tax::v1 as tax;

@@ -88,6 +88,7 @@ class LedgerServiceServicer(object):
 
     def CreateAccount(self, request, context):
         """Opens an account. Honours the `idempotency-key` metadata; a code already in use is ALREADY_EXISTS.
+        Requires scope `ledger.admin` (operators and services only, not customers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +96,7 @@ class LedgerServiceServicer(object):
 
     def GetAccount(self, request, context):
         """Reads an account by id or code.
+        Requires scope `ledger.read` (operators and services only, not customers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,6 +104,7 @@ class LedgerServiceServicer(object):
 
     def ListAccounts(self, request, context):
         """Lists accounts by code, one page at a time.
+        Requires scope `ledger.read` (operators and services only, not customers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +114,7 @@ class LedgerServiceServicer(object):
         """Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`
         (the entry id is the idempotency key: the `idempotency-key` metadata is optional and, when
         sent, must equal `entry_id`).
+        Requires scope `ledger.post` (operators and services only, not customers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,6 +122,7 @@ class LedgerServiceServicer(object):
 
     def GetEntry(self, request, context):
         """Reads a posted entry.
+        Requires scope `ledger.read` (operators and services only, not customers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +130,7 @@ class LedgerServiceServicer(object):
 
     def GetBalance(self, request, context):
         """An account's balance now, or as of a time or stream version (folded from the events).
+        Requires scope `ledger.read` (operators and services only, not customers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,6 +138,7 @@ class LedgerServiceServicer(object):
 
     def ListAccountEvents(self, request, context):
         """An account's events, oldest first, one page at a time.
+        Requires scope `ledger.read` (operators and services only, not customers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,6 +146,7 @@ class LedgerServiceServicer(object):
 
     def GetTrialBalance(self, request, context):
         """Debit and credit balance totals per currency; they always net to zero.
+        Requires scope `ledger.read` (operators and services only, not customers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +154,7 @@ class LedgerServiceServicer(object):
 
     def VerifyStream(self, request, context):
         """Recomputes an account stream's hash chain and reports the first event that does not match.
+        Requires scope `ledger.admin` (operators and services only, not customers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,26 +45,43 @@ class LedgerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LedgerServiceAsyncStub: ...
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CreateAccountRequest, _ledger_pb2.CreateAccountResponse]
-    """Opens an account. Honours the `idempotency-key` metadata; a code already in use is ALREADY_EXISTS."""
+    """Opens an account. Honours the `idempotency-key` metadata; a code already in use is ALREADY_EXISTS.
+    Requires scope `ledger.admin` (operators and services only, not customers).
+    """
     GetAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetAccountRequest, _ledger_pb2.GetAccountResponse]
-    """Reads an account by id or code."""
+    """Reads an account by id or code.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListAccountsRequest, _ledger_pb2.ListAccountsResponse]
-    """Lists accounts by code, one page at a time."""
+    """Lists accounts by code, one page at a time.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
     PostEntry: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.PostEntryRequest, _ledger_pb2.PostEntryResponse]
     """Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`
     (the entry id is the idempotency key: the `idempotency-key` metadata is optional and, when
     sent, must equal `entry_id`).
+    Requires scope `ledger.post` (operators and services only, not customers).
     """
     GetEntry: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetEntryRequest, _ledger_pb2.GetEntryResponse]
-    """Reads a posted entry."""
+    """Reads a posted entry.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
     GetBalance: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetBalanceRequest, _ledger_pb2.GetBalanceResponse]
-    """An account's balance now, or as of a time or stream version (folded from the events)."""
+    """An account's balance now, or as of a time or stream version (folded from the events).
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
     ListAccountEvents: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListAccountEventsRequest, _ledger_pb2.ListAccountEventsResponse]
-    """An account's events, oldest first, one page at a time."""
+    """An account's events, oldest first, one page at a time.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
     GetTrialBalance: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetTrialBalanceRequest, _ledger_pb2.GetTrialBalanceResponse]
-    """Debit and credit balance totals per currency; they always net to zero."""
+    """Debit and credit balance totals per currency; they always net to zero.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
     VerifyStream: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.VerifyStreamRequest, _ledger_pb2.VerifyStreamResponse]
-    """Recomputes an account stream's hash chain and reports the first event that does not match."""
+    """Recomputes an account stream's hash chain and reports the first event that does not match.
+    Requires scope `ledger.admin` (operators and services only, not customers).
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -72,26 +89,43 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CreateAccountRequest, _ledger_pb2.CreateAccountResponse]  # type: ignore[assignment]
-    """Opens an account. Honours the `idempotency-key` metadata; a code already in use is ALREADY_EXISTS."""
+    """Opens an account. Honours the `idempotency-key` metadata; a code already in use is ALREADY_EXISTS.
+    Requires scope `ledger.admin` (operators and services only, not customers).
+    """
     GetAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetAccountRequest, _ledger_pb2.GetAccountResponse]  # type: ignore[assignment]
-    """Reads an account by id or code."""
+    """Reads an account by id or code.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
     ListAccounts: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListAccountsRequest, _ledger_pb2.ListAccountsResponse]  # type: ignore[assignment]
-    """Lists accounts by code, one page at a time."""
+    """Lists accounts by code, one page at a time.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
     PostEntry: _aio.UnaryUnaryMultiCallable[_ledger_pb2.PostEntryRequest, _ledger_pb2.PostEntryResponse]  # type: ignore[assignment]
     """Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`
     (the entry id is the idempotency key: the `idempotency-key` metadata is optional and, when
     sent, must equal `entry_id`).
+    Requires scope `ledger.post` (operators and services only, not customers).
     """
     GetEntry: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetEntryRequest, _ledger_pb2.GetEntryResponse]  # type: ignore[assignment]
-    """Reads a posted entry."""
+    """Reads a posted entry.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
     GetBalance: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetBalanceRequest, _ledger_pb2.GetBalanceResponse]  # type: ignore[assignment]
-    """An account's balance now, or as of a time or stream version (folded from the events)."""
+    """An account's balance now, or as of a time or stream version (folded from the events).
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
     ListAccountEvents: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListAccountEventsRequest, _ledger_pb2.ListAccountEventsResponse]  # type: ignore[assignment]
-    """An account's events, oldest first, one page at a time."""
+    """An account's events, oldest first, one page at a time.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
     GetTrialBalance: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetTrialBalanceRequest, _ledger_pb2.GetTrialBalanceResponse]  # type: ignore[assignment]
-    """Debit and credit balance totals per currency; they always net to zero."""
+    """Debit and credit balance totals per currency; they always net to zero.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
     VerifyStream: _aio.UnaryUnaryMultiCallable[_ledger_pb2.VerifyStreamRequest, _ledger_pb2.VerifyStreamResponse]  # type: ignore[assignment]
-    """Recomputes an account stream's hash chain and reports the first event that does not match."""
+    """Recomputes an account stream's hash chain and reports the first event that does not match.
+    Requires scope `ledger.admin` (operators and services only, not customers).
+    """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Accounts, entries and balances of the double-entry ledger."""
@@ -102,7 +136,9 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.CreateAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.CreateAccountResponse, _abc.Awaitable[_ledger_pb2.CreateAccountResponse]]:
-        """Opens an account. Honours the `idempotency-key` metadata; a code already in use is ALREADY_EXISTS."""
+        """Opens an account. Honours the `idempotency-key` metadata; a code already in use is ALREADY_EXISTS.
+        Requires scope `ledger.admin` (operators and services only, not customers).
+        """
 
     @_abc_1.abstractmethod
     def GetAccount(
@@ -110,7 +146,9 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.GetAccountResponse, _abc.Awaitable[_ledger_pb2.GetAccountResponse]]:
-        """Reads an account by id or code."""
+        """Reads an account by id or code.
+        Requires scope `ledger.read` (operators and services only, not customers).
+        """
 
     @_abc_1.abstractmethod
     def ListAccounts(
@@ -118,7 +156,9 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.ListAccountsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.ListAccountsResponse, _abc.Awaitable[_ledger_pb2.ListAccountsResponse]]:
-        """Lists accounts by code, one page at a time."""
+        """Lists accounts by code, one page at a time.
+        Requires scope `ledger.read` (operators and services only, not customers).
+        """
 
     @_abc_1.abstractmethod
     def PostEntry(
@@ -129,6 +169,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Posts a balanced journal entry, atomically across its accounts, at most once per `entry_id`
         (the entry id is the idempotency key: the `idempotency-key` metadata is optional and, when
         sent, must equal `entry_id`).
+        Requires scope `ledger.post` (operators and services only, not customers).
         """
 
     @_abc_1.abstractmethod
@@ -137,7 +178,9 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetEntryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.GetEntryResponse, _abc.Awaitable[_ledger_pb2.GetEntryResponse]]:
-        """Reads a posted entry."""
+        """Reads a posted entry.
+        Requires scope `ledger.read` (operators and services only, not customers).
+        """
 
     @_abc_1.abstractmethod
     def GetBalance(
@@ -145,7 +188,9 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetBalanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.GetBalanceResponse, _abc.Awaitable[_ledger_pb2.GetBalanceResponse]]:
-        """An account's balance now, or as of a time or stream version (folded from the events)."""
+        """An account's balance now, or as of a time or stream version (folded from the events).
+        Requires scope `ledger.read` (operators and services only, not customers).
+        """
 
     @_abc_1.abstractmethod
     def ListAccountEvents(
@@ -153,7 +198,9 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.ListAccountEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.ListAccountEventsResponse, _abc.Awaitable[_ledger_pb2.ListAccountEventsResponse]]:
-        """An account's events, oldest first, one page at a time."""
+        """An account's events, oldest first, one page at a time.
+        Requires scope `ledger.read` (operators and services only, not customers).
+        """
 
     @_abc_1.abstractmethod
     def GetTrialBalance(
@@ -161,7 +208,9 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetTrialBalanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.GetTrialBalanceResponse, _abc.Awaitable[_ledger_pb2.GetTrialBalanceResponse]]:
-        """Debit and credit balance totals per currency; they always net to zero."""
+        """Debit and credit balance totals per currency; they always net to zero.
+        Requires scope `ledger.read` (operators and services only, not customers).
+        """
 
     @_abc_1.abstractmethod
     def VerifyStream(
@@ -169,6 +218,8 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.VerifyStreamRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.VerifyStreamResponse, _abc.Awaitable[_ledger_pb2.VerifyStreamResponse]]:
-        """Recomputes an account stream's hash chain and reports the first event that does not match."""
+        """Recomputes an account stream's hash chain and reports the first event that does not match.
+        Requires scope `ledger.admin` (operators and services only, not customers).
+        """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,54 +22,72 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from fintech.common.v1 import authorization_pb2 as fintech_dot_common_dot_v1_dot_authorization__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fintech/payments/v1/payments.proto\x12\x13\x66intech.payments.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x02\n\x05Order\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x1f\n\x0b\x63ustomer_id\x18\x02 \x01(\tR\ncustomerId\x12\x18\n\x07\x63ountry\x18\x03 \x01(\tR\x07\x63ountry\x12\x1a\n\x08\x63urrency\x18\x04 \x01(\tR\x08\x63urrency\x12\x16\n\x06\x61mount\x18\x05 \x01(\x03R\x06\x61mount\x12!\n\x0cproduct_type\x18\x06 \x01(\tR\x0bproductType\x12\x39\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x18\n\x07version\x18\t \x01(\x03R\x07version\"\xf4\x02\n\x0bTransaction\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x12\x19\n\x08order_id\x18\x02 \x01(\tR\x07orderId\x12\x1f\n\x0b\x63ustomer_id\x18\x03 \x01(\tR\ncustomerId\x12\x16\n\x06\x61mount\x18\x04 \x01(\x03R\x06\x61mount\x12>\n\x06status\x18\x05 \x01(\x0e\x32&.fintech.payments.v1.TransactionStatusR\x06status\x12\x39\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x18\n\x07version\x18\x08 \x01(\x03R\x07version\x12\x1a\n\x08\x63urrency\x18\t \x01(\tR\x08\x63urrency\"\xa6\x01\n\x12\x43reateOrderRequest\x12\x1f\n\x0b\x63ustomer_id\x18\x01 \x01(\tR\ncustomerId\x12\x18\n\x07\x63ountry\x18\x02 \x01(\tR\x07\x63ountry\x12\x1a\n\x08\x63urrency\x18\x03 \x01(\tR\x08\x63urrency\x12\x16\n\x06\x61mount\x18\x04 \x01(\x03R\x06\x61mount\x12!\n\x0cproduct_type\x18\x05 \x01(\tR\x0bproductType\"G\n\x13\x43reateOrderResponse\x12\x30\n\x05order\x18\x01 \x01(\x0b\x32\x1a.fintech.payments.v1.OrderR\x05order\"\xe6\x01\n\x12UpdateOrderRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12)\n\x10\x65xpected_version\x18\x02 \x01(\x03R\x0f\x65xpectedVersion\x12\x1d\n\x07\x63ountry\x18\x03 \x01(\tH\x00R\x07\x63ountry\x88\x01\x01\x12\x1b\n\x06\x61mount\x18\x04 \x01(\x03H\x01R\x06\x61mount\x88\x01\x01\x12&\n\x0cproduct_type\x18\x05 \x01(\tH\x02R\x0bproductType\x88\x01\x01\x42\n\n\x08_countryB\t\n\x07_amountB\x0f\n\r_product_type\"G\n\x13UpdateOrderResponse\x12\x30\n\x05order\x18\x01 \x01(\x0b\x32\x1a.fintech.payments.v1.OrderR\x05order\",\n\x0fGetOrderRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\"D\n\x10GetOrderResponse\x12\x30\n\x05order\x18\x01 \x01(\x0b\x32\x1a.fintech.payments.v1.OrderR\x05order\"p\n\x11ListOrdersRequest\x12\x1f\n\x0b\x63ustomer_id\x18\x01 \x01(\tR\ncustomerId\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"p\n\x12ListOrdersResponse\x12\x32\n\x06orders\x18\x01 \x03(\x0b\x32\x1a.fintech.payments.v1.OrderR\x06orders\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa9\x01\n\x18\x43reateTransactionRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x16\n\x06\x61mount\x18\x02 \x01(\x03R\x06\x61mount\x12\x1a\n\x08\x63urrency\x18\x03 \x01(\tR\x08\x63urrency\x12>\n\x06status\x18\x04 \x01(\x0e\x32&.fintech.payments.v1.TransactionStatusR\x06status\"_\n\x19\x43reateTransactionResponse\x12\x42\n\x0btransaction\x18\x01 \x01(\x0b\x32 .fintech.payments.v1.TransactionR\x0btransaction\"\xb2\x01\n\x1eUpdateTransactionStatusRequest\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x12)\n\x10\x65xpected_version\x18\x02 \x01(\x03R\x0f\x65xpectedVersion\x12>\n\x06status\x18\x03 \x01(\x0e\x32&.fintech.payments.v1.TransactionStatusR\x06status\"e\n\x1fUpdateTransactionStatusResponse\x12\x42\n\x0btransaction\x18\x01 \x01(\x0b\x32 .fintech.payments.v1.TransactionR\x0btransaction\">\n\x15GetTransactionRequest\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\"\\\n\x16GetTransactionResponse\x12\x42\n\x0btransaction\x18\x01 \x01(\x0b\x32 .fintech.payments.v1.TransactionR\x0btransaction\"p\n\x17ListTransactionsRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"\x88\x01\n\x18ListTransactionsResponse\x12\x44\n\x0ctransactions\x18\x01 \x03(\x0b\x32 .fintech.payments.v1.TransactionR\x0ctransactions\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xb9\x01\n\x11TransactionStatus\x12\"\n\x1eTRANSACTION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTRANSACTION_STATUS_PENDING\x10\x01\x12 \n\x1cTRANSACTION_STATUS_SUCCEEDED\x10\x02\x12\x1d\n\x19TRANSACTION_STATUS_FAILED\x10\x03\x12\x1f\n\x1bTRANSACTION_STATUS_REFUNDED\x10\x04\x32\xe4\x06\n\x0fPaymentsService\x12`\n\x0b\x43reateOrder\x12\'.fintech.payments.v1.CreateOrderRequest\x1a(.fintech.payments.v1.CreateOrderResponse\x12`\n\x0bUpdateOrder\x12\'.fintech.payments.v1.UpdateOrderRequest\x1a(.fintech.payments.v1.UpdateOrderResponse\x12W\n\x08GetOrder\x12$.fintech.payments.v1.GetOrderRequest\x1a%.fintech.payments.v1.GetOrderResponse\x12]\n\nListOrders\x12&.fintech.payments.v1.ListOrdersRequest\x1a\'.fintech.payments.v1.ListOrdersResponse\x12r\n\x11\x43reateTransaction\x12-.fintech.payments.v1.CreateTransactionRequest\x1a..fintech.payments.v1.CreateTransactionResponse\x12\x84\x01\n\x17UpdateTransactionStatus\x12\x33.fintech.payments.v1.UpdateTransactionStatusRequest\x1a\x34.fintech.payments.v1.UpdateTransactionStatusResponse\x12i\n\x0eGetTransaction\x12*.fintech.payments.v1.GetTransactionRequest\x1a+.fintech.payments.v1.GetTransactionResponse\x12o\n\x10ListTransactions\x12,.fintech.payments.v1.ListTransactionsRequest\x1a-.fintech.payments.v1.ListTransactionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fintech/payments/v1/payments.proto\x12\x13\x66intech.payments.v1\x1a%fintech/common/v1/authorization.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x02\n\x05Order\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x1f\n\x0b\x63ustomer_id\x18\x02 \x01(\tR\ncustomerId\x12\x18\n\x07\x63ountry\x18\x03 \x01(\tR\x07\x63ountry\x12\x1a\n\x08\x63urrency\x18\x04 \x01(\tR\x08\x63urrency\x12\x16\n\x06\x61mount\x18\x05 \x01(\x03R\x06\x61mount\x12!\n\x0cproduct_type\x18\x06 \x01(\tR\x0bproductType\x12\x39\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x18\n\x07version\x18\t \x01(\x03R\x07version\"\xf4\x02\n\x0bTransaction\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x12\x19\n\x08order_id\x18\x02 \x01(\tR\x07orderId\x12\x1f\n\x0b\x63ustomer_id\x18\x03 \x01(\tR\ncustomerId\x12\x16\n\x06\x61mount\x18\x04 \x01(\x03R\x06\x61mount\x12>\n\x06status\x18\x05 \x01(\x0e\x32&.fintech.payments.v1.TransactionStatusR\x06status\x12\x39\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x39\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x18\n\x07version\x18\x08 \x01(\x03R\x07version\x12\x1a\n\x08\x63urrency\x18\t \x01(\tR\x08\x63urrency\"\xa6\x01\n\x12\x43reateOrderRequest\x12\x1f\n\x0b\x63ustomer_id\x18\x01 \x01(\tR\ncustomerId\x12\x18\n\x07\x63ountry\x18\x02 \x01(\tR\x07\x63ountry\x12\x1a\n\x08\x63urrency\x18\x03 \x01(\tR\x08\x63urrency\x12\x16\n\x06\x61mount\x18\x04 \x01(\x03R\x06\x61mount\x12!\n\x0cproduct_type\x18\x05 \x01(\tR\x0bproductType\"G\n\x13\x43reateOrderResponse\x12\x30\n\x05order\x18\x01 \x01(\x0b\x32\x1a.fintech.payments.v1.OrderR\x05order\"\xe6\x01\n\x12UpdateOrderRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12)\n\x10\x65xpected_version\x18\x02 \x01(\x03R\x0f\x65xpectedVersion\x12\x1d\n\x07\x63ountry\x18\x03 \x01(\tH\x00R\x07\x63ountry\x88\x01\x01\x12\x1b\n\x06\x61mount\x18\x04 \x01(\x03H\x01R\x06\x61mount\x88\x01\x01\x12&\n\x0cproduct_type\x18\x05 \x01(\tH\x02R\x0bproductType\x88\x01\x01\x42\n\n\x08_countryB\t\n\x07_amountB\x0f\n\r_product_type\"G\n\x13UpdateOrderResponse\x12\x30\n\x05order\x18\x01 \x01(\x0b\x32\x1a.fintech.payments.v1.OrderR\x05order\",\n\x0fGetOrderRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\"D\n\x10GetOrderResponse\x12\x30\n\x05order\x18\x01 \x01(\x0b\x32\x1a.fintech.payments.v1.OrderR\x05order\"p\n\x11ListOrdersRequest\x12\x1f\n\x0b\x63ustomer_id\x18\x01 \x01(\tR\ncustomerId\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"p\n\x12ListOrdersResponse\x12\x32\n\x06orders\x18\x01 \x03(\x0b\x32\x1a.fintech.payments.v1.OrderR\x06orders\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa9\x01\n\x18\x43reateTransactionRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x16\n\x06\x61mount\x18\x02 \x01(\x03R\x06\x61mount\x12\x1a\n\x08\x63urrency\x18\x03 \x01(\tR\x08\x63urrency\x12>\n\x06status\x18\x04 \x01(\x0e\x32&.fintech.payments.v1.TransactionStatusR\x06status\"_\n\x19\x43reateTransactionResponse\x12\x42\n\x0btransaction\x18\x01 \x01(\x0b\x32 .fintech.payments.v1.TransactionR\x0btransaction\"\xb2\x01\n\x1eUpdateTransactionStatusRequest\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x12)\n\x10\x65xpected_version\x18\x02 \x01(\x03R\x0f\x65xpectedVersion\x12>\n\x06status\x18\x03 \x01(\x0e\x32&.fintech.payments.v1.TransactionStatusR\x06status\"e\n\x1fUpdateTransactionStatusResponse\x12\x42\n\x0btransaction\x18\x01 \x01(\x0b\x32 .fintech.payments.v1.TransactionR\x0btransaction\">\n\x15GetTransactionRequest\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\"\\\n\x16GetTransactionResponse\x12\x42\n\x0btransaction\x18\x01 \x01(\x0b\x32 .fintech.payments.v1.TransactionR\x0btransaction\"p\n\x17ListTransactionsRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\"\x88\x01\n\x18ListTransactionsResponse\x12\x44\n\x0ctransactions\x18\x01 \x03(\x0b\x32 .fintech.payments.v1.TransactionR\x0ctransactions\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xb9\x01\n\x11TransactionStatus\x12\"\n\x1eTRANSACTION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTRANSACTION_STATUS_PENDING\x10\x01\x12 \n\x1cTRANSACTION_STATUS_SUCCEEDED\x10\x02\x12\x1d\n\x19TRANSACTION_STATUS_FAILED\x10\x03\x12\x1f\n\x1bTRANSACTION_STATUS_REFUNDED\x10\x04\x32\xc2\n\n\x0fPaymentsService\x12\x8d\x01\n\x0b\x43reateOrder\x12\'.fintech.payments.v1.CreateOrderRequest\x1a(.fintech.payments.v1.CreateOrderResponse\"+\xa2\xbb\x18\x12\n\x0epayments.write\x10\x01\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12\x98\x01\n\x0bUpdateOrder\x12\'.fintech.payments.v1.UpdateOrderRequest\x1a(.fintech.payments.v1.UpdateOrderResponse\"6\xa2\xbb\x18\x12\n\x0epayments.write\x10\x01\x82\xd3\xe4\x93\x02\x1a\x32\x15/v1/orders/{order_id}:\x01*\x12\x8b\x01\n\x08GetOrder\x12$.fintech.payments.v1.GetOrderRequest\x1a%.fintech.payments.v1.GetOrderResponse\"2\xa2\xbb\x18\x11\n\rpayments.read\x10\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/orders/{order_id}\x12\x86\x01\n\nListOrders\x12&.fintech.payments.v1.ListOrdersRequest\x1a\'.fintech.payments.v1.ListOrdersResponse\"\'\xa2\xbb\x18\x11\n\rpayments.read\x10\x01\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/orders\x12\xb7\x01\n\x11\x43reateTransaction\x12-.fintech.payments.v1.CreateTransactionRequest\x1a..fintech.payments.v1.CreateTransactionResponse\"C\xa2\xbb\x18\x12\n\x0epayments.write\x10\x01\x82\xd3\xe4\x93\x02\'\"\"/v1/orders/{order_id}/transactions:\x01*\x12\xd3\x01\n\x17UpdateTransactionStatus\x12\x33.fintech.payments.v1.UpdateTransactionStatusRequest\x1a\x34.fintech.payments.v1.UpdateTransactionStatusResponse\"M\xa2\xbb\x18\x10\n\x0epayments.write\x82\xd3\xe4\x93\x02\x33\"./v1/transactions/{transaction_id}:updateStatus:\x01*\x12\xa9\x01\n\x0eGetTransaction\x12*.fintech.payments.v1.GetTransactionRequest\x1a+.fintech.payments.v1.GetTransactionResponse\">\xa2\xbb\x18\x11\n\rpayments.read\x10\x01\x82\xd3\xe4\x93\x02#\x12!/v1/transactions/{transaction_id}\x12\xb0\x01\n\x10ListTransactions\x12,.fintech.payments.v1.ListTransactionsRequest\x1a-.fintech.payments.v1.ListTransactionsResponse\"?\xa2\xbb\x18\x11\n\rpayments.read\x10\x01\x82\xd3\xe4\x93\x02$\x12\"/v1/orders/{order_id}/transactionsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fintech.payments.v1.payments_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSACTIONSTATUS']._serialized_start=2651
-  _globals['_TRANSACTIONSTATUS']._serialized_end=2836
-  _globals['_ORDER']._serialized_start=93
-  _globals['_ORDER']._serialized_end=417
-  _globals['_TRANSACTION']._serialized_start=420
-  _globals['_TRANSACTION']._serialized_end=792
-  _globals['_CREATEORDERREQUEST']._serialized_start=795
-  _globals['_CREATEORDERREQUEST']._serialized_end=961
-  _globals['_CREATEORDERRESPONSE']._serialized_start=963
-  _globals['_CREATEORDERRESPONSE']._serialized_end=1034
-  _globals['_UPDATEORDERREQUEST']._serialized_start=1037
-  _globals['_UPDATEORDERREQUEST']._serialized_end=1267
-  _globals['_UPDATEORDERRESPONSE']._serialized_start=1269
-  _globals['_UPDATEORDERRESPONSE']._serialized_end=1340
-  _globals['_GETORDERREQUEST']._serialized_start=1342
-  _globals['_GETORDERREQUEST']._serialized_end=1386
-  _globals['_GETORDERRESPONSE']._serialized_start=1388
-  _globals['_GETORDERRESPONSE']._serialized_end=1456
-  _globals['_LISTORDERSREQUEST']._serialized_start=1458
-  _globals['_LISTORDERSREQUEST']._serialized_end=1570
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1572
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1684
-  _globals['_CREATETRANSACTIONREQUEST']._serialized_start=1687
-  _globals['_CREATETRANSACTIONREQUEST']._serialized_end=1856
-  _globals['_CREATETRANSACTIONRESPONSE']._serialized_start=1858
-  _globals['_CREATETRANSACTIONRESPONSE']._serialized_end=1953
-  _globals['_UPDATETRANSACTIONSTATUSREQUEST']._serialized_start=1956
-  _globals['_UPDATETRANSACTIONSTATUSREQUEST']._serialized_end=2134
-  _globals['_UPDATETRANSACTIONSTATUSRESPONSE']._serialized_start=2136
-  _globals['_UPDATETRANSACTIONSTATUSRESPONSE']._serialized_end=2237
-  _globals['_GETTRANSACTIONREQUEST']._serialized_start=2239
-  _globals['_GETTRANSACTIONREQUEST']._serialized_end=2301
-  _globals['_GETTRANSACTIONRESPONSE']._serialized_start=2303
-  _globals['_GETTRANSACTIONRESPONSE']._serialized_end=2395
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=2397
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=2509
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=2512
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=2648
-  _globals['_PAYMENTSSERVICE']._serialized_start=2839
-  _globals['_PAYMENTSSERVICE']._serialized_end=3707
+  _globals['_PAYMENTSSERVICE'].methods_by_name['CreateOrder']._loaded_options = None
+  _globals['_PAYMENTSSERVICE'].methods_by_name['CreateOrder']._serialized_options = b'\242\273\030\022\n\016payments.write\020\001\202\323\344\223\002\017\"\n/v1/orders:\001*'
+  _globals['_PAYMENTSSERVICE'].methods_by_name['UpdateOrder']._loaded_options = None
+  _globals['_PAYMENTSSERVICE'].methods_by_name['UpdateOrder']._serialized_options = b'\242\273\030\022\n\016payments.write\020\001\202\323\344\223\002\0322\025/v1/orders/{order_id}:\001*'
+  _globals['_PAYMENTSSERVICE'].methods_by_name['GetOrder']._loaded_options = None
+  _globals['_PAYMENTSSERVICE'].methods_by_name['GetOrder']._serialized_options = b'\242\273\030\021\n\rpayments.read\020\001\202\323\344\223\002\027\022\025/v1/orders/{order_id}'
+  _globals['_PAYMENTSSERVICE'].methods_by_name['ListOrders']._loaded_options = None
+  _globals['_PAYMENTSSERVICE'].methods_by_name['ListOrders']._serialized_options = b'\242\273\030\021\n\rpayments.read\020\001\202\323\344\223\002\014\022\n/v1/orders'
+  _globals['_PAYMENTSSERVICE'].methods_by_name['CreateTransaction']._loaded_options = None
+  _globals['_PAYMENTSSERVICE'].methods_by_name['CreateTransaction']._serialized_options = b'\242\273\030\022\n\016payments.write\020\001\202\323\344\223\002\'\"\"/v1/orders/{order_id}/transactions:\001*'
+  _globals['_PAYMENTSSERVICE'].methods_by_name['UpdateTransactionStatus']._loaded_options = None
+  _globals['_PAYMENTSSERVICE'].methods_by_name['UpdateTransactionStatus']._serialized_options = b'\242\273\030\020\n\016payments.write\202\323\344\223\0023\"./v1/transactions/{transaction_id}:updateStatus:\001*'
+  _globals['_PAYMENTSSERVICE'].methods_by_name['GetTransaction']._loaded_options = None
+  _globals['_PAYMENTSSERVICE'].methods_by_name['GetTransaction']._serialized_options = b'\242\273\030\021\n\rpayments.read\020\001\202\323\344\223\002#\022!/v1/transactions/{transaction_id}'
+  _globals['_PAYMENTSSERVICE'].methods_by_name['ListTransactions']._loaded_options = None
+  _globals['_PAYMENTSSERVICE'].methods_by_name['ListTransactions']._serialized_options = b'\242\273\030\021\n\rpayments.read\020\001\202\323\344\223\002$\022\"/v1/orders/{order_id}/transactions'
+  _globals['_TRANSACTIONSTATUS']._serialized_start=2720
+  _globals['_TRANSACTIONSTATUS']._serialized_end=2905
+  _globals['_ORDER']._serialized_start=162
+  _globals['_ORDER']._serialized_end=486
+  _globals['_TRANSACTION']._serialized_start=489
+  _globals['_TRANSACTION']._serialized_end=861
+  _globals['_CREATEORDERREQUEST']._serialized_start=864
+  _globals['_CREATEORDERREQUEST']._serialized_end=1030
+  _globals['_CREATEORDERRESPONSE']._serialized_start=1032
+  _globals['_CREATEORDERRESPONSE']._serialized_end=1103
+  _globals['_UPDATEORDERREQUEST']._serialized_start=1106
+  _globals['_UPDATEORDERREQUEST']._serialized_end=1336
+  _globals['_UPDATEORDERRESPONSE']._serialized_start=1338
+  _globals['_UPDATEORDERRESPONSE']._serialized_end=1409
+  _globals['_GETORDERREQUEST']._serialized_start=1411
+  _globals['_GETORDERREQUEST']._serialized_end=1455
+  _globals['_GETORDERRESPONSE']._serialized_start=1457
+  _globals['_GETORDERRESPONSE']._serialized_end=1525
+  _globals['_LISTORDERSREQUEST']._serialized_start=1527
+  _globals['_LISTORDERSREQUEST']._serialized_end=1639
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1641
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1753
+  _globals['_CREATETRANSACTIONREQUEST']._serialized_start=1756
+  _globals['_CREATETRANSACTIONREQUEST']._serialized_end=1925
+  _globals['_CREATETRANSACTIONRESPONSE']._serialized_start=1927
+  _globals['_CREATETRANSACTIONRESPONSE']._serialized_end=2022
+  _globals['_UPDATETRANSACTIONSTATUSREQUEST']._serialized_start=2025
+  _globals['_UPDATETRANSACTIONSTATUSREQUEST']._serialized_end=2203
+  _globals['_UPDATETRANSACTIONSTATUSRESPONSE']._serialized_start=2205
+  _globals['_UPDATETRANSACTIONSTATUSRESPONSE']._serialized_end=2306
+  _globals['_GETTRANSACTIONREQUEST']._serialized_start=2308
+  _globals['_GETTRANSACTIONREQUEST']._serialized_end=2370
+  _globals['_GETTRANSACTIONRESPONSE']._serialized_start=2372
+  _globals['_GETTRANSACTIONRESPONSE']._serialized_end=2464
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=2466
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=2578
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=2581
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=2717
+  _globals['_PAYMENTSSERVICE']._serialized_start=2908
+  _globals['_PAYMENTSSERVICE']._serialized_end=4254
 # @@protoc_insertion_point(module_scope)

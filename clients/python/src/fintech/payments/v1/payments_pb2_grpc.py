@@ -87,6 +87,7 @@ class PaymentsServiceServicer(object):
 
     def CreateOrder(self, request, context):
         """Creates an order at version 1 and publishes `orders.created`.
+        Requires scope `payments.write` (customers for their own data, or operators).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +96,7 @@ class PaymentsServiceServicer(object):
     def UpdateOrder(self, request, context):
         """Changes an order when `expected_version` is its current version (ABORTED otherwise) and
         publishes `orders.updated` with the new full state.
+        Requires scope `payments.write` (customers for their own data, or operators).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,6 +104,7 @@ class PaymentsServiceServicer(object):
 
     def GetOrder(self, request, context):
         """Reads one order; NOT_FOUND when it does not exist.
+        Requires scope `payments.read` (customers for their own data, or operators).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +112,7 @@ class PaymentsServiceServicer(object):
 
     def ListOrders(self, request, context):
         """Lists a customer's orders, newest first, one page at a time.
+        Requires scope `payments.read` (customers for their own data, or operators).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,6 +120,7 @@ class PaymentsServiceServicer(object):
 
     def CreateTransaction(self, request, context):
         """Creates a transaction on an existing order (same currency) and publishes `transactions.created`.
+        Requires scope `payments.write` (customers for their own data, or operators).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +129,7 @@ class PaymentsServiceServicer(object):
     def UpdateTransactionStatus(self, request, context):
         """Moves a transaction along its lifecycle (illegal transitions are FAILED_PRECONDITION) and
         publishes `transactions.updated`.
+        Requires scope `payments.write` (operators and services only, not customers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,6 +137,7 @@ class PaymentsServiceServicer(object):
 
     def GetTransaction(self, request, context):
         """Reads one transaction; NOT_FOUND when it does not exist.
+        Requires scope `payments.read` (customers for their own data, or operators).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,6 +145,7 @@ class PaymentsServiceServicer(object):
 
     def ListTransactions(self, request, context):
         """Lists an order's transactions, oldest first, one page at a time.
+        Requires scope `payments.read` (customers for their own data, or operators).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

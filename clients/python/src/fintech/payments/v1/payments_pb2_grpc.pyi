@@ -41,25 +41,39 @@ class PaymentsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PaymentsServiceAsyncStub: ...
     CreateOrder: _grpc.UnaryUnaryMultiCallable[_payments_pb2.CreateOrderRequest, _payments_pb2.CreateOrderResponse]
-    """Creates an order at version 1 and publishes `orders.created`."""
+    """Creates an order at version 1 and publishes `orders.created`.
+    Requires scope `payments.write` (customers for their own data, or operators).
+    """
     UpdateOrder: _grpc.UnaryUnaryMultiCallable[_payments_pb2.UpdateOrderRequest, _payments_pb2.UpdateOrderResponse]
     """Changes an order when `expected_version` is its current version (ABORTED otherwise) and
     publishes `orders.updated` with the new full state.
+    Requires scope `payments.write` (customers for their own data, or operators).
     """
     GetOrder: _grpc.UnaryUnaryMultiCallable[_payments_pb2.GetOrderRequest, _payments_pb2.GetOrderResponse]
-    """Reads one order; NOT_FOUND when it does not exist."""
+    """Reads one order; NOT_FOUND when it does not exist.
+    Requires scope `payments.read` (customers for their own data, or operators).
+    """
     ListOrders: _grpc.UnaryUnaryMultiCallable[_payments_pb2.ListOrdersRequest, _payments_pb2.ListOrdersResponse]
-    """Lists a customer's orders, newest first, one page at a time."""
+    """Lists a customer's orders, newest first, one page at a time.
+    Requires scope `payments.read` (customers for their own data, or operators).
+    """
     CreateTransaction: _grpc.UnaryUnaryMultiCallable[_payments_pb2.CreateTransactionRequest, _payments_pb2.CreateTransactionResponse]
-    """Creates a transaction on an existing order (same currency) and publishes `transactions.created`."""
+    """Creates a transaction on an existing order (same currency) and publishes `transactions.created`.
+    Requires scope `payments.write` (customers for their own data, or operators).
+    """
     UpdateTransactionStatus: _grpc.UnaryUnaryMultiCallable[_payments_pb2.UpdateTransactionStatusRequest, _payments_pb2.UpdateTransactionStatusResponse]
     """Moves a transaction along its lifecycle (illegal transitions are FAILED_PRECONDITION) and
     publishes `transactions.updated`.
+    Requires scope `payments.write` (operators and services only, not customers).
     """
     GetTransaction: _grpc.UnaryUnaryMultiCallable[_payments_pb2.GetTransactionRequest, _payments_pb2.GetTransactionResponse]
-    """Reads one transaction; NOT_FOUND when it does not exist."""
+    """Reads one transaction; NOT_FOUND when it does not exist.
+    Requires scope `payments.read` (customers for their own data, or operators).
+    """
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_payments_pb2.ListTransactionsRequest, _payments_pb2.ListTransactionsResponse]
-    """Lists an order's transactions, oldest first, one page at a time."""
+    """Lists an order's transactions, oldest first, one page at a time.
+    Requires scope `payments.read` (customers for their own data, or operators).
+    """
 
 @_typing.type_check_only
 class PaymentsServiceAsyncStub(PaymentsServiceStub):
@@ -70,25 +84,39 @@ class PaymentsServiceAsyncStub(PaymentsServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateOrder: _aio.UnaryUnaryMultiCallable[_payments_pb2.CreateOrderRequest, _payments_pb2.CreateOrderResponse]  # type: ignore[assignment]
-    """Creates an order at version 1 and publishes `orders.created`."""
+    """Creates an order at version 1 and publishes `orders.created`.
+    Requires scope `payments.write` (customers for their own data, or operators).
+    """
     UpdateOrder: _aio.UnaryUnaryMultiCallable[_payments_pb2.UpdateOrderRequest, _payments_pb2.UpdateOrderResponse]  # type: ignore[assignment]
     """Changes an order when `expected_version` is its current version (ABORTED otherwise) and
     publishes `orders.updated` with the new full state.
+    Requires scope `payments.write` (customers for their own data, or operators).
     """
     GetOrder: _aio.UnaryUnaryMultiCallable[_payments_pb2.GetOrderRequest, _payments_pb2.GetOrderResponse]  # type: ignore[assignment]
-    """Reads one order; NOT_FOUND when it does not exist."""
+    """Reads one order; NOT_FOUND when it does not exist.
+    Requires scope `payments.read` (customers for their own data, or operators).
+    """
     ListOrders: _aio.UnaryUnaryMultiCallable[_payments_pb2.ListOrdersRequest, _payments_pb2.ListOrdersResponse]  # type: ignore[assignment]
-    """Lists a customer's orders, newest first, one page at a time."""
+    """Lists a customer's orders, newest first, one page at a time.
+    Requires scope `payments.read` (customers for their own data, or operators).
+    """
     CreateTransaction: _aio.UnaryUnaryMultiCallable[_payments_pb2.CreateTransactionRequest, _payments_pb2.CreateTransactionResponse]  # type: ignore[assignment]
-    """Creates a transaction on an existing order (same currency) and publishes `transactions.created`."""
+    """Creates a transaction on an existing order (same currency) and publishes `transactions.created`.
+    Requires scope `payments.write` (customers for their own data, or operators).
+    """
     UpdateTransactionStatus: _aio.UnaryUnaryMultiCallable[_payments_pb2.UpdateTransactionStatusRequest, _payments_pb2.UpdateTransactionStatusResponse]  # type: ignore[assignment]
     """Moves a transaction along its lifecycle (illegal transitions are FAILED_PRECONDITION) and
     publishes `transactions.updated`.
+    Requires scope `payments.write` (operators and services only, not customers).
     """
     GetTransaction: _aio.UnaryUnaryMultiCallable[_payments_pb2.GetTransactionRequest, _payments_pb2.GetTransactionResponse]  # type: ignore[assignment]
-    """Reads one transaction; NOT_FOUND when it does not exist."""
+    """Reads one transaction; NOT_FOUND when it does not exist.
+    Requires scope `payments.read` (customers for their own data, or operators).
+    """
     ListTransactions: _aio.UnaryUnaryMultiCallable[_payments_pb2.ListTransactionsRequest, _payments_pb2.ListTransactionsResponse]  # type: ignore[assignment]
-    """Lists an order's transactions, oldest first, one page at a time."""
+    """Lists an order's transactions, oldest first, one page at a time.
+    Requires scope `payments.read` (customers for their own data, or operators).
+    """
 
 class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Commands and queries on orders and transactions. Every command accepts an `idempotency-key`
@@ -102,7 +130,9 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payments_pb2.CreateOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payments_pb2.CreateOrderResponse, _abc.Awaitable[_payments_pb2.CreateOrderResponse]]:
-        """Creates an order at version 1 and publishes `orders.created`."""
+        """Creates an order at version 1 and publishes `orders.created`.
+        Requires scope `payments.write` (customers for their own data, or operators).
+        """
 
     @_abc_1.abstractmethod
     def UpdateOrder(
@@ -112,6 +142,7 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_payments_pb2.UpdateOrderResponse, _abc.Awaitable[_payments_pb2.UpdateOrderResponse]]:
         """Changes an order when `expected_version` is its current version (ABORTED otherwise) and
         publishes `orders.updated` with the new full state.
+        Requires scope `payments.write` (customers for their own data, or operators).
         """
 
     @_abc_1.abstractmethod
@@ -120,7 +151,9 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payments_pb2.GetOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payments_pb2.GetOrderResponse, _abc.Awaitable[_payments_pb2.GetOrderResponse]]:
-        """Reads one order; NOT_FOUND when it does not exist."""
+        """Reads one order; NOT_FOUND when it does not exist.
+        Requires scope `payments.read` (customers for their own data, or operators).
+        """
 
     @_abc_1.abstractmethod
     def ListOrders(
@@ -128,7 +161,9 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payments_pb2.ListOrdersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payments_pb2.ListOrdersResponse, _abc.Awaitable[_payments_pb2.ListOrdersResponse]]:
-        """Lists a customer's orders, newest first, one page at a time."""
+        """Lists a customer's orders, newest first, one page at a time.
+        Requires scope `payments.read` (customers for their own data, or operators).
+        """
 
     @_abc_1.abstractmethod
     def CreateTransaction(
@@ -136,7 +171,9 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payments_pb2.CreateTransactionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payments_pb2.CreateTransactionResponse, _abc.Awaitable[_payments_pb2.CreateTransactionResponse]]:
-        """Creates a transaction on an existing order (same currency) and publishes `transactions.created`."""
+        """Creates a transaction on an existing order (same currency) and publishes `transactions.created`.
+        Requires scope `payments.write` (customers for their own data, or operators).
+        """
 
     @_abc_1.abstractmethod
     def UpdateTransactionStatus(
@@ -146,6 +183,7 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_payments_pb2.UpdateTransactionStatusResponse, _abc.Awaitable[_payments_pb2.UpdateTransactionStatusResponse]]:
         """Moves a transaction along its lifecycle (illegal transitions are FAILED_PRECONDITION) and
         publishes `transactions.updated`.
+        Requires scope `payments.write` (operators and services only, not customers).
         """
 
     @_abc_1.abstractmethod
@@ -154,7 +192,9 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payments_pb2.GetTransactionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payments_pb2.GetTransactionResponse, _abc.Awaitable[_payments_pb2.GetTransactionResponse]]:
-        """Reads one transaction; NOT_FOUND when it does not exist."""
+        """Reads one transaction; NOT_FOUND when it does not exist.
+        Requires scope `payments.read` (customers for their own data, or operators).
+        """
 
     @_abc_1.abstractmethod
     def ListTransactions(
@@ -162,6 +202,8 @@ class PaymentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _payments_pb2.ListTransactionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_payments_pb2.ListTransactionsResponse, _abc.Awaitable[_payments_pb2.ListTransactionsResponse]]:
-        """Lists an order's transactions, oldest first, one page at a time."""
+        """Lists an order's transactions, oldest first, one page at a time.
+        Requires scope `payments.read` (customers for their own data, or operators).
+        """
 
 def add_PaymentsServiceServicer_to_server(servicer: PaymentsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,48 +22,60 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from fintech.common.v1 import authorization_pb2 as fintech_dot_common_dot_v1_dot_authorization__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66intech/tax/v1/tax.proto\x12\x0e\x66intech.tax.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x04\n\x10TaxedTransaction\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x12\x19\n\x08order_id\x18\x02 \x01(\tR\x07orderId\x12\x1f\n\x0b\x63ustomer_id\x18\x03 \x01(\tR\ncustomerId\x12\x1f\n\x0b\x62\x61se_amount\x18\x04 \x01(\x03R\nbaseAmount\x12\x1f\n\x0btax_applied\x18\x05 \x01(\x03R\ntaxApplied\x12!\n\x0ctotal_amount\x18\x06 \x01(\x03R\x0btotalAmount\x12\x1a\n\x08\x63urrency\x18\x07 \x01(\tR\x08\x63urrency\x12\x18\n\x07\x63ountry\x18\x08 \x01(\tR\x07\x63ountry\x12!\n\x0cproduct_type\x18\t \x01(\tR\x0bproductType\x12 \n\x0ctax_rate_bps\x18\n \x01(\x05R\ntaxRateBps\x12\x31\n\x06reason\x18\x0b \x01(\x0e\x32\x19.fintech.tax.v1.TaxReasonR\x06reason\x12!\n\x0crule_version\x18\x0c \x01(\tR\x0bruleVersion\x12?\n\rcalculated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0c\x63\x61lculatedAt\x12\x35\n\x08tax_date\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07taxDate\"\xcc\x02\n\nTaxFailure\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x12\x19\n\x08order_id\x18\x02 \x01(\tR\x07orderId\x12\x38\n\x06reason\x18\x03 \x01(\x0e\x32 .fintech.tax.v1.TaxFailureReasonR\x06reason\x12\x16\n\x06\x64\x65tail\x18\x04 \x01(\tR\x06\x64\x65tail\x12\x1a\n\x08\x61ttempts\x18\x05 \x01(\x05R\x08\x61ttempts\x12.\n\x13original_event_type\x18\x06 \x01(\tR\x11originalEventType\x12%\n\x0eoriginal_event\x18\x07 \x01(\x0cR\roriginalEvent\x12\x37\n\tfailed_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x66\x61iledAt\"\xfb\x03\n\x0bTaxReversal\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x12\x19\n\x08order_id\x18\x02 \x01(\tR\x07orderId\x12\x1f\n\x0b\x63ustomer_id\x18\x03 \x01(\tR\ncustomerId\x12\x1f\n\x0b\x62\x61se_amount\x18\x04 \x01(\x03R\nbaseAmount\x12!\n\x0ctax_reversed\x18\x05 \x01(\x03R\x0btaxReversed\x12!\n\x0ctotal_amount\x18\x06 \x01(\x03R\x0btotalAmount\x12\x1a\n\x08\x63urrency\x18\x07 \x01(\tR\x08\x63urrency\x12\x18\n\x07\x63ountry\x18\x08 \x01(\tR\x07\x63ountry\x12 \n\x0ctax_rate_bps\x18\t \x01(\x05R\ntaxRateBps\x12\x39\n\x06reason\x18\n \x01(\x0e\x32!.fintech.tax.v1.TaxReversalReasonR\x06reason\x12!\n\x0crule_version\x18\x0b \x01(\tR\x0bruleVersion\x12;\n\x0breversed_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nreversedAt\x12/\n\x13transaction_version\x18\r \x01(\x03R\x12transactionVersion\"C\n\x1aGetTaxedTransactionRequest\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\"l\n\x1bGetTaxedTransactionResponse\x12M\n\x11taxed_transaction\x18\x01 \x01(\x0b\x32 .fintech.tax.v1.TaxedTransactionR\x10taxedTransaction\"\x96\x01\n\x1cListTaxedTransactionsRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x1f\n\x0b\x63ustomer_id\x18\x02 \x01(\tR\ncustomerId\x12\x1b\n\tpage_size\x18\x03 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x04 \x01(\tR\tpageToken\"\x98\x01\n\x1dListTaxedTransactionsResponse\x12O\n\x12taxed_transactions\x18\x01 \x03(\x0b\x32 .fintech.tax.v1.TaxedTransactionR\x11taxedTransactions\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb9\x01\n\x0fQuoteTaxRequest\x12\x18\n\x07\x63ountry\x18\x01 \x01(\tR\x07\x63ountry\x12!\n\x0cproduct_type\x18\x02 \x01(\tR\x0bproductType\x12\x16\n\x06\x61mount\x18\x03 \x01(\x03R\x06\x61mount\x12\x1a\n\x08\x63urrency\x18\x04 \x01(\tR\x08\x63urrency\x12\x35\n\x08tax_date\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07taxDate\"\x8b\x02\n\x10QuoteTaxResponse\x12\x1f\n\x0b\x62\x61se_amount\x18\x01 \x01(\x03R\nbaseAmount\x12\x1f\n\x0btax_applied\x18\x02 \x01(\x03R\ntaxApplied\x12!\n\x0ctotal_amount\x18\x03 \x01(\x03R\x0btotalAmount\x12 \n\x0ctax_rate_bps\x18\x04 \x01(\x05R\ntaxRateBps\x12\x31\n\x06reason\x18\x05 \x01(\x0e\x32\x19.fintech.tax.v1.TaxReasonR\x06reason\x12!\n\x0crule_version\x18\x06 \x01(\tR\x0bruleVersion\x12\x1a\n\x08\x63urrency\x18\x07 \x01(\tR\x08\x63urrency\"O\n\x11ListFailedRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"t\n\x12ListFailedResponse\x12\x36\n\x08\x66\x61ilures\x18\x01 \x03(\x0b\x32\x1a.fintech.tax.v1.TaxFailureR\x08\x66\x61ilures\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\";\n\x12RetryFailedRequest\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\"\x9a\x01\n\x13RetryFailedResponse\x12M\n\x11taxed_transaction\x18\x01 \x01(\x0b\x32 .fintech.tax.v1.TaxedTransactionR\x10taxedTransaction\x12\x34\n\x07\x66\x61ilure\x18\x02 \x01(\x0b\x32\x1a.fintech.tax.v1.TaxFailureR\x07\x66\x61ilure*\x94\x01\n\tTaxReason\x12\x1a\n\x16TAX_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18TAX_REASON_STANDARD_RATE\x10\x01\x12\x1b\n\x17TAX_REASON_REDUCED_RATE\x10\x02\x12\x15\n\x11TAX_REASON_EXEMPT\x10\x03\x12\x19\n\x15TAX_REASON_ZERO_RATED\x10\x04*\xb7\x02\n\x10TaxFailureReason\x12\"\n\x1eTAX_FAILURE_REASON_UNSPECIFIED\x10\x00\x12&\n\"TAX_FAILURE_REASON_ORDER_NOT_FOUND\x10\x01\x12*\n&TAX_FAILURE_REASON_UNSUPPORTED_COUNTRY\x10\x02\x12/\n+TAX_FAILURE_REASON_UNSUPPORTED_PRODUCT_TYPE\x10\x03\x12(\n$TAX_FAILURE_REASON_CURRENCY_MISMATCH\x10\x04\x12$\n TAX_FAILURE_REASON_INVALID_EVENT\x10\x05\x12*\n&TAX_FAILURE_REASON_AMOUNT_OUT_OF_RANGE\x10\x06*\x92\x01\n\x11TaxReversalReason\x12#\n\x1fTAX_REVERSAL_REASON_UNSPECIFIED\x10\x00\x12*\n&TAX_REVERSAL_REASON_TRANSACTION_FAILED\x10\x01\x12,\n(TAX_REVERSAL_REASON_TRANSACTION_REFUNDED\x10\x02\x32\xee\x03\n\nTaxService\x12n\n\x13GetTaxedTransaction\x12*.fintech.tax.v1.GetTaxedTransactionRequest\x1a+.fintech.tax.v1.GetTaxedTransactionResponse\x12t\n\x15ListTaxedTransactions\x12,.fintech.tax.v1.ListTaxedTransactionsRequest\x1a-.fintech.tax.v1.ListTaxedTransactionsResponse\x12M\n\x08QuoteTax\x12\x1f.fintech.tax.v1.QuoteTaxRequest\x1a .fintech.tax.v1.QuoteTaxResponse\x12S\n\nListFailed\x12!.fintech.tax.v1.ListFailedRequest\x1a\".fintech.tax.v1.ListFailedResponse\x12V\n\x0bRetryFailed\x12\".fintech.tax.v1.RetryFailedRequest\x1a#.fintech.tax.v1.RetryFailedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66intech/tax/v1/tax.proto\x12\x0e\x66intech.tax.v1\x1a%fintech/common/v1/authorization.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x04\n\x10TaxedTransaction\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x12\x19\n\x08order_id\x18\x02 \x01(\tR\x07orderId\x12\x1f\n\x0b\x63ustomer_id\x18\x03 \x01(\tR\ncustomerId\x12\x1f\n\x0b\x62\x61se_amount\x18\x04 \x01(\x03R\nbaseAmount\x12\x1f\n\x0btax_applied\x18\x05 \x01(\x03R\ntaxApplied\x12!\n\x0ctotal_amount\x18\x06 \x01(\x03R\x0btotalAmount\x12\x1a\n\x08\x63urrency\x18\x07 \x01(\tR\x08\x63urrency\x12\x18\n\x07\x63ountry\x18\x08 \x01(\tR\x07\x63ountry\x12!\n\x0cproduct_type\x18\t \x01(\tR\x0bproductType\x12 \n\x0ctax_rate_bps\x18\n \x01(\x05R\ntaxRateBps\x12\x31\n\x06reason\x18\x0b \x01(\x0e\x32\x19.fintech.tax.v1.TaxReasonR\x06reason\x12!\n\x0crule_version\x18\x0c \x01(\tR\x0bruleVersion\x12?\n\rcalculated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0c\x63\x61lculatedAt\x12\x35\n\x08tax_date\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07taxDate\"\xcc\x02\n\nTaxFailure\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x12\x19\n\x08order_id\x18\x02 \x01(\tR\x07orderId\x12\x38\n\x06reason\x18\x03 \x01(\x0e\x32 .fintech.tax.v1.TaxFailureReasonR\x06reason\x12\x16\n\x06\x64\x65tail\x18\x04 \x01(\tR\x06\x64\x65tail\x12\x1a\n\x08\x61ttempts\x18\x05 \x01(\x05R\x08\x61ttempts\x12.\n\x13original_event_type\x18\x06 \x01(\tR\x11originalEventType\x12%\n\x0eoriginal_event\x18\x07 \x01(\x0cR\roriginalEvent\x12\x37\n\tfailed_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x08\x66\x61iledAt\"\xfb\x03\n\x0bTaxReversal\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\x12\x19\n\x08order_id\x18\x02 \x01(\tR\x07orderId\x12\x1f\n\x0b\x63ustomer_id\x18\x03 \x01(\tR\ncustomerId\x12\x1f\n\x0b\x62\x61se_amount\x18\x04 \x01(\x03R\nbaseAmount\x12!\n\x0ctax_reversed\x18\x05 \x01(\x03R\x0btaxReversed\x12!\n\x0ctotal_amount\x18\x06 \x01(\x03R\x0btotalAmount\x12\x1a\n\x08\x63urrency\x18\x07 \x01(\tR\x08\x63urrency\x12\x18\n\x07\x63ountry\x18\x08 \x01(\tR\x07\x63ountry\x12 \n\x0ctax_rate_bps\x18\t \x01(\x05R\ntaxRateBps\x12\x39\n\x06reason\x18\n \x01(\x0e\x32!.fintech.tax.v1.TaxReversalReasonR\x06reason\x12!\n\x0crule_version\x18\x0b \x01(\tR\x0bruleVersion\x12;\n\x0breversed_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nreversedAt\x12/\n\x13transaction_version\x18\r \x01(\x03R\x12transactionVersion\"C\n\x1aGetTaxedTransactionRequest\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\"l\n\x1bGetTaxedTransactionResponse\x12M\n\x11taxed_transaction\x18\x01 \x01(\x0b\x32 .fintech.tax.v1.TaxedTransactionR\x10taxedTransaction\"\x96\x01\n\x1cListTaxedTransactionsRequest\x12\x19\n\x08order_id\x18\x01 \x01(\tR\x07orderId\x12\x1f\n\x0b\x63ustomer_id\x18\x02 \x01(\tR\ncustomerId\x12\x1b\n\tpage_size\x18\x03 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x04 \x01(\tR\tpageToken\"\x98\x01\n\x1dListTaxedTransactionsResponse\x12O\n\x12taxed_transactions\x18\x01 \x03(\x0b\x32 .fintech.tax.v1.TaxedTransactionR\x11taxedTransactions\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb9\x01\n\x0fQuoteTaxRequest\x12\x18\n\x07\x63ountry\x18\x01 \x01(\tR\x07\x63ountry\x12!\n\x0cproduct_type\x18\x02 \x01(\tR\x0bproductType\x12\x16\n\x06\x61mount\x18\x03 \x01(\x03R\x06\x61mount\x12\x1a\n\x08\x63urrency\x18\x04 \x01(\tR\x08\x63urrency\x12\x35\n\x08tax_date\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07taxDate\"\x8b\x02\n\x10QuoteTaxResponse\x12\x1f\n\x0b\x62\x61se_amount\x18\x01 \x01(\x03R\nbaseAmount\x12\x1f\n\x0btax_applied\x18\x02 \x01(\x03R\ntaxApplied\x12!\n\x0ctotal_amount\x18\x03 \x01(\x03R\x0btotalAmount\x12 \n\x0ctax_rate_bps\x18\x04 \x01(\x05R\ntaxRateBps\x12\x31\n\x06reason\x18\x05 \x01(\x0e\x32\x19.fintech.tax.v1.TaxReasonR\x06reason\x12!\n\x0crule_version\x18\x06 \x01(\tR\x0bruleVersion\x12\x1a\n\x08\x63urrency\x18\x07 \x01(\tR\x08\x63urrency\"O\n\x11ListFailedRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"t\n\x12ListFailedResponse\x12\x36\n\x08\x66\x61ilures\x18\x01 \x03(\x0b\x32\x1a.fintech.tax.v1.TaxFailureR\x08\x66\x61ilures\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\";\n\x12RetryFailedRequest\x12%\n\x0etransaction_id\x18\x01 \x01(\tR\rtransactionId\"\x9a\x01\n\x13RetryFailedResponse\x12M\n\x11taxed_transaction\x18\x01 \x01(\x0b\x32 .fintech.tax.v1.TaxedTransactionR\x10taxedTransaction\x12\x34\n\x07\x66\x61ilure\x18\x02 \x01(\x0b\x32\x1a.fintech.tax.v1.TaxFailureR\x07\x66\x61ilure*\x94\x01\n\tTaxReason\x12\x1a\n\x16TAX_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18TAX_REASON_STANDARD_RATE\x10\x01\x12\x1b\n\x17TAX_REASON_REDUCED_RATE\x10\x02\x12\x15\n\x11TAX_REASON_EXEMPT\x10\x03\x12\x19\n\x15TAX_REASON_ZERO_RATED\x10\x04*\xb7\x02\n\x10TaxFailureReason\x12\"\n\x1eTAX_FAILURE_REASON_UNSPECIFIED\x10\x00\x12&\n\"TAX_FAILURE_REASON_ORDER_NOT_FOUND\x10\x01\x12*\n&TAX_FAILURE_REASON_UNSUPPORTED_COUNTRY\x10\x02\x12/\n+TAX_FAILURE_REASON_UNSUPPORTED_PRODUCT_TYPE\x10\x03\x12(\n$TAX_FAILURE_REASON_CURRENCY_MISMATCH\x10\x04\x12$\n TAX_FAILURE_REASON_INVALID_EVENT\x10\x05\x12*\n&TAX_FAILURE_REASON_AMOUNT_OUT_OF_RANGE\x10\x06*\x92\x01\n\x11TaxReversalReason\x12#\n\x1fTAX_REVERSAL_REASON_UNSPECIFIED\x10\x00\x12*\n&TAX_REVERSAL_REASON_TRANSACTION_FAILED\x10\x01\x12,\n(TAX_REVERSAL_REASON_TRANSACTION_REFUNDED\x10\x02\x32\xf9\x05\n\nTaxService\x12\xad\x01\n\x13GetTaxedTransaction\x12*.fintech.tax.v1.GetTaxedTransactionRequest\x1a+.fintech.tax.v1.GetTaxedTransactionResponse\"=\xa2\xbb\x18\x0c\n\x08tax.read\x10\x01\x82\xd3\xe4\x93\x02\'\x12%/v1/tax/transactions/{transaction_id}\x12\xa2\x01\n\x15ListTaxedTransactions\x12,.fintech.tax.v1.ListTaxedTransactionsRequest\x1a-.fintech.tax.v1.ListTaxedTransactionsResponse\",\xa2\xbb\x18\x0c\n\x08tax.read\x10\x01\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/tax/transactions\x12x\n\x08QuoteTax\x12\x1f.fintech.tax.v1.QuoteTaxRequest\x1a .fintech.tax.v1.QuoteTaxResponse\")\xa2\xbb\x18\x0c\n\x08tax.read\x10\x01\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/tax/quotes:\x01*\x12~\n\nListFailed\x12!.fintech.tax.v1.ListFailedRequest\x1a\".fintech.tax.v1.ListFailedResponse\")\xa2\xbb\x18\r\n\x0btax.operate\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/tax/failures\x12\x9b\x01\n\x0bRetryFailed\x12\".fintech.tax.v1.RetryFailedRequest\x1a#.fintech.tax.v1.RetryFailedResponse\"C\xa2\xbb\x18\r\n\x0btax.operate\x82\xd3\xe4\x93\x02,\"\'/v1/tax/failures/{transaction_id}:retry:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fintech.tax.v1.tax_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TAXREASON']._serialized_start=2835
-  _globals['_TAXREASON']._serialized_end=2983
-  _globals['_TAXFAILUREREASON']._serialized_start=2986
-  _globals['_TAXFAILUREREASON']._serialized_end=3297
-  _globals['_TAXREVERSALREASON']._serialized_start=3300
-  _globals['_TAXREVERSALREASON']._serialized_end=3446
-  _globals['_TAXEDTRANSACTION']._serialized_start=78
-  _globals['_TAXEDTRANSACTION']._serialized_end=625
-  _globals['_TAXFAILURE']._serialized_start=628
-  _globals['_TAXFAILURE']._serialized_end=960
-  _globals['_TAXREVERSAL']._serialized_start=963
-  _globals['_TAXREVERSAL']._serialized_end=1470
-  _globals['_GETTAXEDTRANSACTIONREQUEST']._serialized_start=1472
-  _globals['_GETTAXEDTRANSACTIONREQUEST']._serialized_end=1539
-  _globals['_GETTAXEDTRANSACTIONRESPONSE']._serialized_start=1541
-  _globals['_GETTAXEDTRANSACTIONRESPONSE']._serialized_end=1649
-  _globals['_LISTTAXEDTRANSACTIONSREQUEST']._serialized_start=1652
-  _globals['_LISTTAXEDTRANSACTIONSREQUEST']._serialized_end=1802
-  _globals['_LISTTAXEDTRANSACTIONSRESPONSE']._serialized_start=1805
-  _globals['_LISTTAXEDTRANSACTIONSRESPONSE']._serialized_end=1957
-  _globals['_QUOTETAXREQUEST']._serialized_start=1960
-  _globals['_QUOTETAXREQUEST']._serialized_end=2145
-  _globals['_QUOTETAXRESPONSE']._serialized_start=2148
-  _globals['_QUOTETAXRESPONSE']._serialized_end=2415
-  _globals['_LISTFAILEDREQUEST']._serialized_start=2417
-  _globals['_LISTFAILEDREQUEST']._serialized_end=2496
-  _globals['_LISTFAILEDRESPONSE']._serialized_start=2498
-  _globals['_LISTFAILEDRESPONSE']._serialized_end=2614
-  _globals['_RETRYFAILEDREQUEST']._serialized_start=2616
-  _globals['_RETRYFAILEDREQUEST']._serialized_end=2675
-  _globals['_RETRYFAILEDRESPONSE']._serialized_start=2678
-  _globals['_RETRYFAILEDRESPONSE']._serialized_end=2832
-  _globals['_TAXSERVICE']._serialized_start=3449
-  _globals['_TAXSERVICE']._serialized_end=3943
+  _globals['_TAXSERVICE'].methods_by_name['GetTaxedTransaction']._loaded_options = None
+  _globals['_TAXSERVICE'].methods_by_name['GetTaxedTransaction']._serialized_options = b'\242\273\030\014\n\010tax.read\020\001\202\323\344\223\002\'\022%/v1/tax/transactions/{transaction_id}'
+  _globals['_TAXSERVICE'].methods_by_name['ListTaxedTransactions']._loaded_options = None
+  _globals['_TAXSERVICE'].methods_by_name['ListTaxedTransactions']._serialized_options = b'\242\273\030\014\n\010tax.read\020\001\202\323\344\223\002\026\022\024/v1/tax/transactions'
+  _globals['_TAXSERVICE'].methods_by_name['QuoteTax']._loaded_options = None
+  _globals['_TAXSERVICE'].methods_by_name['QuoteTax']._serialized_options = b'\242\273\030\014\n\010tax.read\020\001\202\323\344\223\002\023\"\016/v1/tax/quotes:\001*'
+  _globals['_TAXSERVICE'].methods_by_name['ListFailed']._loaded_options = None
+  _globals['_TAXSERVICE'].methods_by_name['ListFailed']._serialized_options = b'\242\273\030\r\n\013tax.operate\202\323\344\223\002\022\022\020/v1/tax/failures'
+  _globals['_TAXSERVICE'].methods_by_name['RetryFailed']._loaded_options = None
+  _globals['_TAXSERVICE'].methods_by_name['RetryFailed']._serialized_options = b'\242\273\030\r\n\013tax.operate\202\323\344\223\002,\"\'/v1/tax/failures/{transaction_id}:retry:\001*'
+  _globals['_TAXREASON']._serialized_start=2904
+  _globals['_TAXREASON']._serialized_end=3052
+  _globals['_TAXFAILUREREASON']._serialized_start=3055
+  _globals['_TAXFAILUREREASON']._serialized_end=3366
+  _globals['_TAXREVERSALREASON']._serialized_start=3369
+  _globals['_TAXREVERSALREASON']._serialized_end=3515
+  _globals['_TAXEDTRANSACTION']._serialized_start=147
+  _globals['_TAXEDTRANSACTION']._serialized_end=694
+  _globals['_TAXFAILURE']._serialized_start=697
+  _globals['_TAXFAILURE']._serialized_end=1029
+  _globals['_TAXREVERSAL']._serialized_start=1032
+  _globals['_TAXREVERSAL']._serialized_end=1539
+  _globals['_GETTAXEDTRANSACTIONREQUEST']._serialized_start=1541
+  _globals['_GETTAXEDTRANSACTIONREQUEST']._serialized_end=1608
+  _globals['_GETTAXEDTRANSACTIONRESPONSE']._serialized_start=1610
+  _globals['_GETTAXEDTRANSACTIONRESPONSE']._serialized_end=1718
+  _globals['_LISTTAXEDTRANSACTIONSREQUEST']._serialized_start=1721
+  _globals['_LISTTAXEDTRANSACTIONSREQUEST']._serialized_end=1871
+  _globals['_LISTTAXEDTRANSACTIONSRESPONSE']._serialized_start=1874
+  _globals['_LISTTAXEDTRANSACTIONSRESPONSE']._serialized_end=2026
+  _globals['_QUOTETAXREQUEST']._serialized_start=2029
+  _globals['_QUOTETAXREQUEST']._serialized_end=2214
+  _globals['_QUOTETAXRESPONSE']._serialized_start=2217
+  _globals['_QUOTETAXRESPONSE']._serialized_end=2484
+  _globals['_LISTFAILEDREQUEST']._serialized_start=2486
+  _globals['_LISTFAILEDREQUEST']._serialized_end=2565
+  _globals['_LISTFAILEDRESPONSE']._serialized_start=2567
+  _globals['_LISTFAILEDRESPONSE']._serialized_end=2683
+  _globals['_RETRYFAILEDREQUEST']._serialized_start=2685
+  _globals['_RETRYFAILEDREQUEST']._serialized_end=2744
+  _globals['_RETRYFAILEDRESPONSE']._serialized_start=2747
+  _globals['_RETRYFAILEDRESPONSE']._serialized_end=2901
+  _globals['_TAXSERVICE']._serialized_start=3518
+  _globals['_TAXSERVICE']._serialized_end=4279
 # @@protoc_insertion_point(module_scope)

@@ -68,6 +68,7 @@ class TaxServiceServicer(object):
 
     def GetTaxedTransaction(self, request, context):
         """Reads the result for one transaction; NOT_FOUND until it has been calculated.
+        Requires scope `tax.read` (customers for their own data, or operators).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +76,7 @@ class TaxServiceServicer(object):
 
     def ListTaxedTransactions(self, request, context):
         """Lists results by order or by customer, oldest first, one page at a time.
+        Requires scope `tax.read` (customers for their own data, or operators).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,6 +84,7 @@ class TaxServiceServicer(object):
 
     def QuoteTax(self, request, context):
         """Calculates VAT for an amount without storing anything.
+        Requires scope `tax.read` (customers for their own data, or operators).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,6 +92,7 @@ class TaxServiceServicer(object):
 
     def ListFailed(self, request, context):
         """Lists transactions that could not be taxed and were not retried successfully.
+        Requires scope `tax.operate` (operators and services only, not customers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +100,7 @@ class TaxServiceServicer(object):
 
     def RetryFailed(self, request, context):
         """Re-drives a failed transaction (e.g. once its order arrived or a rate was added).
+        Requires scope `tax.operate` (operators and services only, not customers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

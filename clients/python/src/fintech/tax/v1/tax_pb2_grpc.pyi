@@ -39,15 +39,25 @@ class TaxServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TaxServiceAsyncStub: ...
     GetTaxedTransaction: _grpc.UnaryUnaryMultiCallable[_tax_pb2.GetTaxedTransactionRequest, _tax_pb2.GetTaxedTransactionResponse]
-    """Reads the result for one transaction; NOT_FOUND until it has been calculated."""
+    """Reads the result for one transaction; NOT_FOUND until it has been calculated.
+    Requires scope `tax.read` (customers for their own data, or operators).
+    """
     ListTaxedTransactions: _grpc.UnaryUnaryMultiCallable[_tax_pb2.ListTaxedTransactionsRequest, _tax_pb2.ListTaxedTransactionsResponse]
-    """Lists results by order or by customer, oldest first, one page at a time."""
+    """Lists results by order or by customer, oldest first, one page at a time.
+    Requires scope `tax.read` (customers for their own data, or operators).
+    """
     QuoteTax: _grpc.UnaryUnaryMultiCallable[_tax_pb2.QuoteTaxRequest, _tax_pb2.QuoteTaxResponse]
-    """Calculates VAT for an amount without storing anything."""
+    """Calculates VAT for an amount without storing anything.
+    Requires scope `tax.read` (customers for their own data, or operators).
+    """
     ListFailed: _grpc.UnaryUnaryMultiCallable[_tax_pb2.ListFailedRequest, _tax_pb2.ListFailedResponse]
-    """Lists transactions that could not be taxed and were not retried successfully."""
+    """Lists transactions that could not be taxed and were not retried successfully.
+    Requires scope `tax.operate` (operators and services only, not customers).
+    """
     RetryFailed: _grpc.UnaryUnaryMultiCallable[_tax_pb2.RetryFailedRequest, _tax_pb2.RetryFailedResponse]
-    """Re-drives a failed transaction (e.g. once its order arrived or a rate was added)."""
+    """Re-drives a failed transaction (e.g. once its order arrived or a rate was added).
+    Requires scope `tax.operate` (operators and services only, not customers).
+    """
 
 @_typing.type_check_only
 class TaxServiceAsyncStub(TaxServiceStub):
@@ -55,15 +65,25 @@ class TaxServiceAsyncStub(TaxServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetTaxedTransaction: _aio.UnaryUnaryMultiCallable[_tax_pb2.GetTaxedTransactionRequest, _tax_pb2.GetTaxedTransactionResponse]  # type: ignore[assignment]
-    """Reads the result for one transaction; NOT_FOUND until it has been calculated."""
+    """Reads the result for one transaction; NOT_FOUND until it has been calculated.
+    Requires scope `tax.read` (customers for their own data, or operators).
+    """
     ListTaxedTransactions: _aio.UnaryUnaryMultiCallable[_tax_pb2.ListTaxedTransactionsRequest, _tax_pb2.ListTaxedTransactionsResponse]  # type: ignore[assignment]
-    """Lists results by order or by customer, oldest first, one page at a time."""
+    """Lists results by order or by customer, oldest first, one page at a time.
+    Requires scope `tax.read` (customers for their own data, or operators).
+    """
     QuoteTax: _aio.UnaryUnaryMultiCallable[_tax_pb2.QuoteTaxRequest, _tax_pb2.QuoteTaxResponse]  # type: ignore[assignment]
-    """Calculates VAT for an amount without storing anything."""
+    """Calculates VAT for an amount without storing anything.
+    Requires scope `tax.read` (customers for their own data, or operators).
+    """
     ListFailed: _aio.UnaryUnaryMultiCallable[_tax_pb2.ListFailedRequest, _tax_pb2.ListFailedResponse]  # type: ignore[assignment]
-    """Lists transactions that could not be taxed and were not retried successfully."""
+    """Lists transactions that could not be taxed and were not retried successfully.
+    Requires scope `tax.operate` (operators and services only, not customers).
+    """
     RetryFailed: _aio.UnaryUnaryMultiCallable[_tax_pb2.RetryFailedRequest, _tax_pb2.RetryFailedResponse]  # type: ignore[assignment]
-    """Re-drives a failed transaction (e.g. once its order arrived or a rate was added)."""
+    """Re-drives a failed transaction (e.g. once its order arrived or a rate was added).
+    Requires scope `tax.operate` (operators and services only, not customers).
+    """
 
 class TaxServiceServicer(metaclass=_abc_1.ABCMeta):
     """Queries over calculated VAT, a stateless quote, and operator tools for failures."""
@@ -74,7 +94,9 @@ class TaxServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tax_pb2.GetTaxedTransactionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tax_pb2.GetTaxedTransactionResponse, _abc.Awaitable[_tax_pb2.GetTaxedTransactionResponse]]:
-        """Reads the result for one transaction; NOT_FOUND until it has been calculated."""
+        """Reads the result for one transaction; NOT_FOUND until it has been calculated.
+        Requires scope `tax.read` (customers for their own data, or operators).
+        """
 
     @_abc_1.abstractmethod
     def ListTaxedTransactions(
@@ -82,7 +104,9 @@ class TaxServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tax_pb2.ListTaxedTransactionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tax_pb2.ListTaxedTransactionsResponse, _abc.Awaitable[_tax_pb2.ListTaxedTransactionsResponse]]:
-        """Lists results by order or by customer, oldest first, one page at a time."""
+        """Lists results by order or by customer, oldest first, one page at a time.
+        Requires scope `tax.read` (customers for their own data, or operators).
+        """
 
     @_abc_1.abstractmethod
     def QuoteTax(
@@ -90,7 +114,9 @@ class TaxServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tax_pb2.QuoteTaxRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tax_pb2.QuoteTaxResponse, _abc.Awaitable[_tax_pb2.QuoteTaxResponse]]:
-        """Calculates VAT for an amount without storing anything."""
+        """Calculates VAT for an amount without storing anything.
+        Requires scope `tax.read` (customers for their own data, or operators).
+        """
 
     @_abc_1.abstractmethod
     def ListFailed(
@@ -98,7 +124,9 @@ class TaxServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tax_pb2.ListFailedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tax_pb2.ListFailedResponse, _abc.Awaitable[_tax_pb2.ListFailedResponse]]:
-        """Lists transactions that could not be taxed and were not retried successfully."""
+        """Lists transactions that could not be taxed and were not retried successfully.
+        Requires scope `tax.operate` (operators and services only, not customers).
+        """
 
     @_abc_1.abstractmethod
     def RetryFailed(
@@ -106,6 +134,8 @@ class TaxServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tax_pb2.RetryFailedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tax_pb2.RetryFailedResponse, _abc.Awaitable[_tax_pb2.RetryFailedResponse]]:
-        """Re-drives a failed transaction (e.g. once its order arrived or a rate was added)."""
+        """Re-drives a failed transaction (e.g. once its order arrived or a rate was added).
+        Requires scope `tax.operate` (operators and services only, not customers).
+        """
 
 def add_TaxServiceServicer_to_server(servicer: TaxServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
