@@ -28,12 +28,20 @@ async fn start(db: &TestDb, kafka_bootstrap_servers: String) -> Running {
         interval: Duration::from_millis(200),
         components: Default::default(),
     };
+    // Authentication on (this process's test keys): health stays open without a token.
+    let authenticator = fintech_platform::auth::Authenticator::new(
+        &fintech_tests::auth::auth_config(),
+        fintech_platform::auth::Policy::default(),
+    )
+    .await
+    .expect("test keys load");
     let server = tokio::spawn(grpc::serve(
         listener,
         tonic::service::Routes::default(),
         &["fintech.test.v1.TestService"],
         readiness,
         None,
+        authenticator,
         shutdown.clone(),
     ));
     Running {

@@ -18,11 +18,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
 
     let googleapis = googleapis_dir(&proto_root)?;
-    let descriptors = protox::compile(&files, [&proto_root, &googleapis])?;
+    let mut compiler = protox::Compiler::new([&proto_root, &googleapis])?;
+    compiler
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(&files)?;
+    let descriptors = compiler.file_descriptor_set();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Encoded by protox itself, not re-encoded from prost-types: prost-types drops the custom
+    // method options (`fintech.common.v1.authorization`) that the services read at start-up.
     std::fs::write(
         out_dir.join("fintech_descriptor.bin"),
-        prost::Message::encode_to_vec(&descriptors),
+        compiler.encode_file_descriptor_set(),
     )?;
 
     let messages: Vec<String> = descriptors

@@ -6,9 +6,9 @@ use fintech_platform::config::PlatformConfig;
 use fintech_platform::kit::Service as _;
 use fintech_proto::ledger as pb;
 use fintech_proto::ledger::ledger_service_client::LedgerServiceClient;
-use tonic::transport::Channel;
 
 use crate::TestDb;
+use crate::service::Channel;
 use crate::service::{ServiceHarness, unique_prefix};
 
 /// A running ledger service.

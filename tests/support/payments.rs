@@ -5,9 +5,9 @@ use fintech_payments::{Payments, PaymentsConfig};
 use fintech_platform::config::PlatformConfig;
 use fintech_platform::kit::Service as _;
 use fintech_proto::payments::payments_service_client::PaymentsServiceClient;
-use tonic::transport::Channel;
 
 use crate::TestDb;
+use crate::service::Channel;
 use crate::service::{ServiceHarness, platform_env};
 pub use crate::service::{connect, platform_config, unique_prefix};
 

@@ -15,10 +15,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use fintech_platform::CancellationToken;
+use fintech_platform::auth::{AuthConfig, AuthMode};
 use fintech_platform::config::PlatformConfig;
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 
+pub use crate::auth::Channel;
 use crate::{TestDb, create_topics, kafka_bootstrap};
 
 /// How long a stopping service may take.
@@ -114,6 +115,7 @@ pub fn platform_config(service: &str, database_url: &str, bootstrap: &str) -> Pl
         database_max_connections: 20,
         kafka_bootstrap_servers: bootstrap.to_owned(),
         outbox_poll_interval: Duration::from_millis(20),
+        auth: crate::auth::auth_config(),
         ..PlatformConfig::defaults(service, 0)
     }
 }
@@ -144,6 +146,7 @@ pub fn platform_env(config: &PlatformConfig) -> Vec<(&'static str, String)> {
         shutdown_grace,
         grpc_tls,
         kafka_properties,
+        auth,
     } = config;
     let mut env = vec![
         ("GRPC_LISTEN_ADDR", grpc_listen_addr.to_string()),
@@ -162,6 +165,7 @@ pub fn platform_env(config: &PlatformConfig) -> Vec<(&'static str, String)> {
         ("OUTBOX_RELAYS", outbox_relays.to_string()),
         ("SHUTDOWN_GRACE_MS", shutdown_grace.as_millis().to_string()),
     ];
+    env.extend(auth_env(auth));
     if let Some(url) = redis_url {
         env.push(("REDIS_URL", url.clone()));
     }
@@ -183,8 +187,57 @@ pub fn platform_env(config: &PlatformConfig) -> Vec<(&'static str, String)> {
     env
 }
 
-/// A client channel to `address`, waiting until it accepts connections.
+/// `auth` as the `AUTH_*` environment variables.
+pub fn auth_env(auth: &AuthConfig) -> Vec<(&'static str, String)> {
+    let AuthConfig {
+        mode,
+        jwks,
+        issuer,
+        audience,
+        algorithms,
+        leeway,
+        open_services,
+        jwks_refresh_min,
+        jwks_max_age,
+    } = auth;
+    let mode = match mode {
+        AuthMode::Jwt => "jwt",
+        AuthMode::Off => "off",
+    };
+    let algorithms: Vec<String> = algorithms.iter().map(|algorithm| format!("{algorithm:?}")).collect();
+    vec![
+        ("AUTH_MODE", mode.to_owned()),
+        ("AUTH_JWKS", jwks.clone()),
+        ("AUTH_ISSUER", issuer.clone()),
+        ("AUTH_AUDIENCE", audience.clone()),
+        ("AUTH_ALGORITHMS", algorithms.join(",")),
+        ("AUTH_LEEWAY_SECS", leeway.as_secs().to_string()),
+        (
+            "AUTH_OPEN_SERVICES",
+            if open_services.is_empty() {
+                "none".to_owned()
+            } else {
+                open_services.join(",")
+            },
+        ),
+        ("AUTH_JWKS_REFRESH_MIN_MS", jwks_refresh_min.as_millis().to_string()),
+        ("AUTH_JWKS_MAX_AGE_SECS", jwks_max_age.as_secs().to_string()),
+    ]
+}
+
+/// A client channel to `address` carrying an operator token with every scope, waiting until
+/// the service accepts connections.
 pub async fn connect(address: &str) -> Channel {
+    crate::auth::with_token(connect_raw(address).await, &crate::auth::operator_token())
+}
+
+/// A client channel to `address` carrying `token`.
+pub async fn connect_with_token(address: &str, token: &str) -> Channel {
+    crate::auth::with_token(connect_raw(address).await, token)
+}
+
+/// A plain channel to `address` (no token), waiting until it accepts connections.
+pub async fn connect_raw(address: &str) -> tonic::transport::Channel {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}")).expect("endpoint");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -7,8 +7,8 @@ use fintech_platform::config::PlatformConfig;
 use fintech_platform::kit::Service as _;
 use fintech_proto::tax::tax_service_client::TaxServiceClient;
 use fintech_tax::{Tax, TaxConfig};
-use tonic::transport::Channel;
 
+use crate::service::Channel;
 use crate::service::{ServiceHarness, create_prefixed_topics, platform_env};
 use crate::{TestDb, kafka_bootstrap};
 

@@ -4,10 +4,12 @@
 //! # Layout
 //!
 //! - this file: the Tansu binary and its storage preparation, free ports, topic creation
+//! - [`auth`]: development signing keys, their JWKS and tokens (tests, bench, `deploy/local/token`)
 //! - [`broker`]: a private broker (Tansu) that a test may kill, freeze and restart, and that the
 //!   benchmark runs on so that it neither measures nor disturbs its neighbours
 //! - [`postgres`]: a private PostgreSQL cluster that a test may stop, crash and restart
 
+pub mod auth;
 pub mod broker;
 pub mod postgres;
 

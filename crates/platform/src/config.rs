@@ -24,6 +24,15 @@
 //! | `SHUTDOWN_GRACE_MS` | `10000` | longest drain of in-flight requests on shutdown, and again of the background tasks (100-600000) |
 //! | `GRPC_TLS_CERT`, `GRPC_TLS_KEY`, `GRPC_TLS_CLIENT_CA` | unset (plaintext) | TLS and mTLS of the gRPC server ([`crate::tls`]) |
 //! | `KAFKA_PROPERTY_<NAME>` | none | librdkafka properties passed through, e.g. `security.protocol`, SASL ([`crate::tls`]) |
+//! | `AUTH_MODE` | `jwt` | `jwt`: every RPC outside `AUTH_OPEN_SERVICES` needs a valid bearer token with the method's scope (crate::auth); `off`: nothing is checked (only to measure the cost of verification; logged as a warning) |
+//! | `AUTH_JWKS` | `.local/auth/jwks.json` | JSON Web Key Set of the token issuer: a file path or an `https://` URL; read at start-up (the service does not start without a usable key) and again on an unknown `kid` |
+//! | `AUTH_ISSUER` | `fintech-local` | required `iss` of tokens |
+//! | `AUTH_AUDIENCE` | `fintech-platform` | audience `aud` must contain |
+//! | `AUTH_ALGORITHMS` | `ES256,RS256,EdDSA` | allowed `alg`s, comma-separated; `none` and `HS*` are refused (RFC 8725) |
+//! | `AUTH_LEEWAY_SECS` | `30` | clock skew tolerated on `exp` and `nbf` (0-300) |
+//! | `AUTH_OPEN_SERVICES` | `grpc.health.v1.Health,grpc.reflection.v1.ServerReflection,grpc.reflection.v1alpha.ServerReflection` | gRPC services answered without a token; `none` for no open service |
+//! | `AUTH_JWKS_REFRESH_MIN_MS` | `30000` | shortest interval between two fetches of the JWKS (an unknown `kid` triggers one) |
+//! | `AUTH_JWKS_MAX_AGE_SECS` | `300` | keys older than this are fetched again (rotation) |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset (no export) | OTLP/gRPC collector for traces |
 //! | `RUST_LOG` | `info` | log filter |
 //! | `LOG_FORMAT` | `text` | `text` or `json` |
@@ -32,6 +41,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::auth::{AuthConfig, AuthMode};
 use crate::error::{Error, Result};
 
 /// Reads `name`, or `default` when it is unset or empty.
@@ -119,6 +129,8 @@ pub struct PlatformConfig {
     pub grpc_tls: Option<crate::tls::GrpcTls>,
     /// librdkafka properties from `KAFKA_PROPERTY_*` (TLS, SASL); every client applies them.
     pub kafka_properties: crate::tls::KafkaProperties,
+    /// Who may call which RPC (`AUTH_*`).
+    pub auth: AuthConfig,
 }
 
 impl PlatformConfig {
@@ -145,6 +157,7 @@ impl PlatformConfig {
             shutdown_grace: Duration::from_secs(10),
             grpc_tls: None,
             kafka_properties: crate::tls::KafkaProperties::default(),
+            auth: AuthConfig::defaults(),
         }
     }
 
@@ -250,8 +263,72 @@ impl PlatformConfig {
             shutdown_grace: Duration::from_millis(shutdown_grace_ms),
             grpc_tls: crate::tls::GrpcTls::from_env()?,
             kafka_properties: crate::tls::KafkaProperties::from_env()?,
+            auth: auth_from_env(defaults.auth)?,
         })
     }
+}
+
+fn config_error(variable: &str, reason: impl Into<String>) -> Error {
+    Error::Config {
+        variable: variable.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The `AUTH_*` settings on top of `defaults`.
+fn auth_from_env(defaults: AuthConfig) -> Result<AuthConfig> {
+    let mode = match env_or("AUTH_MODE", "jwt").to_ascii_lowercase().as_str() {
+        "jwt" => AuthMode::Jwt,
+        "off" => AuthMode::Off,
+        other => {
+            return Err(config_error(
+                "AUTH_MODE",
+                format!("must be jwt or off, got {:?}", crate::auth::short(other)),
+            ));
+        }
+    };
+    let algorithms = match env_opt("AUTH_ALGORITHMS") {
+        None => defaults.algorithms,
+        Some(list) => list
+            .split(',')
+            .filter(|name| !name.trim().is_empty())
+            .map(crate::auth::parse_algorithm)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|reason| config_error("AUTH_ALGORITHMS", reason))?,
+    };
+    if algorithms.is_empty() {
+        return Err(config_error("AUTH_ALGORITHMS", "must name at least one algorithm"));
+    }
+    let leeway_secs = env_parse("AUTH_LEEWAY_SECS", defaults.leeway.as_secs())?;
+    if leeway_secs > 300 {
+        return Err(config_error("AUTH_LEEWAY_SECS", "must be between 0 and 300"));
+    }
+    let open_services = match env_opt("AUTH_OPEN_SERVICES") {
+        None => defaults.open_services,
+        Some(list) if list.eq_ignore_ascii_case("none") => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    let issuer = env_or("AUTH_ISSUER", &defaults.issuer);
+    let audience = env_or("AUTH_AUDIENCE", &defaults.audience);
+    Ok(AuthConfig {
+        mode,
+        jwks: env_or("AUTH_JWKS", &defaults.jwks),
+        issuer,
+        audience,
+        algorithms,
+        leeway: Duration::from_secs(leeway_secs),
+        open_services,
+        jwks_refresh_min: Duration::from_millis(env_parse(
+            "AUTH_JWKS_REFRESH_MIN_MS",
+            defaults.jwks_refresh_min.as_millis() as u64,
+        )?),
+        jwks_max_age: Duration::from_secs(env_parse("AUTH_JWKS_MAX_AGE_SECS", defaults.jwks_max_age.as_secs())?),
+    })
 }
 
 #[cfg(test)]

@@ -44,9 +44,11 @@
 //! - A key is remembered until [`purge_older_than`] removes its row; a retry after that runs the
 //!   command again. Keep retention longer than any client retries (and at least the Redis cache
 //!   TTL, 24 h by default).
-//! - Keys are per `scope`, not per caller. Two callers who pick the same key for the same scope
-//!   collide (the second is rejected or replayed). When keys are not globally unique (UUIDs),
-//!   put the caller's identity in the scope.
+//! - Keys are per caller: [`key_from_request`] binds the key to the authenticated subject
+//!   ([`crate::auth::Caller`]), and the stored scope becomes `<method>@<subject>` (the subject
+//!   percent-encoded so that it holds no `:`). Two callers who pick the same key never collide,
+//!   and one caller cannot replay another's stored response. A key without a caller
+//!   ([`key_from_metadata`], authentication off) is scoped by the method alone.
 //! - The fingerprint is the SHA-256 of the request as prost encodes it. prost encodes a message
 //!   the same way every time except `map` fields held in a `HashMap` (iteration order varies per
 //!   process): generate such fields as `BTreeMap` before using them in an idempotent command.
@@ -165,12 +167,13 @@ const PURGE: &str = "DELETE FROM idempotency_keys WHERE (scope, idempotency_key)
 const RELEASE_MARKER: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
-/// A validated idempotency key: 1 to 128 visible ASCII characters (`!` to `~`).
+/// A validated idempotency key: 1 to 128 visible ASCII characters (`!` to `~`), and the caller it
+/// belongs to, if known.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(String);
+pub struct IdempotencyKey(String, Option<String>);
 
 impl IdempotencyKey {
-    /// Validates `value` as a key.
+    /// Validates `value` as a key of no particular caller.
     pub fn parse(value: &str) -> Result<Self, InvalidIdempotencyKey> {
         if value.is_empty() {
             return Err(InvalidIdempotencyKey::Empty);
@@ -181,7 +184,40 @@ impl IdempotencyKey {
         if !value.bytes().all(|byte| byte.is_ascii_graphic()) {
             return Err(InvalidIdempotencyKey::NotVisibleAscii);
         }
-        Ok(Self(value.to_owned()))
+        Ok(Self(value.to_owned(), None))
+    }
+
+    /// The same key, owned by `subject` (the authenticated caller).
+    #[must_use]
+    pub fn for_caller(self, subject: &str) -> Self {
+        Self(self.0, Some(subject.to_owned()))
+    }
+
+    /// The caller the key belongs to.
+    pub fn caller(&self) -> Option<&str> {
+        self.1.as_deref()
+    }
+
+    /// The scope the key is stored under: `scope`, or `scope@<caller>` with the caller's `%`,
+    /// `:` and `@` percent-encoded (so the Redis keys `idem:{scope}:{key}` stay unambiguous).
+    pub fn stored_scope(&self, scope: &str) -> String {
+        match &self.1 {
+            None => scope.to_owned(),
+            Some(caller) => {
+                let mut stored = String::with_capacity(scope.len() + caller.len() + 1);
+                stored.push_str(scope);
+                stored.push('@');
+                for character in caller.chars() {
+                    match character {
+                        '%' => stored.push_str("%25"),
+                        ':' => stored.push_str("%3A"),
+                        '@' => stored.push_str("%40"),
+                        other => stored.push(other),
+                    }
+                }
+                stored
+            }
+        }
     }
 
     /// The key as sent by the client.
@@ -232,6 +268,17 @@ pub fn key_from_metadata(metadata: &MetadataMap) -> Result<Option<IdempotencyKey
     IdempotencyKey::parse(text)
         .map(Some)
         .map_err(|error| invalid_key_status(&error.to_string()))
+}
+
+/// [`key_from_metadata`] bound to the request's authenticated caller ([`crate::auth::Caller`]),
+/// so that the key is scoped to `subject + method + key`. Every service command reads its key
+/// with this.
+pub fn key_from_request<T>(request: &tonic::Request<T>) -> Result<Option<IdempotencyKey>, Status> {
+    let key = key_from_metadata(request.metadata())?;
+    Ok(match crate::auth::Caller::of(request) {
+        Some(caller) => key.map(|key| key.for_caller(&caller.subject)),
+        None => key,
+    })
 }
 
 fn invalid_key_status(reason: &str) -> Status {
@@ -394,7 +441,7 @@ impl IdempotencyStore {
         // The wait applies to the claim only; the command's own statements keep the
         // transaction's lock_timeout (the function restores it).
         let lock_wait = format!("{}ms", self.lock_wait.as_millis());
-        claim_row(conn, scope, key, fingerprint, &lock_wait).await?
+        claim_row(conn, &key.stored_scope(scope), key, fingerprint, &lock_wait).await?
     }
 
     /// Stores the encoded response of a claimed key, in the same transaction as the claim and
@@ -409,7 +456,7 @@ impl IdempotencyStore {
     ) -> Result<(), IdempotencyError> {
         let updated = sqlx::query(COMPLETE)
             .bind(response)
-            .bind(scope)
+            .bind(key.stored_scope(scope))
             .bind(key.as_str())
             .execute(&mut *conn)
             .await?
@@ -509,7 +556,8 @@ impl IdempotencyStore {
             return Ok(response);
         };
         let fingerprint = fingerprint(request);
-        let redis = self.redis.as_ref().filter(|_| !scope.contains(':'));
+        let stored_scope = key.stored_scope(scope);
+        let redis = self.redis.as_ref().filter(|_| !stored_scope.contains(':'));
         let Some(redis) = redis else {
             return self
                 .execute_in_postgres(pool, scope, &key, &fingerprint, completion, body)
@@ -517,8 +565,8 @@ impl IdempotencyStore {
                 .map(|(response, _)| response);
         };
 
-        let cache_key = format!("idem:{scope}:{key}");
-        let marker_key = format!("idem-lock:{scope}:{key}");
+        let cache_key = format!("idem:{stored_scope}:{key}");
+        let marker_key = format!("idem-lock:{stored_scope}:{key}");
         if let Some(cached) = redis.lookup(&cache_key, &fingerprint).await {
             return replay_cached(cached, &key).map_err(E::from);
         }
@@ -582,7 +630,7 @@ impl IdempotencyStore {
             }
         }
         let slot = ResponseSlot {
-            scope: scope.to_owned(),
+            scope: key.stored_scope(scope),
             key: key.as_str().to_owned(),
         };
         let response = match body(&mut *transaction, Some(slot)).await {

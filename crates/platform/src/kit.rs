@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
+use crate::auth::{Authenticator, Policy};
 use crate::config::PlatformConfig;
 use crate::grpc::{Components, Readiness};
 use crate::idempotency::IdempotencyStore;
@@ -265,6 +266,12 @@ impl Kit {
             .as_ref()
             .map(crate::tls::GrpcTls::server_config)
             .transpose()?;
+        // Before anything starts: every RPC must declare its scope, and the keys must load.
+        let policy = Policy::for_services(fintech_proto::FILE_DESCRIPTOR_SET, &self.service_names)
+            .context("the contract's authorization rules")?;
+        let authenticator = Authenticator::new(&self.config.auth, policy)
+            .await
+            .context("authentication")?;
         for index in 0..self.config.outbox_relays {
             let relay = outbox::relay(&self.pool, &self.config, index)?;
             self.tasks.push(Task {
@@ -314,6 +321,7 @@ impl Kit {
             &self.service_names,
             readiness,
             tls,
+            authenticator,
             serving.clone(),
         );
         tokio::pin!(server);

@@ -1,6 +1,7 @@
 //! Shared plumbing of every service. Write it once, test it hard.
 //!
 //! # Layout
+//! - [`auth`]: bearer-token authentication and the contract's scopes, one layer for every service;
 //! - [`config`]: settings from environment variables with documented defaults;
 //! - [`telemetry`]: `tracing` + OpenTelemetry, W3C trace-context helpers;
 //! - [`db`]: PostgreSQL pool and migrations (platform tables + the service's own);
@@ -15,6 +16,7 @@
 //! - [`tls`]: TLS of the gRPC servers (optional mTLS) and librdkafka security properties;
 //! - [`kit`]: the service kit every service's `run()` and `main()` are built on.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;

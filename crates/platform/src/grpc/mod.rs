@@ -31,6 +31,7 @@ use tonic_health::ServingStatus;
 pub use layer::{RequestTrace, RequestTraceLayer};
 pub use status::invalid_argument;
 
+use crate::auth::{AuthLayer, Authenticator};
 use crate::error::{Error, Result};
 
 /// What the health check probes before it reports `SERVING`.
@@ -74,13 +75,15 @@ impl Components {
 
 /// Serves `routes` (the service's own tonic services, each wrapped by its generated `*Server`)
 /// plus health and reflection on `listener` until `shutdown` fires. `service_names` are the full
-/// names the health service reports on (e.g. `fintech.payments.v1.PaymentsService`).
+/// names the health service reports on (e.g. `fintech.payments.v1.PaymentsService`). Every
+/// request passes `authenticator` first ([`crate::auth`]).
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     service_names: &[&str],
     readiness: Readiness,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    authenticator: Authenticator,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -153,7 +156,12 @@ pub async fn serve(
         tracing::info!("grpc server serves TLS");
     }
     let served = builder
-        .layer(RequestTraceLayer)
+        // The trace layer is outermost, so refused requests are logged with their code too.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(RequestTraceLayer)
+                .layer(AuthLayer::new(authenticator)),
+        )
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpIncoming::new(listener), drain_signal)
         .await;

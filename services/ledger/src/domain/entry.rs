@@ -26,6 +26,23 @@ pub const MAX_METADATA_KEYS: usize = 32;
 pub const MAX_METADATA_KEY_LEN: usize = 64;
 /// Longest metadata value.
 pub const MAX_METADATA_VALUE_LEN: usize = 500;
+/// Largest amount of one line, in minor units (10^15: ten trillion units of a two-decimal
+/// currency). Far below the `i64` edge, so no sequence of entries can be used to push a balance
+/// there in a few calls.
+pub const MAX_LINE_AMOUNT: i64 = 1_000_000_000_000_000;
+/// Largest magnitude of any account's balance, in minor units (10^17). An entry that would take a
+/// balance beyond it is rejected (`BALANCE_LIMIT`), whoever posts it; the `i64` range (9.2 * 10^18)
+/// is never reached, and the trial balance sums in `numeric`.
+pub const MAX_ABS_BALANCE: i64 = 100_000_000_000_000_000;
+/// Entry-id prefixes only the ledger's own event handlers write (`tax:<transaction id>`,
+/// `tax-reversal:<transaction id>`, and those of the services to come); `PostEntry` refuses them.
+pub const RESERVED_ENTRY_PREFIXES: [&str; 6] = ["tax:", "tax-reversal:", "transfer:", "hold:", "system:", "ledger:"];
+
+/// Whether `entry_id` is in a namespace of the ledger's own event handlers.
+pub fn is_reserved_entry_id(entry_id: &str) -> bool {
+    let lower = entry_id.to_ascii_lowercase();
+    RESERVED_ENTRY_PREFIXES.iter().any(|prefix| lower.starts_with(prefix))
+}
 
 /// The side of a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -182,6 +199,11 @@ impl EntryInput {
                     field("amount"),
                     format!("must be greater than 0 (minor units), got {}", line.amount),
                 );
+            } else if line.amount > MAX_LINE_AMOUNT {
+                violations.add(
+                    field("amount"),
+                    format!("must be at most {MAX_LINE_AMOUNT} (minor units), got {}", line.amount),
+                );
             }
             let currency = match Currency::parse(&line.currency) {
                 Ok(currency) => Some(currency),
@@ -192,6 +214,7 @@ impl EntryInput {
             };
             if let (Some(account_id), Some(side), Some(currency)) = (account_id, side, currency)
                 && line.amount > 0
+                && line.amount <= MAX_LINE_AMOUNT
             {
                 lines.push(Line {
                     account_id,
@@ -349,6 +372,17 @@ pub fn plan_posting(
             });
             continue;
         };
+        if balance.unsigned_abs() > MAX_ABS_BALANCE.unsigned_abs() && balance.abs() > posting.balance_before.abs() {
+            broken.push(Precondition {
+                kind: "BALANCE_LIMIT",
+                subject: posting.account_id.to_string(),
+                description: format!(
+                    "account {} would go to {balance}, beyond the ledger's limit of ±{MAX_ABS_BALANCE} {}",
+                    state.account.code, state.account.currency
+                ),
+            });
+            continue;
+        }
         posting.balance_after = balance;
         if let Some(floor) = state.account.overdraft.floor()
             && balance < floor

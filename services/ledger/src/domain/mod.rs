@@ -65,6 +65,10 @@ pub enum LedgerError {
         /// The stream's head.
         current: i64,
     },
+    /// The request touches what only the ledger's own event handlers may write: a system account
+    /// or a reserved entry-id prefix (PERMISSION_DENIED).
+    #[error("{0}")]
+    Reserved(String),
     /// Concurrent appends kept conflicting after every internal retry (ABORTED).
     #[error("the entry conflicted with concurrent entries {attempts} times")]
     Contention {

@@ -5,7 +5,7 @@ mod status;
 
 use std::sync::Arc;
 
-use fintech_platform::idempotency::key_from_metadata;
+use fintech_platform::idempotency::{key_from_metadata, key_from_request};
 use fintech_proto::ledger as pb;
 use fintech_proto::ledger::ledger_service_server::LedgerService;
 use sqlx::PgConnection;
@@ -96,7 +96,7 @@ impl LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::CreateAccountRequest>,
     ) -> Result<Response<pb::CreateAccountResponse>, Status> {
-        let key = key_from_metadata(request.metadata())?;
+        let key = key_from_request(&request)?;
         let request = request.into_inner();
         let account = CreateAccount {
             code: request.code.clone(),
@@ -256,6 +256,38 @@ impl LedgerService for LedgerGrpc {
                 return Err(Status::from(LedgerError::Invalid(violations)));
             }
         };
+        // The public API never writes the ledger's own namespaces: the entry ids its event
+        // handlers use (so a caller cannot take `tax:<id>` first and make the real posting
+        // conflict) and the system accounts (settlement, revenue, VAT payable). An account's
+        // `system` flag never changes, so checking it before the posting's own locked read is
+        // sound.
+        if domain::entry::is_reserved_entry_id(&entry.entry_id) {
+            return Err(Status::from(LedgerError::Reserved(format!(
+                "entry ids starting with {:?} are reserved for the ledger's own postings",
+                domain::entry::RESERVED_ENTRY_PREFIXES
+                    .iter()
+                    .find(|prefix| entry.entry_id.to_ascii_lowercase().starts_with(*prefix))
+                    .copied()
+                    .unwrap_or_default()
+            ))));
+        }
+        let account_ids = entry.account_ids();
+        let system_accounts = self
+            .read(async |conn| {
+                let states = storage::account_states(conn, &account_ids, false).await?;
+                Ok(states
+                    .values()
+                    .filter(|state| state.account.system)
+                    .map(|state| state.account.code.clone())
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        if !system_accounts.is_empty() {
+            return Err(Status::from(LedgerError::Reserved(format!(
+                "system accounts are posted to only by the ledger's own event handlers: {}",
+                system_accounts.join(", ")
+            ))));
+        }
         match self.ledger.post(&entry, None).await.map_err(Status::from)? {
             PostOutcome::Posted(response) => {
                 tracing::info!(lines = entry.lines.len(), "entry posted");

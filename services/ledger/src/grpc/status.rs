@@ -41,6 +41,7 @@ impl From<LedgerError> for Status {
                     details,
                 )
             }
+            LedgerError::Reserved(reason) => Status::permission_denied(reason),
             out_of_range @ LedgerError::VersionOutOfRange { .. } => Status::out_of_range(out_of_range.to_string()),
             contention @ LedgerError::Contention { .. } => Status::aborted(format!(
                 "{contention}; nothing was posted, retry with the same entry_id"

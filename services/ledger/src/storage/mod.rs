@@ -495,13 +495,16 @@ pub struct TrialBalanceRow {
 #[tracing::instrument(skip(conn))]
 pub async fn trial_balance(conn: &mut PgConnection, currency: Option<&str>) -> anyhow::Result<Vec<TrialBalanceRow>> {
     let rows = sqlx::query(
+        // numeric: sums of many bigint balances cannot overflow; the text form is parsed into
+        // i128 and only then narrowed, so a total beyond i64 is an error, never a wrapped value.
         "SELECT currency, \
-                COALESCE(SUM(debit_side) FILTER (WHERE debit_side > 0), 0)::bigint AS debit_total, \
-                COALESCE(-SUM(debit_side) FILTER (WHERE debit_side < 0), 0)::bigint AS credit_total, \
-                COALESCE(SUM(debit_side), 0)::bigint AS net, \
+                COALESCE(SUM(debit_side) FILTER (WHERE debit_side > 0), 0)::text AS debit_total, \
+                COALESCE(-SUM(debit_side) FILTER (WHERE debit_side < 0), 0)::text AS credit_total, \
+                COALESCE(SUM(debit_side), 0)::text AS net, \
                 count(*) AS account_count \
          FROM (SELECT b.currency, \
-                      CASE WHEN a.account_type IN ('asset', 'expense') THEN b.balance ELSE -b.balance END \
+                      CASE WHEN a.account_type IN ('asset', 'expense') THEN b.balance::numeric \
+                           ELSE -(b.balance::numeric) END \
                         AS debit_side \
                FROM ledger_balances b JOIN ledger_accounts a ON a.account_id = b.account_id \
                WHERE $1::text IS NULL OR b.currency = $1) balances \
@@ -513,11 +516,18 @@ pub async fn trial_balance(conn: &mut PgConnection, currency: Option<&str>) -> a
     .context("trial balance")?;
     rows.iter()
         .map(|row| {
+            let total = |column: &str| -> anyhow::Result<i64> {
+                let text: String = row.try_get(column)?;
+                let wide: i128 = text
+                    .parse()
+                    .with_context(|| format!("{column} {text:?} is no integer"))?;
+                i64::try_from(wide).with_context(|| format!("{column} {text} exceeds the int64 of the contract"))
+            };
             Ok(TrialBalanceRow {
                 currency: row.try_get("currency")?,
-                debit_total: row.try_get("debit_total")?,
-                credit_total: row.try_get("credit_total")?,
-                net: row.try_get("net")?,
+                debit_total: total("debit_total")?,
+                credit_total: total("credit_total")?,
+                net: total("net")?,
                 account_count: row.try_get("account_count")?,
             })
         })

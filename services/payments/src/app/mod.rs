@@ -83,10 +83,13 @@ impl PaymentsApp {
     }
 
     /// Changes an order at the version the caller read and publishes it on `orders.updated`.
+    /// `owner`: the customer a customer token is limited to; another customer's order is
+    /// NOT_FOUND, as if it did not exist.
     pub async fn update_order(
         &self,
         key: Option<IdempotencyKey>,
         request: &pb::UpdateOrderRequest,
+        owner: Option<&str>,
     ) -> Result<pb::UpdateOrderResponse, PaymentsError> {
         let changes = OrderChanges::parse(
             &request.order_id,
@@ -99,6 +102,7 @@ impl PaymentsApp {
             .execute_folded(&self.pool, &scope("UpdateOrder"), key, request, async |conn, slot| {
                 let current = storage::get_order(conn, changes.order_id, true)
                     .await?
+                    .filter(|order| owns(owner, &order.customer_id))
                     .ok_or_else(|| PaymentsError::OrderNotFound(request.order_id.clone()))?;
                 let order = changes.apply(&current, domain::now())?;
                 let response = pb::UpdateOrderResponse {
@@ -135,11 +139,14 @@ impl PaymentsApp {
 
     /// Creates a transaction on its order (locked, so the event follows any concurrent order
     /// update) and publishes it on `transactions.created`.
+    /// `owner`: the customer a customer token is limited to; another customer's order is
+    /// NOT_FOUND.
     pub async fn create_transaction(
         &self,
         key: Option<IdempotencyKey>,
         request: &pb::CreateTransactionRequest,
         status: Result<Option<TransactionStatus>, i32>,
+        owner: Option<&str>,
     ) -> Result<pb::CreateTransactionResponse, PaymentsError> {
         let command = CreateTransaction::parse(&request.order_id, request.amount, &request.currency, status)?;
         let response = self
@@ -152,6 +159,7 @@ impl PaymentsApp {
                 async |conn, slot| {
                     let order = storage::get_order(conn, command.order_id, true)
                         .await?
+                        .filter(|order| owns(owner, &order.customer_id))
                         .ok_or_else(|| PaymentsError::OrderNotFound(request.order_id.clone()))?;
                     let transaction = command.on_order(&order, domain::now())?;
                     let response = pb::CreateTransactionResponse {
@@ -227,6 +235,12 @@ impl PaymentsApp {
         self.read(async |conn| Ok(storage::list_transactions(conn, order_id, page).await?))
             .await
     }
+}
+
+/// Whether a caller limited to customer `owner` (`None`: not limited) may see data of
+/// `customer_id`.
+pub fn owns(owner: Option<&str>, customer_id: &str) -> bool {
+    owner.is_none_or(|owner| owner == customer_id)
 }
 
 /// Writes a command's change with `write`: its rows, the outbox row of `event` and (with a key)

@@ -22,6 +22,11 @@ pub enum PaymentsError {
     /// No such transaction.
     #[error("transaction {0} not found")]
     TransactionNotFound(String),
+    /// A customer token asked for what only its own customer, or an operator, may do
+    /// (PERMISSION_DENIED). Never used for another customer's existing data: that is NOT_FOUND,
+    /// exactly as for data that does not exist.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// The caller's expected version is not the current one.
     #[error("{entity} {id} is at version {actual}, not the expected {expected}")]
     VersionConflict {

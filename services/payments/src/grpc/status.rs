@@ -16,6 +16,7 @@ impl From<PaymentsError> for Status {
             PaymentsError::Invalid(violations) => status::invalid_argument(&violations),
             PaymentsError::OrderNotFound(id) => status::not_found::<pb::Order>(&id),
             PaymentsError::TransactionNotFound(id) => status::not_found::<pb::Transaction>(&id),
+            PaymentsError::Forbidden(reason) => Status::permission_denied(reason),
             conflict @ PaymentsError::VersionConflict { .. } => {
                 Status::aborted(format!("{conflict}; read it again and retry with its current version"))
             }

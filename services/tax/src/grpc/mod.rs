@@ -11,6 +11,8 @@ use fintech_types::paging::PageRequest;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
+use fintech_platform::auth::Caller;
+
 use crate::app::{Processor, Retried};
 use crate::domain::TaxError;
 use crate::domain::vat::VatError;
@@ -68,12 +70,15 @@ impl TaxService for TaxGrpc {
         &self,
         request: Request<pb::GetTaxedTransactionRequest>,
     ) -> Result<Response<pb::GetTaxedTransactionResponse>, Status> {
+        let owner = Caller::customer(&request).map(str::to_owned);
         let request = request.into_inner();
         let id = parse_uuid("transaction_id", &request.transaction_id)?;
         let mut conn = self.connection().await?;
+        // Another customer's result looks exactly like one that does not exist.
         let taxed = storage::get_taxed(&mut conn, id)
             .await
             .map_err(internal)?
+            .filter(|taxed| owner.as_ref().is_none_or(|owner| *owner == taxed.customer_id))
             .ok_or_else(|| not_found("TaxedTransaction", &request.transaction_id))?;
         Ok(Response::new(pb::GetTaxedTransactionResponse {
             taxed_transaction: Some((&taxed).into()),
@@ -85,7 +90,16 @@ impl TaxService for TaxGrpc {
         &self,
         request: Request<pb::ListTaxedTransactionsRequest>,
     ) -> Result<Response<pb::ListTaxedTransactionsResponse>, Status> {
+        let owner = Caller::customer(&request).map(str::to_owned);
         let request = request.into_inner();
+        if let Some(owner) = &owner
+            && !request.customer_id.is_empty()
+            && request.customer_id != *owner
+        {
+            return Err(Status::permission_denied(
+                "a customer token lists only its own taxed transactions",
+            ));
+        }
         let filter = match (request.order_id.is_empty(), request.customer_id.is_empty()) {
             (false, true) => TaxedFilter::Order(parse_uuid("order_id", &request.order_id)?),
             (true, false) => TaxedFilter::Customer(request.customer_id.clone()),
@@ -93,7 +107,15 @@ impl TaxService for TaxGrpc {
         };
         let page = page(request.page_size, &request.page_token)?;
         let mut conn = self.connection().await?;
-        let (items, next) = storage::list_taxed(&mut conn, &filter, &page).await.map_err(internal)?;
+        let (mut items, mut next) = storage::list_taxed(&mut conn, &filter, &page).await.map_err(internal)?;
+        if let Some(owner) = &owner {
+            // By order: an order has one customer, so another customer's order lists as empty,
+            // exactly like an order that does not exist.
+            items.retain(|taxed| taxed.customer_id == *owner);
+            if items.is_empty() {
+                next = None;
+            }
+        }
         Ok(Response::new(pb::ListTaxedTransactionsResponse {
             taxed_transactions: items.iter().map(pb::TaxedTransaction::from).collect(),
             next_page_token: next.map(|cursor| cursor.token()).unwrap_or_default(),
