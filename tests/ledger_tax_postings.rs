@@ -35,6 +35,7 @@ fn taxed(transaction_id: &str, base: i64, tax: i64) -> TaxedTransaction {
             nanos: 0,
         }),
         tax_date: None,
+        order_version: 1,
     }
 }
 
