@@ -112,6 +112,23 @@ pub async fn connect_with(
     }
 }
 
+/// Bounds the rest of the open transaction on `conn` by the current request's deadline
+/// ([`crate::grpc::deadline::remaining`]): `SET LOCAL statement_timeout` to what is left, so
+/// PostgreSQL cancels a statement (57014, answered `DEADLINE_EXCEEDED`) rather than run on for a
+/// caller that gave up. Does nothing outside a request with a deadline, or when the pool's own
+/// `statement_timeout` is shorter anyway.
+pub async fn bound_by_deadline(conn: &mut sqlx::PgConnection) -> std::result::Result<(), sqlx::Error> {
+    let Some(remaining) = crate::grpc::deadline::remaining() else {
+        return Ok(());
+    };
+    // At least 1 ms: 0 would mean "no limit".
+    let millis = remaining.as_millis().max(1);
+    sqlx::query(&format!("SET LOCAL statement_timeout = {millis}"))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Applies the platform migrations, then the service's own.
 pub async fn migrate(pool: &PgPool, service: &Migrator) -> Result<()> {
     let mut platform = Migrator {

@@ -14,6 +14,7 @@
 //! themselves: the [`kit`](crate::kit) does, with their routes and the health of their
 //! components.
 
+pub mod deadline;
 mod layer;
 pub mod status;
 
@@ -148,6 +149,7 @@ pub async fn serve(
     };
     let served = tonic::transport::Server::builder()
         .layer(RequestTraceLayer)
+        .layer(deadline::DeadlineLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpIncoming::new(listener), drain_signal)
         .await;

@@ -345,6 +345,9 @@ impl Processor {
             id: transaction_id.to_string(),
         };
         let mut tx = pool.begin().await.context("begin")?;
+        fintech_platform::db::bound_by_deadline(&mut tx)
+            .await
+            .context("bound by deadline")?;
         // The order's advisory lock before the failure's row lock, as on every other path.
         let order_id = storage::peek_open_failure(&mut tx, transaction_id)
             .await?
