@@ -729,6 +729,12 @@ async fn a_parked_row_that_cannot_be_swept_does_not_hold_back_the_others() {
     let producer = EventProducer::new(&kafka_bootstrap(), "test-sweep", Duration::from_secs(20)).expect("producer");
     let failed = reader(&kafka_bootstrap(), &[&tax.topic("tax.failed")]);
 
+    // Once tax answers, its migrations have run.
+    tax.client
+        .clone()
+        .list_failed(tax::ListFailedRequest::default())
+        .await
+        .expect("tax answers");
     // A parked row whose stored event cannot be decoded, expired before everything else.
     let (bad, bad_order) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     sqlx::query(
