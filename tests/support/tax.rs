@@ -55,9 +55,10 @@ pub fn env(config: &TaxConfig) -> Vec<(&'static str, String)> {
 }
 
 impl TaxHarness {
-    /// Starts tax on `prefix`'s topics with the given parking deadline.
+    /// Starts tax on `prefix`'s topics with the given parking deadline; returns once it answers
+    /// (so its migrations have run and tests may read its tables).
     pub async fn start(prefix: &str, park_deadline: Duration) -> Self {
-        Self::launch(
+        let harness = Self::launch(
             "tax",
             prefix,
             &topics(),
@@ -68,7 +69,14 @@ impl TaxHarness {
             Tax::run,
             TaxServiceClient::new,
         )
-        .await
+        .await;
+        harness
+            .client
+            .clone()
+            .list_failed(fintech_proto::tax::ListFailedRequest::default())
+            .await
+            .expect("tax answers once started");
+        harness
     }
 
     /// Waits until `count` results are stored.
