@@ -216,3 +216,96 @@ async fn a_statement_past_statement_timeout_is_deadline_exceeded_and_writes_noth
     assert_nothing_written(&payments, &order).await;
     payments.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tax_handler_waiting_for_an_order_lock_gives_up_retries_and_applies_once_the_lock_is_free() {
+    use fintech_platform::kafka::{EventMetadata, EventProducer};
+    use fintech_tests::kafka_bootstrap;
+    use fintech_tests::tax::TaxHarness;
+    use prost::Message as _;
+
+    let tax = TaxHarness::start_with(&unique_prefix(), |config| {
+        config.platform.database_timeouts.lock = Duration::from_millis(300);
+    })
+    .await;
+    let order_id = uuid::Uuid::new_v4().to_string();
+    // Another session holds the order's advisory lock (the lock tax serializes an order's work with).
+    let mut holder = PgConnection::connect(&tax.db.url).await.expect("connect");
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1::uuid::text, 7))")
+        .bind(&order_id)
+        .execute(&mut holder)
+        .await
+        .expect("take the order's lock");
+
+    let at = prost_types::Timestamp {
+        seconds: 1_790_000_000,
+        nanos: 0,
+    };
+    let order = pb::Order {
+        order_id: order_id.clone(),
+        customer_id: "cust-lock".to_owned(),
+        country: "DE".to_owned(),
+        currency: "EUR".to_owned(),
+        amount: 1_000,
+        product_type: "standard".to_owned(),
+        created_at: Some(at),
+        updated_at: Some(at),
+        version: 1,
+    };
+    let metadata = EventMetadata {
+        id: uuid::Uuid::new_v4().to_string(),
+        event_type: "fintech.payments.v1.order.created".to_owned(),
+        source: "/fintech/payments".to_owned(),
+        time: chrono::Utc::now(),
+        subject: Some(order_id.clone()),
+        payload_type: "fintech.payments.v1.Order".to_owned(),
+        trace: Default::default(),
+    };
+    EventProducer::new(&kafka_bootstrap(), "test-lock", Duration::from_secs(20))
+        .expect("producer")
+        .send_event(
+            &tax.topic("orders.created"),
+            &order_id,
+            &order.encode_to_vec(),
+            &metadata,
+        )
+        .await
+        .expect("produce");
+
+    // While the lock is held the handler's waits keep ending (lock_timeout) and it retries: no
+    // session of tax waits on a lock for long, and nothing is applied.
+    let mut saw_a_wait = false;
+    for _ in 0..30 {
+        let (waiting, long_waiting): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE now() - query_start > interval '3 seconds') \
+             FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(&tax.db.name)
+        .fetch_one(&tax.db.pool)
+        .await
+        .expect("pg_stat_activity");
+        saw_a_wait |= waiting > 0;
+        assert_eq!(long_waiting, 0, "a tax session waits on the advisory lock for ever");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(saw_a_wait, "the handler did try to take the order's lock");
+    let cached = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM order_cache WHERE id = $1::uuid")
+            .bind(&order_id)
+            .fetch_one(&tax.db.pool)
+            .await
+            .expect("count")
+    };
+    assert_eq!(cached().await, 0, "nothing applied while the lock is held");
+
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut holder)
+        .await
+        .expect("release");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while cached().await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the order was never applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tax.stop().await;
+}
