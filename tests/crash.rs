@@ -143,6 +143,7 @@ async fn tax_killed_in_the_middle_of_1000_transactions_yields_exactly_one_result
                 updated_at: Some(created_at),
                 version: 1,
                 currency: "EUR".to_owned(),
+                order_version: 1,
             };
             let transaction_metadata = metadata(
                 "fintech.payments.v1.transaction.created",

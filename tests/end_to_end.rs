@@ -61,22 +61,33 @@ async fn a_payment_becomes_a_balanced_ledger_entry_on_the_trace_of_the_original_
         .transaction
         .expect("transaction");
 
-    let records = read_records(&posted, 1, Duration::from_secs(60)).await;
-    assert_eq!(records.len(), 1, "one ledger.entry_posted");
-    let traceparent = header(&records[0], "traceparent").expect("traceparent");
+    // Two entries: the sale (from tax.calculated) and the capture (from transactions.created).
+    let records = read_records(&posted, 2, Duration::from_secs(60)).await;
+    assert_eq!(records.len(), 2, "two ledger.entry_posted");
+    let mut entries = Vec::new();
+    for record in &records {
+        let traceparent = header(record, "traceparent").expect("traceparent");
+        assert_eq!(
+            telemetry::trace_id_of(&traceparent),
+            Some(TRACE_ID),
+            "payments -> tax -> ledger on one trace"
+        );
+        entries.push(ledger::Entry::decode(record.payload().expect("payload")).expect("entry"));
+    }
+    entries.sort_by(|left, right| right.entry_id.cmp(&left.entry_id));
+    let ids: Vec<&str> = entries.iter().map(|entry| entry.entry_id.as_str()).collect();
     assert_eq!(
-        telemetry::trace_id_of(&traceparent),
-        Some(TRACE_ID),
-        "payments -> tax -> ledger on one trace"
+        ids,
+        [
+            format!("tax:{}", transaction.transaction_id),
+            format!("capture:{}", transaction.transaction_id)
+        ],
+        "the sale and its cash"
     );
-    let entry = ledger::Entry::decode(records[0].payload().expect("payload")).expect("entry");
-    assert!(
-        entry.entry_id.contains(&transaction.transaction_id),
-        "entry {} is for the transaction",
-        entry.entry_id
-    );
+    let entry = entries[0].clone();
 
-    // FR 20%: 10,000 base + 2,000 VAT = 12,000 settled.
+    // FR 20% inside the 10,000 that moved: 1,667 VAT + 8,333 net, recognised on the receivable;
+    // the capture moves the 10,000 to settlement (ADR 0016).
     let mut debits: Vec<i64> = Vec::new();
     let mut credits: Vec<i64> = Vec::new();
     for line in &entry.lines {
@@ -88,8 +99,14 @@ async fn a_payment_becomes_a_balanced_ledger_entry_on_the_trace_of_the_original_
         }
     }
     credits.sort_unstable();
-    assert_eq!(debits, [12_000]);
-    assert_eq!(credits, [2_000, 10_000]);
+    assert_eq!(debits, [10_000]);
+    assert_eq!(credits, [1_667, 8_333]);
+    let capture = &entries[1];
+    assert_eq!(
+        capture.lines.iter().map(|line| line.amount).collect::<Vec<_>>(),
+        [10_000, 10_000],
+        "the capture moves exactly the money that moved"
+    );
 
     let stored = ledger
         .client
@@ -150,8 +167,8 @@ async fn a_refund_is_reversed_through_tax_and_the_ledger_returns_to_zero() {
         .into_inner()
         .transaction
         .expect("transaction");
-    let sale = read_records(&posted, 1, Duration::from_secs(60)).await;
-    assert_eq!(sale.len(), 1, "the sale was posted");
+    let sale = read_records(&posted, 2, Duration::from_secs(60)).await;
+    assert_eq!(sale.len(), 2, "the sale and its capture were posted");
     payments
         .client
         .update_transaction_status(payments::UpdateTransactionStatusRequest {
@@ -161,19 +178,30 @@ async fn a_refund_is_reversed_through_tax_and_the_ledger_returns_to_zero() {
         })
         .await
         .expect("refund");
-    let reversal = read_records(&posted, 1, Duration::from_secs(60)).await;
-    assert_eq!(reversal.len(), 1, "the reversal was posted");
-    let entry = ledger::Entry::decode(reversal[0].payload().expect("payload")).expect("entry");
-    assert_eq!(entry.entry_id, format!("tax-reversal:{}", transaction.transaction_id));
-    let amounts: Vec<i64> = entry.lines.iter().map(|line| line.amount).collect();
+    // The VAT reversal (tax.reversed) and the cash refund (transactions.updated).
+    let reversal = read_records(&posted, 2, Duration::from_secs(60)).await;
+    assert_eq!(reversal.len(), 2, "the reversal and the refund were posted");
+    let mut entries: Vec<ledger::Entry> = reversal
+        .iter()
+        .map(|record| ledger::Entry::decode(record.payload().expect("payload")).expect("entry"))
+        .collect();
+    entries.sort_by(|left, right| right.entry_id.cmp(&left.entry_id));
+    assert_eq!(
+        entries.iter().map(|entry| entry.entry_id.clone()).collect::<Vec<_>>(),
+        [
+            format!("tax-reversal:{}", transaction.transaction_id),
+            format!("refund:{}", transaction.transaction_id)
+        ]
+    );
+    let amounts: Vec<i64> = entries[0].lines.iter().map(|line| line.amount).collect();
     assert_eq!(
         amounts.iter().sum::<i64>(),
-        2 * 2_460,
-        "PT 23%: 2,000 + 460 on each side"
+        2 * 2_000,
+        "PT 23% inside 2,000 (1,626 + 374) on each side"
     );
 
-    // Every system account the sale touched is back to zero.
-    for line in &entry.lines {
+    // Every system account the sale and its cash touched is back to zero.
+    for line in entries.iter().flat_map(|entry| &entry.lines) {
         assert_eq!(
             ledger.balance(&line.account_id).await.balance,
             0,
@@ -186,7 +214,7 @@ async fn a_refund_is_reversed_through_tax_and_the_ledger_returns_to_zero() {
     }
     assert!(
         read_extra(&posted, Duration::from_secs(1)).await.is_empty(),
-        "one sale, one reversal"
+        "one sale, one capture, one reversal, one refund"
     );
     payments.stop().await;
     ledger.stop().await;

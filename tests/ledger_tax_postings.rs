@@ -35,6 +35,7 @@ fn taxed(transaction_id: &str, base: i64, tax: i64) -> TaxedTransaction {
             nanos: 0,
         }),
         tax_date: None,
+        order_version: 1,
     }
 }
 
@@ -125,7 +126,8 @@ async fn a_tax_result_delivered_twice_posts_one_balanced_entry_with_the_callers_
     let entry = wait_for_entry(&harness, &format!("tax:{transaction_id}")).await;
     wait_for_entry(&harness, &format!("tax:{marker_id}")).await;
 
-    let settlement = account_by_code(&harness, "system:settlement:EUR").await;
+    // A sale is recognised on the receivable; cash moves only with payments' captures (ADR 0016).
+    let receivable = account_by_code(&harness, "system:receivable:EUR").await;
     let revenue = account_by_code(&harness, "system:revenue:EUR").await;
     let vat = account_by_code(&harness, "system:vat-payable:DE:EUR").await;
     let id_of = |account: &pb::GetAccountResponse| account.account.as_ref().expect("account").account_id.clone();
@@ -137,15 +139,15 @@ async fn a_tax_result_delivered_twice_posts_one_balanced_entry_with_the_callers_
     assert_eq!(
         lines,
         [
-            (id_of(&settlement), pb::Side::Debit as i32, 11_900),
+            (id_of(&receivable), pb::Side::Debit as i32, 11_900),
             (id_of(&revenue), pb::Side::Credit as i32, 10_000),
             (id_of(&vat), pb::Side::Credit as i32, 1_900),
         ],
-        "debit settlement for the total, credit revenue for the base and VAT payable for the tax"
+        "debit the receivable for the total, credit revenue for the base and VAT payable for the tax"
     );
     assert_eq!(entry.metadata.get("transaction_id"), Some(&transaction_id));
     // Posted once: the marker (500, no VAT) is the only other entry.
-    assert_eq!(settlement.balance.as_ref().map(|balance| balance.balance), Some(12_400));
+    assert_eq!(receivable.balance.as_ref().map(|balance| balance.balance), Some(12_400));
     assert_eq!(revenue.balance.as_ref().map(|balance| balance.balance), Some(10_500));
     assert_eq!(
         vat.balance.as_ref().map(|balance| (balance.balance, balance.version)),
@@ -270,10 +272,10 @@ async fn results_waiting_for_the_ledger_are_posted_together_each_once_on_its_own
         wait_for_entry(&harness, entry_id).await;
     }
 
-    let settlement = account_by_code(&harness, "system:settlement:EUR").await;
+    let receivable = account_by_code(&harness, "system:receivable:EUR").await;
     let total: i64 = expected.iter().map(|(_, _, amount)| amount).sum();
     assert_eq!(
-        settlement.balance.as_ref().map(|balance| balance.balance),
+        receivable.balance.as_ref().map(|balance| balance.balance),
         Some(total),
         "every result posted exactly once"
     );

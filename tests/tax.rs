@@ -61,6 +61,8 @@ fn transaction(transaction_id: &str, order_id: &str, amount: i64) -> payments::T
         updated_at: Some(at),
         version: 1,
         currency: "EUR".to_owned(),
+        // No version: taxed on the latest cached order, as events written before the field were.
+        order_version: 0,
     }
 }
 
@@ -145,11 +147,13 @@ async fn an_order_and_transaction_through_payments_yield_one_tax_calculated_on_t
     let record = &records[0];
     let published = pb::TaxedTransaction::decode(record.payload().expect("payload")).expect("decodes");
     assert_eq!(published.transaction_id, transaction.transaction_id);
-    // DE standard rate 19% of 123.45 EUR = 23.4555 -> 23.46 (half away from zero).
+    // The amount is gross (ADR 0016): DE 19% VAT inside 123.45 EUR = 12345 * 19 / 119 = 19.7105
+    // -> 19.71 (half away from zero), 103.74 net.
     assert_eq!(
         (published.base_amount, published.tax_applied, published.total_amount),
-        (12_345, 2_346, 14_691)
+        (10_374, 1_971, 12_345)
     );
+    assert_eq!(published.order_version, 1, "taxed on the order version it paid for");
     assert_eq!(
         (published.tax_rate_bps, published.reason),
         (1900, pb::TaxReason::StandardRate as i32)
@@ -263,7 +267,7 @@ async fn a_transaction_before_its_order_is_parked_then_calculated_and_an_orphan_
     let taxed = pb::TaxedTransaction::decode(records[0].payload().expect("payload")).expect("decodes");
     assert_eq!(
         (taxed.transaction_id.as_str(), taxed.tax_applied, taxed.tax_rate_bps),
-        (transaction_id.as_str(), 2_000, 2000)
+        (transaction_id.as_str(), 1_667, 2000)
     );
     assert_eq!(
         telemetry::trace_id_of(&header(&records[0], "traceparent").expect("traceparent")),
@@ -281,7 +285,8 @@ async fn a_transaction_before_its_order_is_parked_then_calculated_and_an_orphan_
         transaction(&orphan_id, &orphan_order_id, 500)
     );
 
-    // The order turns up late: an operator re-drives the failure.
+    // The order turns up late: the failure is re-taxed when it arrives (ADR 0017), and an
+    // operator has nothing left to retry.
     let listed = tax
         .client
         .list_failed(pb::ListFailedRequest::default())
@@ -298,37 +303,32 @@ async fn a_transaction_before_its_order_is_parked_then_calculated_and_an_orphan_
         &new_id(),
     )
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let retried = loop {
-        let response = tax
-            .client
-            .retry_failed(pb::RetryFailedRequest {
-                transaction_id: orphan_id.clone(),
-            })
-            .await
-            .expect("retry")
-            .into_inner();
-        if response.taxed_transaction.is_some() {
-            break response;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "order never cached: {response:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let records = read_records(&calculated, 1, Duration::from_secs(20)).await;
+    assert_eq!(records.len(), 1, "the late order re-taxed its failed transaction");
+    let retaxed = pb::TaxedTransaction::decode(records[0].payload().expect("payload")).expect("decodes");
     assert_eq!(
-        retried.taxed_transaction.expect("taxed").tax_applied,
-        110,
-        "IT 22% of 500"
+        (retaxed.transaction_id.as_str(), retaxed.tax_applied),
+        (orphan_id.as_str(), 90),
+        "IT 22% inside 500: 500 * 22 / 122 = 90.16"
     );
+    let retried = tax
+        .client
+        .retry_failed(pb::RetryFailedRequest {
+            transaction_id: orphan_id.clone(),
+        })
+        .await
+        .expect_err("nothing to retry");
+    assert_eq!(retried.code(), Code::NotFound);
     let listed = tax
         .client
         .list_failed(pb::ListFailedRequest::default())
         .await
         .expect("list")
         .into_inner();
-    assert!(listed.failures.is_empty(), "a successful retry resolves the failure");
+    assert!(
+        listed.failures.is_empty(),
+        "the re-taxed transaction is no longer failed"
+    );
     tax.stop().await;
 }
 
@@ -424,7 +424,7 @@ async fn events_delivered_twice_yield_one_result_and_malformed_records_are_dead_
     let mut per_transaction: HashMap<String, usize> = HashMap::new();
     for record in &all {
         let taxed = pb::TaxedTransaction::decode(record.payload().expect("payload")).expect("decodes");
-        assert_eq!(taxed.tax_applied, 200, "AT 20% of 1000");
+        assert_eq!(taxed.tax_applied, 167, "AT 20% inside 1000: 1000 * 20 / 120 = 166.67");
         *per_transaction.entry(taxed.transaction_id).or_default() += 1;
     }
     assert_eq!(per_transaction.len(), 3);
@@ -580,7 +580,7 @@ async fn a_refund_reverses_the_vat_once_and_a_failure_before_creation_voids_the_
         .expect("transaction");
     let records = read_records(&calculated, 1, Duration::from_secs(30)).await;
     let taxed = pb::TaxedTransaction::decode(records[0].payload().expect("payload")).expect("decodes");
-    assert_eq!(taxed.tax_applied, 1_050, "BE 21% of 5000");
+    assert_eq!(taxed.tax_applied, 868, "BE 21% inside 5000: 5000 * 21 / 121 = 867.77");
     payments
         .client
         .update_transaction_status(payments::UpdateTransactionStatusRequest {
@@ -596,7 +596,7 @@ async fn a_refund_reverses_the_vat_once_and_a_failure_before_creation_voids_the_
     assert_eq!(reversal.transaction_id, refunded.transaction_id);
     assert_eq!(
         (reversal.base_amount, reversal.tax_reversed, reversal.total_amount),
-        (5_000, 1_050, 6_050)
+        (4_132, 868, 5_000)
     );
     assert_eq!(reversal.reason, pb::TaxReversalReason::TransactionRefunded as i32);
     assert_eq!(reversal.transaction_version, 2);

@@ -218,7 +218,7 @@ impl Environment {
             let extra: &[_] = if needs.flow {
                 &[]
             } else {
-                &[("TAX_CONSUMER_ENABLED", "false")]
+                &[("TAX_CONSUMER_ENABLED", "false"), ("CASH_CONSUMER_ENABLED", "false")]
             };
             let ledger = self.launch(context, "ledger", binary, extra).await?;
             self.ledger = Some(ledger.serving("fintech.ledger.v1.LedgerService").await?);

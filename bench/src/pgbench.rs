@@ -73,6 +73,7 @@ impl PayloadSizes {
             created_at: time,
             updated_at: time,
             version: 1,
+            order_version: 1,
         };
         Self {
             order: order.encoded_len(),
@@ -166,6 +167,7 @@ pub fn pair_script(sizes: PayloadSizes, topic_prefix: &str) -> anyhow::Result<St
         quoted(TransactionStatus::Pending.as_str()),
         "now()".to_owned(),
         "now()".to_owned(),
+        "1".to_owned(),
         "1".to_owned(),
     ];
     transaction_values.extend(outbox(&topics::TRANSACTIONS_CREATED, sizes.transaction)?);

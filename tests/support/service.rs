@@ -130,6 +130,7 @@ pub fn platform_env(config: &PlatformConfig) -> Vec<(&'static str, String)> {
         grpc_listen_addr,
         database_url,
         database_max_connections,
+        database_timeouts,
         kafka_bootstrap_servers,
         redis_url,
         kafka_group_instance_id,
@@ -152,6 +153,18 @@ pub fn platform_env(config: &PlatformConfig) -> Vec<(&'static str, String)> {
         ("GRPC_LISTEN_ADDR", grpc_listen_addr.to_string()),
         ("DATABASE_URL", database_url.clone()),
         ("DATABASE_MAX_CONNECTIONS", database_max_connections.to_string()),
+        (
+            "DATABASE_STATEMENT_TIMEOUT_MS",
+            database_timeouts.statement.as_millis().to_string(),
+        ),
+        (
+            "DATABASE_LOCK_TIMEOUT_MS",
+            database_timeouts.lock.as_millis().to_string(),
+        ),
+        (
+            "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+            database_timeouts.idle_in_transaction.as_millis().to_string(),
+        ),
         ("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap_servers.clone()),
         ("KAFKA_CONSUMER_LANES", kafka_consumer_lanes.to_string()),
         ("KAFKA_FETCH_WAIT_MAX_MS", kafka_fetch_wait_max.as_millis().to_string()),

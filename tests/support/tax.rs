@@ -55,20 +55,35 @@ pub fn env(config: &TaxConfig) -> Vec<(&'static str, String)> {
 }
 
 impl TaxHarness {
-    /// Starts tax on `prefix`'s topics with the given parking deadline.
+    /// Starts tax on `prefix`'s topics with the given parking deadline; returns once it answers
+    /// (so its migrations have run and tests may read its tables).
     pub async fn start(prefix: &str, park_deadline: Duration) -> Self {
-        Self::launch(
+        Self::start_with(prefix, |config| config.park_deadline = park_deadline).await
+    }
+
+    /// Starts tax on `prefix`'s topics after `configure` adjusted its settings; returns once it
+    /// answers.
+    pub async fn start_with(prefix: &str, configure: impl FnOnce(&mut TaxConfig)) -> Self {
+        let harness = Self::launch(
             "tax",
             prefix,
             &topics(),
-            |platform, db, prefix| TaxConfig {
-                park_deadline,
-                ..config(platform, db, prefix)
+            |platform, db, prefix| {
+                let mut config = config(platform, db, prefix);
+                configure(&mut config);
+                config
             },
             Tax::run,
             TaxServiceClient::new,
         )
-        .await
+        .await;
+        harness
+            .client
+            .clone()
+            .list_failed(fintech_proto::tax::ListFailedRequest::default())
+            .await
+            .expect("tax answers once started");
+        harness
     }
 
     /// Waits until `count` results are stored.

@@ -8,6 +8,9 @@
 //! | `GRPC_LISTEN_ADDR` | per service (payments `127.0.0.1:50051`, …) | gRPC listen address |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/fintech_<service>` | the service's own database |
 //! | `DATABASE_MAX_CONNECTIONS` | `16` | pool size |
+//! | `DATABASE_STATEMENT_TIMEOUT_MS` | `30000` | `statement_timeout` of every pooled session: longest one statement may run (1-3600000); a request's `grpc-timeout` lowers it for that request's transaction |
+//! | `DATABASE_LOCK_TIMEOUT_MS` | `10000` | `lock_timeout`: longest one statement waits for a row or advisory lock (1-3600000; a wait that runs out answers ABORTED) |
+//! | `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS` | `60000` | `idle_in_transaction_session_timeout`: longest a session may sit idle in an open transaction before PostgreSQL ends it (1-3600000) |
 //! | `KAFKA_BOOTSTRAP_SERVERS` | `127.0.0.1:9092` | Kafka-protocol brokers |
 //! | `REDIS_URL` | unset (no fast path) | optional Redis for the idempotency fast path |
 //! | `KAFKA_GROUP_INSTANCE_ID` | unset (dynamic membership) | static consumer-group membership: a stable, unique id per instance (e.g. the pod name) so a restarted instance takes its partitions back at once |
@@ -96,6 +99,8 @@ pub struct PlatformConfig {
     pub database_url: String,
     /// PostgreSQL pool size.
     pub database_max_connections: u32,
+    /// Server-side limits of every pooled session (statement, lock wait, idle in transaction).
+    pub database_timeouts: crate::db::DbTimeouts,
     /// Kafka bootstrap servers.
     pub kafka_bootstrap_servers: String,
     /// Optional Redis for the idempotency fast path.
@@ -141,6 +146,7 @@ impl PlatformConfig {
             grpc_listen_addr: SocketAddr::from(([127, 0, 0, 1], default_port)),
             database_url: format!("postgres://postgres@127.0.0.1:5432/fintech_{service_name}"),
             database_max_connections: 16,
+            database_timeouts: crate::db::DbTimeouts::default(),
             kafka_bootstrap_servers: "127.0.0.1:9092".to_owned(),
             redis_url: None,
             kafka_group_instance_id: None,
@@ -185,6 +191,24 @@ impl PlatformConfig {
                 reason: "must be at least 1".to_owned(),
             });
         }
+        let timeout = |variable: &str, default: Duration| -> Result<Duration> {
+            let millis = env_parse(variable, default.as_millis() as u64)?;
+            if !(1..=3_600_000).contains(&millis) {
+                return Err(Error::Config {
+                    variable: variable.to_owned(),
+                    reason: "must be between 1 and 3600000 (0 would mean no limit)".to_owned(),
+                });
+            }
+            Ok(Duration::from_millis(millis))
+        };
+        let database_timeouts = crate::db::DbTimeouts {
+            statement: timeout("DATABASE_STATEMENT_TIMEOUT_MS", defaults.database_timeouts.statement)?,
+            lock: timeout("DATABASE_LOCK_TIMEOUT_MS", defaults.database_timeouts.lock)?,
+            idle_in_transaction: timeout(
+                "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                defaults.database_timeouts.idle_in_transaction,
+            )?,
+        };
         let grpc_max_message_bytes = env_parse("GRPC_MAX_MESSAGE_BYTES", defaults.grpc_max_message_bytes)?;
         let outbox_batch_size = env_parse("OUTBOX_BATCH_SIZE", defaults.outbox_batch_size)?;
         if !(1..=10_000).contains(&outbox_batch_size) {
@@ -247,6 +271,7 @@ impl PlatformConfig {
             grpc_listen_addr,
             database_url,
             database_max_connections,
+            database_timeouts,
             kafka_bootstrap_servers,
             redis_url: env_opt("REDIS_URL"),
             kafka_group_instance_id: env_opt("KAFKA_GROUP_INSTANCE_ID"),

@@ -6,11 +6,54 @@
 
 use std::time::Duration;
 
+use std::str::FromStr as _;
+
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
 use crate::error::Result;
+
+/// The server-side limits every pooled session runs with (sent in the startup packet, so they hold
+/// from the first statement, migrations included). Each bounds a different way a session can
+/// hang: a statement that runs too long, a lock that is never granted (row locks and the advisory
+/// locks tax serializes orders with), a transaction its client stopped driving. A limit that
+/// fires is an error of the statement (57014, 55P03) or the end of the session (25P03): the
+/// transaction rolls back whole, nothing half-written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbTimeouts {
+    /// `statement_timeout`: longest one statement may run.
+    pub statement: Duration,
+    /// `lock_timeout`: longest one statement may wait for a lock.
+    pub lock: Duration,
+    /// `idle_in_transaction_session_timeout`: longest a session may sit idle inside a transaction.
+    pub idle_in_transaction: Duration,
+}
+
+impl Default for DbTimeouts {
+    /// Commands and event handlers run statements of milliseconds; these leave two orders of
+    /// magnitude for contention and slow disks while never letting a stuck session live on.
+    fn default() -> Self {
+        Self {
+            statement: Duration::from_secs(30),
+            lock: Duration::from_secs(10),
+            idle_in_transaction: Duration::from_secs(60),
+        }
+    }
+}
+
+impl DbTimeouts {
+    /// The session settings, as `(name, value)` pairs in milliseconds (0 would mean "no limit",
+    /// which [`crate::config::PlatformConfig::from_env`] refuses).
+    pub fn session_settings(&self) -> [(&'static str, String); 3] {
+        let millis = |duration: Duration| format!("{}ms", duration.as_millis());
+        [
+            ("statement_timeout", millis(self.statement)),
+            ("lock_timeout", millis(self.lock)),
+            ("idle_in_transaction_session_timeout", millis(self.idle_in_transaction)),
+        ]
+    }
+}
 
 /// Migrations of the platform tables every service database holds.
 pub static PLATFORM_MIGRATOR: Migrator = sqlx::migrate!("../../migrations/platform");
@@ -27,8 +70,21 @@ pub static PLATFORM_MIGRATOR: Migrator = sqlx::migrate!("../../migrations/platfo
 /// and sqlx drops the connection instead of reusing it.
 pub const ALIVE_BYPASS_WINDOW: Duration = Duration::from_millis(500);
 
-/// Connects a pool, retrying for up to `wait` while the database is starting or restarting.
+/// Connects a pool with the default [`DbTimeouts`], retrying for up to `wait` while the database
+/// is starting or restarting.
 pub async fn connect(database_url: &str, max_connections: u32, wait: Duration) -> Result<PgPool> {
+    connect_with(database_url, max_connections, wait, &DbTimeouts::default()).await
+}
+
+/// Connects a pool whose sessions run with `timeouts`, retrying for up to `wait` while the
+/// database is starting or restarting.
+pub async fn connect_with(
+    database_url: &str,
+    max_connections: u32,
+    wait: Duration,
+    timeouts: &DbTimeouts,
+) -> Result<PgPool> {
+    let options = PgConnectOptions::from_str(database_url)?.options(timeouts.session_settings());
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let attempt = PgPoolOptions::new()
@@ -43,7 +99,7 @@ pub async fn connect(database_url: &str, max_connections: u32, wait: Duration) -
                     Ok(true)
                 })
             })
-            .connect(database_url)
+            .connect_with(options.clone())
             .await;
         match attempt {
             Ok(pool) => return Ok(pool),
@@ -54,6 +110,23 @@ pub async fn connect(database_url: &str, max_connections: u32, wait: Duration) -
             Err(error) => return Err(error.into()),
         }
     }
+}
+
+/// Bounds the rest of the open transaction on `conn` by the current request's deadline
+/// ([`crate::grpc::deadline::remaining`]): `SET LOCAL statement_timeout` to what is left, so
+/// PostgreSQL cancels a statement (57014, answered `DEADLINE_EXCEEDED`) rather than run on for a
+/// caller that gave up. Does nothing outside a request with a deadline, or when the pool's own
+/// `statement_timeout` is shorter anyway.
+pub async fn bound_by_deadline(conn: &mut sqlx::PgConnection) -> std::result::Result<(), sqlx::Error> {
+    let Some(remaining) = crate::grpc::deadline::remaining() else {
+        return Ok(());
+    };
+    // At least 1 ms: 0 would mean "no limit".
+    let millis = remaining.as_millis().max(1);
+    sqlx::query(&format!("SET LOCAL statement_timeout = {millis}"))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Applies the platform migrations, then the service's own.
@@ -126,7 +199,8 @@ pub enum DbFault {
     CheckViolation(Option<String>),
     /// Class 22 (data exception): a value the column cannot hold (NUL byte, out of range, …).
     DataException,
-    /// 57014: the statement ran past `statement_timeout` or was cancelled.
+    /// 57014: the statement ran past `statement_timeout` (or the request's deadline) or was
+    /// cancelled; `grpc::status` answers DEADLINE_EXCEEDED.
     Cancelled,
     /// Anything else: a bug or an unexpected server state.
     Other,

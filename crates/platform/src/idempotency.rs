@@ -548,6 +548,9 @@ impl IdempotencyStore {
                 .begin()
                 .await
                 .map_err(|error| E::from(IdempotencyError::Database(error)))?;
+            crate::db::bound_by_deadline(&mut transaction)
+                .await
+                .map_err(|error| E::from(IdempotencyError::Database(error)))?;
             let response = body(&mut *transaction, None).await?;
             transaction
                 .commit()
@@ -615,6 +618,9 @@ impl IdempotencyStore {
     {
         let mut transaction = pool
             .begin()
+            .await
+            .map_err(|error| E::from(IdempotencyError::Database(error)))?;
+        crate::db::bound_by_deadline(&mut transaction)
             .await
             .map_err(|error| E::from(IdempotencyError::Database(error)))?;
         match self.claim(&mut transaction, scope, key, fingerprint).await {

@@ -149,10 +149,11 @@ impl Kit {
     /// Connects to the service's database (waiting up to [`DATABASE_START_WAIT`] for it) and
     /// applies the platform migrations and then `migrator`.
     pub async fn start(config: &PlatformConfig, migrator: &'static Migrator) -> anyhow::Result<Self> {
-        let pool = db::connect(
+        let pool = db::connect_with(
             &config.database_url,
             config.database_max_connections,
             DATABASE_START_WAIT,
+            &config.database_timeouts,
         )
         .await
         .context("DATABASE_URL: cannot connect")?;

@@ -2,7 +2,8 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `TAX_CONSUMER_ENABLED` | `true` | post the entries of `tax.calculated` events |
+//! | `TAX_CONSUMER_ENABLED` | `true` | post the entries of `tax.calculated` and `tax.reversed` events |
+//! | `CASH_CONSUMER_ENABLED` | `true` | post captures and refunds from `transactions.created` / `transactions.updated` (ADR 0016) |
 //! | `LEDGER_MAX_POST_ATTEMPTS` | `8` | attempts of one posting under contention before `ABORTED` |
 //! | `LEDGER_LOCK_STREAMS` | `true` | lock affected streams in order before reading them (`false`: pure optimistic, retry on conflict; see ADR 0004) |
 //! | `LEDGER_LOCK_TIMEOUT_MS` | `2000` | longest wait for one stream lock before the attempt is retried |
@@ -24,6 +25,8 @@ pub struct LedgerConfig {
     pub platform: PlatformConfig,
     /// Whether to consume `tax.calculated`.
     pub tax_consumer_enabled: bool,
+    /// Whether to consume payments' transaction events for the cash they moved.
+    pub cash_consumer_enabled: bool,
     /// How postings retry and lock.
     pub posting: PostingSettings,
 }
@@ -34,6 +37,7 @@ impl LedgerConfig {
         Self {
             platform,
             tax_consumer_enabled: true,
+            cash_consumer_enabled: true,
             posting: PostingSettings::default(),
         }
     }
@@ -57,6 +61,7 @@ impl LedgerConfig {
         Ok(Self {
             platform: PlatformConfig::from_env("ledger", DEFAULT_PORT)?,
             tax_consumer_enabled: env_parse("TAX_CONSUMER_ENABLED", true)?,
+            cash_consumer_enabled: env_parse("CASH_CONSUMER_ENABLED", true)?,
             posting: PostingSettings {
                 max_attempts,
                 lock_streams: env_parse("LEDGER_LOCK_STREAMS", true)?,

@@ -68,7 +68,8 @@ impl Service for LedgerService {
     }
 
     /// Runs the ledger on `listener` until `shutdown` fires: the gRPC service, the consumer of the
-    /// tax results (unless `TAX_CONSUMER_ENABLED=false`) and the outbox relays.
+    /// tax results (unless `TAX_CONSUMER_ENABLED=false`), the consumer of payments' transactions
+    /// for the cash they moved (unless `CASH_CONSUMER_ENABLED=false`) and the outbox relays.
     async fn run(config: LedgerConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut kit = Kit::start(&config.platform, &MIGRATOR).await?;
         let ledger = Arc::new(posting::Ledger::new(
@@ -83,6 +84,14 @@ impl Service for LedgerService {
                 &[events::TAX_CALCULATED, events::TAX_REVERSED],
                 events::DEAD_LETTER,
                 Arc::new(events::TaxPostingHandler::new(ledger.clone())),
+            );
+        }
+        if config.cash_consumer_enabled {
+            kit = kit.consumer(
+                events::CASH_CONSUMER,
+                &[events::TRANSACTIONS_CREATED, events::TRANSACTIONS_UPDATED],
+                events::DEAD_LETTER,
+                Arc::new(events::CashPostingHandler::new(ledger.clone())),
             );
         }
         kit.grpc(LedgerServiceServer::new(grpc::LedgerGrpc::new(ledger)))

@@ -58,6 +58,7 @@ impl From<&Transaction> for pb::Transaction {
             updated_at: Some(timestamp(transaction.updated_at)),
             version: transaction.version,
             currency: transaction.currency.to_string(),
+            order_version: transaction.order_version,
         }
     }
 }

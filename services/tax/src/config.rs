@@ -2,7 +2,7 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `TAX_PARK_DEADLINE_SECS` | `300` | how long a transaction waits for its order before `order_not_found` |
+//! | `TAX_PARK_DEADLINE_SECS` | `300` | how long a transaction waits for its order version before `order_not_found` (on the database's clock; an order that arrives later still re-taxes it, ADR 0017) |
 //! | `TAX_SWEEP_INTERVAL_MS` | `1000` | how often parked transactions are checked against their deadline |
 
 use std::time::Duration;

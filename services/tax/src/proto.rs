@@ -43,6 +43,12 @@ pub fn taxable_transaction(transaction: &payments::Transaction) -> Result<Taxabl
     if transaction.amount <= 0 {
         return Err(format!("transaction amount must be > 0, got {}", transaction.amount));
     }
+    if transaction.order_version < 0 {
+        return Err(format!(
+            "transaction order_version must be >= 0, got {}",
+            transaction.order_version
+        ));
+    }
     let status = payments::TransactionStatus::try_from(transaction.status)
         .map_err(|_| format!("unknown transaction status {}", transaction.status))?;
     Ok(TaxableTransaction {
@@ -52,6 +58,7 @@ pub fn taxable_transaction(transaction: &payments::Transaction) -> Result<Taxabl
         amount: transaction.amount,
         currency: Currency::parse(&transaction.currency).map_err(|error| format!("transaction currency {error}"))?,
         created_at: from_timestamp(transaction.created_at.as_ref()).ok_or("transaction created_at is missing")?,
+        order_version: transaction.order_version,
         taxable: matches!(
             status,
             payments::TransactionStatus::Pending | payments::TransactionStatus::Succeeded
@@ -99,6 +106,7 @@ impl From<&TaxedTransaction> for pb::TaxedTransaction {
             rule_version: taxed.rule_version.clone(),
             calculated_at: Some(timestamp(taxed.calculated_at)),
             tax_date: Some(timestamp(taxed.tax_date)),
+            order_version: taxed.order_version,
         }
     }
 }

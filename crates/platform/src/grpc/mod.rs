@@ -14,6 +14,7 @@
 //! themselves: the [`kit`](crate::kit) does, with their routes and the health of their
 //! components.
 
+pub mod deadline;
 mod layer;
 pub mod status;
 
@@ -160,7 +161,8 @@ pub async fn serve(
         .layer(
             tower::ServiceBuilder::new()
                 .layer(RequestTraceLayer)
-                .layer(AuthLayer::new(authenticator)),
+                .layer(AuthLayer::new(authenticator))
+                .layer(deadline::DeadlineLayer),
         )
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpIncoming::new(listener), drain_signal)

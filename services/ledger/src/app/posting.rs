@@ -258,11 +258,18 @@ impl Ledger {
     /// Bounds every lock wait of the current transaction by `lock_timeout`.
     async fn set_lock_timeout(&self, conn: &mut PgConnection) -> anyhow::Result<()> {
         let timeout = format!("{}ms", self.settings.lock_timeout.as_millis().max(1));
-        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-            .bind(&timeout)
-            .execute(&mut *conn)
-            .await
-            .context("set lock_timeout")?;
+        // A request's deadline bounds every statement of the posting too (ADR 0017).
+        let statement_timeout = fintech_platform::grpc::deadline::remaining()
+            .map(|remaining| format!("{}ms", remaining.as_millis().max(1)));
+        sqlx::query(
+            "SELECT set_config('lock_timeout', $1, true), \
+                    CASE WHEN $2::text IS NOT NULL THEN set_config('statement_timeout', $2, true) END",
+        )
+        .bind(&timeout)
+        .bind(statement_timeout)
+        .execute(&mut *conn)
+        .await
+        .context("set lock_timeout")?;
         Ok(())
     }
 

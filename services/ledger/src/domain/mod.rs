@@ -4,6 +4,7 @@
 //! them.
 
 pub mod account;
+pub mod cash;
 pub mod entry;
 pub mod stream;
 pub mod tax;

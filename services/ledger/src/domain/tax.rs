@@ -1,7 +1,10 @@
-//! The entry a VAT result posts: debit the settlement account of the currency for the total,
-//! credit revenue for the base and the VAT-payable account of the country for the tax. The entry
-//! id is derived from the transaction id, so a transaction is posted once however many times its
-//! result is delivered or re-published.
+//! The entry a VAT result posts: debit the receivable of the currency for the total (the
+//! transaction's gross amount), credit revenue for the base and the VAT-payable account of the
+//! country for the tax. The sale is recognised when it is taxed, whether or not its money was
+//! captured yet; cash (the settlement account) moves only with the payment's own capture and
+//! refund ([`super::cash`], ADR 0016). A reversal swaps the lines of the sale that was booked
+//! ([`TaxResult::reversal_of`]), never more. The entry id is derived from the transaction id, so a
+//! transaction is posted once however many times its result is delivered or re-published.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +13,7 @@ use fintech_types::{Country, Currency};
 use uuid::Uuid;
 
 use super::account::{Account, AccountType, OverdraftPolicy, SYSTEM_PREFIX};
-use super::entry::{EntryInput, LineInput, NewEntry, Side};
+use super::entry::{EntryInput, LineInput, NewEntry, PostedEntry, Side};
 
 /// Longest transaction id accepted (the entry id `tax:<id>` must fit 128 characters).
 pub const MAX_TRANSACTION_ID_LEN: usize = 100;
@@ -47,7 +50,7 @@ pub struct TaxResultInput {
 /// Whether a result posts a sale or reverses one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Direction {
-    /// `tax.calculated`: debit settlement, credit revenue and VAT payable.
+    /// `tax.calculated`: debit receivable, credit revenue and VAT payable.
     #[default]
     Sale,
     /// `tax.reversed` (the transaction failed or was refunded): the same lines, sides swapped.
@@ -153,6 +156,17 @@ impl SystemAccount {
         }
     }
 
+    /// The receivable of `currency` (asset): sales recognised whose money has not been captured
+    /// yet (a capture moves it to settlement, ADR 0016).
+    pub fn receivable(currency: &Currency) -> Self {
+        Self {
+            code: format!("{SYSTEM_PREFIX}receivable:{currency}"),
+            name: format!("Receivable {currency}"),
+            account_type: AccountType::Asset,
+            currency: currency.clone(),
+        }
+    }
+
     /// The revenue account of `currency`.
     pub fn revenue(currency: &Currency) -> Self {
         Self {
@@ -198,9 +212,14 @@ impl TaxResult {
         }
     }
 
+    /// The entry id of the sale a reversal reverses.
+    pub fn sale_entry_id(&self) -> String {
+        format!("tax:{}", self.transaction_id)
+    }
+
     /// The system accounts the posting needs.
     pub fn system_accounts(&self) -> Vec<SystemAccount> {
-        let mut accounts = vec![SystemAccount::settlement(&self.currency)];
+        let mut accounts = vec![SystemAccount::receivable(&self.currency)];
         if self.base_amount > 0 {
             accounts.push(SystemAccount::revenue(&self.currency));
         }
@@ -231,7 +250,7 @@ impl TaxResult {
             currency: self.currency.as_str().to_owned(),
         };
         let mut lines = vec![line(
-            id_of(SystemAccount::settlement(&self.currency))?,
+            id_of(SystemAccount::receivable(&self.currency))?,
             Side::Debit,
             self.total_amount,
         )];
@@ -249,6 +268,43 @@ impl TaxResult {
                 self.tax_applied,
             ));
         }
+        self.entry_with_lines(lines)
+    }
+
+    /// The reversal of `sale`, the entry booked for this transaction's sale: its lines with sides
+    /// swapped, so exactly what was booked is reversed (also a sale booked under older rules).
+    /// Refused when the reversal's total is not the sale's.
+    pub fn reversal_of(&self, sale: &PostedEntry) -> Result<NewEntry, String> {
+        let booked: i64 = sale
+            .lines
+            .iter()
+            .filter(|line| line.side == Side::Debit)
+            .map(|line| line.amount)
+            .sum();
+        if booked != self.total_amount {
+            return Err(format!(
+                "reversal of {} is for {} but the sale booked {booked}",
+                sale.entry_id, self.total_amount
+            ));
+        }
+        let lines = sale
+            .lines
+            .iter()
+            .map(|line| LineInput {
+                account_id: line.account_id.to_string(),
+                side: Ok(Some(match line.side {
+                    Side::Debit => Side::Credit,
+                    Side::Credit => Side::Debit,
+                })),
+                amount: line.amount,
+                currency: line.currency.as_str().to_owned(),
+            })
+            .collect();
+        self.entry_with_lines(lines)
+    }
+
+    fn entry_with_lines(&self, lines: Vec<LineInput>) -> Result<NewEntry, String> {
+        let reversed = self.direction == Direction::Reversal;
         let metadata = BTreeMap::from([
             (
                 "source".to_owned(),

@@ -11,7 +11,13 @@
 //!   when the same result arrives as a different event. Results that can never be posted
 //!   (undecodable, inconsistent amounts, or a transaction already posted with other amounts) go
 //!   to `ledger.dlq` with the reason. Records that were already waiting when the consumer got
-//!   to them are posted together, in one transaction ([`Ledger::post_batch`]).
+//!   to them are posted together, in one transaction ([`Ledger::post_batch`]). A sale is booked
+//!   on the receivable; a reversal is the booked sale's lines swapped, and is booked only once
+//!   that sale is: until then it is a transient failure, retried, logged, and dead-lettered with
+//!   its reason when the consumer's retries run out.
+//! - Consumes `transactions.created` / `transactions.updated` (`fintech.payments.v1.Transaction`)
+//!   and posts the cash a payment moved: `capture:<id>` when it succeeded, `refund:<id>` when it
+//!   was refunded ([`crate::domain::cash`], ADR 0016).
 
 use std::sync::Arc;
 
@@ -20,13 +26,15 @@ use chrono::{DateTime, Utc};
 use fintech_platform::kafka::consumer::{BatchFailure, ConsumedEvent, EventHandler, HandlerError, consume_span};
 use fintech_platform::outbox::OutboxEvent;
 use fintech_proto::ledger as pb;
+use fintech_proto::payments;
 use fintech_proto::tax::{TaxReversal, TaxedTransaction};
 use fintech_proto::topics;
 
 use crate::app::posting::{BatchPosting, Inbox, Ledger, PostError, PostOutcome};
-use crate::domain::LedgerError;
-use crate::domain::NewEntry;
-use crate::domain::tax::{Direction, TaxResultInput};
+use crate::domain::cash::{CashMovement, CashStatus};
+use crate::domain::tax::{Direction, TaxResult, TaxResultInput};
+use crate::domain::{LedgerError, NewEntry, PostedEntry};
+use crate::storage;
 use tracing::Instrument as _;
 
 /// CloudEvents source of every ledger event.
@@ -43,10 +51,23 @@ pub const TAX_REVERSED: &str = topics::TAX_REVERSED.name;
 pub const TAX_REVERSAL: &str = payload_of(&topics::TAX_REVERSED);
 /// Where the ledger's consumer sends records it can never process.
 pub const DEAD_LETTER: &str = topics::LEDGER_DLQ.name;
+/// Payments' new transactions, consumed for the cash they moved.
+pub const TRANSACTIONS_CREATED: &str = topics::TRANSACTIONS_CREATED.name;
+/// Payments' changed transactions (captures, refunds), consumed for the cash they moved.
+pub const TRANSACTIONS_UPDATED: &str = topics::TRANSACTIONS_UPDATED.name;
 /// Every topic the ledger reads or writes.
-pub const TOPICS: [&str; 4] = [ENTRY_POSTED, TAX_CALCULATED, TAX_REVERSED, DEAD_LETTER];
+pub const TOPICS: [&str; 6] = [
+    ENTRY_POSTED,
+    TAX_CALCULATED,
+    TAX_REVERSED,
+    DEAD_LETTER,
+    TRANSACTIONS_CREATED,
+    TRANSACTIONS_UPDATED,
+];
 /// Consumer name in `processed_events` (and suffix of the consumer group).
 pub const TAX_CONSUMER: &str = "ledger.tax-postings";
+/// Consumer name of the cash postings from payments' transaction events.
+pub const CASH_CONSUMER: &str = "ledger.cash-postings";
 
 /// The payload name of a topic of events, as a constant to match on.
 const fn payload_of(topic: &topics::Topic) -> &'static str {
@@ -132,12 +153,127 @@ impl TaxPostingHandler {
         };
         tracing::Span::current().record("transaction_id", input.transaction_id.as_str());
         let result = input.validate().map_err(HandlerError::Permanent)?;
+        if result.direction == Direction::Reversal {
+            let sale = self.booked_sale(&result).await?;
+            return result.reversal_of(&sale).map_err(HandlerError::Permanent);
+        }
         let accounts = self
             .ledger
             .ensure_system_accounts(&result.system_accounts())
             .await
             .map_err(|error| HandlerError::transient(format!("opening system accounts: {error:#}")))?;
         result.entry(&accounts).map_err(HandlerError::Permanent)
+    }
+}
+
+impl TaxPostingHandler {
+    /// The sale a reversal reverses, as it was booked; a transient failure while it is not
+    /// (its `tax.calculated` may still be on its way: another topic, no order between them).
+    async fn booked_sale(&self, reversal: &TaxResult) -> Result<PostedEntry, HandlerError> {
+        let sale_id = reversal.sale_entry_id();
+        let mut conn = self
+            .ledger
+            .pool()
+            .acquire()
+            .await
+            .map_err(|error| HandlerError::transient(format!("reading sale {sale_id}: {error}")))?;
+        let events = storage::entry_events(&mut conn, &sale_id)
+            .await
+            .map_err(|error| HandlerError::transient(format!("reading sale {sale_id}: {error:#}")))?;
+        if events.is_empty() {
+            tracing::warn!(sale_entry_id = %sale_id, "reversal waits for its sale: nothing booked to reverse yet");
+            return Err(HandlerError::transient(format!(
+                "no sale {sale_id} is booked: a reversal is booked only against a booked sale"
+            )));
+        }
+        PostedEntry::from_events(&events)
+            .map_err(|error| HandlerError::transient(format!("reading sale {sale_id}: {error}")))
+    }
+}
+
+/// How a posting from an event ended, as the consumer wants it.
+fn posted(
+    entry: &NewEntry,
+    inbox: Option<Inbox<'_>>,
+    outcome: Result<PostOutcome, PostError>,
+) -> Result<(), HandlerError> {
+    match outcome {
+        Ok(PostOutcome::Posted(_)) => {
+            tracing::info!(entry_id = %entry.entry_id, "posting recorded");
+            Ok(())
+        }
+        Ok(PostOutcome::Replayed(_)) => {
+            tracing::info!(entry_id = %entry.entry_id, "already posted, nothing to do");
+            Ok(())
+        }
+        Ok(PostOutcome::AlreadyProcessed) => {
+            tracing::info!(ce_id = inbox.map(|inbox| inbox.event_id), "event already processed");
+            Ok(())
+        }
+        Err(PostError::Ledger(LedgerError::EntryAlreadyPosted(_))) => Ok(()),
+        Err(error) if error.is_permanent() => Err(HandlerError::Permanent(error.to_string())),
+        Err(error) => Err(HandlerError::Transient(format!("{error:#}"))),
+    }
+}
+
+/// Posts the cash of every payments transaction event: captures and refunds.
+#[derive(Debug, Clone)]
+pub struct CashPostingHandler {
+    ledger: Arc<Ledger>,
+}
+
+impl CashPostingHandler {
+    /// A handler posting through `ledger`.
+    pub fn new(ledger: Arc<Ledger>) -> Self {
+        Self { ledger }
+    }
+}
+
+#[async_trait]
+impl EventHandler for CashPostingHandler {
+    #[tracing::instrument(name = "ledger.post_cash", skip_all, fields(transaction_id = tracing::field::Empty))]
+    async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
+        let transaction: payments::Transaction = event.decode()?;
+        tracing::Span::current().record("transaction_id", transaction.transaction_id.as_str());
+        let status = match payments::TransactionStatus::try_from(transaction.status) {
+            Ok(payments::TransactionStatus::Succeeded) => CashStatus::Captured,
+            Ok(payments::TransactionStatus::Refunded) => CashStatus::Refunded,
+            Ok(payments::TransactionStatus::Pending | payments::TransactionStatus::Failed) => CashStatus::NotMoved,
+            Ok(payments::TransactionStatus::Unspecified) | Err(_) => {
+                return Err(HandlerError::permanent(format!(
+                    "transaction status {} is not a lifecycle state",
+                    transaction.status
+                )));
+            }
+        };
+        let movement = CashMovement::parse(
+            &transaction.transaction_id,
+            &transaction.order_id,
+            transaction.amount,
+            &transaction.currency,
+            status,
+        )
+        .map_err(HandlerError::Permanent)?;
+        if movement.status == CashStatus::NotMoved {
+            return Ok(());
+        }
+        let accounts = self
+            .ledger
+            .ensure_system_accounts(&movement.system_accounts())
+            .await
+            .map_err(|error| HandlerError::transient(format!("opening system accounts: {error:#}")))?;
+        let entries = movement.entries(&accounts).map_err(HandlerError::Permanent)?;
+        let inbox = Inbox {
+            consumer: CASH_CONSUMER,
+            event_id: &event.valid_metadata()?.id,
+        };
+        // The capture a refund implies first (a no-op when it is posted), then the event's own
+        // entry with the inbox row, so a redelivery finds it processed only once all are posted.
+        for (index, entry) in entries.iter().enumerate() {
+            let inbox = (index + 1 == entries.len()).then_some(inbox);
+            posted(entry, inbox, self.ledger.post(entry, inbox).await)?;
+        }
+        Ok(())
     }
 }
 
@@ -150,23 +286,7 @@ impl EventHandler for TaxPostingHandler {
             consumer: TAX_CONSUMER,
             event_id: &event.valid_metadata()?.id,
         };
-        match self.ledger.post(&entry, Some(inbox)).await {
-            Ok(PostOutcome::Posted(_)) => {
-                tracing::info!(entry_id = %entry.entry_id, "tax posting recorded");
-                Ok(())
-            }
-            Ok(PostOutcome::Replayed(_)) => {
-                tracing::info!(entry_id = %entry.entry_id, "transaction already posted, nothing to do");
-                Ok(())
-            }
-            Ok(PostOutcome::AlreadyProcessed) => {
-                tracing::info!(ce_id = %inbox.event_id, "event already processed");
-                Ok(())
-            }
-            Err(PostError::Ledger(LedgerError::EntryAlreadyPosted(_))) => Ok(()),
-            Err(error) if error.is_permanent() => Err(HandlerError::Permanent(error.to_string())),
-            Err(error) => Err(HandlerError::Transient(format!("{error:#}"))),
-        }
+        posted(&entry, Some(inbox), self.ledger.post(&entry, Some(inbox)).await)
     }
 
     fn max_batch(&self) -> usize {

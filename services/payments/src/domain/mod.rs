@@ -294,6 +294,8 @@ pub struct Transaction {
     pub updated_at: DateTime<Utc>,
     /// 1 on creation, +1 per change.
     pub version: i64,
+    /// The order's version when the transaction was created: the state tax calculates on.
+    pub order_version: i64,
 }
 
 /// Input of CreateTransaction, validated in isolation (the order checks come with the order).
@@ -363,6 +365,7 @@ impl CreateTransaction {
             created_at: now,
             updated_at: now,
             version: 1,
+            order_version: order.version,
         })
     }
 }

@@ -21,7 +21,7 @@ use crate::domain::{Cursor, Order, PageRequest, Transaction, TransactionStatus};
 const ORDER_COLUMNS: &str =
     "order_id, customer_id, country, currency, amount, product_type, created_at, updated_at, version";
 const TRANSACTION_COLUMNS: &str =
-    "transaction_id, order_id, customer_id, amount, currency, status, created_at, updated_at, version";
+    "transaction_id, order_id, customer_id, amount, currency, status, created_at, updated_at, version, order_version";
 
 fn order_from_row(row: &PgRow) -> anyhow::Result<Order> {
     Ok(Order {
@@ -49,6 +49,7 @@ fn transaction_from_row(row: &PgRow) -> anyhow::Result<Transaction> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         version: row.try_get("version")?,
+        order_version: row.try_get("order_version")?,
     })
 }
 
@@ -93,11 +94,11 @@ pub fn insert_order_sql() -> String {
     )
 }
 
-/// The business part of `CreateTransaction`'s statement (`$1..$9` in `TRANSACTION_COLUMNS` order).
+/// The business part of `CreateTransaction`'s statement (`$1..$10` in `TRANSACTION_COLUMNS` order).
 pub fn insert_transaction_sql() -> String {
     format!(
         "INSERT INTO transactions ({TRANSACTION_COLUMNS}) VALUES ({}) RETURNING 1",
-        sql::placeholders(9)
+        sql::placeholders(10)
     )
 }
 
@@ -246,6 +247,7 @@ pub async fn insert_transaction(
                 .bind(transaction.created_at)
                 .bind(transaction.updated_at)
                 .bind(transaction.version)
+                .bind(transaction.order_version)
         },
         effects,
     )

@@ -85,7 +85,13 @@ impl Processor {
             payments::Transaction::decode(envelope.payload.as_slice()).context("decode parked transaction")?;
         let transaction = proto::taxable_transaction(&transaction).map_err(anyhow::Error::msg)?;
         storage::lock_order(conn, transaction.order_id).await?;
-        let state = storage::transaction_state(conn, transaction.transaction_id, transaction.order_id).await?;
+        let state = storage::transaction_state(
+            conn,
+            transaction.transaction_id,
+            transaction.order_id,
+            transaction.order_version,
+        )
+        .await?;
         if state.taxed {
             return Ok(Outcome::AlreadyTaxed);
         }
@@ -118,13 +124,15 @@ impl Processor {
                 Ok(Outcome::Taxed(taxed))
             }
             Decision::Park if may_park => {
-                let deadline = now + chrono::Duration::from_std(self.park_deadline).context("park deadline")?;
-                storage::park(conn, envelope, deadline).await?;
-                tracing::info!(%deadline, "order not cached yet, transaction parked");
+                let deadline = storage::park(conn, envelope, self.park_deadline).await?;
+                tracing::info!(%deadline, order_version = transaction.order_version, "order version not cached yet, transaction parked");
                 Ok(Outcome::Parked)
             }
             Decision::Park => {
-                let detail = format!("order {} did not arrive", transaction.order_id);
+                let detail = match transaction.order_version {
+                    0 => format!("order {} did not arrive", transaction.order_id),
+                    version => format!("order {} version {version} did not arrive", transaction.order_id),
+                };
                 self.fail(conn, envelope, FailureReason::OrderNotFound, &detail).await
             }
             Decision::NotTaxable => Ok(Outcome::NotTaxable),
@@ -201,6 +209,9 @@ impl Processor {
     }
 }
 
+/// How long a parked transaction whose sweep failed waits before the sweeper tries it again.
+const SWEEP_RETRY: Duration = Duration::from_secs(30);
+
 /// Fails parked transactions whose deadline passed, every `interval`, until `shutdown`.
 pub async fn run_deadline_sweeper(
     pool: PgPool,
@@ -210,7 +221,13 @@ pub async fn run_deadline_sweeper(
 ) -> anyhow::Result<()> {
     loop {
         match sweep_once(&pool, &processor).await {
-            Ok(count) if count > 0 => tracing::info!(count, "parked transactions past their deadline handled"),
+            Ok(sweep) if sweep.failed > 0 || sweep.handled > 0 => {
+                tracing::info!(
+                    handled = sweep.handled,
+                    failed = sweep.failed,
+                    "parked transactions past their deadline swept"
+                );
+            }
             Ok(_) => {}
             Err(error) => tracing::warn!(error = format!("{error:#}"), "deadline sweep failed, will retry"),
         }
@@ -221,15 +238,91 @@ pub async fn run_deadline_sweeper(
     }
 }
 
-/// One sweep: up to 100 expired parked transactions, in one transaction.
-pub async fn sweep_once(pool: &PgPool, processor: &Processor) -> anyhow::Result<usize> {
-    let mut tx = pool.begin().await?;
-    let expired = storage::take_expired(&mut tx, 100).await?;
-    for parked in &expired {
-        processor.process(&mut tx, parked, false).await?;
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Expired parked transactions processed (failed as `order_not_found`, or taxed when their
+    /// order turned up).
+    pub handled: usize,
+    /// Rows whose processing failed: each was given [`SWEEP_RETRY`] more and its error recorded,
+    /// and the sweep went on with the next.
+    pub failed: usize,
+}
+
+/// One sweep over up to 100 expired parked transactions, each in its own transaction, so one row
+/// that cannot be processed never holds back the others (ADR 0017).
+pub async fn sweep_once(pool: &PgPool, processor: &Processor) -> anyhow::Result<Sweep> {
+    let expired = {
+        let mut conn = pool.acquire().await.context("acquire")?;
+        storage::expired_parked(&mut conn, 100).await?
+    };
+    let mut sweep = Sweep::default();
+    for (transaction_id, order_id) in expired {
+        match sweep_one(pool, processor, transaction_id, order_id).await {
+            Ok(true) => sweep.handled += 1,
+            Ok(false) => {}
+            Err(error) => {
+                sweep.failed += 1;
+                let error = format!("{error:#}");
+                tracing::warn!(%transaction_id, error, "parked transaction could not be swept, postponed");
+                let mut conn = pool.acquire().await.context("acquire")?;
+                storage::postpone_parked(&mut conn, transaction_id, SWEEP_RETRY, &error).await?;
+            }
+        }
     }
-    tx.commit().await?;
-    Ok(expired.len())
+    Ok(sweep)
+}
+
+/// Takes one expired parked transaction under its order's lock (the advisory lock first, then the
+/// row: the order every path takes them in) and processes it as past its deadline.
+async fn sweep_one(pool: &PgPool, processor: &Processor, transaction_id: Uuid, order_id: Uuid) -> anyhow::Result<bool> {
+    let mut tx = pool.begin().await.context("begin")?;
+    storage::lock_order(&mut tx, order_id).await?;
+    let Some(parked) = storage::take_expired_one(&mut tx, transaction_id).await? else {
+        // Released by its order (or swept by another instance) meanwhile.
+        return Ok(false);
+    };
+    processor.process(&mut tx, &parked, false).await?;
+    tx.commit().await.context("commit")?;
+    Ok(true)
+}
+
+impl Processor {
+    /// Re-taxes the transactions of `order_id` that failed as `order_not_found` before the order
+    /// version they refer to arrived (ADR 0017); called with the order's lock held, in the
+    /// transaction that stored the order. Returns how many were taxed.
+    pub async fn retax_order_not_found(&self, conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<usize> {
+        let failures = storage::order_not_found_failures(conn, order_id).await?;
+        let mut taxed = 0;
+        for failure in &failures {
+            let envelope = Parked::from(failure);
+            match self.process(conn, &envelope, false).await? {
+                Outcome::Taxed(_) => taxed += 1,
+                Outcome::AlreadyTaxed | Outcome::NotTaxable | Outcome::Parked => {
+                    storage::resolve_failure(conn, failure.transaction_id).await?;
+                }
+                Outcome::Failed(_) => {}
+            }
+        }
+        if !failures.is_empty() {
+            tracing::info!(%order_id, failures = failures.len(), taxed, "late order re-taxed its order_not_found failures");
+        }
+        Ok(taxed)
+    }
+}
+
+impl From<&Failure> for Parked {
+    fn from(failure: &Failure) -> Self {
+        Self {
+            transaction_id: failure.transaction_id,
+            order_id: failure.order_id,
+            order_version: failure.order_version,
+            event_type: failure.original_event_type.clone(),
+            payload: failure.original_event.clone(),
+            traceparent: failure.traceparent.clone(),
+            tracestate: failure.tracestate.clone(),
+        }
+    }
 }
 
 /// What an operator's retry of a failed transaction led to.
@@ -247,21 +340,24 @@ impl Processor {
     /// Retries the open failure of `transaction_id` in one transaction: the original event is
     /// processed again as if its deadline had passed.
     pub async fn retry_failed(&self, pool: &PgPool, transaction_id: Uuid) -> Result<Retried, TaxError> {
+        let not_found = || TaxError::NotFound {
+            resource: "TaxFailure",
+            id: transaction_id.to_string(),
+        };
         let mut tx = pool.begin().await.context("begin")?;
+        fintech_platform::db::bound_by_deadline(&mut tx)
+            .await
+            .context("bound by deadline")?;
+        // The order's advisory lock before the failure's row lock, as on every other path.
+        let order_id = storage::peek_open_failure(&mut tx, transaction_id)
+            .await?
+            .ok_or_else(not_found)?
+            .order_id;
+        storage::lock_order(&mut tx, order_id).await?;
         let failure = storage::get_open_failure(&mut tx, transaction_id)
             .await?
-            .ok_or_else(|| TaxError::NotFound {
-                resource: "TaxFailure",
-                id: transaction_id.to_string(),
-            })?;
-        let envelope = Parked {
-            transaction_id: failure.transaction_id,
-            order_id: failure.order_id,
-            event_type: failure.original_event_type.clone(),
-            payload: failure.original_event.clone(),
-            traceparent: failure.traceparent.clone(),
-            tracestate: failure.tracestate.clone(),
-        };
+            .ok_or_else(not_found)?;
+        let envelope = Parked::from(&failure);
         let retried = match self.process(&mut tx, &envelope, false).await? {
             Outcome::Taxed(taxed) => Retried::Taxed(taxed),
             Outcome::Failed(failure) => Retried::Failed(failure),

@@ -67,6 +67,8 @@ pub struct TaxableTransaction {
     pub currency: Currency,
     /// The tax point: when the transaction was created.
     pub created_at: DateTime<Utc>,
+    /// The order version it pays for (0: the event carried none, the latest cached order is used).
+    pub order_version: i64,
     /// Whether the transaction moved (or may move) money; a transaction created as failed is not
     /// taxable.
     pub taxable: bool,
@@ -153,6 +155,8 @@ pub struct TaxedTransaction {
     pub tax_date: DateTime<Utc>,
     /// When calculated.
     pub calculated_at: DateTime<Utc>,
+    /// The order version the VAT was calculated on.
+    pub order_version: i64,
 }
 
 /// What to do with a transaction.
@@ -168,7 +172,9 @@ pub enum Decision {
     Fail(FailureReason, String),
 }
 
-/// Decides what happens to `transaction` given the cached order (if any), with `rates`.
+/// Decides what happens to `transaction` given its order (if any) at the version it refers to,
+/// with `rates`. The transaction amount is gross (ADR 0016): the VAT is the part of it
+/// [`vat::RateTable::calculate_inclusive`] extracts.
 pub fn decide(
     transaction: &TaxableTransaction,
     order: Option<&CachedOrder>,
@@ -188,7 +194,7 @@ pub fn decide(
             ),
         );
     }
-    match rates.calculate(
+    match rates.calculate_inclusive(
         order.country.as_str(),
         &order.product_type,
         transaction.created_at.date_naive(),
@@ -209,6 +215,7 @@ pub fn decide(
             rule_version: calculation.rule_version,
             tax_date: transaction.created_at,
             calculated_at: now,
+            order_version: order.version,
         }),
         Err(error) => Decision::Fail(failure_reason(&error), error.to_string()),
     }

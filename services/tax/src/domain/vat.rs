@@ -389,28 +389,7 @@ impl RateTable {
         tax_date: NaiveDate,
         amount: i64,
     ) -> Result<VatCalculation, VatError> {
-        if amount <= 0 {
-            return Err(VatError::NonPositiveAmount { amount });
-        }
-        // A wildcard rule must not make an unknown country look covered, so coverage comes from the standard rate.
-        let standard_rule = self
-            .rule_in_effect(country, STANDARD_PRODUCT_TYPE, tax_date)
-            .ok_or_else(|| VatError::UnsupportedCountry {
-                country: country.to_owned(),
-                tax_date,
-            })?;
-        let rule = if product_type == STANDARD_PRODUCT_TYPE {
-            standard_rule
-        } else {
-            // Validation guarantees that at most one of these is in effect.
-            self.rule_in_effect(country, product_type, tax_date)
-                .or_else(|| self.rule_in_effect(ALL_COUNTRIES, product_type, tax_date))
-                .ok_or_else(|| VatError::UnsupportedProductType {
-                    country: country.to_owned(),
-                    product_type: product_type.to_owned(),
-                })?
-        };
-
+        let rule = self.rule_for(country, product_type, tax_date, amount)?;
         let base = i128::from(amount);
         let tax = round_half_away_from_zero(base * i128::from(rule.rate_bps), BPS_PER_UNIT);
         let out_of_range = || VatError::AmountOutOfRange {
@@ -427,6 +406,61 @@ impl RateTable {
             reason: rule.reason,
             rule_version: self.rule_version.clone(),
         })
+    }
+
+    /// The VAT contained in a gross (VAT-inclusive) `gross` minor units: the money a transaction
+    /// moved (ADR 0016). `tax = round_half_away_from_zero(gross * rate / (10 000 + rate))`, the base
+    /// is the rest, so `base + tax == gross` exactly and nothing is created or lost by rounding.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::calculate`]; the amounts always fit because none exceeds `gross`.
+    pub fn calculate_inclusive(
+        &self,
+        country: &str,
+        product_type: &str,
+        tax_date: NaiveDate,
+        gross: i64,
+    ) -> Result<VatCalculation, VatError> {
+        let rule = self.rule_for(country, product_type, tax_date, gross)?;
+        let rate = i128::from(rule.rate_bps);
+        let tax = round_half_away_from_zero(i128::from(gross) * rate, BPS_PER_UNIT + rate);
+        let tax_applied = i64::try_from(tax).map_err(|_| VatError::AmountOutOfRange {
+            amount: gross,
+            tax_rate_bps: rule.rate_bps,
+        })?;
+        Ok(VatCalculation {
+            base_amount: gross - tax_applied,
+            tax_applied,
+            total_amount: gross,
+            tax_rate_bps: rule.rate_bps,
+            reason: rule.reason,
+            rule_version: self.rule_version.clone(),
+        })
+    }
+
+    /// The rule that applies to `product_type` in `country` on `tax_date`, for a positive `amount`.
+    fn rule_for(&self, country: &str, product_type: &str, tax_date: NaiveDate, amount: i64) -> Result<&Rule, VatError> {
+        if amount <= 0 {
+            return Err(VatError::NonPositiveAmount { amount });
+        }
+        // A wildcard rule must not make an unknown country look covered, so coverage comes from the standard rate.
+        let standard_rule = self
+            .rule_in_effect(country, STANDARD_PRODUCT_TYPE, tax_date)
+            .ok_or_else(|| VatError::UnsupportedCountry {
+                country: country.to_owned(),
+                tax_date,
+            })?;
+        if product_type == STANDARD_PRODUCT_TYPE {
+            return Ok(standard_rule);
+        }
+        // Validation guarantees that at most one of these is in effect.
+        self.rule_in_effect(country, product_type, tax_date)
+            .or_else(|| self.rule_in_effect(ALL_COUNTRIES, product_type, tax_date))
+            .ok_or_else(|| VatError::UnsupportedProductType {
+                country: country.to_owned(),
+                product_type: product_type.to_owned(),
+            })
     }
 
     fn rule_in_effect(&self, country: &str, product_type: &str, date: NaiveDate) -> Option<&Rule> {

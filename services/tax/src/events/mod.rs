@@ -2,15 +2,18 @@
 //!
 //! # Flow
 //! - `orders.created` / `orders.updated` -> the order cache (an older or equal version never
-//!   overwrites a newer one), then every transaction parked for that order is calculated.
-//! - `transactions.created` -> with its order cached: calculated (or failed); without: parked
+//!   overwrites a newer one) and the order's versions (every version is kept), then every
+//!   transaction parked for that order version is calculated, and so is every one that already
+//!   failed as `order_not_found` waiting for it (ADR 0017).
+//! - `transactions.created` -> with the order version it refers to cached (`order_version`,
+//!   ADR 0015): calculated on that version (or failed); without: parked
 //!   durably in `parked_transactions` with a deadline (never by sleeping in the consumer, never by
 //!   blocking the partition).
 //! - `transactions.updated` to failed or refunded -> with a result: the VAT is reversed on
 //!   `tax.reversed` (once); without one yet: the transaction is voided (unparked, and a late
 //!   `transactions.created` is not taxed).
 //! - the deadline sweeper fails parked transactions whose order did not arrive in time
-//!   (`order_not_found`).
+//!   (`order_not_found`), one row per transaction, deadlines on the database's clock.
 //! - results go to `tax.calculated` (`TaxedTransaction`), failures to `tax.failed` (`TaxFailure`
 //!   with the original event, reason and attempt count), both through the outbox; records that
 //!   cannot be decoded go to the dead-letter topic `tax.dlq` (platform consumer).
@@ -102,6 +105,12 @@ impl TaxHandler {
                 .await
                 .map_err(HandlerError::transient)?;
         }
+        // Transactions that already failed waiting for this order (it lagged by more than the
+        // parking deadline) are taxed now (ADR 0017).
+        self.processor
+            .retax_order_not_found(conn, order.order_id)
+            .await
+            .map_err(HandlerError::transient)?;
         Ok(())
     }
 
@@ -117,6 +126,7 @@ impl TaxHandler {
         let envelope = Parked {
             transaction_id: taxable.transaction_id,
             order_id: taxable.order_id,
+            order_version: taxable.order_version,
             event_type: event_type.to_owned(),
             payload: event.payload.clone().unwrap_or_default(),
             traceparent: trace.traceparent,

@@ -47,12 +47,15 @@ pub async fn lock_orders(conn: &mut PgConnection, order_ids: &[Uuid]) -> anyhow:
     Ok(())
 }
 
-/// Stores `order` unless the cache already holds the same or a newer version; true when stored.
+/// Keeps `order` as the version it is (`order_versions`, ADR 0015) and, unless the cache already
+/// holds the same or a newer version, as the latest; true when it became the latest.
 #[tracing::instrument(skip_all, fields(order_id = %order.order_id, version = order.version))]
 pub async fn upsert_order(conn: &mut PgConnection, order: &CachedOrder) -> anyhow::Result<bool> {
     let payload = serde_json::to_value(order).context("order to json")?;
     let stored = sqlx::query(
-        "INSERT INTO order_cache (id, payload, version, order_created_at) VALUES ($1, $2, $3, $4) \
+        "WITH kept AS (INSERT INTO order_versions (order_id, version, payload) VALUES ($1, $3, $2) \
+           ON CONFLICT (order_id, version) DO NOTHING) \
+         INSERT INTO order_cache (id, payload, version, order_created_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (id) DO UPDATE SET payload = EXCLUDED.payload, version = EXCLUDED.version, updated_at = now() \
          WHERE order_cache.version < EXCLUDED.version",
     )
@@ -75,25 +78,28 @@ pub struct TransactionState {
     pub reversed: bool,
     /// It has an unresolved failure (resolved when it gets a result).
     pub open_failure: bool,
-    /// Its order, if the order arrived.
+    /// Its order at the version it refers to (the latest for version 0), if that version arrived.
     pub order: Option<CachedOrder>,
 }
 
 /// Reads [`TransactionState`] in one round trip; call it after [`lock_order`], so it sees every
-/// write committed by whoever held the lock before.
+/// write committed by whoever held the lock before. `order_version` 0 means the latest cached.
 pub async fn transaction_state(
     conn: &mut PgConnection,
     transaction_id: Uuid,
     order_id: Uuid,
+    order_version: i64,
 ) -> anyhow::Result<TransactionState> {
     let row = sqlx::query(
         "SELECT EXISTS (SELECT 1 FROM taxed_transactions WHERE transaction_id = $1) AS taxed, \
                 EXISTS (SELECT 1 FROM tax_reversals WHERE transaction_id = $1) AS reversed, \
                 EXISTS (SELECT 1 FROM tax_failures WHERE transaction_id = $1 AND resolved_at IS NULL) AS open_failure, \
-                (SELECT payload FROM order_cache WHERE id = $2) AS order_payload",
+                CASE WHEN $3 = 0 THEN (SELECT payload FROM order_cache WHERE id = $2) \
+                     ELSE (SELECT payload FROM order_versions WHERE order_id = $2 AND version = $3) END AS order_payload",
     )
     .bind(transaction_id)
     .bind(order_id)
+    .bind(order_version)
     .fetch_one(conn)
     .await
     .context("read transaction state")?;
@@ -115,6 +121,8 @@ pub struct Parked {
     pub transaction_id: Uuid,
     /// The order it waits for.
     pub order_id: Uuid,
+    /// The order version it waits for (0: any).
+    pub order_version: i64,
     /// CloudEvents type of the original event.
     pub event_type: String,
     /// The original event's value.
@@ -129,6 +137,7 @@ fn parked_from_row(row: &PgRow) -> anyhow::Result<Parked> {
     Ok(Parked {
         transaction_id: row.try_get("transaction_id")?,
         order_id: row.try_get("order_id")?,
+        order_version: row.try_get("order_version")?,
         event_type: row.try_get("event_type")?,
         payload: row.try_get("payload")?,
         traceparent: row.try_get("traceparent")?,
@@ -136,48 +145,117 @@ fn parked_from_row(row: &PgRow) -> anyhow::Result<Parked> {
     })
 }
 
-/// Parks a transaction until `deadline` (a redelivered one keeps its first deadline).
-pub async fn park(conn: &mut PgConnection, parked: &Parked, deadline: DateTime<Utc>) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO parked_transactions (transaction_id, order_id, event_type, payload, traceparent, tracestate, deadline) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (transaction_id) DO NOTHING",
+/// Parks a transaction for `wait` from now on the database's clock (the sweeper compares
+/// deadlines with the same clock, ADR 0017); a redelivered one keeps its first deadline.
+pub async fn park(
+    conn: &mut PgConnection,
+    parked: &Parked,
+    wait: std::time::Duration,
+) -> anyhow::Result<DateTime<Utc>> {
+    let deadline: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "INSERT INTO parked_transactions (transaction_id, order_id, order_version, event_type, payload, traceparent, \
+           tracestate, deadline) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8)) \
+         ON CONFLICT (transaction_id) DO NOTHING RETURNING deadline",
     )
     .bind(parked.transaction_id)
     .bind(parked.order_id)
+    .bind(parked.order_version)
     .bind(&parked.event_type)
     .bind(&parked.payload)
     .bind(&parked.traceparent)
     .bind(&parked.tracestate)
-    .bind(deadline)
-    .execute(conn)
+    .bind(wait.as_secs_f64())
+    .fetch_optional(&mut *conn)
     .await
     .context("park transaction")?;
-    Ok(())
+    match deadline {
+        Some(deadline) => Ok(deadline),
+        None => sqlx::query_scalar("SELECT deadline FROM parked_transactions WHERE transaction_id = $1")
+            .bind(parked.transaction_id)
+            .fetch_one(conn)
+            .await
+            .context("read parking deadline"),
+    }
 }
 
-/// Removes and returns the transactions parked for `order_id`.
+/// Removes and returns the transactions parked for `order_id` whose order version is now cached
+/// (or that wait for no particular version). Call it after [`lock_order`].
 pub async fn take_parked_for_order(conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<Vec<Parked>> {
-    let rows = sqlx::query("DELETE FROM parked_transactions WHERE order_id = $1 RETURNING *")
-        .bind(order_id)
-        .fetch_all(conn)
-        .await
-        .context("release parked transactions")?;
+    let rows = sqlx::query(
+        "DELETE FROM parked_transactions p WHERE p.order_id = $1 AND (p.order_version = 0 OR EXISTS ( \
+           SELECT 1 FROM order_versions v WHERE v.order_id = p.order_id AND v.version = p.order_version)) \
+         RETURNING *",
+    )
+    .bind(order_id)
+    .fetch_all(conn)
+    .await
+    .context("release parked transactions")?;
     rows.iter().map(parked_from_row).collect()
 }
 
-/// Removes and returns up to `limit` parked transactions whose deadline has passed (rows another
-/// instance is handling are skipped).
-pub async fn take_expired(conn: &mut PgConnection, limit: i64) -> anyhow::Result<Vec<Parked>> {
+/// Up to `limit` parked transactions past their deadline, oldest deadline first: `(transaction,
+/// order)`. Read without locks; the sweeper then takes each one under its order's lock
+/// ([`take_expired_one`]), the lock order every other path uses (ADR 0017).
+pub async fn expired_parked(conn: &mut PgConnection, limit: i64) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
     let rows = sqlx::query(
-        "DELETE FROM parked_transactions WHERE transaction_id IN ( \
-           SELECT transaction_id FROM parked_transactions WHERE deadline < now() \
-           ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING *",
+        "SELECT transaction_id, order_id FROM parked_transactions WHERE deadline < now() ORDER BY deadline LIMIT $1",
     )
     .bind(limit)
     .fetch_all(conn)
     .await
-    .context("take expired parked transactions")?;
-    rows.iter().map(parked_from_row).collect()
+    .context("list expired parked transactions")?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("transaction_id")?, row.try_get("order_id")?)))
+        .collect()
+}
+
+/// Removes and returns one parked transaction if its deadline still has passed (its order may
+/// have released it meanwhile). Call it after [`lock_order`].
+pub async fn take_expired_one(conn: &mut PgConnection, transaction_id: Uuid) -> anyhow::Result<Option<Parked>> {
+    let row = sqlx::query("DELETE FROM parked_transactions WHERE transaction_id = $1 AND deadline < now() RETURNING *")
+        .bind(transaction_id)
+        .fetch_optional(conn)
+        .await
+        .context("take expired parked transaction")?;
+    row.as_ref().map(parked_from_row).transpose()
+}
+
+/// Gives a parked transaction whose sweep failed another `wait` and records why, so it neither
+/// blocks the rest of the sweep nor is lost.
+pub async fn postpone_parked(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+    wait: std::time::Duration,
+    error: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE parked_transactions SET deadline = now() + make_interval(secs => $2), \
+           sweep_attempts = sweep_attempts + 1, last_error = $3 WHERE transaction_id = $1",
+    )
+    .bind(transaction_id)
+    .bind(wait.as_secs_f64())
+    .bind(error)
+    .execute(conn)
+    .await
+    .context("postpone parked transaction")?;
+    Ok(())
+}
+
+/// The open `order_not_found` failures of `order_id` whose order version is now cached, locked
+/// for re-taxing (ADR 0017). Call it after [`lock_order`].
+pub async fn order_not_found_failures(conn: &mut PgConnection, order_id: Uuid) -> anyhow::Result<Vec<Failure>> {
+    let rows = sqlx::query(
+        "SELECT * FROM tax_failures f WHERE f.order_id = $1 AND f.resolved_at IS NULL AND f.reason = 'order_not_found' \
+           AND (f.order_version = 0 OR EXISTS ( \
+             SELECT 1 FROM order_versions v WHERE v.order_id = f.order_id AND v.version = f.order_version)) \
+         ORDER BY f.failed_at, f.transaction_id FOR UPDATE",
+    )
+    .bind(order_id)
+    .fetch_all(conn)
+    .await
+    .context("read order_not_found failures")?;
+    rows.iter().map(failure_from_row).collect()
 }
 
 /// How many transactions are parked (for tests and status).
@@ -209,7 +287,7 @@ fn reason_from_stored(value: &str) -> Option<TaxReason> {
 }
 
 const TAXED_COLUMNS: &str = "transaction_id, order_id, customer_id, base_amount, tax_applied, total_amount, currency, \
-     country, product_type, tax_rate_bps, reason, rule_version, tax_date, calculated_at";
+     country, product_type, tax_rate_bps, reason, rule_version, tax_date, calculated_at, order_version";
 
 fn taxed_from_row(row: &PgRow) -> anyhow::Result<TaxedTransaction> {
     let reason: String = row.try_get("reason")?;
@@ -228,6 +306,7 @@ fn taxed_from_row(row: &PgRow) -> anyhow::Result<TaxedTransaction> {
         rule_version: row.try_get("rule_version")?,
         tax_date: row.try_get("tax_date")?,
         calculated_at: row.try_get("calculated_at")?,
+        order_version: row.try_get("order_version")?,
     })
 }
 
@@ -235,7 +314,7 @@ fn taxed_from_row(row: &PgRow) -> anyhow::Result<TaxedTransaction> {
 #[tracing::instrument(skip_all, fields(transaction_id = %taxed.transaction_id))]
 pub async fn insert_taxed(conn: &mut PgConnection, taxed: &TaxedTransaction) -> anyhow::Result<bool> {
     let inserted = sqlx::query(&format!(
-        "INSERT INTO taxed_transactions ({TAXED_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+        "INSERT INTO taxed_transactions ({TAXED_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
          ON CONFLICT (transaction_id) DO NOTHING"
     ))
     .bind(taxed.transaction_id)
@@ -252,6 +331,7 @@ pub async fn insert_taxed(conn: &mut PgConnection, taxed: &TaxedTransaction) -> 
     .bind(&taxed.rule_version)
     .bind(taxed.tax_date)
     .bind(taxed.calculated_at)
+    .bind(taxed.order_version)
     .execute(conn)
     .await
     .context("insert taxed transaction")?;
@@ -321,6 +401,8 @@ pub struct Failure {
     pub transaction_id: Uuid,
     /// Its order.
     pub order_id: Uuid,
+    /// The order version it refers to (0: any).
+    pub order_version: i64,
     /// Why.
     pub reason: FailureReason,
     /// Detail for humans.
@@ -344,6 +426,7 @@ fn failure_from_row(row: &PgRow) -> anyhow::Result<Failure> {
     Ok(Failure {
         transaction_id: row.try_get("transaction_id")?,
         order_id: row.try_get("order_id")?,
+        order_version: row.try_get("order_version")?,
         reason: FailureReason::from_stored(&reason).with_context(|| format!("unknown failure reason {reason:?}"))?,
         detail: row.try_get("detail")?,
         attempts: row.try_get("attempts")?,
@@ -365,7 +448,7 @@ pub async fn record_failure(
 ) -> anyhow::Result<Failure> {
     let row = sqlx::query(
         "INSERT INTO tax_failures (transaction_id, order_id, reason, detail, original_event_type, original_event, \
-           traceparent, tracestate, failed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+           traceparent, tracestate, failed_at, order_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          ON CONFLICT (transaction_id) DO UPDATE SET reason = EXCLUDED.reason, detail = EXCLUDED.detail, \
            attempts = tax_failures.attempts + 1, failed_at = EXCLUDED.failed_at, resolved_at = NULL \
          RETURNING *",
@@ -379,10 +462,22 @@ pub async fn record_failure(
     .bind(&parked.traceparent)
     .bind(&parked.tracestate)
     .bind(now)
+    .bind(parked.order_version)
     .fetch_one(conn)
     .await
     .context("record failure")?;
     failure_from_row(&row)
+}
+
+/// An open failure, unlocked: a retry reads it to learn its order, takes the order's lock, then
+/// reads it again with [`get_open_failure`] (advisory lock before row lock, ADR 0017).
+pub async fn peek_open_failure(conn: &mut PgConnection, transaction_id: Uuid) -> anyhow::Result<Option<Failure>> {
+    let row = sqlx::query("SELECT * FROM tax_failures WHERE transaction_id = $1 AND resolved_at IS NULL")
+        .bind(transaction_id)
+        .fetch_optional(conn)
+        .await
+        .context("read failure")?;
+    row.as_ref().map(failure_from_row).transpose()
 }
 
 /// An open failure, locked for a retry.

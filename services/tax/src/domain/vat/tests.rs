@@ -609,3 +609,46 @@ proptest! {
         prop_assert_eq!(round_half_away_from_zero(-numerator, denominator), -rounded);
     }
 }
+
+#[test]
+fn inclusive_vat_is_extracted_from_the_gross_amount() {
+    let tax_date = date(2026, 3, 1);
+    let vat = table()
+        .calculate_inclusive("DE", "standard", tax_date, 11_900)
+        .expect("covered");
+    assert_eq!(
+        (vat.base_amount, vat.tax_applied, vat.total_amount),
+        (10_000, 1_900, 11_900)
+    );
+    // AT 20 % of 1,000 gross: 1000 * 2000 / 12000 = 166.67 -> 167 VAT, 833 net.
+    let vat = table()
+        .calculate_inclusive("AT", "standard", tax_date, 1_000)
+        .expect("covered");
+    assert_eq!((vat.base_amount, vat.tax_applied, vat.total_amount), (833, 167, 1_000));
+    let exempt = table()
+        .calculate_inclusive("DE", "crypto", tax_date, 1_000)
+        .expect("covered");
+    assert_eq!((exempt.base_amount, exempt.tax_applied), (1_000, 0));
+    assert_eq!(
+        table().calculate_inclusive("DE", "standard", tax_date, 0),
+        Err(VatError::NonPositiveAmount { amount: 0 })
+    );
+}
+
+proptest! {
+    #[test]
+    fn inclusive_vat_splits_the_gross_exactly_and_is_within_half_a_unit_of_the_rate(
+        country in any_country(),
+        product_type in any_product_type(),
+        tax_date in any_covered_date(),
+        gross in prop_oneof![1_i64..=100_000, 1_i64..=i64::MAX],
+    ) {
+        let vat = table().calculate_inclusive(country, product_type, tax_date, gross).expect("covered");
+        prop_assert_eq!(vat.base_amount + vat.tax_applied, gross);
+        prop_assert!(vat.tax_applied >= 0 && vat.base_amount > 0);
+        // |tax * (10000 + rate) - gross * rate| <= (10000 + rate) / 2
+        let rate = i128::from(vat.tax_rate_bps);
+        let error = (i128::from(vat.tax_applied) * (10_000 + rate) - i128::from(gross) * rate).abs();
+        prop_assert!(2 * error <= 10_000 + rate);
+    }
+}

@@ -80,7 +80,9 @@ class Order(_message.Message):
     currency: _builtins.str
     """ISO 4217 currency code, upper case (e.g. "EUR")."""
     amount: _builtins.int
-    """Order amount in minor units of `currency` (cents for EUR); always > 0."""
+    """Order amount in minor units of `currency` (cents for EUR); always > 0. Gross: the price the
+    customer pays, VAT included (ADR 0016).
+    """
     product_type: _builtins.str
     """What is sold, a lowercase identifier such as "standard", "crypto" or "financial_services"."""
     version: _builtins.int
@@ -131,6 +133,7 @@ class Transaction(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
+    ORDER_VERSION_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """Server-assigned identifier (UUID, lowercase hyphenated)."""
     order_id: _builtins.str
@@ -138,13 +141,20 @@ class Transaction(_message.Message):
     customer_id: _builtins.str
     """The order's customer, copied so consumers need no lookup."""
     amount: _builtins.int
-    """Amount in minor units of `currency`; always > 0."""
+    """Amount in minor units of `currency`; always > 0. Gross: the money the payment moves, VAT
+    included (ADR 0016).
+    """
     status: Global___TransactionStatus.ValueType
     """Current lifecycle state."""
     version: _builtins.int
     """Monotonically increasing version, 1 on creation, +1 per status change."""
     currency: _builtins.str
     """ISO 4217 currency code; always the order's currency."""
+    order_version: _builtins.int
+    """The version of the order this transaction pays for: the order's state when the transaction
+    was created. Tax is calculated on exactly that state, so a later order update never changes
+    it. 0 only in events written before this field existed (tax then uses its latest copy).
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the transaction was created (server clock). Used as the tax point."""
@@ -165,10 +175,11 @@ class Transaction(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
         currency: _builtins.str = ...,
+        order_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "currency", b"currency", "customer_id", b"customer_id", "order_id", b"order_id", "status", b"status", "transaction_id", b"transaction_id", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "currency", b"currency", "customer_id", b"customer_id", "order_id", b"order_id", "order_version", b"order_version", "status", b"status", "transaction_id", b"transaction_id", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

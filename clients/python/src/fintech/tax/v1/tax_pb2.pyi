@@ -141,6 +141,7 @@ class TaxedTransaction(_message.Message):
     RULE_VERSION_FIELD_NUMBER: _builtins.int
     CALCULATED_AT_FIELD_NUMBER: _builtins.int
     TAX_DATE_FIELD_NUMBER: _builtins.int
+    ORDER_VERSION_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """The Payments transaction this result is for (one result per transaction)."""
     order_id: _builtins.str
@@ -148,11 +149,13 @@ class TaxedTransaction(_message.Message):
     customer_id: _builtins.str
     """The order's customer."""
     base_amount: _builtins.int
-    """Taxable amount: the transaction amount, in minor units."""
+    """Taxable amount (net of VAT), in minor units: `total_amount - tax_applied`."""
     tax_applied: _builtins.int
-    """VAT on `base_amount`, rounded half away from zero to a whole minor unit."""
+    """VAT contained in the transaction's gross amount, rounded half away from zero to a whole minor
+    unit (`total * rate / (1 + rate)`, ADR 0016).
+    """
     total_amount: _builtins.int
-    """`base_amount + tax_applied`."""
+    """`base_amount + tax_applied`: the transaction amount (gross, the money that moved)."""
     currency: _builtins.str
     """ISO 4217 currency of all three amounts."""
     country: _builtins.str
@@ -165,6 +168,10 @@ class TaxedTransaction(_message.Message):
     """Why this rate applied."""
     rule_version: _builtins.str
     """Version of the rate table used, so a result can be reproduced later."""
+    order_version: _builtins.int
+    """The order version the VAT was calculated on (the transaction's `order_version`; the latest
+    cached version for events that carry none).
+    """
     @_builtins.property
     def calculated_at(self) -> _timestamp_pb2.Timestamp:
         """When the calculation was made (server clock)."""
@@ -190,10 +197,11 @@ class TaxedTransaction(_message.Message):
         rule_version: _builtins.str = ...,
         calculated_at: _timestamp_pb2.Timestamp | None = ...,
         tax_date: _timestamp_pb2.Timestamp | None = ...,
+        order_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["calculated_at", b"calculated_at", "tax_date", b"tax_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_amount", b"base_amount", "calculated_at", b"calculated_at", "country", b"country", "currency", b"currency", "customer_id", b"customer_id", "order_id", b"order_id", "product_type", b"product_type", "reason", b"reason", "rule_version", b"rule_version", "tax_applied", b"tax_applied", "tax_date", b"tax_date", "tax_rate_bps", b"tax_rate_bps", "total_amount", b"total_amount", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_amount", b"base_amount", "calculated_at", b"calculated_at", "country", b"country", "currency", b"currency", "customer_id", b"customer_id", "order_id", b"order_id", "order_version", b"order_version", "product_type", b"product_type", "reason", b"reason", "rule_version", b"rule_version", "tax_applied", b"tax_applied", "tax_date", b"tax_date", "tax_rate_bps", b"tax_rate_bps", "total_amount", b"total_amount", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
