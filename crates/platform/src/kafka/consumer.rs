@@ -231,6 +231,24 @@ impl HandlerError {
         }
     }
 
+    /// [`of_error`](Self::of_error) for anything that converts into an `anyhow::Error` (an
+    /// `anyhow::Error` itself, a `sqlx::Error`, …): `.map_err(HandlerError::classified)`.
+    pub fn classified(error: impl Into<anyhow::Error>) -> Self {
+        let error: anyhow::Error = error.into();
+        let error: &(dyn std::error::Error + 'static) = &*error;
+        Self::of_error(error)
+    }
+
+    /// [`Unavailable`](Self::Unavailable) when `error`'s chain says the database is unreachable,
+    /// [`Transient`](Self::Transient) otherwise: for a handler that has judged its permanent
+    /// failures itself and wants no SQLSTATE to override that judgement.
+    pub fn unavailable_or_transient(error: impl Into<anyhow::Error>) -> Self {
+        match Self::classified(error) {
+            Self::Permanent(reason) => Self::Transient(reason),
+            other => other,
+        }
+    }
+
     fn of_fault(fault: &DbFault, error: &dyn fmt::Display) -> Self {
         if fault.is_permanent() {
             Self::Permanent(format!("database rejected the event's data: {error}"))

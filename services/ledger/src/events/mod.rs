@@ -165,7 +165,7 @@ impl EventHandler for TaxPostingHandler {
             }
             Err(PostError::Ledger(LedgerError::EntryAlreadyPosted(_))) => Ok(()),
             Err(error) if error.is_permanent() => Err(HandlerError::Permanent(error.to_string())),
-            Err(error) => Err(HandlerError::Transient(format!("{error:#}"))),
+            Err(error) => Err(HandlerError::unavailable_or_transient(error)),
         }
     }
 
@@ -205,6 +205,6 @@ impl EventHandler for TaxPostingHandler {
         self.ledger
             .post_batch(&postings)
             .await
-            .map_err(|error| rolled_back(HandlerError::Transient(format!("{error:#}"))))
+            .map_err(|error| rolled_back(HandlerError::unavailable_or_transient(error)))
     }
 }
