@@ -472,11 +472,18 @@ pub async fn run_consumer(
     let mut held: Vec<Held> = (0..queues.len()).map(|_| Held::default()).collect();
     let mut offer_again = tokio::time::interval(OVERFLOW_RETRY);
     offer_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A lane that ends while the loop runs has panicked: the loop stops at once (not only when
+    // the next record for that lane arrives), and the panic is resumed below.
+    let mut ended_early = None;
     'receive: loop {
         let holding = held.iter().any(|held| !held.records.is_empty());
         let received = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            Some(ended) = lanes.join_next() => {
+                ended_early = Some(ended);
+                break;
+            }
             _ = offer_again.tick(), if holding => {
                 for (lane, held) in held.iter_mut().enumerate() {
                     if held.offer(&queues[lane], consumer.as_ref()).is_err() {
@@ -510,7 +517,15 @@ pub async fn run_consumer(
 
     let mut finished: HashMap<(String, i32), i64> = HashMap::new();
     let mut panic = None;
-    while let Some(lane) = lanes.join_next().await {
+    let mut ended = ended_early.into_iter();
+    loop {
+        let lane = match ended.next() {
+            Some(lane) => lane,
+            None => match lanes.join_next().await {
+                Some(lane) => lane,
+                None => break,
+            },
+        };
         match lane {
             Ok(offsets) => finished.extend(offsets),
             Err(error) if error.is_panic() => panic = Some(error.into_panic()),
