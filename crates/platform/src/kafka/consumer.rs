@@ -11,13 +11,20 @@
 //! - **Order per partition.** Each partition is handled by one of [`ConsumerSettings::lanes`]
 //!   lanes (partitions are dealt to lanes in turn as they first appear, and keep their lane), one
 //!   record at a time, in offset order; lanes run concurrently, so partitions do not wait for each other's
-//!   database round trips. A record whose handler fails with [`HandlerError::Transient`] is retried
-//!   (backoff from 100 ms doubling up to [`ConsumerSettings::max_backoff`]) and is never skipped:
-//!   its partition waits for it (the other lanes go on until the one lane's queue is full).
-//! - **Poison records never block a partition.** A record without valid CloudEvents headers, or
-//!   whose handler says [`HandlerError::Permanent`], goes to [`ConsumerSettings::dead_letter_topic`]
-//!   with its original key, value and headers plus `dlq_reason`, `dlq_original_topic`,
-//!   `dlq_original_partition` and `dlq_original_offset`; then its offset is committed. If the
+//!   database round trips. A record whose handler fails with [`HandlerError::Transient`] or
+//!   [`HandlerError::Unavailable`] is retried (backoff from 100 ms doubling up to
+//!   [`ConsumerSettings::max_backoff`]); its partition waits for it, the other lanes go on: once a
+//!   lane's queue is full, records for it are held back in order and, beyond [`HOLD_LIMIT`], their
+//!   partitions paused, so the loop keeps fetching for the other lanes (ADR 0012).
+//! - **Retry budget.** A transient failure is retried at most [`ConsumerSettings::max_attempts`]
+//!   times and for at most [`ConsumerSettings::max_retry`]; then the record is dead-lettered as
+//!   `exhausted`. An unavailable database does not use up the budget (every record would fail).
+//! - **Poison records never block a partition.** A record without valid CloudEvents headers (a
+//!   `ce_id` must be 1-128 bytes of visible ASCII), or whose handler says
+//!   [`HandlerError::Permanent`], goes to [`ConsumerSettings::dead_letter_topic`]
+//!   with its original key, value and headers plus `dlq_reason`, `dlq_class`, `dlq_attempts`,
+//!   `dlq_consumer_group`, `dlq_original_topic`, `dlq_original_partition` and
+//!   `dlq_original_offset`; then its offset is committed. If the
 //!   dead letter cannot be written, that is a transient failure: retried, never dropped.
 //! - **Trace context.** Each record is handled inside a `kafka.consume` span whose parent is the
 //!   `traceparent` of the record, so the handler's trace id is the producer's.
@@ -39,11 +46,9 @@
 //!   on a broker that writes each commit to disk that per-record request was a large part of its
 //!   load. A crash loses at most the commits of that interval, which only means redelivery of
 //!   records that were already handled.
-//! - While one record is retried, its lane's queue fills and then the loop stops polling the
-//!   broker. If that lasts longer than [`ConsumerSettings::max_poll_interval`] the client leaves
-//!   the group, its partitions move to another member, which handles the record again
-//!   (idempotently), and this one rejoins when it polls again. Records of a revoked partition
-//!   still queued in a lane are handled anyway (idempotently) and their offsets are not stored.
+//! - While one record is retried, the loop keeps polling (paused partitions return nothing), so
+//!   the member stays in its group. Records of a revoked partition still queued or held for a
+//!   lane are handled anyway (idempotently) and their offsets are not stored.
 //! - A panic in a handler ends the consumer (the panic is resumed in its task) without committing
 //!   the record in hand.
 //! - A dead letter of a record without a key or value gets an empty key or value (the producer
@@ -86,8 +91,10 @@ pub const DEFAULT_LANES: usize = 8;
 pub const DEFAULT_FETCH_WAIT_MAX: Duration = Duration::from_millis(50);
 /// Records handed to a handler at once unless configured otherwise (`KAFKA_CONSUMER_MAX_BATCH`).
 pub const DEFAULT_MAX_BATCH: usize = 32;
-/// Records queued per lane; beyond that the lane's partitions are paused (see [`run_consumer`]).
+/// Records queued per lane; beyond that records are held back for the lane (see [`run_consumer`]).
 const LANE_QUEUE: usize = 64;
+/// Records held back for a full lane before the partitions they come from are paused.
+const HOLD_LIMIT: usize = 4 * LANE_QUEUE;
 /// Handler attempts at a transiently failing record unless configured otherwise
 /// (`KAFKA_MAX_ATTEMPTS`).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
@@ -570,7 +577,10 @@ impl Held {
             event
         };
         let partition = (event.topic.clone(), event.partition);
-        if !self.paused.contains(&partition) {
+        self.records.push_back(event);
+        // Held records are cheap; a pause is not (librdkafka drops what it prefetched for the
+        // partition and fetches it again on resume). Pause only once a lane is far behind.
+        if self.records.len() >= HOLD_LIMIT && !self.paused.contains(&partition) {
             let mut list = TopicPartitionList::with_capacity(1);
             list.add_partition(&partition.0, partition.1);
             match consumer.pause(&list) {
@@ -581,12 +591,12 @@ impl Held {
             }
             self.paused.insert(partition);
         }
-        self.records.push_back(event);
         Ok(())
     }
 
     /// Moves held records into the lane while it has room; resumes the paused partitions once
-    /// nothing is held any more.
+    /// fewer than [`LANE_QUEUE`] are held (what arrives for them meanwhile queues behind the held
+    /// ones, so each partition stays in order).
     fn offer<C: ConsumerContext>(
         &mut self,
         queue: &tokio::sync::mpsc::Sender<ConsumedEvent>,
@@ -597,12 +607,12 @@ impl Held {
                 Ok(()) => {}
                 Err(tokio::sync::mpsc::error::TrySendError::Full(event)) => {
                     self.records.push_front(event);
-                    return Ok(());
+                    break;
                 }
                 Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return Err(LaneClosed),
             }
         }
-        if !self.paused.is_empty() {
+        if self.records.len() < LANE_QUEUE && !self.paused.is_empty() {
             let mut list = TopicPartitionList::with_capacity(self.paused.len());
             for (topic, partition) in &self.paused {
                 list.add_partition(topic, *partition);
