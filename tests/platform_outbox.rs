@@ -515,3 +515,49 @@ async fn a_row_the_broker_always_rejects_is_parked_and_the_other_rows_flow_in_ke
         .expect("serve task")
         .expect("a clean shutdown");
 }
+
+/// A row leased by a relay that died (its liveness lock is gone) is claimable at once, not after
+/// its lease; a row leased by a relay that is alive (it holds its lock) is left to it (ADR 0013).
+#[tokio::test]
+async fn rows_of_a_dead_relay_are_taken_over_at_once_and_a_live_relays_rows_are_left_alone() {
+    let _telemetry = telemetry::init("test");
+    let db = TestDb::with_platform_tables().await;
+    let bootstrap = kafka_bootstrap();
+    let topic = unique_topic("outbox-lease");
+    create_topics(&bootstrap, &[&topic], 1).await;
+    enqueue_versions(&db, &topic, 2, 1..=1).await;
+    // order-0 leased for an hour by relay key 11 (dead: nobody holds its lock), order-1 by relay
+    // key 12, whose lock a live session holds.
+    let mut live = db.pool.acquire().await.expect("connection");
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(185335809, 12)")
+        .fetch_one(&mut *live)
+        .await
+        .expect("lock");
+    assert!(held);
+    sqlx::query(
+        "UPDATE outbox SET not_before = now() + interval '1 hour', claim_token = gen_random_uuid(), \
+         claimed_by = CASE record_key WHEN 'order-0' THEN 11 ELSE 12 END",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("lease the rows");
+
+    let producer = EventProducer::new(&bootstrap, "test-relay-lease", Duration::from_secs(10)).expect("producer");
+    let relay = OutboxRelay::new(db.pool.clone(), producer, RelaySettings::default());
+    let outcome = relay.publish_round().await.expect("round");
+    assert_eq!(outcome.published, 1, "only the dead relay's row");
+    let unpublished: Vec<String> = sqlx::query_scalar("SELECT record_key FROM outbox WHERE published_at IS NULL")
+        .fetch_all(&db.pool)
+        .await
+        .expect("unpublished");
+    assert_eq!(unpublished, ["order-1"]);
+
+    // The live relay's session ends: its row is taken over at once.
+    sqlx::query("SELECT pg_advisory_unlock(185335809, 12)")
+        .execute(&mut *live)
+        .await
+        .expect("unlock");
+    let outcome = relay.publish_round().await.expect("round");
+    assert_eq!(outcome.published, 1);
+    assert_topic_once_and_in_key_order(&bootstrap, &topic, 2).await;
+}

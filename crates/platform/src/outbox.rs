@@ -10,8 +10,9 @@
 //!   (`FOR UPDATE SKIP LOCKED`, then a lease: `not_before` = now + [`RelaySettings::lease`] and a
 //!   `claim_token`), commits, and only then publishes; no transaction stays open across broker
 //!   round trips. Two relays never publish the same row in the same round: a leased row is not
-//!   claimable until it is marked or its lease runs out (a relay that died mid-round; the row is
-//!   then published again, at least once).
+//!   claimable until it is marked or its lease runs out, or at once when the relay that holds it
+//!   died (its liveness lock, a session-level advisory lock, is gone); the row is then published
+//!   again, at least once.
 //! - **Order per key**: a relay only claims the *oldest* unpublished row of each record key, so the
 //!   events of one aggregate reach the broker in commit order even with several relays (the next
 //!   row of a key becomes eligible once the previous one is marked published). A parked row keeps
@@ -329,6 +330,48 @@ pub struct OutboxRelay {
     pool: PgPool,
     producer: EventProducer,
     settings: RelaySettings,
+    owner: Owner,
+}
+
+/// Advisory-lock class of the relays' liveness locks (`pg_advisory_lock(RELAY_LOCK_CLASS, key)`).
+const RELAY_LOCK_CLASS: i32 = 0x0B0C_0001;
+
+/// This relay's liveness: a session-level advisory lock on `(RELAY_LOCK_CLASS, key)`, held on a
+/// connection of its own (never inside a transaction). The rows a round claims record `key`; while
+/// the lock is held nobody takes them before their lease ends, and when the relay's process dies
+/// its connection closes, the lock disappears and any relay may take the rows at once instead of
+/// waiting for the lease (ADR 0013).
+#[derive(Debug, Clone, Default)]
+struct Owner(std::sync::Arc<tokio::sync::Mutex<Option<(i32, PgConnection)>>>);
+
+impl Owner {
+    /// The key of the lock this relay holds, taking one first if it holds none.
+    async fn key(&self, pool: &PgPool) -> Result<i32> {
+        let mut owner = self.0.lock().await;
+        if let Some((key, _)) = owner.as_ref() {
+            return Ok(*key);
+        }
+        let mut conn = pool.acquire().await?.detach();
+        loop {
+            let key = rand::random_range(1..i32::MAX);
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(RELAY_LOCK_CLASS)
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await?;
+            if taken {
+                *owner = Some((key, conn));
+                return Ok(key);
+            }
+        }
+    }
+
+    /// Forgets the lock after a database error: its connection may be gone with the lock, so the
+    /// next round takes a new one (rows claimed under the old key may be published again by
+    /// another relay meanwhile: at least once).
+    async fn forget(&self) {
+        self.0.lock().await.take();
+    }
 }
 
 /// What one round did.
@@ -365,6 +408,7 @@ impl OutboxRelay {
             pool,
             producer,
             settings,
+            owner: Owner::default(),
         }
     }
 
@@ -478,23 +522,35 @@ impl OutboxRelay {
     }
 
     /// Claims up to `batch_size` rows, each the oldest unpublished row of its key and neither
-    /// parked, leased nor waiting for its next attempt, and leases them to this round in one
-    /// statement (its own short transaction); `None` if there is none.
+    /// parked, leased (to a relay that is alive) nor waiting for its next attempt, and leases them
+    /// to this round in one statement (its own short transaction); `None` if there is none.
     async fn claim(&self) -> Result<Option<ClaimedRound>> {
+        let claimed = self.claim_as_owner().await;
+        if claimed.is_err() {
+            self.owner.forget().await;
+        }
+        claimed
+    }
+
+    async fn claim_as_owner(&self) -> Result<Option<ClaimedRound>> {
         let started = std::time::Instant::now();
+        let owner = self.owner.key(&self.pool).await?;
         let token = Uuid::new_v4();
         let rows = sqlx::query(
             "WITH claimable AS ( \
                  SELECT o.id FROM outbox o \
                  WHERE o.published_at IS NULL AND o.parked_at IS NULL \
-                   AND (o.not_before IS NULL OR o.not_before <= now()) \
+                   AND (o.not_before IS NULL OR o.not_before <= now() \
+                        OR (o.claim_token IS NOT NULL AND NOT EXISTS ( \
+                            SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+                              AND l.classid = $5::oid AND l.objid = o.claimed_by::oid AND l.objsubid = 2))) \
                    AND NOT EXISTS (SELECT 1 FROM outbox older \
                                    WHERE older.record_key = o.record_key \
                                      AND older.published_at IS NULL AND older.id < o.id) \
                  ORDER BY o.id \
                  LIMIT $1 \
                  FOR UPDATE SKIP LOCKED) \
-             UPDATE outbox o SET not_before = now() + make_interval(secs => $2), claim_token = $3 \
+             UPDATE outbox o SET not_before = now() + make_interval(secs => $2), claim_token = $3, claimed_by = $4 \
              FROM claimable WHERE o.id = claimable.id \
              RETURNING o.id, o.event_id, o.topic, o.record_key, o.event_type, o.event_source, o.payload_type, \
                        o.payload, o.traceparent, o.tracestate, o.occurred_at",
@@ -507,6 +563,8 @@ impl OutboxRelay {
         .bind(self.settings.batch_size)
         .bind(self.settings.lease.as_secs_f64())
         .bind(token)
+        .bind(owner)
+        .bind(RELAY_LOCK_CLASS)
         .fetch_all(&self.pool)
         .await?;
         if rows.is_empty() {
