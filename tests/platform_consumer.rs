@@ -1126,3 +1126,82 @@ async fn a_full_lane_pauses_its_partition_and_the_others_keep_flowing() {
     stop(task, shutdown).await;
     assert!(handled_rx.try_recv().is_err(), "each record handled once");
 }
+
+/// The operator's replay (`fintech-ops dlq replay`): dead letters go back to the topic they came
+/// from with their key, value and original headers (the `dlq_*` ones removed); a second replay
+/// finds nothing new; a record that cannot say where it came from stops the replay, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_topic_is_replayed_to_the_original_topics_once() {
+    use fintech_platform::kafka::dead_letters::{ReplaySettings, replay};
+    let _telemetry = fintech_platform::telemetry::init("test").expect("telemetry");
+    let topic = unique_topic("consumer.replay");
+    let dead_letter_topic = unique_topic("consumer.replay.dlq");
+    create_topics(&kafka_bootstrap(), &[&topic, &dead_letter_topic], 1).await;
+    let producer = producer();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = format!("order-{n}");
+        let event = metadata(&id, TraceHeaders::default());
+        ids.push(event.id.clone());
+        let headers = event
+            .to_headers()
+            .insert(rdkafka::message::Header {
+                key: DEAD_LETTER_TOPIC,
+                value: Some(topic.as_str()),
+            })
+            .insert(rdkafka::message::Header {
+                key: DEAD_LETTER_REASON,
+                value: Some("database unavailable for too long"),
+            })
+            .insert(rdkafka::message::Header {
+                key: "dlq_class",
+                value: Some("exhausted"),
+            });
+        producer
+            .send_raw(
+                &dead_letter_topic,
+                id.as_bytes(),
+                &order(&id, n).encode_to_vec(),
+                headers,
+            )
+            .await
+            .expect("dead letter");
+    }
+
+    let settings = ReplaySettings::new(kafka_bootstrap(), &dead_letter_topic);
+    let report = replay(&settings).await.expect("replay");
+    assert_eq!(report.total(), 3);
+    assert_eq!(report.replayed.get(&topic), Some(&3));
+    let original = reader(&kafka_bootstrap(), &[&topic]);
+    let records = read_records(&original, 3, WAIT).await;
+    assert_eq!(
+        records.iter().map(|record| header(record, "ce_id")).collect::<Vec<_>>(),
+        ids.iter().cloned().map(Some).collect::<Vec<_>>()
+    );
+    for (n, record) in records.iter().enumerate() {
+        assert_eq!(record.key(), Some(format!("order-{n}").as_bytes()));
+        assert_eq!(
+            Order::decode(record.payload().expect("value")).expect("decodes"),
+            order(&format!("order-{n}"), n as i64)
+        );
+        assert_eq!(
+            header(record, "ce_type").as_deref(),
+            Some("fintech.payments.v1.order.created")
+        );
+        assert_eq!(header(record, DEAD_LETTER_TOPIC), None, "dead-letter headers removed");
+        assert_eq!(header(record, DEAD_LETTER_REASON), None);
+        assert_eq!(header(record, "dlq_class"), None);
+    }
+
+    // Nothing new: the replay group's offsets were committed.
+    assert_eq!(replay(&settings).await.expect("second replay").total(), 0);
+    assert!(read_extra(&original, Duration::from_secs(1)).await.is_empty());
+
+    // A dead letter without its origin stops the replay with an error naming it.
+    producer
+        .send_raw(&dead_letter_topic, b"k", b"v", OwnedHeaders::new())
+        .await
+        .expect("dead letter without origin");
+    let error = replay(&settings).await.expect_err("no origin, no target");
+    assert!(error.to_string().contains("dlq_original_topic"), "{error}");
+}
