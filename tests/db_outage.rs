@@ -1,13 +1,15 @@
 //! A PostgreSQL outage: every RPC of every service that needs the database answers UNAVAILABLE
 //! (never INTERNAL, never a hang), health says NOT_SERVING, and when the database is back the same
 //! processes serve again without a restart; none of their background tasks (relays, consumers,
-//! the tax deadline sweeper) dies of the outage.
+//! the tax deadline sweeper) dies of the outage. Commands keep coming throughout: every acknowledged
+//! one is stored afterwards, and its event is published and consumed by tax without a restart.
 //!
 //! The services run on a private PostgreSQL cluster of this test (`fintech_devkit::postgres`),
 //! which it stops and starts; the shared server is never touched.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fintech_devkit::postgres::{PgCluster, StopMode};
@@ -30,6 +32,8 @@ use tonic_health::pb::health_client::HealthClient;
 /// One service of the platform running in-process on the private cluster.
 struct Running {
     name: &'static str,
+    /// Its database on the private cluster.
+    url: String,
     channel: Channel,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -38,6 +42,9 @@ struct Running {
 async fn start<S: Service>(cluster: &PgCluster, prefix: &str, adjust: impl FnOnce(&mut S::Config)) -> Running {
     let url = cluster.create_database(S::NAME).expect("create the service database");
     let mut platform = platform_config(S::NAME, &url, &kafka_bootstrap());
+    // The database is down for seconds, far less than a record's retry budget; a record retried
+    // through the outage must still be applied afterwards, not dead-lettered (ADR 0012).
+    platform.kafka_max_retry = Duration::from_secs(600);
     platform.topic_prefix = prefix.to_owned();
     // Small pool, so that a dead database is noticed quickly on every connection.
     platform.database_max_connections = 4;
@@ -49,6 +56,7 @@ async fn start<S: Service>(cluster: &PgCluster, prefix: &str, adjust: impl FnOnc
     let task = tokio::spawn(S::run(config, listener, shutdown.clone()));
     Running {
         name: S::NAME,
+        url,
         channel: connect(&address).await,
         shutdown,
         task,
@@ -331,6 +339,39 @@ async fn every_rpc_is_unavailable_while_postgres_is_down_and_the_services_recove
         }
     }
 
+    // Load across the outage: commands keep coming; the acknowledged ones must all be there
+    // afterwards, published and consumed.
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let load_stop = CancellationToken::new();
+    let load = tokio::spawn({
+        let (acknowledged, load_stop) = (Arc::clone(&acknowledged), load_stop.clone());
+        let mut client = PaymentsServiceClient::new(payments.channel.clone());
+        async move {
+            let mut n = 0u64;
+            while !load_stop.is_cancelled() {
+                n += 1;
+                let mut request = tonic::Request::new(ppb::CreateOrderRequest {
+                    customer_id: format!("load-customer-{n}"),
+                    country: "DE".to_owned(),
+                    currency: "EUR".to_owned(),
+                    amount: 1_000,
+                    product_type: "standard".to_owned(),
+                });
+                request.set_timeout(Duration::from_secs(10));
+                request
+                    .metadata_mut()
+                    .insert("idempotency-key", format!("load-{n}").parse().expect("ascii"));
+                if let Ok(response) = client.create_order(request).await
+                    && let Some(order) = response.into_inner().order
+                {
+                    acknowledged.lock().expect("lock").push(order.order_id);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
     cluster.stop(StopMode::Fast).expect("the private cluster stops");
     let during = futures::future::join_all(every_rpc(&payments.channel, &tax.channel, &ledger.channel)).await;
     let mut wrong = Vec::new();
@@ -400,6 +441,42 @@ async fn every_rpc_is_unavailable_while_postgres_is_down_and_the_services_recove
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // Every acknowledged command is there, and the relay and tax's consumer resumed by
+    // themselves: each acknowledged order reached tax's order cache.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    load_stop.cancel();
+    load.await.expect("load task");
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    assert!(!acknowledged.is_empty(), "the load got commands through");
+    let payments_db = sqlx::PgPool::connect(&payments.url).await.expect("payments database");
+    let tax_db = sqlx::PgPool::connect(&tax.url).await.expect("tax database");
+    let ids: Vec<uuid::Uuid> = acknowledged.iter().map(|id| id.parse().expect("uuid")).collect();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE order_id = ANY($1)")
+        .bind(&ids)
+        .fetch_one(&payments_db)
+        .await
+        .expect("count orders");
+    assert_eq!(stored, ids.len() as i64, "every acknowledged command is stored");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let cached: i64 = sqlx::query_scalar("SELECT count(*) FROM order_cache WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_one(&tax_db)
+            .await
+            .expect("count cached orders");
+        if cached == ids.len() as i64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{cached} of {} acknowledged orders reached tax after the outage",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    payments_db.close().await;
+    tax_db.close().await;
 
     for service in [payments, tax, ledger] {
         service.shutdown.cancel();

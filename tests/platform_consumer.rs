@@ -761,3 +761,447 @@ async fn waiting_records_share_a_transaction_and_a_poison_record_among_them_is_d
         "only the poison record"
     );
 }
+
+/// Applies orders as effect rows (`customer_id` is a TEXT column, so a NUL byte in it is a data
+/// exception); orders whose id starts with `flaky-` fail transiently `flaky_failures` times first,
+/// `always-busy-` ones always.
+#[derive(Debug)]
+struct Effects {
+    flaky_failures: u32,
+    attempts: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Effects {
+    fn attempts(&self, order_id: &str) -> u32 {
+        self.attempts.lock().expect("lock").get(order_id).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl TransactionalHandler for Effects {
+    fn consumer(&self) -> &str {
+        "test-poison"
+    }
+
+    async fn apply(&self, conn: &mut sqlx::PgConnection, event: &ConsumedEvent) -> Result<(), HandlerError> {
+        let order: Order = event.decode()?;
+        let attempt = {
+            let mut attempts = self.attempts.lock().expect("lock");
+            let attempt = attempts.entry(order.order_id.clone()).or_default();
+            *attempt += 1;
+            *attempt
+        };
+        if order.order_id.starts_with("always-busy-") {
+            return Err(HandlerError::transient("could not serialize access (test)"));
+        }
+        if order.order_id.starts_with("flaky-") && attempt <= self.flaky_failures {
+            return Err(HandlerError::transient("could not serialize access (test)"));
+        }
+        sqlx::query("INSERT INTO effects (order_id, customer_id, partition) VALUES ($1, $2, $3)")
+            .bind(&order.order_id)
+            .bind(&order.customer_id)
+            .bind(event.partition)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn effects_table(db: &TestDb) {
+    sqlx::query(
+        "CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, order_id TEXT NOT NULL, customer_id TEXT NOT NULL, partition INT NOT NULL)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("create effects");
+}
+
+async fn effect_count(pool: &PgPool, order_id_like: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM effects WHERE order_id LIKE $1")
+        .bind(order_id_like)
+        .fetch_one(pool)
+        .await
+        .expect("count effects")
+}
+
+/// Issue #14's poison acceptance: a NUL byte in `ce_id`, a 10 kB `ce_id` and a NUL byte in a
+/// payload string reach the dead-letter topic, classified, without a retry; a record failing
+/// transiently three times is applied once; one that never stops failing is dead-lettered after
+/// `max_attempts`; and 1,000 records on the other partitions are applied meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_are_classified_and_dead_lettered_while_other_partitions_flow() {
+    let _telemetry = fintech_platform::telemetry::init("test").expect("telemetry");
+    let db = TestDb::with_platform_tables().await;
+    effects_table(&db).await;
+    let topic = unique_topic("consumer.classify");
+    let dead_letter_topic = unique_topic("consumer.classify.dlq");
+    create_topics(&kafka_bootstrap(), &[&topic], 4).await;
+    create_topics(&kafka_bootstrap(), &[&dead_letter_topic], 1).await;
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("broker.address.family", "v4")
+        .create()
+        .expect("producer");
+    let send = async |partition: i32, order: &Order, event: &EventMetadata| {
+        let value = order.encode_to_vec();
+        let record = rdkafka::producer::FutureRecord::to(&topic)
+            .partition(partition)
+            .key(&order.order_id)
+            .payload(&value)
+            .headers(event.to_headers());
+        producer.send(record, WAIT).await.expect("send");
+    };
+
+    let handler = Arc::new(Effects {
+        flaky_failures: 3,
+        attempts: Default::default(),
+    });
+    let group = unique_group("classify");
+    let mut consumer_settings = settings(&topic, &dead_letter_topic, &group);
+    consumer_settings.lanes = 4;
+    consumer_settings.max_attempts = 5;
+    consumer_settings.max_retry = Duration::from_secs(60);
+    consumer_settings.max_backoff = Duration::from_millis(200);
+    // One record at a time, so the handler's attempt counts are the consumer's.
+    consumer_settings.max_batch = 1;
+    let (task, shutdown) = start(
+        consumer_settings,
+        Arc::new(InTransaction::new(db.pool.clone(), HandlerRef(Arc::clone(&handler)))),
+    );
+
+    // Once the consumer applies a first record, the poison ones go to partition 0.
+    send(0, &order("warm-up", 1), &metadata("warm-up", TraceHeaders::default())).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while effect_count(&db.pool, "warm-up").await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer never applied a record"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let poison_started = tokio::time::Instant::now();
+    let mut nul_id = metadata("nul-id", TraceHeaders::default());
+    nul_id.id = format!("{}\0tail", nul_id.id);
+    send(0, &order("nul-id", 2), &nul_id).await;
+    let mut huge_id = metadata("huge-id", TraceHeaders::default());
+    huge_id.id = "x".repeat(10_000);
+    send(0, &order("huge-id", 3), &huge_id).await;
+    let nul_customer = Order {
+        customer_id: "customer\0with-nul".to_owned(),
+        ..order("nul-customer", 4)
+    };
+    let nul_customer_event = metadata("nul-customer", TraceHeaders::default());
+    send(0, &nul_customer, &nul_customer_event).await;
+    let flaky = metadata("flaky-1", TraceHeaders::default());
+    send(0, &order("flaky-1", 5), &flaky).await;
+    let busy = metadata("always-busy-1", TraceHeaders::default());
+    send(0, &order("always-busy-1", 6), &busy).await;
+    const OTHERS: usize = 1000;
+    for n in 0..OTHERS {
+        let id = format!("other-{n:04}");
+        send(
+            1 + (n % 3) as i32,
+            &order(&id, 7),
+            &metadata(&id, TraceHeaders::default()),
+        )
+        .await;
+    }
+
+    // The three bad records are dead-lettered within 10 s, classified, and the handler saw only
+    // the one whose headers were valid, once.
+    let dead_letters = reader(&kafka_bootstrap(), &[&dead_letter_topic]);
+    let first = read_records(
+        &dead_letters,
+        3,
+        Duration::from_secs(10).saturating_sub(poison_started.elapsed()),
+    )
+    .await;
+    assert_eq!(first.len(), 3, "three poison records dead-lettered within 10 s");
+    let classified: Vec<(Option<String>, Option<String>, Option<String>)> = first
+        .iter()
+        .map(|record| {
+            (
+                header(record, "dlq_class"),
+                header(record, "dlq_attempts"),
+                header(record, DEAD_LETTER_OFFSET),
+            )
+        })
+        .collect();
+    assert_eq!(
+        classified,
+        [
+            (Some("invalid".to_owned()), Some("0".to_owned()), Some("1".to_owned())),
+            (Some("invalid".to_owned()), Some("0".to_owned()), Some("2".to_owned())),
+            (Some("permanent".to_owned()), Some("1".to_owned()), Some("3".to_owned())),
+        ]
+    );
+    let reasons: Vec<String> = first
+        .iter()
+        .map(|record| header(record, DEAD_LETTER_REASON).expect("dlq_reason"))
+        .collect();
+    assert!(reasons[0].contains("U+0000"), "{}", reasons[0]);
+    assert!(reasons[1].contains("10000 bytes"), "{}", reasons[1]);
+    assert!(reasons[2].contains("database rejected"), "{}", reasons[2]);
+    assert_eq!(header(&first[2], "ce_id"), Some(nul_customer_event.id.clone()));
+    assert_eq!(handler.attempts("nul-customer"), 1, "a data exception is not retried");
+    assert_eq!(
+        handler.attempts("nul-id") + handler.attempts("huge-id"),
+        0,
+        "invalid ids never reach the handler"
+    );
+
+    // The record that never stops failing: dead-lettered after max_attempts, as exhausted.
+    let exhausted = read_records(&dead_letters, 1, WAIT).await;
+    assert_eq!(exhausted.len(), 1, "the always-failing record is dead-lettered");
+    assert_eq!(header(&exhausted[0], "ce_id"), Some(busy.id.clone()));
+    assert_eq!(header(&exhausted[0], "dlq_class").as_deref(), Some("exhausted"));
+    assert_eq!(header(&exhausted[0], "dlq_attempts").as_deref(), Some("5"));
+    assert_eq!(handler.attempts("always-busy-1"), 5);
+
+    // Everything on partitions 1-3 applied, and partition 0 finished: nothing is stuck.
+    wait_for_commit(&group, &topic, 0, 6).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while effect_count(&db.pool, "other-%").await < OTHERS as i64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "other partitions did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop(task, shutdown).await;
+    assert_eq!(
+        effect_count(&db.pool, "other-%").await,
+        OTHERS as i64,
+        "each applied once"
+    );
+    assert_eq!(
+        effect_count(&db.pool, "flaky-1").await,
+        1,
+        "the flaky record applied once"
+    );
+    assert_eq!(handler.attempts("flaky-1"), 4, "three transient failures, then success");
+    assert_eq!(effect_count(&db.pool, "nul-customer").await, 0);
+    assert!(
+        read_extra(&dead_letters, Duration::from_secs(1)).await.is_empty(),
+        "nothing else dead-lettered"
+    );
+    let dead_lettered =
+        fintech_platform::metrics::value(fintech_platform::metrics::CONSUMER_DEAD_LETTERS, &[("group", &group)]);
+    assert_eq!(dead_lettered, Some(4.0), "dead letters counted");
+    let retries = fintech_platform::metrics::value(fintech_platform::metrics::CONSUMER_RETRIES, &[("group", &group)]);
+    assert_eq!(
+        retries,
+        Some(3.0 + 4.0),
+        "retries counted: 3 of the flaky record, 4 of the busy one"
+    );
+}
+
+/// Lets a test keep a handle on a handler it gives to the consumer.
+#[derive(Debug)]
+struct HandlerRef<H>(Arc<H>);
+
+#[async_trait]
+impl<H: TransactionalHandler> TransactionalHandler for HandlerRef<H> {
+    fn consumer(&self) -> &str {
+        self.0.consumer()
+    }
+
+    async fn apply(&self, conn: &mut sqlx::PgConnection, event: &ConsumedEvent) -> Result<(), HandlerError> {
+        self.0.apply(conn, event).await
+    }
+}
+
+/// A lane stuck on one record with far more records queued behind it than a lane holds: the loop
+/// pauses that partition and keeps fetching for the others; once the record passes, its partition
+/// resumes from where it was, in order, nothing skipped and nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_lane_pauses_its_partition_and_the_others_keep_flowing() {
+    let _telemetry = fintech_platform::telemetry::init("test").expect("telemetry");
+    let topic = unique_topic("consumer.pause");
+    let dead_letter_topic = unique_topic("consumer.pause.dlq");
+    create_topics(&kafka_bootstrap(), &[&topic], 2).await;
+    create_topics(&kafka_bootstrap(), &[&dead_letter_topic], 1).await;
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("broker.address.family", "v4")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    const PER_PARTITION: i64 = 400;
+    let produce = async |partition: i32| {
+        let sends = (0..PER_PARTITION).map(|n| {
+            let id = format!("order-{partition}-{n}");
+            let value = order(&id, n).encode_to_vec();
+            let headers = metadata(&id, TraceHeaders::default()).to_headers();
+            let producer = producer.clone();
+            let topic = topic.clone();
+            async move {
+                let record = rdkafka::producer::FutureRecord::to(&topic)
+                    .partition(partition)
+                    .key(&id)
+                    .payload(&value)
+                    .headers(headers);
+                producer.send(record, WAIT).await.expect("send");
+            }
+        });
+        futures::future::join_all(sends).await;
+    };
+
+    struct Gate {
+        open: AtomicBool,
+        stuck: mpsc::UnboundedSender<()>,
+        handled: mpsc::UnboundedSender<(i32, i64)>,
+    }
+    impl std::fmt::Debug for Gate {
+        fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("Gate")
+        }
+    }
+    #[async_trait]
+    impl EventHandler for Gate {
+        async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
+            if event.partition == 0 && !self.open.load(Ordering::SeqCst) {
+                let _ = self.stuck.send(());
+                return Err(HandlerError::Unavailable("partition 0 waits for the test".to_owned()));
+            }
+            self.handled
+                .send((event.partition, event.offset))
+                .expect("test listens");
+            Ok(())
+        }
+    }
+    let (handled, mut handled_rx) = mpsc::unbounded_channel();
+    let (stuck, mut stuck_rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(Gate {
+        open: AtomicBool::new(false),
+        stuck,
+        handled,
+    });
+    let group = unique_group("pause");
+    let mut consumer_settings = settings(&topic, &dead_letter_topic, &group);
+    consumer_settings.lanes = 2;
+    consumer_settings.max_batch = 1;
+    let components = fintech_platform::grpc::Components::default();
+    consumer_settings.health = Some(components.component("consumer-pause"));
+    let consumer_health = || {
+        components
+            .snapshot()
+            .into_iter()
+            .find(|(name, _)| name == "consumer-pause")
+            .map(|(_, healthy)| healthy)
+    };
+    let (task, shutdown) = start(consumer_settings, Arc::clone(&gate) as Arc<dyn EventHandler>);
+
+    produce(0).await;
+    next(&mut stuck_rx, "partition 0 stuck on its first record").await;
+    produce(1).await;
+    let mut partition_one = Vec::new();
+    while partition_one.len() < PER_PARTITION as usize {
+        let (partition, offset) = next(&mut handled_rx, "a record of partition 1").await;
+        assert_eq!(partition, 1, "partition 0 is still stuck");
+        partition_one.push(offset);
+    }
+    assert_eq!(partition_one, (0..PER_PARTITION).collect::<Vec<_>>());
+    assert_eq!(
+        consumer_health(),
+        Some(false),
+        "a consumer retrying a record reports it"
+    );
+
+    gate.open.store(true, Ordering::SeqCst);
+    let mut partition_zero = Vec::new();
+    while partition_zero.len() < PER_PARTITION as usize {
+        let (partition, offset) = next(&mut handled_rx, "a record of partition 0").await;
+        assert_eq!(partition, 0);
+        partition_zero.push(offset);
+    }
+    assert_eq!(
+        partition_zero,
+        (0..PER_PARTITION).collect::<Vec<_>>(),
+        "in order, none skipped"
+    );
+    wait_for_commit(&group, &topic, 0, PER_PARTITION).await;
+    wait_for_commit(&group, &topic, 1, PER_PARTITION).await;
+    assert_eq!(consumer_health(), Some(true), "healthy again once the record passed");
+    stop(task, shutdown).await;
+    assert!(handled_rx.try_recv().is_err(), "each record handled once");
+}
+
+/// The operator's replay (`fintech-ops dlq replay`): dead letters go back to the topic they came
+/// from with their key, value and original headers (the `dlq_*` ones removed); a second replay
+/// finds nothing new; a record that cannot say where it came from stops the replay, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_topic_is_replayed_to_the_original_topics_once() {
+    use fintech_platform::kafka::dead_letters::{ReplaySettings, replay};
+    let _telemetry = fintech_platform::telemetry::init("test").expect("telemetry");
+    let topic = unique_topic("consumer.replay");
+    let dead_letter_topic = unique_topic("consumer.replay.dlq");
+    create_topics(&kafka_bootstrap(), &[&topic, &dead_letter_topic], 1).await;
+    let producer = producer();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = format!("order-{n}");
+        let event = metadata(&id, TraceHeaders::default());
+        ids.push(event.id.clone());
+        let headers = event
+            .to_headers()
+            .insert(rdkafka::message::Header {
+                key: DEAD_LETTER_TOPIC,
+                value: Some(topic.as_str()),
+            })
+            .insert(rdkafka::message::Header {
+                key: DEAD_LETTER_REASON,
+                value: Some("database unavailable for too long"),
+            })
+            .insert(rdkafka::message::Header {
+                key: "dlq_class",
+                value: Some("exhausted"),
+            });
+        producer
+            .send_raw(
+                &dead_letter_topic,
+                id.as_bytes(),
+                &order(&id, n).encode_to_vec(),
+                headers,
+            )
+            .await
+            .expect("dead letter");
+    }
+
+    let settings = ReplaySettings::new(kafka_bootstrap(), &dead_letter_topic);
+    let report = replay(&settings).await.expect("replay");
+    assert_eq!(report.total(), 3);
+    assert_eq!(report.replayed.get(&topic), Some(&3));
+    let original = reader(&kafka_bootstrap(), &[&topic]);
+    let records = read_records(&original, 3, WAIT).await;
+    assert_eq!(
+        records.iter().map(|record| header(record, "ce_id")).collect::<Vec<_>>(),
+        ids.iter().cloned().map(Some).collect::<Vec<_>>()
+    );
+    for (n, record) in records.iter().enumerate() {
+        assert_eq!(record.key(), Some(format!("order-{n}").as_bytes()));
+        assert_eq!(
+            Order::decode(record.payload().expect("value")).expect("decodes"),
+            order(&format!("order-{n}"), n as i64)
+        );
+        assert_eq!(
+            header(record, "ce_type").as_deref(),
+            Some("fintech.payments.v1.order.created")
+        );
+        assert_eq!(header(record, DEAD_LETTER_TOPIC), None, "dead-letter headers removed");
+        assert_eq!(header(record, DEAD_LETTER_REASON), None);
+        assert_eq!(header(record, "dlq_class"), None);
+    }
+
+    // Nothing new: the replay group's offsets were committed.
+    assert_eq!(replay(&settings).await.expect("second replay").total(), 0);
+    assert!(read_extra(&original, Duration::from_secs(1)).await.is_empty());
+
+    // A dead letter without its origin stops the replay with an error naming it.
+    producer
+        .send_raw(&dead_letter_topic, b"k", b"v", OwnedHeaders::new())
+        .await
+        .expect("dead letter without origin");
+    let error = replay(&settings).await.expect_err("no origin, no target");
+    assert!(error.to_string().contains("dlq_original_topic"), "{error}");
+}

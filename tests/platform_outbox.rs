@@ -1,19 +1,25 @@
 //! Transactional outbox against the real PostgreSQL and the real broker: the round trip keeps key,
 //! payload, CloudEvents headers and trace id; two relays, and one relay with overlapping rounds,
-//! publish every row exactly once and in key order; a broker outage loses nothing.
+//! publish every row exactly once and in key order; a broker outage loses nothing; a row the broker
+//! always rejects is parked without holding up the others.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use fintech_devkit::broker::PrivateBroker;
+use fintech_platform::config::PlatformConfig;
 use fintech_platform::kafka::EventProducer;
+use fintech_platform::kit::Kit;
 use fintech_platform::outbox::{self, OutboxEvent, OutboxRelay, RelaySettings};
-use fintech_platform::telemetry;
+use fintech_platform::{metrics, telemetry};
 use fintech_proto::payments::Order;
 use fintech_tests::{TestDb, create_topics, header, kafka_bootstrap, read_extra, read_records, reader, unique_topic};
 use prost::Message as _;
 use rdkafka::Message as _;
 use tokio_util::sync::CancellationToken;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use tracing::Instrument;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -375,4 +381,183 @@ async fn a_stalled_broker_times_sends_out_and_the_relay_recovers_without_losing_
     }
     let missing: Vec<_> = expected.iter().filter(|id| !ids.contains(*id)).collect();
     assert!(missing.is_empty(), "events lost: {missing:?}");
+}
+
+/// Health of `service` as the server reports it (`None` while it does not know the name yet).
+async fn health_of(channel: &fintech_tests::service::Channel, service: &str) -> Option<ServingStatus> {
+    let response = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(response.into_inner().status).ok()
+}
+
+/// Issue #14's parking acceptance: one row the broker always rejects (a record larger than the
+/// producer's `message.max.bytes`) among 5,000 rows. The other 4,999 are published exactly once
+/// and in key order, the bad one is parked after `OUTBOX_MAX_ATTEMPTS` with its error, and the
+/// parked count shows in health (the `outbox` component, while the service stays SERVING) and in
+/// the metrics; re-queued, it gets a fresh budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_broker_always_rejects_is_parked_and_the_other_rows_flow_in_key_order() {
+    let _telemetry = telemetry::init("test");
+    let db = TestDb::empty().await;
+    let bootstrap = kafka_bootstrap();
+    let topic = unique_topic("outbox-parking");
+    create_topics(&bootstrap, &[&topic], 3).await;
+    let service = format!("parking-{}", uuid::Uuid::new_v4().simple());
+    let config = PlatformConfig {
+        outbox_relays: 1,
+        outbox_max_attempts: 3,
+        shutdown_grace: Duration::from_millis(500),
+        ..fintech_tests::payments::platform_config(&service, &db.url, &bootstrap)
+    };
+    let kit = Kit::start(&config, &fintech_payments::MIGRATOR)
+        .await
+        .expect("kit starts");
+
+    // 1,000 keys x 5 versions, with the poison row (its own key) committed in the middle.
+    enqueue_versions(&db, &topic, 1000, 1..=2).await;
+    let mut tx = db.pool.begin().await.expect("begin");
+    let poison = OutboxEvent {
+        topic: topic.clone(),
+        key: "poison".to_owned(),
+        event_type: "fintech.payments.v1.order.updated".to_owned(),
+        payload_type: "fintech.payments.v1.Order".to_owned(),
+        payload: vec![7; 2 * 1024 * 1024],
+        occurred_at: chrono::Utc::now(),
+    };
+    let poison_id = outbox::enqueue(&mut tx, "/fintech/test", &poison)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    enqueue_versions(&db, &topic, 1000, 3..=4).await;
+    enqueue_versions(&db, &topic, 999, 5..=5).await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(kit.serve(listener, shutdown.clone()));
+    let channel = fintech_tests::payments::connect(&address).await;
+
+    // Everything but the poison row published; the poison row parked.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let backlog = outbox::backlog(&db.pool).await.expect("backlog");
+        let parked = outbox::parked(&db.pool).await.expect("parked");
+        if backlog.unpublished == 1 && parked.len() == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog {backlog:?}, parked {parked:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let parked = outbox::parked(&db.pool).await.expect("parked");
+    assert_eq!(parked[0].event_id, poison_id);
+    assert_eq!(parked[0].attempts, 3, "parked after OUTBOX_MAX_ATTEMPTS");
+    let error = parked[0].last_error.clone().unwrap_or_default();
+    assert!(error.to_lowercase().contains("too large"), "{error}");
+    assert_topic_once_and_in_key_order(&bootstrap, &topic, 4999).await;
+
+    // Health and metrics show it: the outbox component is NOT_SERVING, the service and its relay
+    // are SERVING (they work; one row is poison).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let outbox_health = health_of(&channel, "outbox").await;
+        let parked_metric = metrics::value(metrics::OUTBOX_PARKED, &[("service", &service)]);
+        if outbox_health == Some(ServingStatus::NotServing) && parked_metric == Some(1.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "outbox health {outbox_health:?}, parked metric {parked_metric:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(health_of(&channel, "").await, Some(ServingStatus::Serving));
+    assert_eq!(health_of(&channel, "relay-0").await, Some(ServingStatus::Serving));
+    assert_eq!(
+        metrics::value(metrics::OUTBOX_BACKLOG, &[("service", &service)]),
+        Some(1.0),
+        "the backlog gauge counts the parked row"
+    );
+    assert!(
+        metrics::value(metrics::OUTBOX_PUBLISH_FAILURES, &[("service", &service)]) >= Some(3.0),
+        "each rejected publish counted"
+    );
+
+    // Re-queued, the row gets a fresh budget (and, still too large, is parked again).
+    assert_eq!(
+        outbox::requeue_parked(&db.pool, Some(&[parked[0].id]))
+            .await
+            .expect("requeue"),
+        1
+    );
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM outbox WHERE event_id = $1")
+        .bind(poison_id)
+        .fetch_one(&db.pool)
+        .await
+        .expect("attempts");
+    assert!(attempts < 3, "a fresh budget: {attempts}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while outbox::parked_count(&db.pool).await.expect("parked") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never parked again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the service stops")
+        .expect("serve task")
+        .expect("a clean shutdown");
+}
+
+/// A row leased by a relay that died (its liveness lock is gone) is claimable at once, not after
+/// its lease; a row leased by a relay that is alive (it holds its lock) is left to it (ADR 0013).
+#[tokio::test]
+async fn rows_of_a_dead_relay_are_taken_over_at_once_and_a_live_relays_rows_are_left_alone() {
+    let _telemetry = telemetry::init("test");
+    let db = TestDb::with_platform_tables().await;
+    let bootstrap = kafka_bootstrap();
+    let topic = unique_topic("outbox-lease");
+    create_topics(&bootstrap, &[&topic], 1).await;
+    enqueue_versions(&db, &topic, 2, 1..=1).await;
+    // order-0 leased for an hour by relay key 11 (dead: nobody holds its lock), order-1 by relay
+    // key 12, whose lock a live session holds.
+    let mut live = db.pool.acquire().await.expect("connection");
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(185335809, 12)")
+        .fetch_one(&mut *live)
+        .await
+        .expect("lock");
+    assert!(held);
+    sqlx::query(
+        "UPDATE outbox SET not_before = now() + interval '1 hour', claim_token = gen_random_uuid(), \
+         claimed_by = CASE record_key WHEN 'order-0' THEN 11 ELSE 12 END",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("lease the rows");
+
+    let producer = EventProducer::new(&bootstrap, "test-relay-lease", Duration::from_secs(10)).expect("producer");
+    let relay = OutboxRelay::new(db.pool.clone(), producer, RelaySettings::default());
+    let outcome = relay.publish_round().await.expect("round");
+    assert_eq!(outcome.published, 1, "only the dead relay's row");
+    let unpublished: Vec<String> = sqlx::query_scalar("SELECT record_key FROM outbox WHERE published_at IS NULL")
+        .fetch_all(&db.pool)
+        .await
+        .expect("unpublished");
+    assert_eq!(unpublished, ["order-1"]);
+
+    // The live relay's session ends: its row is taken over at once.
+    sqlx::query("SELECT pg_advisory_unlock(185335809, 12)")
+        .execute(&mut *live)
+        .await
+        .expect("unlock");
+    let outcome = relay.publish_round().await.expect("round");
+    assert_eq!(outcome.published, 1);
+    assert_topic_once_and_in_key_order(&bootstrap, &topic, 2).await;
 }

@@ -148,7 +148,18 @@ pub fn platform_env(config: &PlatformConfig) -> Vec<(&'static str, String)> {
         grpc_tls,
         kafka_properties,
         auth,
+        kafka_max_attempts,
+        kafka_max_retry,
+        outbox_max_attempts,
+        outbox_delivery_timeout,
+        outbox_retention,
+        idempotency_key_ttl,
+        inbox_retention,
+        kafka_log_retention,
+        retention_interval,
+        retention_batch,
     } = config;
+    let duration = |duration: &Duration| format!("{}ms", duration.as_millis());
     let mut env = vec![
         ("GRPC_LISTEN_ADDR", grpc_listen_addr.to_string()),
         ("DATABASE_URL", database_url.clone()),
@@ -177,6 +188,19 @@ pub fn platform_env(config: &PlatformConfig) -> Vec<(&'static str, String)> {
         ("TOPIC_PREFIX", topic_prefix.clone()),
         ("OUTBOX_RELAYS", outbox_relays.to_string()),
         ("SHUTDOWN_GRACE_MS", shutdown_grace.as_millis().to_string()),
+        ("KAFKA_MAX_ATTEMPTS", kafka_max_attempts.to_string()),
+        ("KAFKA_MAX_RETRY_SECS", kafka_max_retry.as_secs().to_string()),
+        ("OUTBOX_MAX_ATTEMPTS", outbox_max_attempts.to_string()),
+        (
+            "OUTBOX_DELIVERY_TIMEOUT_MS",
+            outbox_delivery_timeout.as_millis().to_string(),
+        ),
+        ("OUTBOX_RETENTION", duration(outbox_retention)),
+        ("IDEMPOTENCY_KEY_TTL", duration(idempotency_key_ttl)),
+        ("INBOX_RETENTION", duration(inbox_retention)),
+        ("KAFKA_LOG_RETENTION", duration(kafka_log_retention)),
+        ("RETENTION_INTERVAL", duration(retention_interval)),
+        ("RETENTION_BATCH", retention_batch.to_string()),
     ];
     env.extend(auth_env(auth));
     if let Some(url) = redis_url {

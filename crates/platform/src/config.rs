@@ -36,7 +36,17 @@
 //! | `AUTH_OPEN_SERVICES` | `grpc.health.v1.Health,grpc.reflection.v1.ServerReflection,grpc.reflection.v1alpha.ServerReflection` | gRPC services answered without a token; `none` for no open service |
 //! | `AUTH_JWKS_REFRESH_MIN_MS` | `30000` | shortest interval between two fetches of the JWKS (an unknown `kid` triggers one) |
 //! | `AUTH_JWKS_MAX_AGE_SECS` | `300` | keys older than this are fetched again (rotation) |
-//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset (no export) | OTLP/gRPC collector for traces |
+//! | `KAFKA_MAX_ATTEMPTS` | `10` | handler attempts at a transiently failing record (serialization failure, deadlock, timeout) before it is dead-lettered (1-1000; an unreachable database does not count; ADR 0012) |
+//! | `KAFKA_MAX_RETRY_SECS` | `120` | longest retrying of a transiently failing record before it is dead-lettered (1-86400) |
+//! | `OUTBOX_MAX_ATTEMPTS` | `10` | publishes of an outbox row the broker rejects (too large, invalid topic, …) before the row is parked (1-1000; a broker outage does not count; ADR 0013) |
+//! | `OUTBOX_DELIVERY_TIMEOUT_MS` | `30000` | longest wait of a relay's send for the broker's acknowledgement (1000-300000); a claimed row's lease is twice this |
+//! | `OUTBOX_RETENTION` | `7d` | published outbox rows are deleted this long after publication (`30s`, `15m`, `24h`, `7d`, …; ADR 0014) |
+//! | `IDEMPOTENCY_KEY_TTL` | `7d` | idempotency keys are deleted this long after their command (keep it above every client's retry horizon and the Redis cache TTL of 24 h) |
+//! | `INBOX_RETENTION` | `30d` | consumer inbox rows (`processed_events`) are deleted this long after the event was applied; must exceed `KAFKA_LOG_RETENTION` (ADR 0014) |
+//! | `KAFKA_LOG_RETENTION` | `7d` | the broker's `retention.ms` of the consumed topics: no record older than this can be delivered again, which is what lets the inbox forget |
+//! | `RETENTION_INTERVAL` | `1m` | pause of the retention job between two passes |
+//! | `RETENTION_BATCH` | `500` | rows one retention `DELETE` removes (1-100000); small, so it never holds many locks |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset (no export) | OTLP/gRPC collector for traces and metrics (outbox backlog and oldest age, parked rows, consumer lag, retries, dead letters) |
 //! | `RUST_LOG` | `info` | log filter |
 //! | `LOG_FORMAT` | `text` | `text` or `json` |
 
@@ -46,6 +56,8 @@ use std::time::Duration;
 
 use crate::auth::{AuthConfig, AuthMode};
 use crate::error::{Error, Result};
+
+const DAY: u64 = 86_400;
 
 /// Reads `name`, or `default` when it is unset or empty.
 pub fn env_or(name: &str, default: &str) -> String {
@@ -77,6 +89,49 @@ where
         }),
         _ => Ok(default),
     }
+}
+
+/// Parses a duration written as a number and a unit: `500ms`, `30s`, `15m`, `24h`, `7d`.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|character: char| !character.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m, h or d)"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|error| format!("{text:?}: {error}"))?;
+    let unit_seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (ms, s, m, h or d)")),
+    };
+    number
+        .checked_mul(unit_seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// Reads the duration `name` (see [`parse_duration`]), or `default` when unset.
+pub fn env_duration(name: &str, default: Duration) -> Result<Duration> {
+    match env_opt(name) {
+        None => Ok(default),
+        Some(value) => parse_duration(&value).map_err(|reason| Error::Config {
+            variable: name.to_owned(),
+            reason,
+        }),
+    }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display>(name: &str, value: T, low: T, high: T) -> Result<T> {
+    if value < low || value > high {
+        return Err(Error::Config {
+            variable: name.to_owned(),
+            reason: format!("must be between {low} and {high}"),
+        });
+    }
+    Ok(value)
 }
 
 /// Reads `name` if it is set to a non-empty value.
@@ -136,6 +191,26 @@ pub struct PlatformConfig {
     pub kafka_properties: crate::tls::KafkaProperties,
     /// Who may call which RPC (`AUTH_*`).
     pub auth: AuthConfig,
+    /// Handler attempts at a transiently failing record before it is dead-lettered.
+    pub kafka_max_attempts: u32,
+    /// Longest retrying of a transiently failing record before it is dead-lettered.
+    pub kafka_max_retry: Duration,
+    /// Rejected publishes of an outbox row before it is parked.
+    pub outbox_max_attempts: i32,
+    /// Longest wait of a relay's send for the broker.
+    pub outbox_delivery_timeout: Duration,
+    /// Age after publication at which outbox rows are deleted.
+    pub outbox_retention: Duration,
+    /// Age at which idempotency keys are deleted.
+    pub idempotency_key_ttl: Duration,
+    /// Age at which consumer inbox rows are deleted (longer than `kafka_log_retention`).
+    pub inbox_retention: Duration,
+    /// The broker's retention of the consumed topics.
+    pub kafka_log_retention: Duration,
+    /// Pause of the retention job between passes.
+    pub retention_interval: Duration,
+    /// Rows one retention `DELETE` removes.
+    pub retention_batch: i64,
 }
 
 impl PlatformConfig {
@@ -164,6 +239,16 @@ impl PlatformConfig {
             grpc_tls: None,
             kafka_properties: crate::tls::KafkaProperties::default(),
             auth: AuthConfig::defaults(),
+            kafka_max_attempts: crate::kafka::consumer::DEFAULT_MAX_ATTEMPTS,
+            kafka_max_retry: crate::kafka::consumer::DEFAULT_MAX_RETRY,
+            outbox_max_attempts: crate::outbox::DEFAULT_MAX_ATTEMPTS,
+            outbox_delivery_timeout: crate::outbox::RELAY_DELIVERY_TIMEOUT,
+            outbox_retention: Duration::from_secs(7 * DAY),
+            idempotency_key_ttl: Duration::from_secs(7 * DAY),
+            inbox_retention: Duration::from_secs(30 * DAY),
+            kafka_log_retention: Duration::from_secs(7 * DAY),
+            retention_interval: Duration::from_secs(60),
+            retention_batch: 500,
         }
     }
 
@@ -266,7 +351,60 @@ impl PlatformConfig {
                 reason: "must be between 100 and 600000".to_owned(),
             });
         }
+        let kafka_max_attempts = in_range(
+            "KAFKA_MAX_ATTEMPTS",
+            env_parse("KAFKA_MAX_ATTEMPTS", defaults.kafka_max_attempts)?,
+            1,
+            1000,
+        )?;
+        let kafka_max_retry_secs = in_range(
+            "KAFKA_MAX_RETRY_SECS",
+            env_parse("KAFKA_MAX_RETRY_SECS", defaults.kafka_max_retry.as_secs())?,
+            1,
+            86_400,
+        )?;
+        let outbox_max_attempts = in_range(
+            "OUTBOX_MAX_ATTEMPTS",
+            env_parse("OUTBOX_MAX_ATTEMPTS", defaults.outbox_max_attempts)?,
+            1,
+            1000,
+        )?;
+        let outbox_delivery_timeout_ms = in_range(
+            "OUTBOX_DELIVERY_TIMEOUT_MS",
+            env_parse(
+                "OUTBOX_DELIVERY_TIMEOUT_MS",
+                defaults.outbox_delivery_timeout.as_millis() as u64,
+            )?,
+            1000,
+            300_000,
+        )?;
+        let inbox_retention = env_duration("INBOX_RETENTION", defaults.inbox_retention)?;
+        let kafka_log_retention = env_duration("KAFKA_LOG_RETENTION", defaults.kafka_log_retention)?;
+        if inbox_retention <= kafka_log_retention {
+            return Err(Error::Config {
+                variable: "INBOX_RETENTION".to_owned(),
+                reason: format!(
+                    "must exceed KAFKA_LOG_RETENTION ({kafka_log_retention:?}), or a redelivered event could be applied twice"
+                ),
+            });
+        }
+        let retention_batch = in_range(
+            "RETENTION_BATCH",
+            env_parse("RETENTION_BATCH", defaults.retention_batch)?,
+            1,
+            100_000,
+        )?;
         Ok(Self {
+            kafka_max_attempts,
+            kafka_max_retry: Duration::from_secs(kafka_max_retry_secs),
+            outbox_max_attempts,
+            outbox_delivery_timeout: Duration::from_millis(outbox_delivery_timeout_ms),
+            outbox_retention: env_duration("OUTBOX_RETENTION", defaults.outbox_retention)?,
+            idempotency_key_ttl: env_duration("IDEMPOTENCY_KEY_TTL", defaults.idempotency_key_ttl)?,
+            inbox_retention,
+            kafka_log_retention,
+            retention_interval: env_duration("RETENTION_INTERVAL", defaults.retention_interval)?,
+            retention_batch,
             service_name: service_name.to_owned(),
             grpc_listen_addr,
             database_url,
@@ -372,6 +510,25 @@ mod tests {
     fn a_set_value_is_parsed_and_trimmed() {
         assert_eq!(parse_value("X", Some(" 42 ".to_owned()), 16u32).unwrap(), 42);
         assert_eq!(parse_value("X", Some(String::new()), 16u32).unwrap(), 16);
+    }
+
+    #[test]
+    fn durations_have_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration(" 7d "), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("7").unwrap_err().contains("no unit"));
+        assert!(parse_duration("7w").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn the_defaults_keep_the_inbox_longer_than_the_log() {
+        let defaults = PlatformConfig::defaults("x", 1);
+        assert!(defaults.inbox_retention > defaults.kafka_log_retention);
     }
 
     #[test]

@@ -197,8 +197,12 @@ pub enum DbFault {
     ForeignKeyViolation(Option<String>),
     /// 23514: a CHECK constraint rejected the row.
     CheckViolation(Option<String>),
+    /// Another class 23 error (integrity constraint: 23502 not null, 23P01 exclusion, …).
+    IntegrityViolation,
     /// Class 22 (data exception): a value the column cannot hold (NUL byte, out of range, …).
     DataException,
+    /// Class 54 (program limit exceeded): e.g. a value too large for its index (54000).
+    LimitExceeded,
     /// 57014: the statement ran past `statement_timeout` (or the request's deadline) or was
     /// cancelled; `grpc::status` answers DEADLINE_EXCEEDED.
     Cancelled,
@@ -233,8 +237,31 @@ impl DbFault {
             "57P01" | "57P02" | "57P03" | "53300" => Self::Unavailable,
             code if code.starts_with("08") => Self::Unavailable,
             code if code.starts_with("22") => Self::DataException,
+            code if code.starts_with("23") => Self::IntegrityViolation,
+            code if code.starts_with("54") => Self::LimitExceeded,
             _ => Self::Other,
         }
+    }
+
+    /// Whether running the same statement again can never succeed: the data itself is at fault
+    /// (classes 22, 23 and 54). A consumer dead-letters such a record at once (ADR 0012).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::UniqueViolation(_)
+                | Self::ForeignKeyViolation(_)
+                | Self::CheckViolation(_)
+                | Self::IntegrityViolation
+                | Self::DataException
+                | Self::LimitExceeded
+        )
+    }
+
+    /// Whether the failure says nothing about the statement: the server is unreachable or going
+    /// away. Every record would fail the same way, so a consumer does not count it against the
+    /// record's retry budget (ADR 0012).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable)
     }
 
     /// The first database error in `error`'s chain of sources, classified.

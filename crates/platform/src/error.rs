@@ -33,6 +33,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("grpc transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A dead-letter replay could not go on; the message says where it stopped.
+    #[error("dead-letter replay: {0}")]
+    Replay(String),
     /// An I/O error (binding a socket, reading a file).
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

@@ -6,11 +6,15 @@
 //! same way for every service:
 //!
 //! - **start-up order**: database reachable and migrated (in [`Kit::start`]) → relays, consumers
-//!   and jobs started → gRPC served (health `NOT_SERVING` until database, broker and every task are
-//!   healthy);
-//! - **health per component**: `database`, `broker` and every task (`relay-0`, `consumer-tax`,
-//!   `job-deadline-sweeper`) are reported under their own names as well as under the overall
-//!   service names;
+//!   and jobs started → gRPC served (health `NOT_SERVING` until the database answers);
+//! - **health per component**: `database`, `broker`, `outbox` (parked rows) and every task
+//!   (`relay-0`, `consumer-tax`, `job-retention`, `job-deadline-sweeper`) are reported under their
+//!   own names, `NOT_SERVING` while they cannot do their work (a relay that cannot publish, a
+//!   consumer retrying a record). The overall service status depends only on what answering RPCs
+//!   needs: the database, and every task alive. A service whose broker is down keeps taking
+//!   commands (its outbox holds their events) and stays `SERVING` (ADR 0013);
+//! - **platform jobs**: retention of published outbox rows, idempotency keys and inbox rows
+//!   ([`crate::retention`], ADR 0014) and the outbox monitor (backlog and parked-row metrics);
 //! - **supervision**: a task that returns an error, panics, or ends before it was asked to stop is
 //!   logged with its name, marks its component (and so the service) `NOT_SERVING` and starts the
 //!   shutdown; [`Kit::serve`] then returns an error, so the process exits non-zero and its
@@ -126,6 +130,7 @@ struct Task {
 pub struct Kit {
     config: PlatformConfig,
     pool: PgPool,
+    components: Components,
     routes: Routes,
     service_names: Vec<&'static str>,
     tasks: Vec<Task>,
@@ -161,6 +166,7 @@ impl Kit {
         Ok(Self {
             config: config.clone(),
             pool,
+            components: Components::default(),
             routes: Routes::default(),
             service_names: Vec::new(),
             tasks: Vec::new(),
@@ -226,10 +232,14 @@ impl Kit {
         settings.lanes = config.kafka_consumer_lanes;
         settings.max_batch = config.kafka_consumer_max_batch;
         settings.fetch_wait_max = config.kafka_fetch_wait_max;
+        settings.max_attempts = config.kafka_max_attempts;
+        settings.max_retry = config.kafka_max_retry;
+        let name = format!("consumer-{group}");
+        settings.health = Some(self.components.component(&name));
         let bootstrap = config.kafka_bootstrap_servers.clone();
         let client_id = format!("{}-dead-letters", config.service_name);
         self.tasks.push(Task {
-            name: format!("consumer-{group}"),
+            name,
             stage: Stage::Consumers,
             start: Box::new(move |stop| {
                 async move {
@@ -257,6 +267,24 @@ impl Kit {
         self
     }
 
+    /// The jobs every service runs on its platform tables: retention (`job-retention`) and the
+    /// outbox monitor (`job-outbox-monitor`, which also reports the `outbox` component).
+    fn platform_jobs(self) -> Self {
+        let (pool, service) = (self.pool.clone(), self.config.service_name.clone());
+        let settings = crate::retention::RetentionSettings::of(&self.config);
+        let retention_health = self.components.component("job-retention");
+        let outbox_health = self.components.component("outbox");
+        let (monitor_pool, monitor_service) = (pool.clone(), service.clone());
+        self.job("retention", move |stop| async move {
+            crate::retention::run(pool, settings, service, retention_health, stop).await;
+            Ok(())
+        })
+        .job("outbox-monitor", move |stop| async move {
+            crate::retention::monitor_outbox(monitor_pool, monitor_service, outbox_health, HEALTH_INTERVAL, stop).await;
+            Ok(())
+        })
+    }
+
     /// Serves until `shutdown` fires or a task fails, then shuts down in order (see the
     /// [module](self) docs). Returns an error when a task failed or the server could not run.
     pub async fn serve(mut self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -274,9 +302,10 @@ impl Kit {
             .await
             .context("authentication")?;
         for index in 0..self.config.outbox_relays {
-            let relay = outbox::relay(&self.pool, &self.config, index)?;
+            let name = format!("relay-{index}");
+            let relay = outbox::relay(&self.pool, &self.config, index, Some(self.components.component(&name)))?;
             self.tasks.push(Task {
-                name: format!("relay-{index}"),
+                name,
                 stage: Stage::Relays,
                 start: Box::new(move |stop| {
                     async move {
@@ -288,7 +317,8 @@ impl Kit {
             });
         }
 
-        let components = Components::default();
+        self = self.platform_jobs();
+        let components = self.components.clone();
         let stopping = CancellationToken::new();
         let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
         let mut running = Vec::new();

@@ -14,7 +14,9 @@
 //! - [`shutdown`]: the SIGTERM/SIGINT cancellation token;
 //! - [`sql`]: statements assembled from parts, placeholders numbered for you;
 //! - [`tls`]: TLS of the gRPC servers (optional mTLS) and librdkafka security properties;
-//! - [`kit`]: the service kit every service's `run()` and `main()` are built on.
+//! - [`kit`]: the service kit every service's `run()` and `main()` are built on;
+//! - [`metrics`]: the pipeline's OpenTelemetry metrics (backlog, lag, parked rows, dead letters);
+//! - [`retention`]: the jobs that delete what is no longer needed (outbox, keys, inbox).
 
 pub mod auth;
 pub mod config;
@@ -24,7 +26,9 @@ pub mod grpc;
 pub mod idempotency;
 pub mod kafka;
 pub mod kit;
+pub mod metrics;
 pub mod outbox;
+pub mod retention;
 pub mod shutdown;
 pub mod sql;
 pub mod telemetry;

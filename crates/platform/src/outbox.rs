@@ -6,15 +6,25 @@
 //!   broker acknowledged it (`acks=all`, idempotent producer). A relay killed between the publish
 //!   and the `published_at` update publishes the row again on restart: delivery is at-least-once
 //!   and consumers deduplicate on `ce_id` (the row's `event_id`).
-//! - **Several relays at once**: a relay claims rows with `FOR UPDATE SKIP LOCKED` and holds the
-//!   row locks until it has published them and marked them, so two relays never publish the same
-//!   row in the same round.
+//! - **Several relays at once**: a relay claims rows in a short transaction of its own
+//!   (`FOR UPDATE SKIP LOCKED`, then a lease: `not_before` = now + [`RelaySettings::lease`] and a
+//!   `claim_token`), commits, and only then publishes; no transaction stays open across broker
+//!   round trips. Two relays never publish the same row in the same round: a leased row is not
+//!   claimable until it is marked or its lease runs out, or at once when the relay that holds it
+//!   died (its liveness lock, a session-level advisory lock, is gone); the row is then published
+//!   again, at least once.
 //! - **Order per key**: a relay only claims the *oldest* unpublished row of each record key, so the
 //!   events of one aggregate reach the broker in commit order even with several relays (the next
-//!   row of a key becomes eligible once the previous one is marked published).
-//! - **Broker down**: sends fail after the producer's delivery timeout, the round rolls back
-//!   (rows stay unpublished, `attempts` and `last_error` record the failure) and the relay backs
-//!   off exponentially up to `max_backoff`, then resumes by itself.
+//!   row of a key becomes eligible once the previous one is marked published). A parked row keeps
+//!   its key's later rows back until an operator re-queues it (ADR 0013).
+//! - **Broker down**: sends fail after the producer's delivery timeout; the rows stay unpublished
+//!   (`last_error` records the failure, the attempt does not count against the row) and the relay
+//!   backs off exponentially up to `max_backoff`, reports itself `NOT_SERVING`, then resumes by
+//!   itself.
+//! - **Poison rows are parked**: a row the broker rejects for what it is (too large, invalid
+//!   topic, not authorized, …) counts an attempt, waits before its next one (exponential per row)
+//!   and after [`RelaySettings::max_attempts`] is parked (`parked_at`): never claimed again until
+//!   [`requeue_parked`]. Other keys keep flowing meanwhile, and the relay does not back off for it.
 //! - **Trace context**: the `traceparent` of the request that wrote the row is stored with it; the
 //!   relay publishes inside a span that is a child of it, so consumers continue the same trace.
 
@@ -28,6 +38,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::Result;
+use crate::grpc::Component;
 use crate::kafka::{EventMetadata, EventProducer};
 use crate::telemetry::{self, TraceHeaders};
 
@@ -172,7 +183,7 @@ pub struct Backlog {
     pub oldest_age: Option<Duration>,
 }
 
-/// The outbox backlog: count and age of the oldest unpublished row.
+/// The outbox backlog: count and age of the oldest unpublished row (parked rows included).
 pub async fn backlog(pool: &PgPool) -> Result<Backlog> {
     let row = sqlx::query(
         "SELECT count(*) AS unpublished, \
@@ -186,6 +197,70 @@ pub async fn backlog(pool: &PgPool) -> Result<Backlog> {
         unpublished: row.try_get("unpublished")?,
         oldest_age: oldest_seconds.map(|seconds| Duration::from_secs_f64(seconds.max(0.0))),
     })
+}
+
+/// A parked row, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedRow {
+    /// The row's id (what [`requeue_parked`] takes).
+    pub id: i64,
+    /// Its event id (`ce_id`).
+    pub event_id: Uuid,
+    /// Its topic.
+    pub topic: String,
+    /// Its record key.
+    pub record_key: String,
+    /// Failed publishes.
+    pub attempts: i32,
+    /// The broker's last answer.
+    pub last_error: Option<String>,
+    /// When it was parked.
+    pub parked_at: DateTime<Utc>,
+}
+
+/// Rows parked after too many failed publishes, oldest first.
+pub async fn parked(pool: &PgPool) -> Result<Vec<ParkedRow>> {
+    let rows = sqlx::query(
+        "SELECT id, event_id, topic, record_key, attempts, last_error, parked_at FROM outbox \
+         WHERE parked_at IS NOT NULL AND published_at IS NULL ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(ParkedRow {
+                id: row.try_get("id")?,
+                event_id: row.try_get("event_id")?,
+                topic: row.try_get("topic")?,
+                record_key: row.try_get("record_key")?,
+                attempts: row.try_get("attempts")?,
+                last_error: row.try_get("last_error")?,
+                parked_at: row.try_get("parked_at")?,
+            })
+        })
+        .collect()
+}
+
+/// How many rows are parked.
+pub async fn parked_count(pool: &PgPool) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL AND published_at IS NULL")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Puts parked rows back in line (all of them, or only `ids`) with a fresh attempt budget;
+/// returns how many. The operator's command after fixing the cause (`fintech-ops outbox requeue`).
+pub async fn requeue_parked(pool: &PgPool, ids: Option<&[i64]>) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE outbox SET parked_at = NULL, attempts = 0, not_before = NULL, claim_token = NULL \
+         WHERE parked_at IS NOT NULL AND published_at IS NULL AND ($1::bigint[] IS NULL OR id = ANY($1))",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Deletes published rows older than `age` (retention); returns how many.
@@ -216,6 +291,17 @@ pub struct RelaySettings {
     pub rounds_in_flight: usize,
     /// Longest wait between rounds while the broker fails.
     pub max_backoff: Duration,
+    /// Failed publishes the broker rejected a row for before it is parked (at least 1).
+    pub max_attempts: i32,
+    /// How long a claim keeps a row from other relays: longer than the producer's delivery
+    /// timeout, so only a relay that died mid-round loses its claim.
+    pub lease: Duration,
+    /// Wait before a rejected row's next attempt: doubles per attempt up to `max_backoff * 6`.
+    pub row_backoff: Duration,
+    /// Where the relay reports whether it can publish (`NOT_SERVING` while the broker fails).
+    pub health: Option<Component>,
+    /// Label of the relay's metrics (the service name).
+    pub service: String,
 }
 
 impl Default for RelaySettings {
@@ -226,9 +312,17 @@ impl Default for RelaySettings {
             gather: Duration::ZERO,
             rounds_in_flight: 1,
             max_backoff: Duration::from_secs(10),
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            lease: RELAY_DELIVERY_TIMEOUT * 2,
+            row_backoff: Duration::from_millis(500),
+            health: None,
+            service: String::new(),
         }
     }
 }
+
+/// Rejected publishes before a row is parked unless configured otherwise (`OUTBOX_MAX_ATTEMPTS`).
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 10;
 
 /// Publishes outbox rows to Kafka. Run one or more per database.
 #[derive(Debug, Clone)]
@@ -236,6 +330,48 @@ pub struct OutboxRelay {
     pool: PgPool,
     producer: EventProducer,
     settings: RelaySettings,
+    owner: Owner,
+}
+
+/// Advisory-lock class of the relays' liveness locks (`pg_advisory_lock(RELAY_LOCK_CLASS, key)`).
+const RELAY_LOCK_CLASS: i32 = 0x0B0C_0001;
+
+/// This relay's liveness: a session-level advisory lock on `(RELAY_LOCK_CLASS, key)`, held on a
+/// connection of its own (never inside a transaction). The rows a round claims record `key`; while
+/// the lock is held nobody takes them before their lease ends, and when the relay's process dies
+/// its connection closes, the lock disappears and any relay may take the rows at once instead of
+/// waiting for the lease (ADR 0013).
+#[derive(Debug, Clone, Default)]
+struct Owner(std::sync::Arc<tokio::sync::Mutex<Option<(i32, PgConnection)>>>);
+
+impl Owner {
+    /// The key of the lock this relay holds, taking one first if it holds none.
+    async fn key(&self, pool: &PgPool) -> Result<i32> {
+        let mut owner = self.0.lock().await;
+        if let Some((key, _)) = owner.as_ref() {
+            return Ok(*key);
+        }
+        let mut conn = pool.acquire().await?.detach();
+        loop {
+            let key = rand::random_range(1..i32::MAX);
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(RELAY_LOCK_CLASS)
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await?;
+            if taken {
+                *owner = Some((key, conn));
+                return Ok(key);
+            }
+        }
+    }
+
+    /// Forgets the lock after a database error: its connection may be gone with the lock, so the
+    /// next round takes a new one (rows claimed under the old key may be published again by
+    /// another relay meanwhile: at least once).
+    async fn forget(&self) {
+        self.0.lock().await.take();
+    }
 }
 
 /// What one round did.
@@ -243,8 +379,13 @@ pub struct OutboxRelay {
 pub struct RoundOutcome {
     /// Rows published and marked.
     pub published: usize,
-    /// Rows whose send failed (left unpublished).
+    /// Rows whose send failed for a reason that is not theirs (broker down or slow); left
+    /// unpublished, retried at once, their attempts not counted.
     pub failed: usize,
+    /// Rows the broker rejected for what they are; each counted an attempt.
+    pub rejected: usize,
+    /// Rejected rows that used up their attempts and were parked.
+    pub parked: usize,
 }
 
 struct ClaimedRow {
@@ -267,6 +408,7 @@ impl OutboxRelay {
             pool,
             producer,
             settings,
+            owner: Owner::default(),
         }
     }
 
@@ -285,8 +427,15 @@ impl OutboxRelay {
         let max_in_flight = self.settings.rounds_in_flight.max(1);
         let mut backoff = poll_interval;
         let mut failing = false;
+        let health = self.settings.health.clone();
+        let report = move |working: bool| {
+            if let Some(health) = &health {
+                health.report(working);
+            }
+        };
         // A settled round resets the backoff, or marks the relay failing.
         let note = |ok: bool, failing: &mut bool, backoff: &mut Duration| {
+            report(ok);
             if ok {
                 *backoff = poll_interval;
             } else {
@@ -322,7 +471,7 @@ impl OutboxRelay {
             let wait = match self.claim().await {
                 Ok(Some(round)) => {
                     let full = round.rows.len() as i64 >= self.settings.batch_size;
-                    in_flight.spawn(round.publish(self.producer.clone()));
+                    in_flight.spawn(round.publish(self.producer.clone(), self.settings.clone()));
                     if max_in_flight == 1
                         && let Some(joined) = in_flight.join_next().await
                     {
@@ -337,6 +486,9 @@ impl OutboxRelay {
                 }
                 Ok(None) => poll_interval,
                 Err(error) => {
+                    if let Some(health) = &self.settings.health {
+                        health.report(false);
+                    }
                     tracing::warn!(%error, backoff_ms = backoff.as_millis() as u64, "outbox claim failed, backing off");
                     next_backoff(&mut backoff, self.settings.max_backoff)
                 }
@@ -361,30 +513,47 @@ impl OutboxRelay {
     }
 
     /// One round: claim up to `batch_size` rows (the oldest unpublished row of each key), publish
-    /// them, mark the acknowledged ones, commit.
+    /// them, mark the acknowledged ones, record the failures on the others.
     pub async fn publish_round(&self) -> Result<RoundOutcome> {
         match self.claim().await? {
-            Some(round) => round.publish(self.producer.clone()).await,
+            Some(round) => round.publish(self.producer.clone(), self.settings.clone()).await,
             None => Ok(RoundOutcome::default()),
         }
     }
 
-    /// Claims up to `batch_size` rows, each the oldest unpublished row of its key, in a
-    /// transaction that holds their locks until the round is published; `None` if there is none.
+    /// Claims up to `batch_size` rows, each the oldest unpublished row of its key and neither
+    /// parked, leased (to a relay that is alive) nor waiting for its next attempt, and leases them
+    /// to this round in one statement (its own short transaction); `None` if there is none.
     async fn claim(&self) -> Result<Option<ClaimedRound>> {
+        let claimed = self.claim_as_owner().await;
+        if claimed.is_err() {
+            self.owner.forget().await;
+        }
+        claimed
+    }
+
+    async fn claim_as_owner(&self) -> Result<Option<ClaimedRound>> {
         let started = std::time::Instant::now();
-        let mut tx = self.pool.begin().await?;
+        let owner = self.owner.key(&self.pool).await?;
+        let token = Uuid::new_v4();
         let rows = sqlx::query(
-            "SELECT o.id, o.event_id, o.topic, o.record_key, o.event_type, o.event_source, o.payload_type, \
-                    o.payload, o.traceparent, o.tracestate, o.occurred_at \
-             FROM outbox o \
-             WHERE o.published_at IS NULL \
-               AND NOT EXISTS (SELECT 1 FROM outbox older \
-                               WHERE older.record_key = o.record_key \
-                                 AND older.published_at IS NULL AND older.id < o.id) \
-             ORDER BY o.id \
-             LIMIT $1 \
-             FOR UPDATE SKIP LOCKED",
+            "WITH claimable AS ( \
+                 SELECT o.id FROM outbox o \
+                 WHERE o.published_at IS NULL AND o.parked_at IS NULL \
+                   AND (o.not_before IS NULL OR o.not_before <= now() \
+                        OR (o.claim_token IS NOT NULL AND NOT EXISTS ( \
+                            SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+                              AND l.classid = $5::oid AND l.objid = o.claimed_by::oid AND l.objsubid = 2))) \
+                   AND NOT EXISTS (SELECT 1 FROM outbox older \
+                                   WHERE older.record_key = o.record_key \
+                                     AND older.published_at IS NULL AND older.id < o.id) \
+                 ORDER BY o.id \
+                 LIMIT $1 \
+                 FOR UPDATE SKIP LOCKED) \
+             UPDATE outbox o SET not_before = now() + make_interval(secs => $2), claim_token = $3, claimed_by = $4 \
+             FROM claimable WHERE o.id = claimable.id \
+             RETURNING o.id, o.event_id, o.topic, o.record_key, o.event_type, o.event_source, o.payload_type, \
+                       o.payload, o.traceparent, o.tracestate, o.occurred_at",
         )
         // Not a cached prepared statement: after a few rounds on a nearly empty outbox PostgreSQL
         // would keep a generic plan whose anti-join scans the whole key index per row, 1000x
@@ -392,13 +561,16 @@ impl OutboxRelay {
         // uses the partial indexes.
         .persistent(false)
         .bind(self.settings.batch_size)
-        .fetch_all(&mut *tx)
+        .bind(self.settings.lease.as_secs_f64())
+        .bind(token)
+        .bind(owner)
+        .bind(RELAY_LOCK_CLASS)
+        .fetch_all(&self.pool)
         .await?;
         if rows.is_empty() {
-            tx.rollback().await?;
             return Ok(None);
         }
-        let rows = rows
+        let mut rows = rows
             .into_iter()
             .map(|row| -> Result<ClaimedRow> {
                 Ok(ClaimedRow {
@@ -418,8 +590,11 @@ impl OutboxRelay {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        // RETURNING has no order; rows go to the producer in commit order.
+        rows.sort_by_key(|row| row.id);
         Ok(Some(ClaimedRound {
-            tx,
+            pool: self.pool.clone(),
+            token,
             rows,
             started,
             claimed: started.elapsed(),
@@ -427,9 +602,10 @@ impl OutboxRelay {
     }
 }
 
-/// Claimed rows and the transaction that holds their locks.
+/// Rows leased to one round (by `claim_token`), no transaction open.
 struct ClaimedRound {
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pool: PgPool,
+    token: Uuid,
     rows: Vec<ClaimedRow>,
     /// When the claim began, and how long it took (for the round's debug log).
     started: std::time::Instant,
@@ -437,42 +613,97 @@ struct ClaimedRound {
 }
 
 impl ClaimedRound {
-    /// Publishes the rows concurrently, marks the acknowledged ones, records the failures on the
-    /// others, commits.
-    async fn publish(mut self, producer: EventProducer) -> Result<RoundOutcome> {
+    /// Publishes the rows concurrently, then marks the acknowledged ones published and records
+    /// the failures on the others (releasing their lease; a rejected row waits before its next
+    /// attempt and is parked after `max_attempts`). Rows another relay took over after this
+    /// round's lease ran out are left to it.
+    async fn publish(self, producer: EventProducer, settings: RelaySettings) -> Result<RoundOutcome> {
         let sends = self.rows.iter().map(|row| publish_row(&producer, row));
         let results = futures::future::join_all(sends).await;
         let acknowledged = self.started.elapsed();
 
         let mut published = Vec::new();
         let mut failed = Vec::new();
+        let mut rejected = Vec::new();
         for (row, result) in self.rows.iter().zip(results) {
             match result {
                 Ok(()) => published.push(row.id),
+                Err(error) if rejects_the_record(&error) => rejected.push((row.id, error.to_string())),
                 Err(error) => failed.push((row.id, error.to_string())),
             }
         }
         if !published.is_empty() {
-            // `clock_timestamp()`, not `now()` (the claim's start): `published_at` says when the
-            // broker had acknowledged the rows.
+            // `clock_timestamp()`, not `now()`: `published_at` says when the broker had
+            // acknowledged the rows.
             sqlx::query(
-                "UPDATE outbox SET published_at = clock_timestamp(), attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)",
+                "UPDATE outbox SET published_at = clock_timestamp(), attempts = attempts + 1, last_error = NULL, \
+                 not_before = NULL, claim_token = NULL \
+                 WHERE id = ANY($1) AND claim_token = $2 AND published_at IS NULL",
             )
             .bind(&published)
-            .execute(&mut *self.tx)
+            .bind(self.token)
+            .execute(&self.pool)
             .await?;
         }
-        for (id, error) in &failed {
-            sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1")
-                .bind(id)
-                .bind(error)
-                .execute(&mut *self.tx)
-                .await?;
+        if !failed.is_empty() {
+            let (ids, errors): (Vec<i64>, Vec<String>) = failed.iter().cloned().unzip();
+            // Not the rows' fault: no attempt counted, claimable again at once (the relay backs off).
+            sqlx::query(
+                "UPDATE outbox o SET last_error = f.error, not_before = NULL, claim_token = NULL \
+                 FROM unnest($1::bigint[], $2::text[]) AS f(id, error) \
+                 WHERE o.id = f.id AND o.claim_token = $3",
+            )
+            .bind(&ids)
+            .bind(&errors)
+            .bind(self.token)
+            .execute(&self.pool)
+            .await?;
         }
-        self.tx.commit().await?;
+        let mut parked = 0;
+        if !rejected.is_empty() {
+            let (ids, errors): (Vec<i64>, Vec<String>) = rejected.iter().cloned().unzip();
+            let cap = settings.max_backoff.saturating_mul(6).max(settings.row_backoff);
+            let parked_ids: Vec<i64> = sqlx::query_scalar::<_, Option<i64>>(
+                "UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error, claim_token = NULL, \
+                   not_before = now() + make_interval(secs => least($4, $5 * power(2, least(o.attempts, 30)))), \
+                   parked_at = CASE WHEN o.attempts + 1 >= $6 THEN clock_timestamp() END \
+                 FROM unnest($1::bigint[], $2::text[]) AS f(id, error) \
+                 WHERE o.id = f.id AND o.claim_token = $3 \
+                 RETURNING CASE WHEN o.parked_at IS NOT NULL THEN o.id END",
+            )
+            .bind(&ids)
+            .bind(&errors)
+            .bind(self.token)
+            .bind(cap.as_secs_f64())
+            .bind(settings.row_backoff.as_secs_f64())
+            .bind(settings.max_attempts.max(1))
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+            for (id, error) in &rejected {
+                if parked_ids.contains(id) {
+                    tracing::error!(outbox_id = id, %error, max_attempts = settings.max_attempts,
+                        "outbox row parked: the broker keeps rejecting it; fix the cause, then re-queue it");
+                } else {
+                    tracing::warn!(outbox_id = id, %error, "the broker rejected an outbox row; it is retried later");
+                }
+            }
+            parked = parked_ids.len();
+        }
+        let failures = (failed.len() + rejected.len()) as u64;
+        if failures > 0 {
+            crate::metrics::add(
+                crate::metrics::OUTBOX_PUBLISH_FAILURES,
+                &[("service", settings.service.as_str())],
+                failures,
+            );
+        }
         tracing::debug!(
             rows = self.rows.len(),
             failed = failed.len(),
+            rejected = rejected.len(),
             claim_ms = self.claimed.as_secs_f64() * 1000.0,
             acks_ms = (acknowledged - self.claimed).as_secs_f64() * 1000.0,
             mark_ms = (self.started.elapsed() - acknowledged).as_secs_f64() * 1000.0,
@@ -481,8 +712,32 @@ impl ClaimedRound {
         Ok(RoundOutcome {
             published: published.len(),
             failed: failed.len(),
+            rejected: rejected.len(),
+            parked,
         })
     }
+}
+
+/// Whether the broker (or the producer, before sending) refused the record itself, so that sending
+/// it again as it is cannot succeed: too large, an invalid or unknown topic, not authorized, a
+/// policy violation. Time-outs and transport errors say nothing about the record.
+fn rejects_the_record(error: &crate::Error) -> bool {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+    let crate::Error::Kafka(KafkaError::MessageProduction(code)) = error else {
+        return false;
+    };
+    matches!(
+        code,
+        Code::MessageSizeTooLarge
+            | Code::InvalidMessageSize
+            | Code::InvalidMessage
+            | Code::InvalidRecord
+            | Code::InvalidTopic
+            | Code::UnknownTopic
+            | Code::UnknownTopicOrPartition
+            | Code::TopicAuthorizationFailed
+            | Code::PolicyViolation
+    )
 }
 
 async fn publish_row(producer: &EventProducer, row: &ClaimedRow) -> Result<()> {
@@ -518,7 +773,9 @@ async fn publish_row(producer: &EventProducer, row: &ClaimedRow) -> Result<()> {
     .await
 }
 
-/// Logs what a finished round did; `false` if it failed (sends or database).
+/// Logs what a finished round did; `false` if the relay could not publish (sends failed for
+/// reasons that are not the rows', or the database failed). Rejected rows do not count: the relay
+/// works, those rows are poison.
 fn settle(joined: std::result::Result<Result<RoundOutcome>, tokio::task::JoinError>, backoff: Duration) -> bool {
     match joined {
         Ok(Ok(outcome)) if outcome.failed == 0 => true,
@@ -550,24 +807,34 @@ async fn sleep_or_shutdown(wait: Duration, shutdown: &CancellationToken) -> bool
     }
 }
 
-/// How long a relay's send may wait for the broker before it counts as failed. Generous, because a
-/// timed-out send makes the idempotent producer bump its epoch, which a loaded broker handles worst.
+/// How long a relay's send may wait for the broker before it counts as failed, unless configured
+/// otherwise (`OUTBOX_DELIVERY_TIMEOUT_MS`). Generous, because a timed-out send makes the
+/// idempotent producer bump its epoch, which a loaded broker handles worst.
 pub const RELAY_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Relay number `index` over `pool` with the settings of `config` and its own idempotent producer
 /// (client id `<service>-outbox-<index>`); the service kit runs `OUTBOX_RELAYS` of them.
-pub fn relay(pool: &PgPool, config: &crate::config::PlatformConfig, index: usize) -> Result<OutboxRelay> {
+pub fn relay(
+    pool: &PgPool,
+    config: &crate::config::PlatformConfig,
+    index: usize,
+    health: Option<Component>,
+) -> Result<OutboxRelay> {
     let settings = RelaySettings {
         batch_size: config.outbox_batch_size,
         poll_interval: config.outbox_poll_interval,
         gather: config.outbox_gather,
         rounds_in_flight: config.outbox_rounds_in_flight,
+        max_attempts: config.outbox_max_attempts,
+        lease: config.outbox_delivery_timeout * 2,
+        health,
+        service: config.service_name.clone(),
         ..RelaySettings::default()
     };
     let producer = EventProducer::new(
         &config.kafka_bootstrap_servers,
         &format!("{}-outbox-{index}", config.service_name),
-        RELAY_DELIVERY_TIMEOUT,
+        config.outbox_delivery_timeout,
     )?;
     Ok(OutboxRelay::new(pool.clone(), producer, settings))
 }

@@ -3,11 +3,16 @@
 //! A tracer provider is always installed, so every span has a real trace id that travels in gRPC
 //! metadata, in outbox rows and in Kafka headers; spans are *exported* only when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (OTLP over gRPC).
+//!
+//! A meter provider is installed too, with the pipeline's instruments ([`crate::metrics`]); with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` set they are exported over OTLP/gRPC every
+//! `OTEL_METRIC_EXPORT_INTERVAL` milliseconds (60000 by default, the OpenTelemetry SDK's variable).
 
 use std::collections::HashMap;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -18,10 +23,11 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::config::{env_opt, env_or};
 use crate::error::{Error, Result};
 
-/// Keeps the tracer provider alive; dropping it flushes pending spans.
+/// Keeps the tracer and meter providers alive; dropping it flushes pending spans and metrics.
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Drop for TelemetryGuard {
@@ -29,7 +35,25 @@ impl Drop for TelemetryGuard {
         if let Some(provider) = self.provider.take() {
             let _ = provider.shutdown();
         }
+        if let Some(meters) = self.meters.take() {
+            let _ = meters.shutdown();
+        }
     }
+}
+
+/// The meter provider: the pipeline's instruments, exported over OTLP/gRPC to `otlp_endpoint`.
+fn meter_provider(resource: opentelemetry_sdk::Resource, otlp_endpoint: Option<&str>) -> Result<SdkMeterProvider> {
+    let mut builder = SdkMeterProvider::builder().with_resource(resource);
+    if let Some(endpoint) = otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.to_owned())
+            .build()
+            .map_err(|error| Error::Telemetry(format!("OTEL_EXPORTER_OTLP_ENDPOINT: {error}")))?;
+        builder = builder.with_periodic_exporter(exporter);
+    }
+    Ok(builder.build())
 }
 
 /// Installs the global subscriber (log filter from `RUST_LOG`, `LOG_FORMAT=json` for JSON lines),
@@ -47,6 +71,7 @@ pub fn init_with_endpoint(service_name: &str, otlp_endpoint: Option<&str>) -> Re
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name.to_owned())
         .build();
+    let meters = meter_provider(resource.clone(), otlp_endpoint)?;
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = otlp_endpoint {
         use opentelemetry_otlp::WithExportConfig;
@@ -83,13 +108,23 @@ pub fn init_with_endpoint(service_name: &str, otlp_endpoint: Option<&str>) -> Re
         .is_ok();
     if installed {
         opentelemetry::global::set_tracer_provider(provider.clone());
+        opentelemetry::global::set_meter_provider(meters.clone());
+        crate::metrics::register(&opentelemetry::metrics::MeterProvider::meter(
+            &meters,
+            "fintech-platform",
+        ));
         Ok(TelemetryGuard {
             provider: Some(provider),
+            meters: Some(meters),
         })
     } else {
         // Another subscriber (an earlier init in this process) stays in charge.
         let _ = provider.shutdown();
-        Ok(TelemetryGuard { provider: None })
+        let _ = meters.shutdown();
+        Ok(TelemetryGuard {
+            provider: None,
+            meters: None,
+        })
     }
 }
 

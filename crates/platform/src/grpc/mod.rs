@@ -1,8 +1,10 @@
 //! gRPC server bootstrap shared by every service, and the error helpers handlers use.
 //!
 //! [`serve`] runs a tonic server with:
-//! - `grpc.health.v1.Health`: `NOT_SERVING` until the service's database and the broker answer,
-//!   re-checked every few seconds, and `NOT_SERVING` again as soon as shutdown starts;
+//! - `grpc.health.v1.Health`: the service `NOT_SERVING` until its database answers and while one
+//!   of its tasks has failed, re-checked every few seconds, and `NOT_SERVING` again as soon as
+//!   shutdown starts; every component (`database`, `broker`, `relay-0`, `consumer-…`, `outbox`,
+//!   `job-…`) also under its own name, `NOT_SERVING` while it cannot do its work (ADR 0013);
 //! - server reflection, both `grpc.reflection.v1` and `v1alpha` (grpcurl 1.8 speaks only the
 //!   latter);
 //! - a layer that continues the caller's W3C trace (`traceparent` metadata) and logs every request
@@ -48,29 +50,101 @@ pub struct Readiness {
     pub components: Components,
 }
 
-/// Health of named components (`relay-0`, `consumer-tax`, …), shared between the tasks' supervisor
-/// and the health service. The service is `SERVING` only while every component is healthy; each
-/// component is also reported under its own name (`grpcurl -d '{"service":"relay-0"}' …`).
+/// How one component is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ComponentState {
+    /// `false` when something the service needs to answer RPCs is broken (the database, a task
+    /// that died): the whole service is `NOT_SERVING`.
+    essential: bool,
+    /// `false` while the component cannot do its own work (a relay that cannot publish, a
+    /// consumer retrying a record, parked outbox rows, an unreachable broker): the component is
+    /// `NOT_SERVING`, the service keeps answering.
+    working: bool,
+}
+
+/// Health of named components (`database`, `broker`, `relay-0`, `consumer-tax`, `outbox`, …),
+/// shared between the tasks, their supervisor and the health service. Each component is reported
+/// under its own name (`grpcurl -d '{"service":"relay-0"}' …`); the service as a whole is
+/// `SERVING` while everything it needs to answer RPCs is (see [`set`](Self::set) and
+/// [`report`](Self::report), ADR 0013).
 #[derive(Debug, Clone, Default)]
-pub struct Components(Arc<Mutex<BTreeMap<String, bool>>>);
+pub struct Components(Arc<Mutex<BTreeMap<String, ComponentState>>>);
 
 impl Components {
-    /// Records whether `name` is healthy.
-    pub fn set(&self, name: &str, healthy: bool) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(name.to_owned(), healthy);
+    fn update(&self, name: &str, change: impl FnOnce(&mut ComponentState)) {
+        let mut components = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = components.entry(name.to_owned()).or_insert(ComponentState {
+            essential: true,
+            working: true,
+        });
+        change(state);
     }
 
-    /// Every component and whether it is healthy.
+    /// Records whether `name` is alive: a component that is not (the database, a task that
+    /// failed) makes the whole service `NOT_SERVING`.
+    pub fn set(&self, name: &str, healthy: bool) {
+        self.update(name, |state| state.essential = healthy);
+    }
+
+    /// Records whether `name` can do its own work right now. A component that cannot is reported
+    /// `NOT_SERVING` under its own name; the service stays `SERVING` (a payments instance whose
+    /// relay cannot reach the broker still takes commands: its outbox keeps them).
+    pub fn report(&self, name: &str, working: bool) {
+        self.update(name, |state| state.working = working);
+    }
+
+    /// A handle through which one component reports on itself.
+    pub fn component(&self, name: &str) -> Component {
+        self.update(name, |_| {});
+        Component {
+            components: self.clone(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Every component and whether it is healthy (alive and working).
     pub fn snapshot(&self) -> Vec<(String, bool)> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
-            .map(|(name, healthy)| (name.clone(), *healthy))
+            .map(|(name, state)| (name.clone(), state.essential && state.working))
             .collect()
+    }
+
+    /// The components that make the whole service `NOT_SERVING`.
+    pub fn broken(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, state)| !state.essential)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+/// One component's handle on [`Components`] (see [`Components::report`]).
+#[derive(Debug, Clone)]
+pub struct Component {
+    components: Components,
+    name: String,
+}
+
+impl Component {
+    /// A handle that reports to a registry nobody reads (tests, tools).
+    pub fn detached(name: &str) -> Self {
+        Components::default().component(name)
+    }
+
+    /// Records whether the component can do its work right now.
+    pub fn report(&self, working: bool) {
+        self.components.report(&self.name, working);
+    }
+
+    /// The component's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 
@@ -181,17 +255,17 @@ async fn watch_readiness(
 ) {
     let mut last: Option<bool> = None;
     let mut last_components: BTreeMap<String, bool> = BTreeMap::new();
+    // One client for the life of the server, not one per probe.
+    let broker_probe = crate::kafka::BrokerProbe::new(&readiness.kafka_bootstrap_servers);
     loop {
         let database = crate::db::reachable(&readiness.pool).await;
-        let broker = crate::kafka::broker_reachable(&readiness.kafka_bootstrap_servers, Duration::from_secs(2)).await;
+        let broker = match &broker_probe {
+            Ok(probe) => probe.reachable(Duration::from_secs(2)).await,
+            Err(_) => false,
+        };
         readiness.components.set("database", database);
-        readiness.components.set("broker", broker);
+        readiness.components.report("broker", broker);
         let components = readiness.components.snapshot();
-        let unhealthy: Vec<&str> = components
-            .iter()
-            .filter(|(_, healthy)| !healthy)
-            .map(|(name, _)| name.as_str())
-            .collect();
         for (name, healthy) in &components {
             if last_components.get(name) != Some(healthy) {
                 let status = if *healthy {
@@ -201,9 +275,13 @@ async fn watch_readiness(
                 };
                 reporter.set_service_status(name, status).await;
                 last_components.insert(name.clone(), *healthy);
+                if !healthy {
+                    tracing::warn!(component = %name, "component not serving");
+                }
             }
         }
-        let ready = unhealthy.is_empty() && !shutdown.is_cancelled();
+        let broken = readiness.components.broken();
+        let ready = broken.is_empty() && !shutdown.is_cancelled();
         if last != Some(ready) {
             let status = if ready {
                 ServingStatus::Serving
@@ -213,7 +291,7 @@ async fn watch_readiness(
             for name in &names {
                 reporter.set_service_status(name, status).await;
             }
-            tracing::info!(ready, ?unhealthy, "health status changed");
+            tracing::info!(ready, ?broken, "health status changed");
             last = Some(ready);
         }
         tokio::select! {

@@ -11,13 +11,20 @@
 //! - **Order per partition.** Each partition is handled by one of [`ConsumerSettings::lanes`]
 //!   lanes (partitions are dealt to lanes in turn as they first appear, and keep their lane), one
 //!   record at a time, in offset order; lanes run concurrently, so partitions do not wait for each other's
-//!   database round trips. A record whose handler fails with [`HandlerError::Transient`] is retried
-//!   (backoff from 100 ms doubling up to [`ConsumerSettings::max_backoff`]) and is never skipped:
-//!   its partition waits for it (the other lanes go on until the one lane's queue is full).
-//! - **Poison records never block a partition.** A record without valid CloudEvents headers, or
-//!   whose handler says [`HandlerError::Permanent`], goes to [`ConsumerSettings::dead_letter_topic`]
-//!   with its original key, value and headers plus `dlq_reason`, `dlq_original_topic`,
-//!   `dlq_original_partition` and `dlq_original_offset`; then its offset is committed. If the
+//!   database round trips. A record whose handler fails with [`HandlerError::Transient`] or
+//!   [`HandlerError::Unavailable`] is retried (backoff from 100 ms doubling up to
+//!   [`ConsumerSettings::max_backoff`]); its partition waits for it, the other lanes go on: once a
+//!   lane's queue is full, records for it are held back in order and, beyond [`HOLD_LIMIT`], their
+//!   partitions paused, so the loop keeps fetching for the other lanes (ADR 0012).
+//! - **Retry budget.** A transient failure is retried at most [`ConsumerSettings::max_attempts`]
+//!   times and for at most [`ConsumerSettings::max_retry`]; then the record is dead-lettered as
+//!   `exhausted`. An unavailable database does not use up the budget (every record would fail).
+//! - **Poison records never block a partition.** A record without valid CloudEvents headers (a
+//!   `ce_id` must be 1-128 bytes of visible ASCII), or whose handler says
+//!   [`HandlerError::Permanent`], goes to [`ConsumerSettings::dead_letter_topic`]
+//!   with its original key, value and headers plus `dlq_reason`, `dlq_class`, `dlq_attempts`,
+//!   `dlq_consumer_group`, `dlq_original_topic`, `dlq_original_partition` and
+//!   `dlq_original_offset`; then its offset is committed. If the
 //!   dead letter cannot be written, that is a transient failure: retried, never dropped.
 //! - **Trace context.** Each record is handled inside a `kafka.consume` span whose parent is the
 //!   `traceparent` of the record, so the handler's trace id is the producer's.
@@ -39,11 +46,9 @@
 //!   on a broker that writes each commit to disk that per-record request was a large part of its
 //!   load. A crash loses at most the commits of that interval, which only means redelivery of
 //!   records that were already handled.
-//! - While one record is retried, its lane's queue fills and then the loop stops polling the
-//!   broker. If that lasts longer than [`ConsumerSettings::max_poll_interval`] the client leaves
-//!   the group, its partitions move to another member, which handles the record again
-//!   (idempotently), and this one rejoins when it polls again. Records of a revoked partition
-//!   still queued in a lane are handled anyway (idempotently) and their offsets are not stored.
+//! - While one record is retried, the loop keeps polling (paused partitions return nothing), so
+//!   the member stays in its group. Records of a revoked partition still queued or held for a
+//!   lane are handled anyway (idempotently) and their offsets are not stored.
 //! - A panic in a handler ends the consumer (the panic is resumed in its task) without committing
 //!   the record in hand.
 //! - A dead letter of a record without a key or value gets an empty key or value (the producer
@@ -65,10 +70,13 @@ use tracing::Instrument;
 
 use super::client_config;
 use super::headers::{
-    DEAD_LETTER_OFFSET, DEAD_LETTER_PARTITION, DEAD_LETTER_REASON, DEAD_LETTER_TOPIC, EventMetadata, header_str,
+    DEAD_LETTER_ATTEMPTS, DEAD_LETTER_CLASS, DEAD_LETTER_GROUP, DEAD_LETTER_HEADERS, DEAD_LETTER_OFFSET,
+    DEAD_LETTER_PARTITION, DEAD_LETTER_REASON, DEAD_LETTER_TOPIC, EventMetadata, header_str,
 };
 use super::producer::{Delivery, EventProducer};
+use crate::db::DbFault;
 use crate::error::Result;
+use crate::grpc::Component;
 use crate::telemetry::{TraceHeaders, set_remote_parent};
 
 /// First delay after a transient failure; it doubles up to [`ConsumerSettings::max_backoff`].
@@ -83,8 +91,20 @@ pub const DEFAULT_LANES: usize = 8;
 pub const DEFAULT_FETCH_WAIT_MAX: Duration = Duration::from_millis(50);
 /// Records handed to a handler at once unless configured otherwise (`KAFKA_CONSUMER_MAX_BATCH`).
 pub const DEFAULT_MAX_BATCH: usize = 32;
-/// Records queued per lane before the loop stops fetching.
+/// Records queued per lane; beyond that records are held back for the lane (see [`run_consumer`]).
 const LANE_QUEUE: usize = 64;
+/// Records held back for a full lane before the partitions they come from are paused.
+const HOLD_LIMIT: usize = 4 * LANE_QUEUE;
+/// Handler attempts at a transiently failing record unless configured otherwise
+/// (`KAFKA_MAX_ATTEMPTS`).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+/// Longest retrying of a transiently failing record unless configured otherwise
+/// (`KAFKA_MAX_RETRY_SECS`).
+pub const DEFAULT_MAX_RETRY: Duration = Duration::from_secs(120);
+/// How often records held back for a full lane are offered to it again.
+const OVERFLOW_RETRY: Duration = Duration::from_millis(20);
+/// How often librdkafka reports its statistics (consumer lag).
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One record as the handler sees it.
 #[derive(Debug, Clone)]
@@ -171,10 +191,17 @@ pub enum HandlerError {
     /// The event can never succeed (undecodable, invalid): it is dead-lettered.
     #[error("permanent failure: {0}")]
     Permanent(String),
-    /// The event may succeed later (e.g. the database is down): it is retried with capped
-    /// exponential backoff, never skipped.
+    /// The event may succeed later (a serialization failure, a deadlock, a timeout): it is
+    /// retried with capped exponential backoff, and dead-lettered once
+    /// [`ConsumerSettings::max_attempts`] or [`ConsumerSettings::max_retry`] is used up.
     #[error("transient failure: {0}")]
     Transient(String),
+    /// Something the handler needs is unreachable (the database is down or restarting): the
+    /// record is not at fault, every record would fail the same way. It is retried with capped
+    /// exponential backoff for as long as it takes, without using up its retry budget, so an
+    /// outage never fills the dead-letter topic (ADR 0012).
+    #[error("dependency unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl HandlerError {
@@ -187,20 +214,81 @@ impl HandlerError {
     pub fn transient(reason: impl fmt::Display) -> Self {
         Self::Transient(reason.to_string())
     }
-}
 
-/// Database errors are treated as transient (connection lost, serialization failure); a handler
-/// that knows better returns [`HandlerError::Permanent`] itself.
-impl From<sqlx::Error> for HandlerError {
-    fn from(error: sqlx::Error) -> Self {
-        Self::Transient(error.to_string())
+    /// Classifies a database error through [`DbFault`]: the data at fault (SQLSTATE classes 22,
+    /// 23 and 54) is permanent, an unreachable server is unavailable, anything else (conflicts,
+    /// timeouts, 57014, unknown errors) is transient.
+    pub fn of_database(error: &sqlx::Error) -> Self {
+        Self::of_fault(&DbFault::of(error), error)
+    }
+
+    /// Classifies any error by the first database error in its chain of sources (see
+    /// [`of_database`](Self::of_database)); an error without one is transient.
+    pub fn of_error(error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(inner) = source {
+            message.push_str(": ");
+            message.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        match DbFault::in_chain(error) {
+            Some(fault) => Self::of_fault(&fault, &message),
+            None => Self::Transient(message),
+        }
+    }
+
+    /// [`of_error`](Self::of_error) for anything that converts into an `anyhow::Error` (an
+    /// `anyhow::Error` itself, a `sqlx::Error`, …): `.map_err(HandlerError::classified)`.
+    pub fn classified(error: impl Into<anyhow::Error>) -> Self {
+        let error: anyhow::Error = error.into();
+        let error: &(dyn std::error::Error + 'static) = &*error;
+        Self::of_error(error)
+    }
+
+    /// [`Unavailable`](Self::Unavailable) when `error`'s chain says the database is unreachable,
+    /// [`Transient`](Self::Transient) otherwise: for a handler that has judged its permanent
+    /// failures itself and wants no SQLSTATE to override that judgement.
+    pub fn unavailable_or_transient(error: impl Into<anyhow::Error>) -> Self {
+        match Self::classified(error) {
+            Self::Permanent(reason) => Self::Transient(reason),
+            other => other,
+        }
+    }
+
+    fn of_fault(fault: &DbFault, error: &dyn fmt::Display) -> Self {
+        if fault.is_permanent() {
+            Self::Permanent(format!("database rejected the event's data: {error}"))
+        } else if fault.is_unavailable() {
+            Self::Unavailable(error.to_string())
+        } else {
+            Self::Transient(error.to_string())
+        }
+    }
+
+    /// The message, whatever the class.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Permanent(reason) | Self::Transient(reason) | Self::Unavailable(reason) => reason,
+        }
     }
 }
 
-/// Failures of the shared plumbing (database, broker) are treated as transient.
+/// Database errors are classified by [`HandlerError::of_database`].
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::of_database(&error)
+    }
+}
+
+/// Database failures of the shared plumbing are classified like [`sqlx::Error`]; the others
+/// (broker, …) are transient.
 impl From<crate::Error> for HandlerError {
     fn from(error: crate::Error) -> Self {
-        Self::Transient(error.to_string())
+        match &error {
+            crate::Error::Database(database) => Self::of_database(database),
+            _ => Self::Transient(error.to_string()),
+        }
     }
 }
 
@@ -274,12 +362,22 @@ pub struct ConsumerSettings {
     pub max_batch: usize,
     /// Longest time the broker may hold a fetch that has nothing to return (`fetch.wait.max.ms`).
     pub fetch_wait_max: Duration,
+    /// Handler attempts at a record failing with [`HandlerError::Transient`] before it is
+    /// dead-lettered (at least 1; `KAFKA_MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+    /// Longest time a record failing with [`HandlerError::Transient`] is retried before it is
+    /// dead-lettered, counted from its first failure (`KAFKA_MAX_RETRY_SECS`).
+    pub max_retry: Duration,
+    /// Where the consumer reports whether it is keeping up: `NOT_SERVING` while a record is being
+    /// retried, `SERVING` again once it finished.
+    pub health: Option<Component>,
 }
 
 impl ConsumerSettings {
     /// Settings with defaults: client id = group id, backoff capped at 30 s, session timeout
     /// 10 s, max poll interval 5 min, [`DEFAULT_LANES`] lanes, batches of up to
-    /// [`DEFAULT_MAX_BATCH`], fetches held at most [`DEFAULT_FETCH_WAIT_MAX`].
+    /// [`DEFAULT_MAX_BATCH`], fetches held at most [`DEFAULT_FETCH_WAIT_MAX`], transient failures
+    /// retried [`DEFAULT_MAX_ATTEMPTS`] times within [`DEFAULT_MAX_RETRY`].
     pub fn new(
         bootstrap_servers: impl Into<String>,
         group_id: impl Into<String>,
@@ -300,6 +398,9 @@ impl ConsumerSettings {
             lanes: DEFAULT_LANES,
             max_batch: DEFAULT_MAX_BATCH,
             fetch_wait_max: DEFAULT_FETCH_WAIT_MAX,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_retry: DEFAULT_MAX_RETRY,
+            health: None,
         }
     }
 }
@@ -335,7 +436,11 @@ pub async fn run_consumer(
             "max.poll.interval.ms",
             settings.max_poll_interval.as_millis().to_string(),
         )
-        .create_with_context(LoggingContext)?;
+        // Statistics carry each partition's consumer lag (see LoggingContext::stats).
+        .set("statistics.interval.ms", STATISTICS_INTERVAL.as_millis().to_string())
+        .create_with_context(LoggingContext {
+            group: settings.group_id.clone(),
+        })?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let consumer = Arc::new(consumer);
@@ -345,6 +450,11 @@ pub async fn run_consumer(
 
     // Stops the lanes: on shutdown, or when one of them ended early.
     let lanes_stop = shutdown.child_token();
+    let retrying = Retrying {
+        lanes: Arc::default(),
+        health: settings.health.clone(),
+    };
+    retrying.publish();
     let mut queues = Vec::with_capacity(settings.lanes.max(1));
     let mut lanes = tokio::task::JoinSet::new();
     for _ in 0..settings.lanes.max(1) {
@@ -357,15 +467,38 @@ pub async fn run_consumer(
             Arc::clone(&settings),
             Arc::clone(&consumer),
             lanes_stop.clone(),
+            retrying.clone(),
         ));
     }
 
     // The lane of each partition seen so far: dealt in turn, then fixed for the life of the consumer.
     let mut lane_of: HashMap<(String, i32), usize> = HashMap::new();
-    loop {
+    // Records received for a lane whose queue was full, in arrival order, and the partitions
+    // paused meanwhile: a lane stuck on one record never stops the loop from fetching for the
+    // others (and the loop keeps polling, so the group does not drop this member).
+    let mut held: Vec<Held> = (0..queues.len()).map(|_| Held::default()).collect();
+    let mut offer_again = tokio::time::interval(OVERFLOW_RETRY);
+    offer_again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A lane that ends while the loop runs has panicked: the loop stops at once (not only when
+    // the next record for that lane arrives), and the panic is resumed below.
+    let mut ended_early = None;
+    'receive: loop {
+        let holding = held.iter().any(|held| !held.records.is_empty());
         let received = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            Some(ended) = lanes.join_next() => {
+                ended_early = Some(ended);
+                break;
+            }
+            _ = offer_again.tick(), if holding => {
+                for (lane, held) in held.iter_mut().enumerate() {
+                    if held.offer(&queues[lane], consumer.as_ref()).is_err() {
+                        break 'receive;
+                    }
+                }
+                continue;
+            }
             received = consumer.recv() => received,
         };
         let event = match received {
@@ -377,12 +510,10 @@ pub async fn run_consumer(
         };
         let dealt = lane_of.len() % queues.len();
         let lane = *lane_of.entry((event.topic.clone(), event.partition)).or_insert(dealt);
-        let sent = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            sent = queues[lane].send(event) => sent,
-        };
-        if sent.is_err() {
+        if held[lane]
+            .hold_or_send(event, &queues[lane], consumer.as_ref())
+            .is_err()
+        {
             // The lane ended (a handler panicked): stop; the panic is resumed below.
             break;
         }
@@ -393,7 +524,15 @@ pub async fn run_consumer(
 
     let mut finished: HashMap<(String, i32), i64> = HashMap::new();
     let mut panic = None;
-    while let Some(lane) = lanes.join_next().await {
+    let mut ended = ended_early.into_iter();
+    loop {
+        let lane = match ended.next() {
+            Some(lane) => lane,
+            None => match lanes.join_next().await {
+                Some(lane) => lane,
+                None => break,
+            },
+        };
         match lane {
             Ok(offsets) => finished.extend(offsets),
             Err(error) if error.is_panic() => panic = Some(error.into_panic()),
@@ -408,6 +547,86 @@ pub async fn run_consumer(
     Ok(())
 }
 
+/// Records held back for one lane while its queue is full, and the partitions paused meanwhile.
+#[derive(Debug, Default)]
+struct Held {
+    records: std::collections::VecDeque<ConsumedEvent>,
+    paused: std::collections::BTreeSet<(String, i32)>,
+}
+
+/// The lane's queue is closed: the lane ended.
+#[derive(Debug)]
+struct LaneClosed;
+
+impl Held {
+    /// Sends `event` to the lane, or holds it (behind what is already held, so each partition
+    /// stays in order) and pauses its partition when the lane is full.
+    fn hold_or_send<C: ConsumerContext>(
+        &mut self,
+        event: ConsumedEvent,
+        queue: &tokio::sync::mpsc::Sender<ConsumedEvent>,
+        consumer: &StreamConsumer<C>,
+    ) -> std::result::Result<(), LaneClosed> {
+        let event = if self.records.is_empty() {
+            match queue.try_send(event) {
+                Ok(()) => return Ok(()),
+                Err(tokio::sync::mpsc::error::TrySendError::Full(event)) => event,
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return Err(LaneClosed),
+            }
+        } else {
+            event
+        };
+        let partition = (event.topic.clone(), event.partition);
+        self.records.push_back(event);
+        // Held records are cheap; a pause is not (librdkafka drops what it prefetched for the
+        // partition and fetches it again on resume). Pause only once a lane is far behind.
+        if self.records.len() >= HOLD_LIMIT && !self.paused.contains(&partition) {
+            let mut list = TopicPartitionList::with_capacity(1);
+            list.add_partition(&partition.0, partition.1);
+            match consumer.pause(&list) {
+                Ok(()) => tracing::debug!(topic = %partition.0, partition = partition.1, "lane full; partition paused"),
+                Err(error) => {
+                    tracing::warn!(%error, topic = %partition.0, partition = partition.1, "cannot pause a partition")
+                }
+            }
+            self.paused.insert(partition);
+        }
+        Ok(())
+    }
+
+    /// Moves held records into the lane while it has room; resumes the paused partitions once
+    /// fewer than [`LANE_QUEUE`] are held (what arrives for them meanwhile queues behind the held
+    /// ones, so each partition stays in order).
+    fn offer<C: ConsumerContext>(
+        &mut self,
+        queue: &tokio::sync::mpsc::Sender<ConsumedEvent>,
+        consumer: &StreamConsumer<C>,
+    ) -> std::result::Result<(), LaneClosed> {
+        while let Some(event) = self.records.pop_front() {
+            match queue.try_send(event) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(event)) => {
+                    self.records.push_front(event);
+                    break;
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return Err(LaneClosed),
+            }
+        }
+        if self.records.len() < LANE_QUEUE && !self.paused.is_empty() {
+            let mut list = TopicPartitionList::with_capacity(self.paused.len());
+            for (topic, partition) in &self.paused {
+                list.add_partition(topic, *partition);
+            }
+            // A partition revoked meanwhile cannot be resumed, and needs not be.
+            if let Err(error) = consumer.resume(&list) {
+                tracing::debug!(%error, "cannot resume every paused partition");
+            }
+            self.paused.clear();
+        }
+        Ok(())
+    }
+}
+
 /// Handles the records of its partitions in order until its queue closes or shutdown; returns the
 /// next offset to commit per partition it finished records of.
 async fn run_lane(
@@ -417,6 +636,7 @@ async fn run_lane(
     settings: Arc<ConsumerSettings>,
     consumer: Arc<StreamConsumer<LoggingContext>>,
     shutdown: CancellationToken,
+    retrying: Retrying,
 ) -> HashMap<(String, i32), i64> {
     let mut finished = HashMap::new();
     let max_batch = settings.max_batch.min(handler.max_batch()).max(1);
@@ -452,7 +672,16 @@ async fn run_lane(
                 // Like records still queued: left uncommitted, delivered again after the restart.
                 return finished;
             }
-            match process(&event, handler.as_ref(), &mut dead_letters, &settings, &shutdown).await {
+            match process(
+                &event,
+                handler.as_ref(),
+                &mut dead_letters,
+                &settings,
+                &shutdown,
+                &retrying,
+            )
+            .await
+            {
                 Outcome::Finished => finish(&consumer, &mut finished, event),
                 // The rest of the batch stays uncommitted and is delivered again.
                 Outcome::Interrupted => return finished,
@@ -510,26 +739,89 @@ enum Outcome {
     Interrupted,
 }
 
-/// Handles one record inside its `kafka.consume` span, retrying transient failures.
+/// Why a record goes to the dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeadLetterClass {
+    /// Its CloudEvents headers are missing or invalid (the handler never saw it).
+    Invalid,
+    /// The handler said it can never succeed.
+    Permanent,
+    /// Transient failures used up its retry budget.
+    Exhausted,
+}
+
+impl DeadLetterClass {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::Permanent => "permanent",
+            Self::Exhausted => "exhausted",
+        }
+    }
+}
+
+/// Why and after how many handler attempts a record is dead-lettered.
+#[derive(Debug, Clone)]
+struct DeadLetter {
+    class: DeadLetterClass,
+    reason: String,
+    attempts: u32,
+}
+
+/// The retry budget of one record: transient failures count, unavailable ones do not.
+#[derive(Debug)]
+struct Budget {
+    attempts: u32,
+    first_transient: Option<std::time::Instant>,
+}
+
+impl Budget {
+    /// Counts one transient failure; `true` when the budget is used up.
+    fn exhausted_after_failure(&mut self, settings: &ConsumerSettings) -> bool {
+        let first = *self.first_transient.get_or_insert_with(std::time::Instant::now);
+        self.attempts >= settings.max_attempts.max(1) || first.elapsed() >= settings.max_retry
+    }
+}
+
+/// Handles one record inside its `kafka.consume` span: retries transient and unavailable
+/// failures with backoff, dead-letters permanent ones at once and transient ones once their
+/// budget is used up.
 async fn process(
     event: &ConsumedEvent,
     handler: &dyn EventHandler,
     dead_letters: &mut EventProducer,
     settings: &ConsumerSettings,
     shutdown: &CancellationToken,
+    retrying: &Retrying,
 ) -> Outcome {
     async {
-        // Once a record is judged permanent, only the dead-lettering is retried, not the handler.
-        let mut dead_letter_reason = event.valid_metadata().err().map(|error| reason_of(&error));
-        let mut attempt: u32 = 0;
+        let group = settings.group_id.as_str();
+        // Once a record is judged, only the dead-lettering is retried, not the handler.
+        let mut dead_letter = event.valid_metadata().err().map(|error| DeadLetter {
+            class: DeadLetterClass::Invalid,
+            reason: error.reason().to_owned(),
+            attempts: 0,
+        });
+        let mut budget = Budget {
+            attempts: 0,
+            first_transient: None,
+        };
+        let mut failures: u32 = 0;
+        let mut retrying = RetryingGuard::new(retrying);
         loop {
-            let failure = match &dead_letter_reason {
-                Some(reason) => {
-                    match send_dead_letter(event, reason, dead_letters, &settings.dead_letter_topic).await {
+            let failure = match &dead_letter {
+                Some(letter) => {
+                    match send_dead_letter(event, letter, group, dead_letters, &settings.dead_letter_topic).await {
                         Ok(delivery) => {
-                            tracing::warn!(%reason, dead_letter_topic = %settings.dead_letter_topic,
-                            dead_letter_partition = delivery.partition, dead_letter_offset = delivery.offset,
-                            "event dead-lettered");
+                            crate::metrics::add(
+                                crate::metrics::CONSUMER_DEAD_LETTERS,
+                                &[("group", group), ("class", letter.class.as_str())],
+                                1,
+                            );
+                            tracing::warn!(reason = %letter.reason, class = letter.class.as_str(),
+                                attempts = letter.attempts, dead_letter_topic = %settings.dead_letter_topic,
+                                dead_letter_partition = delivery.partition, dead_letter_offset = delivery.offset,
+                                "event dead-lettered");
                             return Outcome::Finished;
                         }
                         Err(error) => {
@@ -542,18 +834,41 @@ async fn process(
                         }
                     }
                 }
-                None => match handler.handle(event).await {
-                    Ok(()) => return Outcome::Finished,
-                    Err(HandlerError::Permanent(reason)) => {
-                        dead_letter_reason = Some(reason);
-                        continue;
+                None => {
+                    let result = handler.handle(event).await;
+                    if !matches!(result, Err(HandlerError::Unavailable(_))) {
+                        budget.attempts = budget.attempts.saturating_add(1);
                     }
-                    Err(HandlerError::Transient(reason)) => reason,
-                },
+                    match result {
+                        Ok(()) => return Outcome::Finished,
+                        Err(HandlerError::Permanent(reason)) => {
+                            dead_letter = Some(DeadLetter {
+                                class: DeadLetterClass::Permanent,
+                                reason,
+                                attempts: budget.attempts,
+                            });
+                            continue;
+                        }
+                        Err(HandlerError::Transient(reason)) => {
+                            if budget.exhausted_after_failure(settings) {
+                                dead_letter = Some(DeadLetter {
+                                    class: DeadLetterClass::Exhausted,
+                                    reason: format!("gave up after {} attempts: {reason}", budget.attempts),
+                                    attempts: budget.attempts,
+                                });
+                                continue;
+                            }
+                            reason
+                        }
+                        Err(HandlerError::Unavailable(reason)) => reason,
+                    }
+                }
             };
-            let delay = backoff_delay(attempt, settings.max_backoff);
-            attempt = attempt.saturating_add(1);
-            tracing::warn!(error = %failure, attempt, retry_in_ms = delay.as_millis() as u64,
+            retrying.mark();
+            crate::metrics::add(crate::metrics::CONSUMER_RETRIES, &[("group", group)], 1);
+            let delay = backoff_delay(failures, settings.max_backoff);
+            failures = failures.saturating_add(1);
+            tracing::warn!(error = %failure, attempt = budget.attempts, retry_in_ms = delay.as_millis() as u64,
                 "event handling failed, retrying");
             tokio::select! {
                 biased;
@@ -567,6 +882,55 @@ async fn process(
     }
     .instrument(consume_span(event))
     .await
+}
+
+/// How many lanes are retrying a record right now; the consumer's health component is
+/// `NOT_SERVING` while any is.
+#[derive(Debug, Clone, Default)]
+struct Retrying {
+    lanes: Arc<std::sync::atomic::AtomicUsize>,
+    health: Option<Component>,
+}
+
+impl Retrying {
+    fn publish(&self) {
+        if let Some(health) = &self.health {
+            health.report(self.lanes.load(std::sync::atomic::Ordering::SeqCst) == 0);
+        }
+    }
+}
+
+/// Counts one record as retrying from its first failure until it finished (or the lane stopped).
+#[derive(Debug)]
+struct RetryingGuard {
+    retrying: Retrying,
+    counted: bool,
+}
+
+impl RetryingGuard {
+    fn new(retrying: &Retrying) -> Self {
+        Self {
+            retrying: retrying.clone(),
+            counted: false,
+        }
+    }
+
+    fn mark(&mut self) {
+        if !self.counted {
+            self.counted = true;
+            self.retrying.lanes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.retrying.publish();
+        }
+    }
+}
+
+impl Drop for RetryingGuard {
+    fn drop(&mut self) {
+        if self.counted {
+            self.retrying.lanes.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            self.retrying.publish();
+        }
+    }
 }
 
 /// The `kafka.consume` span of one record: a child of the record's `traceparent`, so whatever
@@ -588,16 +952,11 @@ pub fn consume_span(event: &ConsumedEvent) -> tracing::Span {
     span
 }
 
-fn reason_of(error: &HandlerError) -> String {
-    match error {
-        HandlerError::Permanent(reason) | HandlerError::Transient(reason) => reason.clone(),
-    }
-}
-
 /// Writes `event` to the dead-letter topic with its original key, value and headers.
 async fn send_dead_letter(
     event: &ConsumedEvent,
-    reason: &str,
+    letter: &DeadLetter,
+    group: &str,
     dead_letters: &EventProducer,
     dead_letter_topic: &str,
 ) -> Result<Delivery> {
@@ -606,22 +965,36 @@ async fn send_dead_letter(
             dead_letter_topic,
             event.key.as_deref().unwrap_or_default(),
             event.payload.as_deref().unwrap_or_default(),
-            dead_letter_headers(event, reason),
+            dead_letter_headers(event, letter, group),
         )
         .await
 }
 
-/// The original headers plus where the record came from and why it was dead-lettered.
-fn dead_letter_headers(event: &ConsumedEvent, reason: &str) -> OwnedHeaders {
+/// The original headers (minus the dead-letter headers of an earlier round, when a replayed
+/// record fails again) plus where the record came from, why it was dead-lettered and after how
+/// many attempts.
+fn dead_letter_headers(event: &ConsumedEvent, letter: &DeadLetter, group: &str) -> OwnedHeaders {
     let partition = event.partition.to_string();
     let offset = event.offset.to_string();
-    event
-        .headers
-        .clone()
-        .unwrap_or_default()
+    let attempts = letter.attempts.to_string();
+    // Header values are bytes; a reason is cut at a character boundary to stay a small header.
+    let reason = truncate(&letter.reason, 1024);
+    without_dead_letter_headers(event.headers.as_ref())
         .insert(Header {
             key: DEAD_LETTER_REASON,
             value: Some(reason),
+        })
+        .insert(Header {
+            key: DEAD_LETTER_CLASS,
+            value: Some(letter.class.as_str()),
+        })
+        .insert(Header {
+            key: DEAD_LETTER_ATTEMPTS,
+            value: Some(attempts.as_str()),
+        })
+        .insert(Header {
+            key: DEAD_LETTER_GROUP,
+            value: Some(group),
         })
         .insert(Header {
             key: DEAD_LETTER_TOPIC,
@@ -635,6 +1008,33 @@ fn dead_letter_headers(event: &ConsumedEvent, reason: &str) -> OwnedHeaders {
             key: DEAD_LETTER_OFFSET,
             value: Some(offset.as_str()),
         })
+}
+
+/// `headers` without the ones dead-lettering adds.
+pub fn without_dead_letter_headers(headers: Option<&OwnedHeaders>) -> OwnedHeaders {
+    let Some(headers) = headers else {
+        return OwnedHeaders::new();
+    };
+    headers
+        .iter()
+        .filter(|header| !DEAD_LETTER_HEADERS.contains(&header.key))
+        .fold(OwnedHeaders::new_with_capacity(headers.count()), |owned, header| {
+            owned.insert(Header {
+                key: header.key,
+                value: header.value,
+            })
+        })
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Delay before retry number `attempt` (0-based): 100 ms doubling, capped at `max`.
@@ -681,10 +1081,25 @@ fn commit_finished<C: ConsumerContext>(consumer: &StreamConsumer<C>, finished: &
     }
 }
 
-/// Logs rebalances and failed asynchronous commits, which librdkafka otherwise reports nowhere.
-struct LoggingContext;
+/// Logs rebalances and failed asynchronous commits, which librdkafka otherwise reports nowhere,
+/// and turns librdkafka's statistics into the consumer-lag gauge.
+struct LoggingContext {
+    group: String,
+}
 
-impl ClientContext for LoggingContext {}
+impl ClientContext for LoggingContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        // `consumer_lag` is -1 for partitions this member does not consume (or not yet).
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|partition| partition.partition >= 0 && partition.consumer_lag >= 0)
+            .map(|partition| partition.consumer_lag)
+            .sum();
+        crate::metrics::set_gauge(crate::metrics::CONSUMER_LAG, &[("group", &self.group)], lag as f64);
+    }
+}
 
 impl ConsumerContext for LoggingContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -806,7 +1221,12 @@ mod tests {
     #[test]
     fn dead_letter_headers_keep_the_originals_and_say_where_and_why() {
         let consumed = event(Some(b"x".to_vec()), Some(metadata().to_headers()));
-        let headers = dead_letter_headers(&consumed, "value is not a valid Order");
+        let letter = DeadLetter {
+            class: DeadLetterClass::Permanent,
+            reason: "value is not a valid Order".to_owned(),
+            attempts: 1,
+        };
+        let headers = dead_letter_headers(&consumed, &letter, "group-1");
         assert_eq!(header_str(&headers, "ce_id").as_deref(), Some("event-1"));
         assert_eq!(
             header_str(&headers, DEAD_LETTER_REASON).as_deref(),
@@ -819,7 +1239,48 @@ mod tests {
         assert_eq!(header_str(&headers, DEAD_LETTER_PARTITION).as_deref(), Some("2"));
         assert_eq!(header_str(&headers, DEAD_LETTER_OFFSET).as_deref(), Some("41"));
 
-        let bare = dead_letter_headers(&event(None, None), "no headers");
-        assert_eq!(bare.count(), 4);
+        assert_eq!(header_str(&headers, DEAD_LETTER_CLASS).as_deref(), Some("permanent"));
+        assert_eq!(header_str(&headers, DEAD_LETTER_ATTEMPTS).as_deref(), Some("1"));
+        assert_eq!(header_str(&headers, DEAD_LETTER_GROUP).as_deref(), Some("group-1"));
+
+        let bare = dead_letter_headers(&event(None, None), &letter, "group-1");
+        assert_eq!(bare.count(), DEAD_LETTER_HEADERS.len());
+
+        // A replayed record that fails again carries one set of dead-letter headers, not two.
+        let again = event(Some(b"x".to_vec()), Some(headers));
+        let twice = dead_letter_headers(&again, &letter, "group-1");
+        assert_eq!(
+            twice.iter().filter(|header| header.key == DEAD_LETTER_REASON).count(),
+            1
+        );
+        assert_eq!(header_str(&twice, "ce_id").as_deref(), Some("event-1"));
+    }
+
+    #[test]
+    fn database_errors_are_classified_by_their_sqlstate_class() {
+        assert!(matches!(
+            HandlerError::from(sqlx::Error::PoolTimedOut),
+            HandlerError::Unavailable(_)
+        ));
+        assert!(matches!(
+            HandlerError::from(crate::Error::Database(sqlx::Error::PoolClosed)),
+            HandlerError::Unavailable(_)
+        ));
+        assert!(matches!(
+            HandlerError::from(sqlx::Error::RowNotFound),
+            HandlerError::Transient(_)
+        ));
+        let wrapped = anyhow::Error::new(sqlx::Error::PoolTimedOut).context("apply");
+        assert!(matches!(
+            HandlerError::of_error(wrapped.as_ref()),
+            HandlerError::Unavailable(reason) if reason.contains("apply")
+        ));
+    }
+
+    #[test]
+    fn long_reasons_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate("abc", 10), "abc");
+        assert_eq!(truncate("aé", 2), "a");
+        assert_eq!(truncate(&"x".repeat(2000), 1024).len(), 1024);
     }
 }

@@ -19,6 +19,47 @@ pub const DEAD_LETTER_TOPIC: &str = "dlq_original_topic";
 pub const DEAD_LETTER_PARTITION: &str = "dlq_original_partition";
 /// Offset of the dead-lettered record.
 pub const DEAD_LETTER_OFFSET: &str = "dlq_original_offset";
+/// How many times the handler was tried before the record was dead-lettered (0: never, its
+/// headers were invalid).
+pub const DEAD_LETTER_ATTEMPTS: &str = "dlq_attempts";
+/// Why the record was dead-lettered: `invalid` (its CloudEvents headers), `permanent` (the handler
+/// said it can never succeed) or `exhausted` (transient failures past `KAFKA_MAX_ATTEMPTS` or
+/// `KAFKA_MAX_RETRY_SECS`).
+pub const DEAD_LETTER_CLASS: &str = "dlq_class";
+/// Group of the consumer that dead-lettered the record.
+pub const DEAD_LETTER_GROUP: &str = "dlq_consumer_group";
+/// Every header the dead-lettering adds; a replay removes them again.
+pub const DEAD_LETTER_HEADERS: [&str; 7] = [
+    DEAD_LETTER_REASON,
+    DEAD_LETTER_TOPIC,
+    DEAD_LETTER_PARTITION,
+    DEAD_LETTER_OFFSET,
+    DEAD_LETTER_ATTEMPTS,
+    DEAD_LETTER_CLASS,
+    DEAD_LETTER_GROUP,
+];
+/// Longest accepted `ce_id`, in bytes. Event ids are UUIDs (36 bytes) in this platform; the
+/// bound keeps an id well inside a btree index entry of the consumer inbox.
+pub const MAX_EVENT_ID_LEN: usize = 128;
+
+/// Checks a `ce_id` before it touches SQL: 1 to [`MAX_EVENT_ID_LEN`] bytes of visible ASCII
+/// (`!` to `~`), so no NUL byte, control character or oversized value reaches the inbox. The error
+/// describes the id without repeating it.
+pub fn validate_event_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("invalid ce_id: empty".to_owned());
+    }
+    if id.len() > MAX_EVENT_ID_LEN {
+        return Err(format!("invalid ce_id: {} bytes, at most {MAX_EVENT_ID_LEN}", id.len()));
+    }
+    if let Some((position, character)) = id.char_indices().find(|(_, character)| !matches!(character, '!'..='~')) {
+        return Err(format!(
+            "invalid ce_id: character U+{:04X} at byte {position} (only visible ASCII is allowed)",
+            character as u32
+        ));
+    }
+    Ok(())
+}
 
 /// The attributes of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,8 +121,10 @@ impl EventMetadata {
         let payload_type = get("ce_dataschema")
             .map(|schema| schema.trim_start_matches("type.googleapis.com/").to_owned())
             .unwrap_or_default();
+        let id = required("ce_id")?;
+        validate_event_id(&id)?;
         Ok(Self {
-            id: required("ce_id")?,
+            id,
             event_type: required("ce_type")?,
             source: required("ce_source")?,
             time,
@@ -139,6 +182,33 @@ mod tests {
             Some("application/protobuf")
         );
         assert_eq!(EventMetadata::from_headers(Some(&headers)).unwrap(), metadata);
+    }
+
+    #[test]
+    fn event_ids_are_bounded_visible_ascii() {
+        assert!(validate_event_id("7d3b1c9e-3f4f-4a53-9f57-2f5d1b0b4c11").is_ok());
+        assert!(validate_event_id(&"x".repeat(MAX_EVENT_ID_LEN)).is_ok());
+        assert!(validate_event_id("").unwrap_err().contains("empty"));
+        let long = validate_event_id(&"x".repeat(10_000)).unwrap_err();
+        assert!(long.contains("10000 bytes"), "{long}");
+        let nul = validate_event_id("abc\0def").unwrap_err();
+        assert!(nul.contains("U+0000 at byte 3"), "{nul}");
+        assert!(validate_event_id("with space").is_err());
+        assert!(validate_event_id("caf\u{e9}").is_err());
+
+        let mut metadata = EventMetadata {
+            id: "a\0b".to_owned(),
+            event_type: "t".to_owned(),
+            source: "s".to_owned(),
+            time: Utc::now(),
+            subject: None,
+            payload_type: "p".to_owned(),
+            trace: TraceHeaders::default(),
+        };
+        let error = EventMetadata::from_headers(Some(&metadata.to_headers())).unwrap_err();
+        assert!(error.contains("invalid ce_id"), "{error}");
+        metadata.id = "ok-id".to_owned();
+        assert!(EventMetadata::from_headers(Some(&metadata.to_headers())).is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Everything here speaks the Kafka protocol only; nothing depends on which broker answers.
 
 pub mod consumer;
+pub mod dead_letters;
 pub mod headers;
 pub mod producer;
 pub mod transactional;
@@ -68,7 +69,41 @@ pub fn client_config(bootstrap_servers: &str, client_id: &str) -> ClientConfig {
     config
 }
 
-/// Whether a broker answers a metadata request within `timeout` (used by health checks).
+/// A long-lived client that health checks ask whether the broker answers: one librdkafka client
+/// (threads, sockets) for the life of the server instead of a new one per probe.
+#[derive(Clone)]
+pub struct BrokerProbe {
+    consumer: std::sync::Arc<BaseConsumer>,
+}
+
+impl std::fmt::Debug for BrokerProbe {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("BrokerProbe").finish_non_exhaustive()
+    }
+}
+
+impl BrokerProbe {
+    /// A probe of `bootstrap_servers`.
+    pub fn new(bootstrap_servers: &str) -> crate::Result<Self> {
+        let consumer: BaseConsumer = client_config(bootstrap_servers, "fintech-health-probe")
+            .set("log_level", "0")
+            .create()?;
+        Ok(Self {
+            consumer: std::sync::Arc::new(consumer),
+        })
+    }
+
+    /// Whether a broker answers a metadata request within `timeout`.
+    pub async fn reachable(&self, timeout: Duration) -> bool {
+        let consumer = std::sync::Arc::clone(&self.consumer);
+        tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// Whether a broker answers a metadata request within `timeout`, with a client of its own (for
+/// one-off checks; health checks keep a [`BrokerProbe`]).
 pub async fn broker_reachable(bootstrap_servers: &str, timeout: Duration) -> bool {
     let bootstrap_servers = bootstrap_servers.to_owned();
     tokio::task::spawn_blocking(move || {

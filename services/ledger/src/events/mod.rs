@@ -161,7 +161,7 @@ impl TaxPostingHandler {
             .ledger
             .ensure_system_accounts(&result.system_accounts())
             .await
-            .map_err(|error| HandlerError::transient(format!("opening system accounts: {error:#}")))?;
+            .map_err(|error| HandlerError::unavailable_or_transient(error.context("opening system accounts")))?;
         result.entry(&accounts).map_err(HandlerError::Permanent)
     }
 }
@@ -176,10 +176,10 @@ impl TaxPostingHandler {
             .pool()
             .acquire()
             .await
-            .map_err(|error| HandlerError::transient(format!("reading sale {sale_id}: {error}")))?;
-        let events = storage::entry_events(&mut conn, &sale_id)
-            .await
-            .map_err(|error| HandlerError::transient(format!("reading sale {sale_id}: {error:#}")))?;
+            .map_err(HandlerError::unavailable_or_transient)?;
+        let events = storage::entry_events(&mut conn, &sale_id).await.map_err(|error| {
+            HandlerError::unavailable_or_transient(error.context(format!("reading sale {sale_id}")))
+        })?;
         if events.is_empty() {
             tracing::warn!(sale_entry_id = %sale_id, "reversal waits for its sale: nothing booked to reverse yet");
             return Err(HandlerError::transient(format!(
@@ -212,7 +212,7 @@ fn posted(
         }
         Err(PostError::Ledger(LedgerError::EntryAlreadyPosted(_))) => Ok(()),
         Err(error) if error.is_permanent() => Err(HandlerError::Permanent(error.to_string())),
-        Err(error) => Err(HandlerError::Transient(format!("{error:#}"))),
+        Err(error) => Err(HandlerError::unavailable_or_transient(error)),
     }
 }
 
@@ -261,7 +261,7 @@ impl EventHandler for CashPostingHandler {
             .ledger
             .ensure_system_accounts(&movement.system_accounts())
             .await
-            .map_err(|error| HandlerError::transient(format!("opening system accounts: {error:#}")))?;
+            .map_err(|error| HandlerError::unavailable_or_transient(error.context("opening system accounts")))?;
         let entries = movement.entries(&accounts).map_err(HandlerError::Permanent)?;
         let inbox = Inbox {
             consumer: CASH_CONSUMER,
@@ -325,6 +325,6 @@ impl EventHandler for TaxPostingHandler {
         self.ledger
             .post_batch(&postings)
             .await
-            .map_err(|error| rolled_back(HandlerError::Transient(format!("{error:#}"))))
+            .map_err(|error| rolled_back(HandlerError::unavailable_or_transient(error)))
     }
 }

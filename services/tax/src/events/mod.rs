@@ -91,19 +91,19 @@ impl TaxHandler {
         let order = proto::cached_order(&order).map_err(HandlerError::permanent)?;
         storage::lock_order(conn, order.order_id)
             .await
-            .map_err(HandlerError::transient)?;
+            .map_err(HandlerError::classified)?;
         let stored = storage::upsert_order(conn, &order)
             .await
-            .map_err(HandlerError::transient)?;
+            .map_err(HandlerError::classified)?;
         tracing::info!(order_id = %order.order_id, version = order.version, stored, "order cached");
         let released = storage::take_parked_for_order(conn, order.order_id)
             .await
-            .map_err(HandlerError::transient)?;
+            .map_err(HandlerError::classified)?;
         for parked in &released {
             self.processor
                 .process(conn, parked, true)
                 .await
-                .map_err(HandlerError::transient)?;
+                .map_err(HandlerError::classified)?;
         }
         // Transactions that already failed waiting for this order (it lagged by more than the
         // parking deadline) are taxed now (ADR 0017).
@@ -135,7 +135,7 @@ impl TaxHandler {
         self.processor
             .process(conn, &envelope, true)
             .await
-            .map_err(HandlerError::transient)?;
+            .map_err(HandlerError::classified)?;
         Ok(())
     }
 
@@ -149,7 +149,7 @@ impl TaxHandler {
         self.processor
             .reverse(conn, &taxable, reason, transaction.version)
             .await
-            .map_err(HandlerError::transient)?;
+            .map_err(HandlerError::classified)?;
         Ok(())
     }
 
@@ -185,7 +185,7 @@ impl TransactionalHandler for TaxHandler {
         let order_ids: Vec<uuid::Uuid> = events.iter().filter_map(|event| self.order_of(event)).collect();
         storage::lock_orders(conn, &order_ids)
             .await
-            .map_err(HandlerError::transient)
+            .map_err(HandlerError::classified)
     }
 }
 
