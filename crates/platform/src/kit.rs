@@ -314,6 +314,10 @@ impl Kit {
             &self.service_names,
             readiness,
             authenticator,
+            crate::grpc::ServerLimits {
+                max_concurrent_streams: self.config.grpc_max_concurrent_streams,
+                request_timeout: self.config.grpc_request_timeout,
+            },
             serving.clone(),
         );
         tokio::pin!(server);

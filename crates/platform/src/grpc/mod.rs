@@ -73,6 +73,24 @@ impl Components {
     }
 }
 
+/// Per-connection and per-request bounds of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// HTTP/2 streams (concurrent requests) one connection may open.
+    pub max_concurrent_streams: u32,
+    /// Longest a request runs on the server (the client's `grpc-timeout` may be shorter).
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 128,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Serves `routes` (the service's own tonic services, each wrapped by its generated `*Server`)
 /// plus health and reflection on `listener` until `shutdown` fires. `service_names` are the full
 /// names the health service reports on (e.g. `fintech.payments.v1.PaymentsService`). Every
@@ -83,6 +101,7 @@ pub async fn serve(
     service_names: &[&str],
     readiness: Readiness,
     authenticator: Authenticator,
+    limits: ServerLimits,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -150,6 +169,8 @@ pub async fn serve(
         }
     };
     let served = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .timeout(limits.request_timeout)
         // The trace layer is outermost, so refused requests are logged with their code too.
         .layer(
             tower::ServiceBuilder::new()
