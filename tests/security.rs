@@ -773,3 +773,62 @@ async fn two_callers_with_the_same_idempotency_key_never_see_each_others_answer(
     assert_eq!(again.order_id, first.order_id);
     payments.stop().await;
 }
+
+#[tokio::test]
+async fn verify_stream_and_point_in_time_balances_read_long_streams_page_by_page() {
+    let ledger = LedgerHarness::start().await;
+    let a = ledger
+        .open_account(
+            "long-a",
+            lpb::AccountType::Asset,
+            "EUR",
+            lpb::OverdraftPolicy::Unlimited,
+            0,
+        )
+        .await;
+    let b = ledger
+        .open_account(
+            "long-b",
+            lpb::AccountType::Liability,
+            "EUR",
+            lpb::OverdraftPolicy::Unlimited,
+            0,
+        )
+        .await;
+    // More events than one page, so the reads cross page boundaries.
+    let entries = fintech_ledger::storage::STREAM_PAGE + 20;
+    for index in 0..entries {
+        ledger
+            .client
+            .clone()
+            .post_entry(lpb::PostEntryRequest {
+                entry_id: format!("long-{index}"),
+                description: "long stream".to_owned(),
+                lines: vec![line(&a, lpb::Side::Debit, 1), line(&b, lpb::Side::Credit, 1)],
+                ..Default::default()
+            })
+            .await
+            .expect("posted");
+    }
+    let verified = ledger
+        .client
+        .clone()
+        .verify_stream(lpb::VerifyStreamRequest {
+            account_id: a.account_id.clone(),
+        })
+        .await
+        .expect("verified")
+        .into_inner();
+    assert!(verified.valid, "{verified:?}");
+    assert_eq!(verified.events_checked, entries + 1, "opening + every posting");
+    let as_of = ledger
+        .balance_as_of(
+            &a.account_id,
+            Some(lpb::get_balance_request::AsOf::AsOfVersion(entries - 4)),
+        )
+        .await;
+    assert_eq!((as_of.balance, as_of.version), (entries - 5, entries - 4));
+    let now = ledger.balance(&a.account_id).await;
+    assert_eq!(now.balance, entries);
+    ledger.stop().await;
+}
