@@ -41,7 +41,7 @@ async fn start(db: &TestDb, kafka_bootstrap_servers: String) -> Running {
         &["fintech.test.v1.TestService"],
         readiness,
         authenticator,
-        grpc::ServerLimits::default(),
+        grpc::ServerOptions::default(),
         shutdown.clone(),
     ));
     Running {

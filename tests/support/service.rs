@@ -147,6 +147,8 @@ pub fn platform_env(config: &PlatformConfig) -> Vec<(&'static str, String)> {
         outbox_relays,
         shutdown_grace,
         auth,
+        grpc_tls,
+        kafka_properties,
     } = config;
     let mut env = vec![
         ("GRPC_LISTEN_ADDR", grpc_listen_addr.to_string()),
@@ -174,6 +176,18 @@ pub fn platform_env(config: &PlatformConfig) -> Vec<(&'static str, String)> {
     if let Some(id) = kafka_group_instance_id {
         env.push(("KAFKA_GROUP_INSTANCE_ID", id.clone()));
     }
+    if let Some(tls) = grpc_tls {
+        env.push(("GRPC_TLS_CERT", tls.cert.display().to_string()));
+        env.push(("GRPC_TLS_KEY", tls.key.display().to_string()));
+        if let Some(ca) = &tls.client_ca {
+            env.push(("GRPC_TLS_CLIENT_CA", ca.display().to_string()));
+        }
+    }
+    // Passed through by name; a test process's own KAFKA_PROPERTY_* reach the child anyway.
+    assert!(
+        kafka_properties.is_empty(),
+        "tests set no KAFKA_PROPERTY_* (they are read from the environment)"
+    );
     env
 }
 

@@ -33,6 +33,8 @@
 //! | `AUTH_OPEN_SERVICES` | `grpc.health.v1.Health,grpc.reflection.v1.ServerReflection,grpc.reflection.v1alpha.ServerReflection` | gRPC services answered without a token; `none` for no open service |
 //! | `AUTH_JWKS_REFRESH_MIN_MS` | `30000` | shortest interval between two fetches of the JWKS (an unknown `kid` triggers one) |
 //! | `AUTH_JWKS_MAX_AGE_SECS` | `300` | keys older than this are fetched again (rotation) |
+//! | `GRPC_TLS_CERT`, `GRPC_TLS_KEY`, `GRPC_TLS_CLIENT_CA` | unset (plaintext) | TLS and mTLS of the gRPC server ([`crate::tls`]) |
+//! | `KAFKA_PROPERTY_<NAME>` | none | librdkafka properties passed through, e.g. `security.protocol`, SASL ([`crate::tls`]) |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset (no export) | OTLP/gRPC collector for traces |
 //! | `RUST_LOG` | `info` | log filter |
 //! | `LOG_FORMAT` | `text` | `text` or `json` |
@@ -131,6 +133,10 @@ pub struct PlatformConfig {
     pub shutdown_grace: Duration,
     /// Who may call which RPC (`AUTH_*`).
     pub auth: AuthConfig,
+    /// TLS of the gRPC server (`None`: plaintext, for loopback and meshes that add mTLS).
+    pub grpc_tls: Option<crate::tls::GrpcTls>,
+    /// librdkafka properties from `KAFKA_PROPERTY_*` (TLS, SASL); every client applies them.
+    pub kafka_properties: crate::tls::KafkaProperties,
 }
 
 impl PlatformConfig {
@@ -158,6 +164,8 @@ impl PlatformConfig {
             outbox_relays: 1,
             shutdown_grace: Duration::from_secs(10),
             auth: AuthConfig::defaults(),
+            grpc_tls: None,
+            kafka_properties: crate::tls::KafkaProperties::default(),
         }
     }
 
@@ -282,6 +290,8 @@ impl PlatformConfig {
             outbox_relays: env_parse("OUTBOX_RELAYS", defaults.outbox_relays)?,
             shutdown_grace: Duration::from_millis(shutdown_grace_ms),
             auth: auth_from_env(defaults.auth)?,
+            grpc_tls: crate::tls::GrpcTls::from_env()?,
+            kafka_properties: crate::tls::KafkaProperties::from_env()?,
         })
     }
 }

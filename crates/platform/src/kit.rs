@@ -265,6 +265,13 @@ impl Kit {
         let authenticator = Authenticator::new(&self.config.auth, policy)
             .await
             .context("authentication")?;
+        // Before any task starts: an unreadable certificate stops the start-up, nothing half-up.
+        let tls = self
+            .config
+            .grpc_tls
+            .as_ref()
+            .map(crate::tls::GrpcTls::server_config)
+            .transpose()?;
         for index in 0..self.config.outbox_relays {
             let relay = outbox::relay(&self.pool, &self.config, index)?;
             self.tasks.push(Task {
@@ -314,9 +321,10 @@ impl Kit {
             &self.service_names,
             readiness,
             authenticator,
-            crate::grpc::ServerLimits {
+            crate::grpc::ServerOptions {
                 max_concurrent_streams: self.config.grpc_max_concurrent_streams,
                 request_timeout: self.config.grpc_request_timeout,
+                tls,
             },
             serving.clone(),
         );

@@ -13,6 +13,7 @@
 //! - [`idempotency`]: idempotent commands keyed by the `idempotency-key` metadata;
 //! - [`shutdown`]: the SIGTERM/SIGINT cancellation token;
 //! - [`sql`]: statements assembled from parts, placeholders numbered for you;
+//! - [`tls`]: TLS of the gRPC servers (optional mTLS) and librdkafka security properties;
 //! - [`kit`]: the service kit every service's `run()` and `main()` are built on.
 
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod outbox;
 pub mod shutdown;
 pub mod sql;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::{Error, Result};
 pub use fintech_types::{Violation, Violations};

@@ -73,20 +73,23 @@ impl Components {
     }
 }
 
-/// Per-connection and per-request bounds of the server.
-#[derive(Debug, Clone, Copy)]
-pub struct ServerLimits {
+/// How the server is served: per-connection and per-request bounds, and TLS.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
     /// HTTP/2 streams (concurrent requests) one connection may open.
     pub max_concurrent_streams: u32,
     /// Longest a request runs on the server (the client's `grpc-timeout` may be shorter).
     pub request_timeout: Duration,
+    /// TLS (and mTLS) of the server; `None`: plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
-impl Default for ServerLimits {
+impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             max_concurrent_streams: 128,
             request_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -101,7 +104,7 @@ pub async fn serve(
     service_names: &[&str],
     readiness: Readiness,
     authenticator: Authenticator,
-    limits: ServerLimits,
+    options: ServerOptions,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -168,9 +171,14 @@ pub async fn serve(
             tracing::info!("grpc server draining in-flight requests");
         }
     };
-    let served = tonic::transport::Server::builder()
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .timeout(limits.request_timeout)
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = options.tls {
+        builder = builder.tls_config(tls)?;
+        tracing::info!("grpc server serves TLS");
+    }
+    let served = builder
+        .max_concurrent_streams(options.max_concurrent_streams)
+        .timeout(options.request_timeout)
         // The trace layer is outermost, so refused requests are logged with their code too.
         .layer(
             tower::ServiceBuilder::new()

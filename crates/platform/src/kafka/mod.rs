@@ -47,14 +47,24 @@ impl TopicNames {
     }
 }
 
-/// A client configuration with the bootstrap servers and a client id set.
+/// A client configuration with the bootstrap servers, a client id and the `KAFKA_PROPERTY_*`
+/// pass-through properties (TLS, SASL; [`crate::tls::KafkaProperties`]) set. The address family
+/// is librdkafka's default (IPv4 and IPv6); `KAFKA_PROPERTY_BROKER_ADDRESS_FAMILY=v4` narrows it.
 pub fn client_config(bootstrap_servers: &str, client_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap_servers)
-        .set("client.id", client_id)
-        // Loopback brokers resolve to one address; never try IPv6 when IPv4 was given.
-        .set("broker.address.family", "v4");
+        .set("client.id", client_id);
+    // A service validated these at start-up (`PlatformConfig::from_env`); other callers (tools,
+    // tests) get a logged refusal instead of a client that silently ignores them.
+    match crate::tls::KafkaProperties::from_env() {
+        Ok(properties) => {
+            for (name, value) in properties.iter() {
+                config.set(name, value);
+            }
+        }
+        Err(error) => tracing::error!(%error, "ignoring the KAFKA_PROPERTY_* settings"),
+    }
     config
 }
 
