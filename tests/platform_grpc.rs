@@ -41,8 +41,8 @@ async fn start(db: &TestDb, kafka_bootstrap_servers: String) -> Running {
         tonic::service::Routes::default(),
         &["fintech.test.v1.TestService"],
         readiness,
-        None,
         authenticator,
+        grpc::ServerOptions::default(),
         shutdown.clone(),
     ));
     Running {

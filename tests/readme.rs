@@ -41,14 +41,22 @@ async fn the_readme_grpcurl_calls_create_and_read_back_an_order_and_a_transactio
     let _telemetry = telemetry::init("test");
     let harness = PaymentsHarness::start().await;
     let script = readme_block("payments").replace("localhost:50051", &harness.address);
+    let auth_dir = fintech_tests::auth::jwks_path()
+        .parent()
+        .expect("key directory")
+        .to_path_buf();
     let path = format!(
         "{}:{}",
         venv_tool("").display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let output = tokio::task::spawn_blocking(move || {
+        // From the repository root, so `deploy/local/token` resolves; it signs with this test
+        // process's key (FINTECH_AUTH_DIR), which the harness's service trusts.
         run(Command::new("bash")
             .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(repo_root())
+            .env("FINTECH_AUTH_DIR", auth_dir)
             .env("PATH", path))
     })
     .await
@@ -80,12 +88,14 @@ async fn the_generated_python_and_typescript_clients_create_and_read_back_with_i
     let _telemetry = telemetry::init("test");
     let harness = PaymentsHarness::start().await;
     let address = harness.address.clone();
+    let token = fintech_tests::auth::operator_token();
     let root = repo_root();
     let (python, typescript) = tokio::task::spawn_blocking(move || {
         let python = run(Command::new(venv_tool("python"))
             .arg("examples/payments_demo.py")
             .arg(&address)
             .env("PYTHONPATH", "src")
+            .env("FINTECH_TOKEN", &token)
             .current_dir(root.join("clients/python")));
         let typescript_dir = root.join("clients/typescript");
         run(Command::new(typescript_dir.join("node_modules/.bin/tsc"))
@@ -93,6 +103,7 @@ async fn the_generated_python_and_typescript_clients_create_and_read_back_with_i
             .current_dir(&typescript_dir));
         let typescript = run(Command::new("node")
             .arg("dist/examples/payments_demo.js")
+            .env("FINTECH_TOKEN", &token)
             .arg(&address)
             .current_dir(&typescript_dir));
         (python, typescript)

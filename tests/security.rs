@@ -773,3 +773,174 @@ async fn two_callers_with_the_same_idempotency_key_never_see_each_others_answer(
     assert_eq!(again.order_id, first.order_id);
     payments.stop().await;
 }
+
+#[tokio::test]
+async fn verify_stream_and_point_in_time_balances_read_long_streams_page_by_page() {
+    let ledger = LedgerHarness::start().await;
+    let a = ledger
+        .open_account(
+            "long-a",
+            lpb::AccountType::Asset,
+            "EUR",
+            lpb::OverdraftPolicy::Unlimited,
+            0,
+        )
+        .await;
+    let b = ledger
+        .open_account(
+            "long-b",
+            lpb::AccountType::Liability,
+            "EUR",
+            lpb::OverdraftPolicy::Unlimited,
+            0,
+        )
+        .await;
+    // More events than one page, so the reads cross page boundaries.
+    let entries = fintech_ledger::storage::STREAM_PAGE + 20;
+    for index in 0..entries {
+        ledger
+            .client
+            .clone()
+            .post_entry(lpb::PostEntryRequest {
+                entry_id: format!("long-{index}"),
+                description: "long stream".to_owned(),
+                lines: vec![line(&a, lpb::Side::Debit, 1), line(&b, lpb::Side::Credit, 1)],
+                ..Default::default()
+            })
+            .await
+            .expect("posted");
+    }
+    let verified = ledger
+        .client
+        .clone()
+        .verify_stream(lpb::VerifyStreamRequest {
+            account_id: a.account_id.clone(),
+        })
+        .await
+        .expect("verified")
+        .into_inner();
+    assert!(verified.valid, "{verified:?}");
+    assert_eq!(verified.events_checked, entries + 1, "opening + every posting");
+    let as_of = ledger
+        .balance_as_of(
+            &a.account_id,
+            Some(lpb::get_balance_request::AsOf::AsOfVersion(entries - 4)),
+        )
+        .await;
+    assert_eq!((as_of.balance, as_of.version), (entries - 5, entries - 4));
+    let now = ledger.balance(&a.account_id).await;
+    assert_eq!(now.balance, entries);
+    ledger.stop().await;
+}
+
+/// An authenticator over the JWKS file in `dir`, refreshing at most every `refresh_min`.
+async fn authenticator(
+    jwks: &std::path::Path,
+    refresh_min: Duration,
+) -> Result<fintech_platform::auth::Authenticator, fintech_platform::Error> {
+    let config = fintech_platform::auth::AuthConfig {
+        jwks: jwks.display().to_string(),
+        jwks_refresh_min: refresh_min,
+        ..fintech_tests::auth::auth_config()
+    };
+    fintech_platform::auth::Authenticator::new(&config, fintech_platform::auth::Policy::default()).await
+}
+
+fn bearer_headers(token: &str) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    headers
+}
+
+fn write_jwks(path: &std::path::Path, keys: &[&SigningKey]) {
+    let set = jsonwebtoken::jwk::JwkSet {
+        keys: keys.iter().flat_map(|key| key.jwks().keys).collect(),
+    };
+    std::fs::write(path, serde_json::to_vec(&set).expect("json")).expect("jwks written");
+}
+
+#[tokio::test]
+async fn a_rotated_in_key_is_fetched_on_its_first_unknown_kid_and_refreshes_are_rate_limited() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jwks = dir.path().join("jwks.json");
+    let (old, new) = (SigningKey::generate(), SigningKey::generate());
+    write_jwks(&jwks, &[&old]);
+    let path = "/fintech.payments.v1.PaymentsService/GetOrder";
+    let new_token = new.mint(&Claims::operator("rotation"));
+
+    // Refreshes allowed at once: the new key is picked up on its first token.
+    let eager = authenticator(&jwks, Duration::ZERO).await.expect("keys load");
+    let refused = eager
+        .check(path, &bearer_headers(&new_token))
+        .await
+        .expect_err("unknown key");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(
+        refused.message(),
+        "missing or invalid bearer token",
+        "the reason is not sent"
+    );
+    write_jwks(&jwks, &[&old, &new]);
+    let caller = eager
+        .check(path, &bearer_headers(&new_token))
+        .await
+        .expect("the rotated-in key verifies")
+        .expect("a caller");
+    assert_eq!(caller.subject, "rotation");
+    let old_token = old.mint(&Claims::operator("rotation"));
+    eager
+        .check(path, &bearer_headers(&old_token))
+        .await
+        .expect("the old key still verifies");
+
+    // Rate-limited: a flood of unknown kids does not make the service fetch again.
+    write_jwks(&jwks, &[&old]);
+    let limited = authenticator(&jwks, Duration::from_secs(3600))
+        .await
+        .expect("keys load");
+    write_jwks(&jwks, &[&old, &new]);
+    for _ in 0..20 {
+        let refused = limited
+            .check(path, &bearer_headers(&new_token))
+            .await
+            .expect_err("not fetched yet");
+        assert_eq!(refused.code(), Code::Unauthenticated);
+    }
+    // Health and reflection need no token.
+    assert!(
+        limited
+            .check("/grpc.health.v1.Health/Check", &http::HeaderMap::new())
+            .await
+            .expect("open")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_service_does_not_start_without_usable_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("absent.json");
+    let error = authenticator(&missing, Duration::ZERO).await.expect_err("no file");
+    assert!(error.to_string().contains("AUTH_JWKS"), "{error}");
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(
+        &garbage,
+        b"{\"keys\": [{\"kty\": \"oct\", \"kid\": \"k\", \"k\": \"c2VjcmV0\"}]}",
+    )
+    .expect("write");
+    let error = authenticator(&garbage, Duration::ZERO)
+        .await
+        .expect_err("only a symmetric key");
+    assert!(error.to_string().contains("no usable signing key"), "{error}");
+    let config = fintech_platform::auth::AuthConfig {
+        jwks: "http://127.0.0.1:1/jwks.json".to_owned(),
+        ..fintech_tests::auth::auth_config()
+    };
+    let error = fintech_platform::auth::Authenticator::new(&config, fintech_platform::auth::Policy::default())
+        .await
+        .expect_err("plain http refused");
+    assert!(error.to_string().contains("https"), "{error}");
+}

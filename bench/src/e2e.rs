@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::load::Channel;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use fintech_proto::tax as taxpb;
@@ -27,7 +28,6 @@ use fintech_proto::tax::tax_service_client::TaxServiceClient;
 use prost::Message as _;
 use rdkafka::message::Message as _;
 use sqlx::PgPool;
-use tonic::transport::Channel;
 
 use crate::kafka::{Start, assigned_reader};
 use crate::load::connect;

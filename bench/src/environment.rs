@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::load::Channel;
 use anyhow::Context as _;
 use fintech_proto::payments as pb;
 use prost::Message as _;
 use sqlx::PgPool;
-use tonic::transport::Channel;
 
 use crate::db::{self, Admin, redact};
 use crate::kafka::{self, GroupLag};
@@ -96,7 +96,7 @@ struct Starting {
 impl Starting {
     /// Waits until its health service reports `service` as SERVING.
     async fn serving(mut self, service: &str) -> anyhow::Result<Service> {
-        let channel = self.process.wait_serving(service, START_TIMEOUT).await?;
+        let channel = crate::load::authenticated(self.process.wait_serving(service, START_TIMEOUT).await?)?;
         Ok(Service {
             db: pool(&self.database_url).await?,
             channel,
@@ -196,6 +196,7 @@ impl Environment {
             ("RUST_LOG", options.service_log.clone()),
             ("NO_COLOR", "1".to_owned()),
         ];
+        self.service_env.extend(crate::load::auth_env()?);
         if let Some(redis) = &options.redis_url {
             self.service_env.push(("REDIS_URL", redis.clone()));
         }

@@ -13,12 +13,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::load::Channel;
 use anyhow::Context as _;
 use fintech_proto::ledger as pb;
 use fintech_proto::ledger::ledger_service_client::LedgerServiceClient;
 use rand::Rng as _;
 use sqlx::PgPool;
-use tonic::transport::Channel;
 
 use crate::load::{self, Failure, connect, with_key};
 use crate::pgbench;

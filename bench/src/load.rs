@@ -10,20 +10,91 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::OnceLock;
+
+use fintech_devkit::auth::{Claims, SigningKey};
 use tonic::Request;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Endpoint;
 
 use crate::progress::Progress;
 use crate::stats::{Live, Samples};
 
-/// A connection to a service (one HTTP/2 connection per channel).
+/// The benchmark's signing key (one per run) and the JWKS file the services verify against.
+struct BenchKeys {
+    key: SigningKey,
+    jwks: std::path::PathBuf,
+}
+
+fn keys() -> anyhow::Result<&'static BenchKeys> {
+    static KEYS: OnceLock<BenchKeys> = OnceLock::new();
+    if let Some(keys) = KEYS.get() {
+        return Ok(keys);
+    }
+    let key = SigningKey::generate();
+    let dir = std::env::temp_dir()
+        .join("fintech-bench-auth")
+        .join(format!("{}", std::process::id()));
+    key.save(&dir)?;
+    let keys = BenchKeys {
+        jwks: dir.join(fintech_devkit::auth::JWKS_FILE),
+        key,
+    };
+    Ok(KEYS.get_or_init(|| keys))
+}
+
+/// The `AUTH_*` settings of the services the benchmark starts: its own key's JWKS, or
+/// `AUTH_MODE=off` when `FINTECH_BENCH_AUTH=off` (to measure what verification costs).
+pub fn auth_env() -> anyhow::Result<Vec<(&'static str, String)>> {
+    if std::env::var("FINTECH_BENCH_AUTH").is_ok_and(|value| value == "off") {
+        return Ok(vec![("AUTH_MODE", "off".to_owned())]);
+    }
+    Ok(vec![
+        ("AUTH_MODE", "jwt".to_owned()),
+        ("AUTH_JWKS", keys()?.jwks.display().to_string()),
+        ("AUTH_ISSUER", fintech_devkit::auth::DEV_ISSUER.to_owned()),
+        ("AUTH_AUDIENCE", fintech_devkit::auth::DEV_AUDIENCE.to_owned()),
+    ])
+}
+
+/// Adds the benchmark's operator token to every call.
+#[derive(Debug, Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry the benchmark's operator token.
+pub type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// `channel` with the benchmark's operator token (valid for a day: longer than any run).
+pub fn authenticated(channel: tonic::transport::Channel) -> anyhow::Result<Channel> {
+    let claims = Claims {
+        exp: fintech_devkit::auth::now_secs() + 24 * 3600,
+        ..Claims::operator("bench")
+    };
+    let token = keys()?.key.mint(&claims);
+    Ok(InterceptedService::new(
+        channel,
+        Bearer(format!("Bearer {token}").parse()?),
+    ))
+}
+
+/// A connection to a service (one HTTP/2 connection per channel), carrying the operator token.
 pub async fn connect(address: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{address}"))?
+    let channel = Endpoint::from_shared(format!("http://{address}"))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .connect()
-        .await?)
+        .await?;
+    authenticated(channel)
 }
 
 /// `message` with the `idempotency-key` metadata the services require on every command.

@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::load::Channel;
 use fintech_proto::payments as pb;
 use fintech_proto::payments::payments_service_client::PaymentsServiceClient;
-use tonic::transport::Channel;
 
 use crate::load::{self, ClosedLoopRun, Failure, connect, with_key};
 

@@ -1,9 +1,10 @@
 // Creates an order and a transaction through the generated TypeScript client (Connect over gRPC),
 // with idempotency keys, then reads both back. Usage: node dist/examples/payments_demo.js HOST:PORT
-// (run by tests/clients.rs).
+// with the bearer token in FINTECH_TOKEN (e.g. `FINTECH_TOKEN=$(deploy/local/token --all-scopes)`;
+// run by tests/readme.rs).
 import { randomUUID } from "node:crypto";
 import { equals } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import {
   OrderSchema,
@@ -13,7 +14,16 @@ import {
 } from "../src/gen/fintech/payments/v1/payments_pb.js";
 
 async function main(address: string): Promise<void> {
-  const payments = createClient(PaymentsService, createGrpcTransport({ baseUrl: `http://${address}` }));
+  const token = process.env.FINTECH_TOKEN ?? "";
+  // Every call carries the caller's token; the services refuse calls without one.
+  const bearer: Interceptor = (next) => async (request) => {
+    request.header.set("authorization", `Bearer ${token}`);
+    return next(request);
+  };
+  const payments = createClient(
+    PaymentsService,
+    createGrpcTransport({ baseUrl: `http://${address}`, interceptors: [bearer] }),
+  );
   const key = randomUUID();
   const request = { customerId: "ts-client", country: "ES", currency: "EUR", amount: 3_300n, productType: "standard" };
   const created = await payments.createOrder(request, { headers: { "idempotency-key": `order-${key}` } });

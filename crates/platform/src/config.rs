@@ -18,6 +18,8 @@
 //! | `KAFKA_FETCH_WAIT_MAX_MS` | `50` | longest time the broker may hold a consumer's fetch when it has nothing to return (`fetch.wait.max.ms`, 1-10000); lower means lower latency per hop on brokers that hold every fetch that long (Tansu 0.6) and more fetch requests when idle |
 //! | `KAFKA_CONSUMER_MAX_BATCH` | `32` | most records already waiting in a lane that are handled together, e.g. in one database transaction (1-1024; 1 = one at a time) |
 //! | `GRPC_MAX_MESSAGE_BYTES` | `4194304` | largest accepted and sent gRPC message |
+//! | `GRPC_MAX_CONCURRENT_STREAMS` | `128` | concurrent requests (HTTP/2 streams) one client connection may have open (1-10000) |
+//! | `GRPC_REQUEST_TIMEOUT_MS` | `30000` | longest a request may run on the server, whatever the client's `grpc-timeout` (100-600000); then `CANCELLED` |
 //! | `OUTBOX_BATCH_SIZE` | `256` | rows one relay publishes per round |
 //! | `OUTBOX_POLL_INTERVAL_MS` | `100` | wait of the relay after a claim that found nothing |
 //! | `OUTBOX_GATHER_MS` | `0` | wait of the relay after a round that was not full, so that new rows gather into the next one (0-1000; 0 = claim again at once) |
@@ -171,6 +173,10 @@ pub struct PlatformConfig {
     pub kafka_consumer_max_batch: usize,
     /// Largest gRPC message accepted or sent.
     pub grpc_max_message_bytes: usize,
+    /// Concurrent streams one connection may open (bounded work per client).
+    pub grpc_max_concurrent_streams: u32,
+    /// Longest a request runs on the server.
+    pub grpc_request_timeout: Duration,
     /// Outbox relay batch size.
     pub outbox_batch_size: i64,
     /// Outbox relay idle poll interval.
@@ -229,6 +235,8 @@ impl PlatformConfig {
             kafka_fetch_wait_max: crate::kafka::consumer::DEFAULT_FETCH_WAIT_MAX,
             kafka_consumer_max_batch: crate::kafka::consumer::DEFAULT_MAX_BATCH,
             grpc_max_message_bytes: 4 * 1024 * 1024,
+            grpc_max_concurrent_streams: 128,
+            grpc_request_timeout: Duration::from_secs(30),
             outbox_batch_size: 256,
             outbox_poll_interval: Duration::from_millis(100),
             outbox_gather: Duration::ZERO,
@@ -295,6 +303,24 @@ impl PlatformConfig {
             )?,
         };
         let grpc_max_message_bytes = env_parse("GRPC_MAX_MESSAGE_BYTES", defaults.grpc_max_message_bytes)?;
+        let grpc_max_concurrent_streams =
+            env_parse("GRPC_MAX_CONCURRENT_STREAMS", defaults.grpc_max_concurrent_streams)?;
+        if !(1..=10_000).contains(&grpc_max_concurrent_streams) {
+            return Err(config_error(
+                "GRPC_MAX_CONCURRENT_STREAMS",
+                "must be between 1 and 10000",
+            ));
+        }
+        let grpc_request_timeout_ms = env_parse(
+            "GRPC_REQUEST_TIMEOUT_MS",
+            defaults.grpc_request_timeout.as_millis() as u64,
+        )?;
+        if !(100..=600_000).contains(&grpc_request_timeout_ms) {
+            return Err(config_error(
+                "GRPC_REQUEST_TIMEOUT_MS",
+                "must be between 100 and 600000",
+            ));
+        }
         let outbox_batch_size = env_parse("OUTBOX_BATCH_SIZE", defaults.outbox_batch_size)?;
         if !(1..=10_000).contains(&outbox_batch_size) {
             return Err(Error::Config {
@@ -417,6 +443,8 @@ impl PlatformConfig {
             kafka_consumer_max_batch,
             kafka_fetch_wait_max: Duration::from_millis(kafka_fetch_wait_max_ms),
             grpc_max_message_bytes,
+            grpc_max_concurrent_streams,
+            grpc_request_timeout: Duration::from_millis(grpc_request_timeout_ms),
             outbox_batch_size,
             outbox_poll_interval,
             outbox_gather: Duration::from_millis(outbox_gather_ms),

@@ -288,6 +288,12 @@ impl Kit {
     /// Serves until `shutdown` fires or a task fails, then shuts down in order (see the
     /// [module](self) docs). Returns an error when a task failed or the server could not run.
     pub async fn serve(mut self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Before anything starts: every RPC must declare its scope, and the keys must load.
+        let policy = Policy::for_services(fintech_proto::FILE_DESCRIPTOR_SET, &self.service_names)
+            .context("the contract's authorization rules")?;
+        let authenticator = Authenticator::new(&self.config.auth, policy)
+            .await
+            .context("authentication")?;
         // Before any task starts: an unreadable certificate stops the start-up, nothing half-up.
         let tls = self
             .config
@@ -295,12 +301,6 @@ impl Kit {
             .as_ref()
             .map(crate::tls::GrpcTls::server_config)
             .transpose()?;
-        // Before anything starts: every RPC must declare its scope, and the keys must load.
-        let policy = Policy::for_services(fintech_proto::FILE_DESCRIPTOR_SET, &self.service_names)
-            .context("the contract's authorization rules")?;
-        let authenticator = Authenticator::new(&self.config.auth, policy)
-            .await
-            .context("authentication")?;
         for index in 0..self.config.outbox_relays {
             let name = format!("relay-{index}");
             let relay = outbox::relay(&self.pool, &self.config, index, Some(self.components.component(&name)))?;
@@ -351,8 +351,12 @@ impl Kit {
             self.routes,
             &self.service_names,
             readiness,
-            tls,
             authenticator,
+            crate::grpc::ServerOptions {
+                max_concurrent_streams: self.config.grpc_max_concurrent_streams,
+                request_timeout: self.config.grpc_request_timeout,
+                tls,
+            },
             serving.clone(),
         );
         tokio::pin!(server);

@@ -148,6 +148,27 @@ impl Component {
     }
 }
 
+/// How the server is served: per-connection and per-request bounds, and TLS.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// HTTP/2 streams (concurrent requests) one connection may open.
+    pub max_concurrent_streams: u32,
+    /// Longest a request runs on the server (the client's `grpc-timeout` may be shorter).
+    pub request_timeout: Duration,
+    /// TLS (and mTLS) of the server; `None`: plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 128,
+            request_timeout: Duration::from_secs(30),
+            tls: None,
+        }
+    }
+}
+
 /// Serves `routes` (the service's own tonic services, each wrapped by its generated `*Server`)
 /// plus health and reflection on `listener` until `shutdown` fires. `service_names` are the full
 /// names the health service reports on (e.g. `fintech.payments.v1.PaymentsService`). Every
@@ -157,8 +178,8 @@ pub async fn serve(
     routes: Routes,
     service_names: &[&str],
     readiness: Readiness,
-    tls: Option<tonic::transport::ServerTlsConfig>,
     authenticator: Authenticator,
+    options: ServerOptions,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -226,11 +247,13 @@ pub async fn serve(
         }
     };
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
+    if let Some(tls) = options.tls {
         builder = builder.tls_config(tls)?;
         tracing::info!("grpc server serves TLS");
     }
     let served = builder
+        .max_concurrent_streams(options.max_concurrent_streams)
+        .timeout(options.request_timeout)
         // The trace layer is outermost, so refused requests are logged with their code too.
         .layer(
             tower::ServiceBuilder::new()

@@ -295,21 +295,50 @@ fn write_canonical(value: &serde_json::Value, out: &mut String) {
 /// The balance of `account` after `events` (its stream, in version order, from version 1),
 /// computed from the posted lines. Returns `(balance, version, time of the last event)`.
 pub fn fold_balance(account: &Account, events: &[StoredEvent]) -> Result<(i64, i64, DateTime<Utc>), String> {
-    let mut balance: i64 = 0;
-    let mut version = 0;
-    let mut updated_at = account.created_at;
+    let mut fold = BalanceFold::new(account);
     for event in events {
+        fold.apply(account, event)?;
+    }
+    Ok(fold.result())
+}
+
+/// [`fold_balance`] one event at a time (streams read in pages with bounded memory).
+#[derive(Debug, Clone, Copy)]
+pub struct BalanceFold {
+    balance: i64,
+    version: i64,
+    updated_at: DateTime<Utc>,
+}
+
+impl BalanceFold {
+    /// Before the first event of `account`.
+    pub fn new(account: &Account) -> Self {
+        Self {
+            balance: 0,
+            version: 0,
+            updated_at: account.created_at,
+        }
+    }
+
+    /// Folds the next event in.
+    pub fn apply(&mut self, account: &Account, event: &StoredEvent) -> Result<(), String> {
         if let EventBody::EntryPosted(posted) = event.body()? {
             for line in &posted.lines {
-                balance = balance
+                self.balance = self
+                    .balance
                     .checked_add(account.signed(line.side()?, line.amount))
                     .ok_or_else(|| format!("balance overflows at version {}", event.version))?;
             }
         }
-        version = event.version;
-        updated_at = event.occurred_at;
+        self.version = event.version;
+        self.updated_at = event.occurred_at;
+        Ok(())
     }
-    Ok((balance, version, updated_at))
+
+    /// `(balance, version, time of the last event)`.
+    pub fn result(&self) -> (i64, i64, DateTime<Utc>) {
+        (self.balance, self.version, self.updated_at)
+    }
 }
 
 /// Outcome of [`verify_stream`].
@@ -330,35 +359,61 @@ pub struct Verification {
 /// Recomputes the chain of a stream whose head says `(head_version, head_hash)` from its events in
 /// version order, and reports the first mismatch.
 pub fn verify_stream(head_version: i64, head_hash: &str, events: &[StoredEvent]) -> Verification {
-    let mut previous = GENESIS_HASH.to_owned();
-    let mut checked = 0;
-    let invalid = |version: i64, checked: i64, previous: &str, reason: String| Verification {
-        valid: false,
-        events_checked: checked,
-        first_invalid_version: version,
-        reason,
-        head_hash: previous.to_owned(),
-    };
-    for (position, event) in events.iter().enumerate() {
-        let expected_version = position as i64 + 1;
-        if event.version != expected_version {
-            return invalid(
-                expected_version,
-                checked,
-                &previous,
-                format!("event {expected_version} is missing (found version {})", event.version),
-            );
+    let mut verifier = StreamVerifier::default();
+    for event in events {
+        if let Some(invalid) = verifier.check(event) {
+            return invalid;
         }
-        if event.previous_hash != previous {
-            return invalid(
+    }
+    verifier.finish(head_version, head_hash)
+}
+
+/// [`verify_stream`] one event at a time, so a long stream can be read in pages with bounded
+/// memory: feed every event in version order to [`check`](Self::check) (stop at the first
+/// `Some`), then [`finish`](Self::finish) with the stream head.
+#[derive(Debug, Clone)]
+pub struct StreamVerifier {
+    previous: String,
+    checked: i64,
+}
+
+impl Default for StreamVerifier {
+    fn default() -> Self {
+        Self {
+            previous: GENESIS_HASH.to_owned(),
+            checked: 0,
+        }
+    }
+}
+
+impl StreamVerifier {
+    fn invalid(&self, version: i64, reason: String) -> Verification {
+        Verification {
+            valid: false,
+            events_checked: self.checked,
+            first_invalid_version: version,
+            reason,
+            head_hash: self.previous.clone(),
+        }
+    }
+
+    /// Checks the next event; `Some` with the verdict at the first mismatch.
+    pub fn check(&mut self, event: &StoredEvent) -> Option<Verification> {
+        let expected_version = self.checked + 1;
+        if event.version != expected_version {
+            return Some(self.invalid(
+                expected_version,
+                format!("event {expected_version} is missing (found version {})", event.version),
+            ));
+        }
+        if event.previous_hash != self.previous {
+            return Some(self.invalid(
                 event.version,
-                checked,
-                &previous,
                 "previous_hash does not link to the preceding event".to_owned(),
-            );
+            ));
         }
         let recomputed = event_hash(
-            &previous,
+            &self.previous,
             event.stream_id,
             event.version,
             &event.event_type,
@@ -366,55 +421,53 @@ pub fn verify_stream(head_version: i64, head_hash: &str, events: &[StoredEvent])
             &event.payload,
         );
         if recomputed != event.hash {
-            return invalid(
+            return Some(self.invalid(
                 event.version,
-                checked,
-                &previous,
                 format!(
                     "stored hash {} does not match the content (recomputed {recomputed})",
                     event.hash
                 ),
-            );
+            ));
         }
         let body = match event.body() {
             Ok(body) => body,
-            Err(reason) => return invalid(event.version, checked, &previous, reason),
+            Err(reason) => return Some(self.invalid(event.version, reason)),
         };
         if body.entry_id() != event.entry_id.as_deref() {
-            return invalid(
+            return Some(self.invalid(
                 event.version,
-                checked,
-                &previous,
                 "the entry_id column does not match the payload".to_owned(),
-            );
+            ));
         }
         if (event.version == 1) != matches!(body, EventBody::AccountOpened(_)) {
-            return invalid(
+            return Some(self.invalid(
                 event.version,
-                checked,
-                &previous,
                 "an account stream starts with, and only with, its opening".to_owned(),
+            ));
+        }
+        self.previous = recomputed;
+        self.checked += 1;
+        None
+    }
+
+    /// The verdict once every event was checked, against the stream head.
+    pub fn finish(self, head_version: i64, head_hash: &str) -> Verification {
+        if head_version != self.checked || head_hash != self.previous {
+            return self.invalid(
+                self.checked + 1,
+                format!(
+                    "the stream head (version {head_version}, hash {head_hash}) does not match its last event (version {})",
+                    self.checked
+                ),
             );
         }
-        previous = recomputed;
-        checked += 1;
-    }
-    if head_version != checked || head_hash != previous {
-        return invalid(
-            checked + 1,
-            checked,
-            &previous,
-            format!(
-                "the stream head (version {head_version}, hash {head_hash}) does not match its last event (version {checked})"
-            ),
-        );
-    }
-    Verification {
-        valid: true,
-        events_checked: checked,
-        first_invalid_version: 0,
-        reason: String::new(),
-        head_hash: previous,
+        Verification {
+            valid: true,
+            events_checked: self.checked,
+            first_invalid_version: 0,
+            reason: String::new(),
+            head_hash: self.previous,
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::app::posting::{Ledger, PostOutcome};
-use crate::domain::stream::{fold_balance, verify_stream};
+use crate::domain::stream::{BalanceFold, StreamVerifier};
 use crate::domain::{
     self, BalanceView, CreateAccount, EntryInput, LedgerError, PostedEntry, Violations, page_size, require_id,
 };
@@ -363,8 +363,22 @@ impl LedgerService for LedgerGrpc {
                         return Err(LedgerError::VersionOutOfRange { requested, current });
                     }
                 }
-                let events = storage::stream_events(conn, account_id, up_to_version, up_to_time).await?;
-                let (balance, version, updated_at) = fold_balance(&account, &events).map_err(internal)?;
+                // Page by page: memory stays bounded however long the stream is.
+                let mut fold = BalanceFold::new(&account);
+                let mut after = 0;
+                loop {
+                    let page =
+                        storage::stream_page(conn, account_id, after, up_to_version, up_to_time, storage::STREAM_PAGE)
+                            .await?;
+                    for event in &page {
+                        fold.apply(&account, event).map_err(internal)?;
+                        after = event.version;
+                    }
+                    if (page.len() as i64) < storage::STREAM_PAGE {
+                        break;
+                    }
+                }
+                let (balance, version, updated_at) = fold.result();
                 Ok(pb::Balance {
                     account_id: account_id.to_string(),
                     currency: account.currency.as_str().to_owned(),
@@ -473,8 +487,22 @@ impl LedgerService for LedgerGrpc {
                 let (head_version, head_hash) = storage::stream_head(conn, account_id)
                     .await?
                     .ok_or_else(|| LedgerError::AccountNotFound(account_id.to_string()))?;
-                let events = storage::stream_events(conn, account_id, None, None).await?;
-                Ok(verify_stream(head_version, &head_hash, &events))
+                // Page by page, stopping at the first mismatch: bounded memory.
+                let mut verifier = StreamVerifier::default();
+                let mut after = 0;
+                loop {
+                    let page = storage::stream_page(conn, account_id, after, None, None, storage::STREAM_PAGE).await?;
+                    for event in &page {
+                        if let Some(invalid) = verifier.check(event) {
+                            return Ok(invalid);
+                        }
+                        after = event.version;
+                    }
+                    if (page.len() as i64) < storage::STREAM_PAGE {
+                        break;
+                    }
+                }
+                Ok(verifier.finish(head_version, &head_hash))
             })
             .await?;
         if !verification.valid {

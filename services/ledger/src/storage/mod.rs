@@ -443,6 +443,36 @@ pub async fn stream_events(
     rows.iter().map(event_from_row).collect()
 }
 
+/// Events read per page by the whole-stream reads (`VerifyStream`, point-in-time balances), so
+/// their memory is bounded whatever the stream's length.
+pub const STREAM_PAGE: i64 = 500;
+
+/// One page of [`stream_events`]: at most `limit` events after `after_version` within the bounds.
+#[tracing::instrument(skip(conn))]
+pub async fn stream_page(
+    conn: &mut PgConnection,
+    stream_id: Uuid,
+    after_version: i64,
+    up_to_version: Option<i64>,
+    up_to_time: Option<DateTime<Utc>>,
+    limit: i64,
+) -> anyhow::Result<Vec<StoredEvent>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM ledger_events WHERE stream_id = $1 AND version > $2 \
+           AND ($3::bigint IS NULL OR version <= $3) AND ($4::timestamptz IS NULL OR occurred_at <= $4) \
+         ORDER BY version LIMIT $5"
+    ))
+    .bind(stream_id)
+    .bind(after_version)
+    .bind(up_to_version)
+    .bind(up_to_time)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+    .context("read a page of stream events")?;
+    rows.iter().map(event_from_row).collect()
+}
+
 /// One page of a stream: events after `after_version`, at most `limit + 1`.
 #[tracing::instrument(skip(conn))]
 pub async fn page_of_events(

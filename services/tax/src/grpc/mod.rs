@@ -40,6 +40,9 @@ impl TaxGrpc {
     }
 }
 
+/// Longest customer id a filter accepts (the payments rule for customer ids).
+const MAX_CUSTOMER_ID_LEN: usize = 64;
+
 fn internal(error: anyhow::Error) -> Status {
     Status::from(TaxError::Internal(error))
 }
@@ -102,6 +105,12 @@ impl TaxService for TaxGrpc {
         }
         let filter = match (request.order_id.is_empty(), request.customer_id.is_empty()) {
             (false, true) => TaxedFilter::Order(parse_uuid("order_id", &request.order_id)?),
+            (true, false) if request.customer_id.chars().count() > MAX_CUSTOMER_ID_LEN => {
+                return Err(violation(
+                    "customer_id",
+                    format!("must be at most {MAX_CUSTOMER_ID_LEN} characters"),
+                ));
+            }
             (true, false) => TaxedFilter::Customer(request.customer_id.clone()),
             _ => return Err(violation("order_id", "set exactly one of order_id and customer_id")),
         };
