@@ -109,10 +109,15 @@ pub fn init_with_endpoint(service_name: &str, otlp_endpoint: Option<&str>) -> Re
     if installed {
         opentelemetry::global::set_tracer_provider(provider.clone());
         opentelemetry::global::set_meter_provider(meters.clone());
-        crate::metrics::register(&opentelemetry::metrics::MeterProvider::meter(
-            &meters,
-            "fintech-platform",
-        ));
+        // The instruments only where something reads them: without an exporter the SDK has no
+        // reader and refuses observable instruments with an error per instrument at start-up.
+        // The values are recorded in `metrics`' registry either way.
+        if otlp_endpoint.is_some() {
+            crate::metrics::register(&opentelemetry::metrics::MeterProvider::meter(
+                &meters,
+                "fintech-platform",
+            ));
+        }
         Ok(TelemetryGuard {
             provider: Some(provider),
             meters: Some(meters),
