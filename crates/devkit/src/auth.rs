@@ -31,7 +31,7 @@ pub const DEV_AUDIENCE: &str = "fintech-platform";
 /// The algorithm of the development key.
 pub const DEV_ALGORITHM: Algorithm = Algorithm::ES256;
 /// Every scope of the platform (an operator token carries them all).
-pub const ALL_SCOPES: [&str; 13] = [
+pub const ALL_SCOPES: [&str; 14] = [
     "payments.read",
     "payments.write",
     "tax.read",
@@ -41,6 +41,7 @@ pub const ALL_SCOPES: [&str; 13] = [
     "ledger.admin",
     "accounts.read",
     "accounts.write",
+    "accounts.admin",
     "transfers.read",
     "transfers.write",
     "transfers.approve",

@@ -35,6 +35,13 @@ pub mod fintech {
             tonic::include_proto!("fintech.tax.v1");
         }
     }
+    /// `fintech.accounts.*`
+    pub mod accounts {
+        /// `fintech.accounts.v1`: customers' current and savings accounts.
+        pub mod v1 {
+            tonic::include_proto!("fintech.accounts.v1");
+        }
+    }
     /// `fintech.ledger.*`
     pub mod ledger {
         /// `fintech.ledger.v1`: accounts, journal entries, balances of the double-entry ledger.
@@ -47,6 +54,7 @@ pub mod fintech {
 /// Every contract of `proto/` as an encoded `google.protobuf.FileDescriptorSet`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fintech_descriptor.bin"));
 
+pub use fintech::accounts::v1 as accounts;
 pub use fintech::common::v1 as common;
 pub use fintech::ledger::v1 as ledger;
 pub use fintech::payments::v1 as payments;
@@ -76,4 +84,5 @@ message_limits!(
     payments::payments_service_server::PaymentsServiceServer,
     tax::tax_service_server::TaxServiceServer,
     ledger::ledger_service_server::LedgerServiceServer,
+    accounts::accounts_service_server::AccountsServiceServer,
 );

@@ -89,6 +89,7 @@ pub fn account_to_wire(account: &Account, version: i64) -> pb::Account {
         system: account.system,
         created_at: Some(timestamp(account.created_at)),
         version,
+        ..Default::default()
     }
 }
 
@@ -100,6 +101,7 @@ impl From<&BalanceView> for pb::Balance {
             balance: balance.balance,
             version: balance.version,
             updated_at: Some(timestamp(balance.updated_at)),
+            ..Default::default()
         }
     }
 }
@@ -133,6 +135,7 @@ impl From<&PostedEntry> for pb::Entry {
                     version: append.version,
                     hash: append.hash.clone(),
                     balance_after: append.balance_after,
+                    ..Default::default()
                 })
                 .collect(),
         }

@@ -472,6 +472,7 @@ impl Ledger {
                 balance: append.balance_after,
                 version: append.version,
                 updated_at: Some(crate::proto::timestamp(posted_at)),
+                ..Default::default()
             })
             .collect();
         let response = pb::PostEntryResponse {

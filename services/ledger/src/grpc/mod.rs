@@ -386,6 +386,7 @@ impl LedgerService for LedgerGrpc {
                     version,
                     // Before the account was opened there is no event to date the balance.
                     updated_at: (version > 0).then(|| timestamp(updated_at)),
+                    ..Default::default()
                 })
             })
             .await?;
@@ -473,6 +474,29 @@ impl LedgerService for LedgerGrpc {
                 })
                 .collect(),
         }))
+    }
+
+    // PLACEHOLDER (wip/accounts): replaced by the ledger holds work before this lands.
+    async fn place_hold(&self, _: Request<pb::PlaceHoldRequest>) -> Result<Response<pb::PlaceHoldResponse>, Status> {
+        Err(Status::unimplemented("holds are not built yet"))
+    }
+    async fn capture_hold(
+        &self,
+        _: Request<pb::CaptureHoldRequest>,
+    ) -> Result<Response<pb::CaptureHoldResponse>, Status> {
+        Err(Status::unimplemented("holds are not built yet"))
+    }
+    async fn release_hold(
+        &self,
+        _: Request<pb::ReleaseHoldRequest>,
+    ) -> Result<Response<pb::ReleaseHoldResponse>, Status> {
+        Err(Status::unimplemented("holds are not built yet"))
+    }
+    async fn get_hold(&self, _: Request<pb::GetHoldRequest>) -> Result<Response<pb::GetHoldResponse>, Status> {
+        Err(Status::unimplemented("holds are not built yet"))
+    }
+    async fn list_holds(&self, _: Request<pb::ListHoldsRequest>) -> Result<Response<pb::ListHoldsResponse>, Status> {
+        Err(Status::unimplemented("holds are not built yet"))
     }
 
     #[tracing::instrument(skip_all)]
