@@ -10,8 +10,22 @@ Money is an integer count of minor units of an ISO 4217 currency; never a float.
 counted on the account's normal side: debits minus credits for assets and expenses, credits
 minus debits for liabilities, equity and revenue.
 
-Every entry posted (by `PostEntry` or from a `tax.calculated` event) is published on
+Every entry posted (by `PostEntry`, `CaptureHold` or from an event) is published on
 `ledger.entry_posted` (value: `Entry`, record key: the entry id).
+
+Customer accounts are not created here: the ledger opens an account's stream when it first sees
+the account on `accounts.opened` / `accounts.updated` (the accounts service's full state, kept in
+the ledger's own cache, highest version wins) and enforces that state on every posting and hold:
+an unknown or closed account, a freeze in the posting's direction, or a balance beyond the
+overdraft limit is FAILED_PRECONDITION naming the rule. `CreateAccount` opens internal and
+system accounts only.
+
+Holds reserve money on an account before it moves: a hold lowers the available balance
+(`balance + overdraft_limit - held`) and is captured (an entry that consumes it, fully or
+partly), released, or expires, each at most once and recorded in the account's stream. Every
+change of a hold is published with the hold's full state on `ledger.hold_placed`,
+`ledger.hold_captured`, `ledger.hold_released` or `ledger.hold_expired` (value: `Hold`, record
+key: the account id).
 """
 
 from collections import abc as _abc
@@ -119,6 +133,68 @@ SIDE_CREDIT: Side.ValueType  # 2
 """Credit: increases liabilities, equity and revenue, decreases the other types."""
 Global___Side: _TypeAlias = Side  # noqa: Y015
 
+class _HoldStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HoldStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HoldStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HOLD_STATUS_UNSPECIFIED: _HoldStatus.ValueType  # 0
+    """Never valid on the wire."""
+    HOLD_STATUS_ACTIVE: _HoldStatus.ValueType  # 1
+    """Reserving `held` minor units of the account."""
+    HOLD_STATUS_CAPTURED: _HoldStatus.ValueType  # 2
+    """Consumed by one or more captures; nothing is held any more."""
+    HOLD_STATUS_RELEASED: _HoldStatus.ValueType  # 3
+    """Released by `ReleaseHold` (or the remainder of a capture); nothing is held any more."""
+    HOLD_STATUS_EXPIRED: _HoldStatus.ValueType  # 4
+    """Released by the expiry job after `expires_at`; nothing is held any more."""
+
+class HoldStatus(_HoldStatus, metaclass=_HoldStatusEnumTypeWrapper):
+    """Lifecycle of a hold: ACTIVE -> CAPTURED | RELEASED | EXPIRED (each terminal). A partial capture
+    that keeps the remainder leaves the hold ACTIVE with a smaller `held`.
+    """
+
+HOLD_STATUS_UNSPECIFIED: HoldStatus.ValueType  # 0
+"""Never valid on the wire."""
+HOLD_STATUS_ACTIVE: HoldStatus.ValueType  # 1
+"""Reserving `held` minor units of the account."""
+HOLD_STATUS_CAPTURED: HoldStatus.ValueType  # 2
+"""Consumed by one or more captures; nothing is held any more."""
+HOLD_STATUS_RELEASED: HoldStatus.ValueType  # 3
+"""Released by `ReleaseHold` (or the remainder of a capture); nothing is held any more."""
+HOLD_STATUS_EXPIRED: HoldStatus.ValueType  # 4
+"""Released by the expiry job after `expires_at`; nothing is held any more."""
+Global___HoldStatus: _TypeAlias = HoldStatus  # noqa: Y015
+
+class _CaptureRemainder:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CaptureRemainderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CaptureRemainder.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CAPTURE_REMAINDER_UNSPECIFIED: _CaptureRemainder.ValueType  # 0
+    """Never valid on the wire."""
+    CAPTURE_REMAINDER_RELEASE: _CaptureRemainder.ValueType  # 1
+    """Release what is not captured: the hold ends CAPTURED."""
+    CAPTURE_REMAINDER_KEEP: _CaptureRemainder.ValueType  # 2
+    """Keep the rest held for a later capture: the hold stays ACTIVE with `held` reduced (a capture of
+    everything still held ends it CAPTURED).
+    """
+
+class CaptureRemainder(_CaptureRemainder, metaclass=_CaptureRemainderEnumTypeWrapper):
+    """What a partial capture does with the rest of the hold."""
+
+CAPTURE_REMAINDER_UNSPECIFIED: CaptureRemainder.ValueType  # 0
+"""Never valid on the wire."""
+CAPTURE_REMAINDER_RELEASE: CaptureRemainder.ValueType  # 1
+"""Release what is not captured: the hold ends CAPTURED."""
+CAPTURE_REMAINDER_KEEP: CaptureRemainder.ValueType  # 2
+"""Keep the rest held for a later capture: the hold stays ACTIVE with `held` reduced (a capture of
+everything still held ends it CAPTURED).
+"""
+Global___CaptureRemainder: _TypeAlias = CaptureRemainder  # noqa: Y015
+
 @_typing.final
 class Account(_message.Message):
     """An account of the ledger."""
@@ -135,6 +211,7 @@ class Account(_message.Message):
     SYSTEM_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """Server-assigned UUID; also the id of the account's event stream."""
     code: _builtins.str
@@ -152,7 +229,11 @@ class Account(_message.Message):
     system: _builtins.bool
     """True for the accounts the ledger creates itself (settlement, revenue, VAT payable)."""
     version: _builtins.int
-    """Version of the account's stream: 1 when opened, +1 per entry that touched it."""
+    """Version of the account's stream: 1 when opened, +1 per event (entry or hold change)."""
+    customer_id: _builtins.str
+    """For a customer account opened from the accounts service's events: its customer; empty for
+    internal and system accounts.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the account was opened."""
@@ -170,10 +251,11 @@ class Account(_message.Message):
         system: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        customer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "code", b"code", "created_at", b"created_at", "currency", b"currency", "name", b"name", "overdraft_limit", b"overdraft_limit", "overdraft_policy", b"overdraft_policy", "system", b"system", "type", b"type", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "code", b"code", "created_at", b"created_at", "currency", b"currency", "customer_id", b"customer_id", "name", b"name", "overdraft_limit", b"overdraft_limit", "overdraft_policy", b"overdraft_policy", "system", b"system", "type", b"type", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,6 +305,8 @@ class StreamAppend(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
     BALANCE_AFTER_FIELD_NUMBER: _builtins.int
+    HELD_AFTER_FIELD_NUMBER: _builtins.int
+    AVAILABLE_AFTER_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account (stream) written."""
     version: _builtins.int
@@ -231,6 +315,12 @@ class StreamAppend(_message.Message):
     """Hex SHA-256 of that event, chained to the previous event of the stream."""
     balance_after: _builtins.int
     """The account's balance after the entry, in minor units."""
+    held_after: _builtins.int
+    """The sum of the account's active holds after the entry, in minor units."""
+    available_after: _builtins.int
+    """`balance_after + overdraft_limit - held_after` (0 limit for accounts that may not go below
+    zero; unlimited accounts report `balance_after - held_after`).
+    """
     def __init__(
         self,
         *,
@@ -238,10 +328,12 @@ class StreamAppend(_message.Message):
         version: _builtins.int = ...,
         hash: _builtins.str = ...,
         balance_after: _builtins.int = ...,
+        held_after: _builtins.int = ...,
+        available_after: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance_after", b"balance_after", "hash", b"hash", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "available_after", b"available_after", "balance_after", b"balance_after", "hash", b"hash", "held_after", b"held_after", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -328,6 +420,8 @@ class Balance(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account."""
     currency: _builtins.str
@@ -336,6 +430,12 @@ class Balance(_message.Message):
     """Balance on the account's normal side, in minor units (may be negative if allowed)."""
     version: _builtins.int
     """Stream version the balance includes (events 1..version)."""
+    held: _builtins.int
+    """Sum of the holds active at that point, in minor units (>= 0)."""
+    available: _builtins.int
+    """`balance + overdraft_limit - held` at that point: what may still be spent or held
+    (unlimited accounts: `balance - held`).
+    """
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """Time of the last event included."""
@@ -348,10 +448,12 @@ class Balance(_message.Message):
         balance: _builtins.int = ...,
         version: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        held: _builtins.int = ...,
+        available: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance", b"balance", "currency", b"currency", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "available", b"available", "balance", b"balance", "currency", b"currency", "held", b"held", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -448,6 +550,214 @@ class Posting(_message.Message):
 Global___Posting: _TypeAlias = Posting  # noqa: Y015
 
 @_typing.final
+class Hold(_message.Message):
+    """A reservation of money on one account: the full state published on every change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    CAPTURED_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    PLACED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    RELEASE_REASON_FIELD_NUMBER: _builtins.int
+    CAPTURE_ENTRY_IDS_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """Client-chosen id (1-128 visible ASCII characters); the idempotency key of every operation on
+    the hold.
+    """
+    account_id: _builtins.str
+    """The account whose available balance the hold reduces."""
+    currency: _builtins.str
+    """ISO 4217 currency, the account's."""
+    amount: _builtins.int
+    """Amount first placed, in minor units (> 0)."""
+    held: _builtins.int
+    """Amount still held, in minor units (0 once the hold is no longer ACTIVE)."""
+    captured: _builtins.int
+    """Amount captured so far, in minor units."""
+    status: Global___HoldStatus.ValueType
+    """Lifecycle state."""
+    reason: _builtins.str
+    """Free text given when placed (at most 500 characters)."""
+    release_reason: _builtins.str
+    """Why it was released or expired (empty otherwise), e.g. "expired at 2026-12-02T10:00:00Z"."""
+    version: _builtins.int
+    """Version of the hold: 1 when placed, +1 per change. Consumers keep the highest."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the expiry job releases the hold if it is still ACTIVE."""
+
+    @_builtins.property
+    def placed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the hold was placed (server clock)."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the hold last changed (server clock)."""
+
+    @_builtins.property
+    def capture_entry_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The entries that captured it, in order."""
+
+    @_builtins.property
+    def balance(self) -> Global___Balance:
+        """The account's balances right after this change of the hold."""
+
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        currency: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        held: _builtins.int = ...,
+        captured: _builtins.int = ...,
+        status: Global___HoldStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        placed_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        release_reason: _builtins.str = ...,
+        capture_entry_ids: _abc.Iterable[_builtins.str] | None = ...,
+        balance: Global___Balance | None = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "expires_at", b"expires_at", "placed_at", b"placed_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "balance", b"balance", "capture_entry_ids", b"capture_entry_ids", "captured", b"captured", "currency", b"currency", "expires_at", b"expires_at", "held", b"held", "hold_id", b"hold_id", "placed_at", b"placed_at", "reason", b"reason", "release_reason", b"release_reason", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Hold: _TypeAlias = Hold  # noqa: Y015
+
+@_typing.final
+class HoldPlaced(_message.Message):
+    """A hold was placed (stream event)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    HELD_AFTER_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The hold id."""
+    amount: _builtins.int
+    """Amount placed, in minor units."""
+    reason: _builtins.str
+    """Why it was placed."""
+    held_after: _builtins.int
+    """Sum of the account's active holds after this event."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When it expires."""
+
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        held_after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "expires_at", b"expires_at", "held_after", b"held_after", "hold_id", b"hold_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldPlaced: _TypeAlias = HoldPlaced  # noqa: Y015
+
+@_typing.final
+class HoldCaptured(_message.Message):
+    """A hold was captured, fully or partly, by an entry (stream event; the entry's `Posting` is the
+    event right before it in the same stream).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
+    HELD_AFTER_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The hold id."""
+    entry_id: _builtins.str
+    """The entry that captured it."""
+    amount: _builtins.int
+    """Amount captured, in minor units."""
+    released: _builtins.int
+    """Amount released with this capture (the remainder, with CAPTURE_REMAINDER_RELEASE)."""
+    held_after: _builtins.int
+    """Sum of the account's active holds after this event."""
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        entry_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        released: _builtins.int = ...,
+        held_after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "entry_id", b"entry_id", "held_after", b"held_after", "hold_id", b"hold_id", "released", b"released"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldCaptured: _TypeAlias = HoldCaptured  # noqa: Y015
+
+@_typing.final
+class HoldReleased(_message.Message):
+    """A hold was released or expired (stream event)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    HELD_AFTER_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The hold id."""
+    amount: _builtins.int
+    """Amount released, in minor units."""
+    expired: _builtins.bool
+    """True when released by the expiry job."""
+    reason: _builtins.str
+    """Why."""
+    held_after: _builtins.int
+    """Sum of the account's active holds after this event."""
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        expired: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        held_after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "expired", b"expired", "held_after", b"held_after", "hold_id", b"hold_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldReleased: _TypeAlias = HoldReleased  # noqa: Y015
+
+@_typing.final
 class AccountEvent(_message.Message):
     """One event of an account stream."""
 
@@ -459,6 +769,9 @@ class AccountEvent(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     ACCOUNT_OPENED_FIELD_NUMBER: _builtins.int
     POSTING_FIELD_NUMBER: _builtins.int
+    HOLD_PLACED_FIELD_NUMBER: _builtins.int
+    HOLD_CAPTURED_FIELD_NUMBER: _builtins.int
+    HOLD_RELEASED_FIELD_NUMBER: _builtins.int
     PREVIOUS_HASH_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
@@ -483,6 +796,18 @@ class AccountEvent(_message.Message):
     def posting(self) -> Global___Posting:
         """An entry was posted to the account."""
 
+    @_builtins.property
+    def hold_placed(self) -> Global___HoldPlaced:
+        """A hold was placed on the account."""
+
+    @_builtins.property
+    def hold_captured(self) -> Global___HoldCaptured:
+        """A hold was captured."""
+
+    @_builtins.property
+    def hold_released(self) -> Global___HoldReleased:
+        """A hold was released or expired."""
+
     def __init__(
         self,
         *,
@@ -492,14 +817,17 @@ class AccountEvent(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         account_opened: Global___AccountOpened | None = ...,
         posting: Global___Posting | None = ...,
+        hold_placed: Global___HoldPlaced | None = ...,
+        hold_captured: Global___HoldCaptured | None = ...,
+        hold_released: Global___HoldReleased | None = ...,
         previous_hash: _builtins.str = ...,
         hash: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "body", b"body", "occurred_at", b"occurred_at", "posting", b"posting"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_opened", b"account_opened", "body", b"body", "hold_captured", b"hold_captured", "hold_placed", b"hold_placed", "hold_released", b"hold_released", "occurred_at", b"occurred_at", "posting", b"posting"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_opened", b"account_opened", "body", b"body", "event_type", b"event_type", "hash", b"hash", "occurred_at", b"occurred_at", "posting", b"posting", "previous_hash", b"previous_hash", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_opened", b"account_opened", "body", b"body", "event_type", b"event_type", "hash", b"hash", "hold_captured", b"hold_captured", "hold_placed", b"hold_placed", "hold_released", b"hold_released", "occurred_at", b"occurred_at", "posting", b"posting", "previous_hash", b"previous_hash", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["account_opened", "posting"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["account_opened", "posting", "hold_placed", "hold_captured", "hold_released"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -1086,3 +1414,335 @@ class VerifyStreamResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyStreamResponse: _TypeAlias = VerifyStreamResponse  # noqa: Y015
+
+@_typing.final
+class PlaceHoldRequest(_message.Message):
+    """Input of PlaceHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """Client-chosen id, 1-128 visible ASCII characters."""
+    account_id: _builtins.str
+    """The account."""
+    amount: _builtins.int
+    """Amount to hold in minor units (> 0)."""
+    currency: _builtins.str
+    """ISO 4217 currency; must be the account's."""
+    reason: _builtins.str
+    """Why, at most 500 characters."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the hold expires: in the future, at most 30 days ahead."""
+
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "currency", b"currency", "expires_at", b"expires_at", "hold_id", b"hold_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceHoldRequest: _TypeAlias = PlaceHoldRequest  # noqa: Y015
+
+@_typing.final
+class PlaceHoldResponse(_message.Message):
+    """Output of PlaceHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hold(self) -> Global___Hold:
+        """The hold, with the account's balances after it."""
+
+    def __init__(
+        self,
+        *,
+        hold: Global___Hold | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceHoldResponse: _TypeAlias = PlaceHoldResponse  # noqa: Y015
+
+@_typing.final
+class CaptureHoldRequest(_message.Message):
+    """Input of CaptureHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REMAINDER_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The hold."""
+    amount: _builtins.int
+    """Amount to capture (> 0, at most what is still held)."""
+    remainder: Global___CaptureRemainder.ValueType
+    """What happens to the rest of the hold."""
+    entry_id: _builtins.str
+    """Id of the entry that captures the hold (as in PostEntry); retrying with it is a no-op."""
+    description: _builtins.str
+    """Free text of the entry, at most 500 characters."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free annotations of the entry (as in PostEntry)."""
+
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntryLine]:
+        """The entry's balanced lines: the held account must be debited by exactly `amount` in total."""
+
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        remainder: Global___CaptureRemainder.ValueType = ...,
+        entry_id: _builtins.str = ...,
+        description: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        lines: _abc.Iterable[Global___EntryLine] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "description", b"description", "entry_id", b"entry_id", "hold_id", b"hold_id", "lines", b"lines", "metadata", b"metadata", "remainder", b"remainder"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaptureHoldRequest: _TypeAlias = CaptureHoldRequest  # noqa: Y015
+
+@_typing.final
+class CaptureHoldResponse(_message.Message):
+    """Output of CaptureHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    BALANCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hold(self) -> Global___Hold:
+        """The hold after the capture, with the held account's balances."""
+
+    @_builtins.property
+    def entry(self) -> Global___Entry:
+        """The posted entry."""
+
+    @_builtins.property
+    def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Balance]:
+        """The balance of every account of the entry right after it, ordered by account id."""
+
+    def __init__(
+        self,
+        *,
+        hold: Global___Hold | None = ...,
+        entry: Global___Entry | None = ...,
+        balances: _abc.Iterable[Global___Balance] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "entry", b"entry", "hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaptureHoldResponse: _TypeAlias = CaptureHoldResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseHoldRequest(_message.Message):
+    """Input of ReleaseHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The hold."""
+    reason: _builtins.str
+    """Why, at most 500 characters."""
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHoldRequest: _TypeAlias = ReleaseHoldRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseHoldResponse(_message.Message):
+    """Output of ReleaseHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hold(self) -> Global___Hold:
+        """The released hold, with the account's balances."""
+
+    def __init__(
+        self,
+        *,
+        hold: Global___Hold | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHoldResponse: _TypeAlias = ReleaseHoldResponse  # noqa: Y015
+
+@_typing.final
+class GetHoldRequest(_message.Message):
+    """Input of GetHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The hold."""
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHoldRequest: _TypeAlias = GetHoldRequest  # noqa: Y015
+
+@_typing.final
+class GetHoldResponse(_message.Message):
+    """Output of GetHold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hold(self) -> Global___Hold:
+        """The hold (its balances as of its last change)."""
+
+    def __init__(
+        self,
+        *,
+        hold: Global___Hold | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHoldResponse: _TypeAlias = GetHoldResponse  # noqa: Y015
+
+@_typing.final
+class ListHoldsRequest(_message.Message):
+    """Input of ListHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    status: Global___HoldStatus.ValueType
+    """Only holds in this state (unspecified: every state)."""
+    page_size: _builtins.int
+    """Maximum number of holds (1-500; 0 means 50)."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        status: Global___HoldStatus.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsRequest: _TypeAlias = ListHoldsRequest  # noqa: Y015
+
+@_typing.final
+class ListHoldsResponse(_message.Message):
+    """Output of ListHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as `page_token` to read the next page; empty when there is none."""
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Hold]:
+        """Holds of this page, newest first."""
+
+    def __init__(
+        self,
+        *,
+        holds: _abc.Iterable[Global___Hold] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsResponse: _TypeAlias = ListHoldsResponse  # noqa: Y015

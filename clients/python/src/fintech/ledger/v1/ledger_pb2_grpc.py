@@ -75,6 +75,31 @@ class LedgerServiceStub(object):
                 request_serializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.GetTrialBalanceRequest.SerializeToString,
                 response_deserializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.GetTrialBalanceResponse.FromString,
                 _registered_method=True)
+        self.PlaceHold = channel.unary_unary(
+                '/fintech.ledger.v1.LedgerService/PlaceHold',
+                request_serializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.PlaceHoldRequest.SerializeToString,
+                response_deserializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.PlaceHoldResponse.FromString,
+                _registered_method=True)
+        self.CaptureHold = channel.unary_unary(
+                '/fintech.ledger.v1.LedgerService/CaptureHold',
+                request_serializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.CaptureHoldRequest.SerializeToString,
+                response_deserializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.CaptureHoldResponse.FromString,
+                _registered_method=True)
+        self.ReleaseHold = channel.unary_unary(
+                '/fintech.ledger.v1.LedgerService/ReleaseHold',
+                request_serializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseHoldRequest.SerializeToString,
+                response_deserializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseHoldResponse.FromString,
+                _registered_method=True)
+        self.GetHold = channel.unary_unary(
+                '/fintech.ledger.v1.LedgerService/GetHold',
+                request_serializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.GetHoldRequest.SerializeToString,
+                response_deserializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.GetHoldResponse.FromString,
+                _registered_method=True)
+        self.ListHolds = channel.unary_unary(
+                '/fintech.ledger.v1.LedgerService/ListHolds',
+                request_serializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.ListHoldsRequest.SerializeToString,
+                response_deserializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.ListHoldsResponse.FromString,
+                _registered_method=True)
         self.VerifyStream = channel.unary_unary(
                 '/fintech.ledger.v1.LedgerService/VerifyStream',
                 request_serializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.VerifyStreamRequest.SerializeToString,
@@ -152,6 +177,52 @@ class LedgerServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlaceHold(self, request, context):
+        """Places a hold on an account: `amount` is reserved until captured, released or expired.
+        FAILED_PRECONDITION when the account refuses debits (unknown, closed, frozen for debits) or
+        the available balance would go below zero. Idempotent by `hold_id` (a retry returns the hold
+        as it is now; the same id with different content is FAILED_PRECONDITION).
+        Requires scope `ledger.post` (operators and services only, not customers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CaptureHold(self, request, context):
+        """Captures an active hold with a balanced entry whose lines debit the held account by exactly
+        `amount` (at most what is still held): the entry and the hold change are one atomic write.
+        Idempotent by `entry_id`.
+        Requires scope `ledger.post` (operators and services only, not customers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseHold(self, request, context):
+        """Releases an active hold. Releasing a hold already released returns it unchanged; one that was
+        captured or expired is FAILED_PRECONDITION.
+        Requires scope `ledger.post` (operators and services only, not customers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHold(self, request, context):
+        """Reads a hold.
+        Requires scope `ledger.read` (operators and services only, not customers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHolds(self, request, context):
+        """Lists an account's holds, newest first, one page at a time.
+        Requires scope `ledger.read` (operators and services only, not customers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def VerifyStream(self, request, context):
         """Recomputes an account stream's hash chain and reports the first event that does not match.
         Requires scope `ledger.admin` (operators and services only, not customers).
@@ -202,6 +273,31 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.GetTrialBalance,
                     request_deserializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.GetTrialBalanceRequest.FromString,
                     response_serializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.GetTrialBalanceResponse.SerializeToString,
+            ),
+            'PlaceHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceHold,
+                    request_deserializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.PlaceHoldRequest.FromString,
+                    response_serializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.PlaceHoldResponse.SerializeToString,
+            ),
+            'CaptureHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.CaptureHold,
+                    request_deserializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.CaptureHoldRequest.FromString,
+                    response_serializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.CaptureHoldResponse.SerializeToString,
+            ),
+            'ReleaseHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseHold,
+                    request_deserializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseHoldRequest.FromString,
+                    response_serializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseHoldResponse.SerializeToString,
+            ),
+            'GetHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHold,
+                    request_deserializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.GetHoldRequest.FromString,
+                    response_serializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.GetHoldResponse.SerializeToString,
+            ),
+            'ListHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHolds,
+                    request_deserializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.ListHoldsRequest.FromString,
+                    response_serializer=fintech_dot_ledger_dot_v1_dot_ledger__pb2.ListHoldsResponse.SerializeToString,
             ),
             'VerifyStream': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyStream,
@@ -426,6 +522,141 @@ class LedgerService(object):
             '/fintech.ledger.v1.LedgerService/GetTrialBalance',
             fintech_dot_ledger_dot_v1_dot_ledger__pb2.GetTrialBalanceRequest.SerializeToString,
             fintech_dot_ledger_dot_v1_dot_ledger__pb2.GetTrialBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fintech.ledger.v1.LedgerService/PlaceHold',
+            fintech_dot_ledger_dot_v1_dot_ledger__pb2.PlaceHoldRequest.SerializeToString,
+            fintech_dot_ledger_dot_v1_dot_ledger__pb2.PlaceHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CaptureHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fintech.ledger.v1.LedgerService/CaptureHold',
+            fintech_dot_ledger_dot_v1_dot_ledger__pb2.CaptureHoldRequest.SerializeToString,
+            fintech_dot_ledger_dot_v1_dot_ledger__pb2.CaptureHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fintech.ledger.v1.LedgerService/ReleaseHold',
+            fintech_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseHoldRequest.SerializeToString,
+            fintech_dot_ledger_dot_v1_dot_ledger__pb2.ReleaseHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fintech.ledger.v1.LedgerService/GetHold',
+            fintech_dot_ledger_dot_v1_dot_ledger__pb2.GetHoldRequest.SerializeToString,
+            fintech_dot_ledger_dot_v1_dot_ledger__pb2.GetHoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fintech.ledger.v1.LedgerService/ListHolds',
+            fintech_dot_ledger_dot_v1_dot_ledger__pb2.ListHoldsRequest.SerializeToString,
+            fintech_dot_ledger_dot_v1_dot_ledger__pb2.ListHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,

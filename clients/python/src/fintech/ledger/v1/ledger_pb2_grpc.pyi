@@ -10,8 +10,22 @@ Money is an integer count of minor units of an ISO 4217 currency; never a float.
 counted on the account's normal side: debits minus credits for assets and expenses, credits
 minus debits for liabilities, equity and revenue.
 
-Every entry posted (by `PostEntry` or from a `tax.calculated` event) is published on
+Every entry posted (by `PostEntry`, `CaptureHold` or from an event) is published on
 `ledger.entry_posted` (value: `Entry`, record key: the entry id).
+
+Customer accounts are not created here: the ledger opens an account's stream when it first sees
+the account on `accounts.opened` / `accounts.updated` (the accounts service's full state, kept in
+the ledger's own cache, highest version wins) and enforces that state on every posting and hold:
+an unknown or closed account, a freeze in the posting's direction, or a balance beyond the
+overdraft limit is FAILED_PRECONDITION naming the rule. `CreateAccount` opens internal and
+system accounts only.
+
+Holds reserve money on an account before it moves: a hold lowers the available balance
+(`balance + overdraft_limit - held`) and is captured (an entry that consumes it, fully or
+partly), released, or expires, each at most once and recorded in the account's stream. Every
+change of a hold is published with the hold's full state on `ledger.hold_placed`,
+`ledger.hold_captured`, `ledger.hold_released` or `ledger.hold_expired` (value: `Hold`, record
+key: the account id).
 """
 
 from collections import abc as _abc
@@ -78,6 +92,32 @@ class LedgerServiceStub:
     """Debit and credit balance totals per currency; they always net to zero.
     Requires scope `ledger.read` (operators and services only, not customers).
     """
+    PlaceHold: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.PlaceHoldRequest, _ledger_pb2.PlaceHoldResponse]
+    """Places a hold on an account: `amount` is reserved until captured, released or expired.
+    FAILED_PRECONDITION when the account refuses debits (unknown, closed, frozen for debits) or
+    the available balance would go below zero. Idempotent by `hold_id` (a retry returns the hold
+    as it is now; the same id with different content is FAILED_PRECONDITION).
+    Requires scope `ledger.post` (operators and services only, not customers).
+    """
+    CaptureHold: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CaptureHoldRequest, _ledger_pb2.CaptureHoldResponse]
+    """Captures an active hold with a balanced entry whose lines debit the held account by exactly
+    `amount` (at most what is still held): the entry and the hold change are one atomic write.
+    Idempotent by `entry_id`.
+    Requires scope `ledger.post` (operators and services only, not customers).
+    """
+    ReleaseHold: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseHoldRequest, _ledger_pb2.ReleaseHoldResponse]
+    """Releases an active hold. Releasing a hold already released returns it unchanged; one that was
+    captured or expired is FAILED_PRECONDITION.
+    Requires scope `ledger.post` (operators and services only, not customers).
+    """
+    GetHold: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetHoldRequest, _ledger_pb2.GetHoldResponse]
+    """Reads a hold.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
+    ListHolds: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListHoldsRequest, _ledger_pb2.ListHoldsResponse]
+    """Lists an account's holds, newest first, one page at a time.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
     VerifyStream: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.VerifyStreamRequest, _ledger_pb2.VerifyStreamResponse]
     """Recomputes an account stream's hash chain and reports the first event that does not match.
     Requires scope `ledger.admin` (operators and services only, not customers).
@@ -120,6 +160,32 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """
     GetTrialBalance: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetTrialBalanceRequest, _ledger_pb2.GetTrialBalanceResponse]  # type: ignore[assignment]
     """Debit and credit balance totals per currency; they always net to zero.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
+    PlaceHold: _aio.UnaryUnaryMultiCallable[_ledger_pb2.PlaceHoldRequest, _ledger_pb2.PlaceHoldResponse]  # type: ignore[assignment]
+    """Places a hold on an account: `amount` is reserved until captured, released or expired.
+    FAILED_PRECONDITION when the account refuses debits (unknown, closed, frozen for debits) or
+    the available balance would go below zero. Idempotent by `hold_id` (a retry returns the hold
+    as it is now; the same id with different content is FAILED_PRECONDITION).
+    Requires scope `ledger.post` (operators and services only, not customers).
+    """
+    CaptureHold: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CaptureHoldRequest, _ledger_pb2.CaptureHoldResponse]  # type: ignore[assignment]
+    """Captures an active hold with a balanced entry whose lines debit the held account by exactly
+    `amount` (at most what is still held): the entry and the hold change are one atomic write.
+    Idempotent by `entry_id`.
+    Requires scope `ledger.post` (operators and services only, not customers).
+    """
+    ReleaseHold: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseHoldRequest, _ledger_pb2.ReleaseHoldResponse]  # type: ignore[assignment]
+    """Releases an active hold. Releasing a hold already released returns it unchanged; one that was
+    captured or expired is FAILED_PRECONDITION.
+    Requires scope `ledger.post` (operators and services only, not customers).
+    """
+    GetHold: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetHoldRequest, _ledger_pb2.GetHoldResponse]  # type: ignore[assignment]
+    """Reads a hold.
+    Requires scope `ledger.read` (operators and services only, not customers).
+    """
+    ListHolds: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListHoldsRequest, _ledger_pb2.ListHoldsResponse]  # type: ignore[assignment]
+    """Lists an account's holds, newest first, one page at a time.
     Requires scope `ledger.read` (operators and services only, not customers).
     """
     VerifyStream: _aio.UnaryUnaryMultiCallable[_ledger_pb2.VerifyStreamRequest, _ledger_pb2.VerifyStreamResponse]  # type: ignore[assignment]
@@ -209,6 +275,62 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.GetTrialBalanceResponse, _abc.Awaitable[_ledger_pb2.GetTrialBalanceResponse]]:
         """Debit and credit balance totals per currency; they always net to zero.
+        Requires scope `ledger.read` (operators and services only, not customers).
+        """
+
+    @_abc_1.abstractmethod
+    def PlaceHold(
+        self,
+        request: _ledger_pb2.PlaceHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.PlaceHoldResponse, _abc.Awaitable[_ledger_pb2.PlaceHoldResponse]]:
+        """Places a hold on an account: `amount` is reserved until captured, released or expired.
+        FAILED_PRECONDITION when the account refuses debits (unknown, closed, frozen for debits) or
+        the available balance would go below zero. Idempotent by `hold_id` (a retry returns the hold
+        as it is now; the same id with different content is FAILED_PRECONDITION).
+        Requires scope `ledger.post` (operators and services only, not customers).
+        """
+
+    @_abc_1.abstractmethod
+    def CaptureHold(
+        self,
+        request: _ledger_pb2.CaptureHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.CaptureHoldResponse, _abc.Awaitable[_ledger_pb2.CaptureHoldResponse]]:
+        """Captures an active hold with a balanced entry whose lines debit the held account by exactly
+        `amount` (at most what is still held): the entry and the hold change are one atomic write.
+        Idempotent by `entry_id`.
+        Requires scope `ledger.post` (operators and services only, not customers).
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseHold(
+        self,
+        request: _ledger_pb2.ReleaseHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ReleaseHoldResponse, _abc.Awaitable[_ledger_pb2.ReleaseHoldResponse]]:
+        """Releases an active hold. Releasing a hold already released returns it unchanged; one that was
+        captured or expired is FAILED_PRECONDITION.
+        Requires scope `ledger.post` (operators and services only, not customers).
+        """
+
+    @_abc_1.abstractmethod
+    def GetHold(
+        self,
+        request: _ledger_pb2.GetHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.GetHoldResponse, _abc.Awaitable[_ledger_pb2.GetHoldResponse]]:
+        """Reads a hold.
+        Requires scope `ledger.read` (operators and services only, not customers).
+        """
+
+    @_abc_1.abstractmethod
+    def ListHolds(
+        self,
+        request: _ledger_pb2.ListHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ListHoldsResponse, _abc.Awaitable[_ledger_pb2.ListHoldsResponse]]:
+        """Lists an account's holds, newest first, one page at a time.
         Requires scope `ledger.read` (operators and services only, not customers).
         """
 

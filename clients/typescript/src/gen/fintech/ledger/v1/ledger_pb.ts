@@ -11,8 +11,22 @@
 // counted on the account's normal side: debits minus credits for assets and expenses, credits
 // minus debits for liabilities, equity and revenue.
 //
-// Every entry posted (by `PostEntry` or from a `tax.calculated` event) is published on
+// Every entry posted (by `PostEntry`, `CaptureHold` or from an event) is published on
 // `ledger.entry_posted` (value: `Entry`, record key: the entry id).
+//
+// Customer accounts are not created here: the ledger opens an account's stream when it first sees
+// the account on `accounts.opened` / `accounts.updated` (the accounts service's full state, kept in
+// the ledger's own cache, highest version wins) and enforces that state on every posting and hold:
+// an unknown or closed account, a freeze in the posting's direction, or a balance beyond the
+// overdraft limit is FAILED_PRECONDITION naming the rule. `CreateAccount` opens internal and
+// system accounts only.
+//
+// Holds reserve money on an account before it moves: a hold lowers the available balance
+// (`balance + overdraft_limit - held`) and is captured (an entry that consumes it, fully or
+// partly), released, or expires, each at most once and recorded in the account's stream. Every
+// change of a hold is published with the hold's full state on `ledger.hold_placed`,
+// `ledger.hold_captured`, `ledger.hold_released` or `ledger.hold_expired` (value: `Hold`, record
+// key: the account id).
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
@@ -26,7 +40,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fintech/ledger/v1/ledger.proto.
  */
 export const file_fintech_ledger_v1_ledger: GenFile = /*@__PURE__*/
-  fileDesc("Ch5maW50ZWNoL2xlZGdlci92MS9sZWRnZXIucHJvdG8SEWZpbnRlY2gubGVkZ2VyLnYxIqECCgdBY2NvdW50EhIKCmFjY291bnRfaWQYASABKAkSDAoEY29kZRgCIAEoCRIMCgRuYW1lGAMgASgJEiwKBHR5cGUYBCABKA4yHi5maW50ZWNoLmxlZGdlci52MS5BY2NvdW50VHlwZRIQCghjdXJyZW5jeRgFIAEoCRI8ChBvdmVyZHJhZnRfcG9saWN5GAYgASgOMiIuZmludGVjaC5sZWRnZXIudjEuT3ZlcmRyYWZ0UG9saWN5EhcKD292ZXJkcmFmdF9saW1pdBgHIAEoAxIOCgZzeXN0ZW0YCCABKAgSLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHdmVyc2lvbhgKIAEoAyJoCglFbnRyeUxpbmUSEgoKYWNjb3VudF9pZBgBIAEoCRIlCgRzaWRlGAIgASgOMhcuZmludGVjaC5sZWRnZXIudjEuU2lkZRIOCgZhbW91bnQYAyABKAMSEAoIY3VycmVuY3kYBCABKAkiWAoMU3RyZWFtQXBwZW5kEhIKCmFjY291bnRfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoAxIMCgRoYXNoGAMgASgJEhUKDWJhbGFuY2VfYWZ0ZXIYBCABKAMipwIKBUVudHJ5EhAKCGVudHJ5X2lkGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEjgKCG1ldGFkYXRhGAMgAygLMiYuZmludGVjaC5sZWRnZXIudjEuRW50cnkuTWV0YWRhdGFFbnRyeRIrCgVsaW5lcxgEIAMoCzIcLmZpbnRlY2gubGVkZ2VyLnYxLkVudHJ5TGluZRItCglwb3N0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKB2FwcGVuZHMYBiADKAsyHy5maW50ZWNoLmxlZGdlci52MS5TdHJlYW1BcHBlbmQaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIoEBCgdCYWxhbmNlEhIKCmFjY291bnRfaWQYASABKAkSEAoIY3VycmVuY3kYAiABKAkSDwoHYmFsYW5jZRgDIAEoAxIPCgd2ZXJzaW9uGAQgASgDEi4KCnVwZGF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjwKDUFjY291bnRPcGVuZWQSKwoHYWNjb3VudBgBIAEoCzIaLmZpbnRlY2gubGVkZ2VyLnYxLkFjY291bnQiWAoLUG9zdGluZ0xpbmUSEgoKbGluZV9pbmRleBgBIAEoBRIlCgRzaWRlGAIgASgOMhcuZmludGVjaC5sZWRnZXIudjEuU2lkZRIOCgZhbW91bnQYAyABKAMidgoHUG9zdGluZxIQCghlbnRyeV9pZBgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRItCgVsaW5lcxgDIAMoCzIeLmZpbnRlY2gubGVkZ2VyLnYxLlBvc3RpbmdMaW5lEhUKDWJhbGFuY2VfYWZ0ZXIYBCABKAMikAIKDEFjY291bnRFdmVudBISCgphY2NvdW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAMSEgoKZXZlbnRfdHlwZRgDIAEoCRIvCgtvY2N1cnJlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOgoOYWNjb3VudF9vcGVuZWQYBSABKAsyIC5maW50ZWNoLmxlZGdlci52MS5BY2NvdW50T3BlbmVkSAASLQoHcG9zdGluZxgGIAEoCzIaLmZpbnRlY2gubGVkZ2VyLnYxLlBvc3RpbmdIABIVCg1wcmV2aW91c19oYXNoGAcgASgJEgwKBGhhc2gYCCABKAlCBgoEYm9keSJ3ChRDdXJyZW5jeVRyaWFsQmFsYW5jZRIQCghjdXJyZW5jeRgBIAEoCRITCgtkZWJpdF90b3RhbBgCIAEoAxIUCgxjcmVkaXRfdG90YWwYAyABKAMSCwoDbmV0GAQgASgDEhUKDWFjY291bnRfY291bnQYBSABKAMiyQEKFENyZWF0ZUFjY291bnRSZXF1ZXN0EgwKBGNvZGUYASABKAkSDAoEbmFtZRgCIAEoCRIsCgR0eXBlGAMgASgOMh4uZmludGVjaC5sZWRnZXIudjEuQWNjb3VudFR5cGUSEAoIY3VycmVuY3kYBCABKAkSPAoQb3ZlcmRyYWZ0X3BvbGljeRgFIAEoDjIiLmZpbnRlY2gubGVkZ2VyLnYxLk92ZXJkcmFmdFBvbGljeRIXCg9vdmVyZHJhZnRfbGltaXQYBiABKAMiRAoVQ3JlYXRlQWNjb3VudFJlc3BvbnNlEisKB2FjY291bnQYASABKAsyGi5maW50ZWNoLmxlZGdlci52MS5BY2NvdW50IjUKEUdldEFjY291bnRSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSDAoEY29kZRgCIAEoCSJuChJHZXRBY2NvdW50UmVzcG9uc2USKwoHYWNjb3VudBgBIAEoCzIaLmZpbnRlY2gubGVkZ2VyLnYxLkFjY291bnQSKwoHYmFsYW5jZRgCIAEoCzIaLmZpbnRlY2gubGVkZ2VyLnYxLkJhbGFuY2UifAoTTGlzdEFjY291bnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIsCgR0eXBlGAMgASgOMh4uZmludGVjaC5sZWRnZXIudjEuQWNjb3VudFR5cGUSEAoIY3VycmVuY3kYBCABKAkiXQoUTGlzdEFjY291bnRzUmVzcG9uc2USLAoIYWNjb3VudHMYASADKAsyGi5maW50ZWNoLmxlZGdlci52MS5BY2NvdW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLcAQoQUG9zdEVudHJ5UmVxdWVzdBIQCghlbnRyeV9pZBgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRJDCghtZXRhZGF0YRgDIAMoCzIxLmZpbnRlY2gubGVkZ2VyLnYxLlBvc3RFbnRyeVJlcXVlc3QuTWV0YWRhdGFFbnRyeRIrCgVsaW5lcxgEIAMoCzIcLmZpbnRlY2gubGVkZ2VyLnYxLkVudHJ5TGluZRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiagoRUG9zdEVudHJ5UmVzcG9uc2USJwoFZW50cnkYASABKAsyGC5maW50ZWNoLmxlZGdlci52MS5FbnRyeRIsCghiYWxhbmNlcxgCIAMoCzIaLmZpbnRlY2gubGVkZ2VyLnYxLkJhbGFuY2UiIwoPR2V0RW50cnlSZXF1ZXN0EhAKCGVudHJ5X2lkGAEgASgJIjsKEEdldEVudHJ5UmVzcG9uc2USJwoFZW50cnkYASABKAsyGC5maW50ZWNoLmxlZGdlci52MS5FbnRyeSJ7ChFHZXRCYWxhbmNlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEjAKCmFzX29mX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAASFwoNYXNfb2ZfdmVyc2lvbhgDIAEoA0gAQgcKBWFzX29mIkEKEkdldEJhbGFuY2VSZXNwb25zZRIrCgdiYWxhbmNlGAEgASgLMhouZmludGVjaC5sZWRnZXIudjEuQmFsYW5jZSJVChhMaXN0QWNjb3VudEV2ZW50c1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJlChlMaXN0QWNjb3VudEV2ZW50c1Jlc3BvbnNlEi8KBmV2ZW50cxgBIAMoCzIfLmZpbnRlY2gubGVkZ2VyLnYxLkFjY291bnRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiKgoWR2V0VHJpYWxCYWxhbmNlUmVxdWVzdBIQCghjdXJyZW5jeRgBIAEoCSJWChdHZXRUcmlhbEJhbGFuY2VSZXNwb25zZRI7CgpjdXJyZW5jaWVzGAEgAygLMicuZmludGVjaC5sZWRnZXIudjEuQ3VycmVuY3lUcmlhbEJhbGFuY2UiKQoTVmVyaWZ5U3RyZWFtUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJIn8KFFZlcmlmeVN0cmVhbVJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEhYKDmV2ZW50c19jaGVja2VkGAIgASgDEh0KFWZpcnN0X2ludmFsaWRfdmVyc2lvbhgDIAEoAxIOCgZyZWFzb24YBCABKAkSEQoJaGVhZF9oYXNoGAUgASgJKqwBCgtBY2NvdW50VHlwZRIcChhBQ0NPVU5UX1RZUEVfVU5TUEVDSUZJRUQQABIWChJBQ0NPVU5UX1RZUEVfQVNTRVQQARIaChZBQ0NPVU5UX1RZUEVfTElBQklMSVRZEAISFwoTQUNDT1VOVF9UWVBFX0VRVUlUWRADEhgKFEFDQ09VTlRfVFlQRV9SRVZFTlVFEAQSGAoUQUNDT1VOVF9UWVBFX0VYUEVOU0UQBSqRAQoPT3ZlcmRyYWZ0UG9saWN5EiAKHE9WRVJEUkFGVF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIeChpPVkVSRFJBRlRfUE9MSUNZX0ZPUkJJRERFThABEhwKGE9WRVJEUkFGVF9QT0xJQ1lfTElNSVRFRBACEh4KGk9WRVJEUkFGVF9QT0xJQ1lfVU5MSU1JVEVEEAMqPQoEU2lkZRIUChBTSURFX1VOU1BFQ0lGSUVEEAASDgoKU0lERV9ERUJJVBABEg8KC1NJREVfQ1JFRElUEAIy+woKDUxlZGdlclNlcnZpY2USlAEKDUNyZWF0ZUFjY291bnQSJy5maW50ZWNoLmxlZGdlci52MS5DcmVhdGVBY2NvdW50UmVxdWVzdBooLmZpbnRlY2gubGVkZ2VyLnYxLkNyZWF0ZUFjY291bnRSZXNwb25zZSIworsYDgoMbGVkZ2VyLmFkbWlugtPkkwIYOgEqIhMvdjEvbGVkZ2VyL2FjY291bnRzEpQBCgpHZXRBY2NvdW50EiQuZmludGVjaC5sZWRnZXIudjEuR2V0QWNjb3VudFJlcXVlc3QaJS5maW50ZWNoLmxlZGdlci52MS5HZXRBY2NvdW50UmVzcG9uc2UiOaK7GA0KC2xlZGdlci5yZWFkgtPkkwIiEiAvdjEvbGVkZ2VyL2FjY291bnRzL3thY2NvdW50X2lkfRKNAQoMTGlzdEFjY291bnRzEiYuZmludGVjaC5sZWRnZXIudjEuTGlzdEFjY291bnRzUmVxdWVzdBonLmZpbnRlY2gubGVkZ2VyLnYxLkxpc3RBY2NvdW50c1Jlc3BvbnNlIiyiuxgNCgtsZWRnZXIucmVhZILT5JMCFRITL3YxL2xlZGdlci9hY2NvdW50cxKGAQoJUG9zdEVudHJ5EiMuZmludGVjaC5sZWRnZXIudjEuUG9zdEVudHJ5UmVxdWVzdBokLmZpbnRlY2gubGVkZ2VyLnYxLlBvc3RFbnRyeVJlc3BvbnNlIi6iuxgNCgtsZWRnZXIucG9zdILT5JMCFzoBKiISL3YxL2xlZGdlci9lbnRyaWVzEosBCghHZXRFbnRyeRIiLmZpbnRlY2gubGVkZ2VyLnYxLkdldEVudHJ5UmVxdWVzdBojLmZpbnRlY2gubGVkZ2VyLnYxLkdldEVudHJ5UmVzcG9uc2UiNqK7GA0KC2xlZGdlci5yZWFkgtPkkwIfEh0vdjEvbGVkZ2VyL2VudHJpZXMve2VudHJ5X2lkfRKcAQoKR2V0QmFsYW5jZRIkLmZpbnRlY2gubGVkZ2VyLnYxLkdldEJhbGFuY2VSZXF1ZXN0GiUuZmludGVjaC5sZWRnZXIudjEuR2V0QmFsYW5jZVJlc3BvbnNlIkGiuxgNCgtsZWRnZXIucmVhZILT5JMCKhIoL3YxL2xlZGdlci9hY2NvdW50cy97YWNjb3VudF9pZH0vYmFsYW5jZRKwAQoRTGlzdEFjY291bnRFdmVudHMSKy5maW50ZWNoLmxlZGdlci52MS5MaXN0QWNjb3VudEV2ZW50c1JlcXVlc3QaLC5maW50ZWNoLmxlZGdlci52MS5MaXN0QWNjb3VudEV2ZW50c1Jlc3BvbnNlIkCiuxgNCgtsZWRnZXIucmVhZILT5JMCKRInL3YxL2xlZGdlci9hY2NvdW50cy97YWNjb3VudF9pZH0vZXZlbnRzEpoBCg9HZXRUcmlhbEJhbGFuY2USKS5maW50ZWNoLmxlZGdlci52MS5HZXRUcmlhbEJhbGFuY2VSZXF1ZXN0GiouZmludGVjaC5sZWRnZXIudjEuR2V0VHJpYWxCYWxhbmNlUmVzcG9uc2UiMKK7GA0KC2xlZGdlci5yZWFkgtPkkwIZEhcvdjEvbGVkZ2VyL3RyaWFsQmFsYW5jZRKlAQoMVmVyaWZ5U3RyZWFtEiYuZmludGVjaC5sZWRnZXIudjEuVmVyaWZ5U3RyZWFtUmVxdWVzdBonLmZpbnRlY2gubGVkZ2VyLnYxLlZlcmlmeVN0cmVhbVJlc3BvbnNlIkSiuxgOCgxsZWRnZXIuYWRtaW6C0+STAiw6ASoiJy92MS9sZWRnZXIvYWNjb3VudHMve2FjY291bnRfaWR9OnZlcmlmeWIGcHJvdG8z", [file_fintech_common_v1_authorization, file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("Ch5maW50ZWNoL2xlZGdlci92MS9sZWRnZXIucHJvdG8SEWZpbnRlY2gubGVkZ2VyLnYxIrYCCgdBY2NvdW50EhIKCmFjY291bnRfaWQYASABKAkSDAoEY29kZRgCIAEoCRIMCgRuYW1lGAMgASgJEiwKBHR5cGUYBCABKA4yHi5maW50ZWNoLmxlZGdlci52MS5BY2NvdW50VHlwZRIQCghjdXJyZW5jeRgFIAEoCRI8ChBvdmVyZHJhZnRfcG9saWN5GAYgASgOMiIuZmludGVjaC5sZWRnZXIudjEuT3ZlcmRyYWZ0UG9saWN5EhcKD292ZXJkcmFmdF9saW1pdBgHIAEoAxIOCgZzeXN0ZW0YCCABKAgSLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHdmVyc2lvbhgKIAEoAxITCgtjdXN0b21lcl9pZBgLIAEoCSJoCglFbnRyeUxpbmUSEgoKYWNjb3VudF9pZBgBIAEoCRIlCgRzaWRlGAIgASgOMhcuZmludGVjaC5sZWRnZXIudjEuU2lkZRIOCgZhbW91bnQYAyABKAMSEAoIY3VycmVuY3kYBCABKAkihQEKDFN0cmVhbUFwcGVuZBISCgphY2NvdW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAMSDAoEaGFzaBgDIAEoCRIVCg1iYWxhbmNlX2FmdGVyGAQgASgDEhIKCmhlbGRfYWZ0ZXIYBSABKAMSFwoPYXZhaWxhYmxlX2FmdGVyGAYgASgDIqcCCgVFbnRyeRIQCghlbnRyeV9pZBgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRI4CghtZXRhZGF0YRgDIAMoCzImLmZpbnRlY2gubGVkZ2VyLnYxLkVudHJ5Lk1ldGFkYXRhRW50cnkSKwoFbGluZXMYBCADKAsyHC5maW50ZWNoLmxlZGdlci52MS5FbnRyeUxpbmUSLQoJcG9zdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgdhcHBlbmRzGAYgAygLMh8uZmludGVjaC5sZWRnZXIudjEuU3RyZWFtQXBwZW5kGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKiAQoHQmFsYW5jZRISCgphY2NvdW50X2lkGAEgASgJEhAKCGN1cnJlbmN5GAIgASgJEg8KB2JhbGFuY2UYAyABKAMSDwoHdmVyc2lvbhgEIAEoAxIuCgp1cGRhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgRoZWxkGAYgASgDEhEKCWF2YWlsYWJsZRgHIAEoAyI8Cg1BY2NvdW50T3BlbmVkEisKB2FjY291bnQYASABKAsyGi5maW50ZWNoLmxlZGdlci52MS5BY2NvdW50IlgKC1Bvc3RpbmdMaW5lEhIKCmxpbmVfaW5kZXgYASABKAUSJQoEc2lkZRgCIAEoDjIXLmZpbnRlY2gubGVkZ2VyLnYxLlNpZGUSDgoGYW1vdW50GAMgASgDInYKB1Bvc3RpbmcSEAoIZW50cnlfaWQYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSLQoFbGluZXMYAyADKAsyHi5maW50ZWNoLmxlZGdlci52MS5Qb3N0aW5nTGluZRIVCg1iYWxhbmNlX2FmdGVyGAQgASgDIqwDCgRIb2xkEg8KB2hvbGRfaWQYASABKAkSEgoKYWNjb3VudF9pZBgCIAEoCRIQCghjdXJyZW5jeRgDIAEoCRIOCgZhbW91bnQYBCABKAMSDAoEaGVsZBgFIAEoAxIQCghjYXB0dXJlZBgGIAEoAxItCgZzdGF0dXMYByABKA4yHS5maW50ZWNoLmxlZGdlci52MS5Ib2xkU3RhdHVzEg4KBnJlYXNvbhgIIAEoCRIuCgpleHBpcmVzX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglwbGFjZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDnJlbGVhc2VfcmVhc29uGAwgASgJEhkKEWNhcHR1cmVfZW50cnlfaWRzGA0gAygJEisKB2JhbGFuY2UYDiABKAsyGi5maW50ZWNoLmxlZGdlci52MS5CYWxhbmNlEg8KB3ZlcnNpb24YDyABKAMigQEKCkhvbGRQbGFjZWQSDwoHaG9sZF9pZBgBIAEoCRIOCgZhbW91bnQYAiABKAMSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcmVhc29uGAQgASgJEhIKCmhlbGRfYWZ0ZXIYBSABKAMiZwoMSG9sZENhcHR1cmVkEg8KB2hvbGRfaWQYASABKAkSEAoIZW50cnlfaWQYAiABKAkSDgoGYW1vdW50GAMgASgDEhAKCHJlbGVhc2VkGAQgASgDEhIKCmhlbGRfYWZ0ZXIYBSABKAMiZAoMSG9sZFJlbGVhc2VkEg8KB2hvbGRfaWQYASABKAkSDgoGYW1vdW50GAIgASgDEg8KB2V4cGlyZWQYAyABKAgSDgoGcmVhc29uGAQgASgJEhIKCmhlbGRfYWZ0ZXIYBSABKAMiugMKDEFjY291bnRFdmVudBISCgphY2NvdW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAMSEgoKZXZlbnRfdHlwZRgDIAEoCRIvCgtvY2N1cnJlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOgoOYWNjb3VudF9vcGVuZWQYBSABKAsyIC5maW50ZWNoLmxlZGdlci52MS5BY2NvdW50T3BlbmVkSAASLQoHcG9zdGluZxgGIAEoCzIaLmZpbnRlY2gubGVkZ2VyLnYxLlBvc3RpbmdIABI0Cgtob2xkX3BsYWNlZBgJIAEoCzIdLmZpbnRlY2gubGVkZ2VyLnYxLkhvbGRQbGFjZWRIABI4Cg1ob2xkX2NhcHR1cmVkGAogASgLMh8uZmludGVjaC5sZWRnZXIudjEuSG9sZENhcHR1cmVkSAASOAoNaG9sZF9yZWxlYXNlZBgLIAEoCzIfLmZpbnRlY2gubGVkZ2VyLnYxLkhvbGRSZWxlYXNlZEgAEhUKDXByZXZpb3VzX2hhc2gYByABKAkSDAoEaGFzaBgIIAEoCUIGCgRib2R5IncKFEN1cnJlbmN5VHJpYWxCYWxhbmNlEhAKCGN1cnJlbmN5GAEgASgJEhMKC2RlYml0X3RvdGFsGAIgASgDEhQKDGNyZWRpdF90b3RhbBgDIAEoAxILCgNuZXQYBCABKAMSFQoNYWNjb3VudF9jb3VudBgFIAEoAyLJAQoUQ3JlYXRlQWNjb3VudFJlcXVlc3QSDAoEY29kZRgBIAEoCRIMCgRuYW1lGAIgASgJEiwKBHR5cGUYAyABKA4yHi5maW50ZWNoLmxlZGdlci52MS5BY2NvdW50VHlwZRIQCghjdXJyZW5jeRgEIAEoCRI8ChBvdmVyZHJhZnRfcG9saWN5GAUgASgOMiIuZmludGVjaC5sZWRnZXIudjEuT3ZlcmRyYWZ0UG9saWN5EhcKD292ZXJkcmFmdF9saW1pdBgGIAEoAyJEChVDcmVhdGVBY2NvdW50UmVzcG9uc2USKwoHYWNjb3VudBgBIAEoCzIaLmZpbnRlY2gubGVkZ2VyLnYxLkFjY291bnQiNQoRR2V0QWNjb3VudFJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRIMCgRjb2RlGAIgASgJIm4KEkdldEFjY291bnRSZXNwb25zZRIrCgdhY2NvdW50GAEgASgLMhouZmludGVjaC5sZWRnZXIudjEuQWNjb3VudBIrCgdiYWxhbmNlGAIgASgLMhouZmludGVjaC5sZWRnZXIudjEuQmFsYW5jZSJ8ChNMaXN0QWNjb3VudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEiwKBHR5cGUYAyABKA4yHi5maW50ZWNoLmxlZGdlci52MS5BY2NvdW50VHlwZRIQCghjdXJyZW5jeRgEIAEoCSJdChRMaXN0QWNjb3VudHNSZXNwb25zZRIsCghhY2NvdW50cxgBIAMoCzIaLmZpbnRlY2gubGVkZ2VyLnYxLkFjY291bnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJItwBChBQb3N0RW50cnlSZXF1ZXN0EhAKCGVudHJ5X2lkGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEkMKCG1ldGFkYXRhGAMgAygLMjEuZmludGVjaC5sZWRnZXIudjEuUG9zdEVudHJ5UmVxdWVzdC5NZXRhZGF0YUVudHJ5EisKBWxpbmVzGAQgAygLMhwuZmludGVjaC5sZWRnZXIudjEuRW50cnlMaW5lGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJqChFQb3N0RW50cnlSZXNwb25zZRInCgVlbnRyeRgBIAEoCzIYLmZpbnRlY2gubGVkZ2VyLnYxLkVudHJ5EiwKCGJhbGFuY2VzGAIgAygLMhouZmludGVjaC5sZWRnZXIudjEuQmFsYW5jZSIjCg9HZXRFbnRyeVJlcXVlc3QSEAoIZW50cnlfaWQYASABKAkiOwoQR2V0RW50cnlSZXNwb25zZRInCgVlbnRyeRgBIAEoCzIYLmZpbnRlY2gubGVkZ2VyLnYxLkVudHJ5InsKEUdldEJhbGFuY2VSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSMAoKYXNfb2ZfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABIXCg1hc19vZl92ZXJzaW9uGAMgASgDSABCBwoFYXNfb2YiQQoSR2V0QmFsYW5jZVJlc3BvbnNlEisKB2JhbGFuY2UYASABKAsyGi5maW50ZWNoLmxlZGdlci52MS5CYWxhbmNlIlUKGExpc3RBY2NvdW50RXZlbnRzUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImUKGUxpc3RBY2NvdW50RXZlbnRzUmVzcG9uc2USLwoGZXZlbnRzGAEgAygLMh8uZmludGVjaC5sZWRnZXIudjEuQWNjb3VudEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIqChZHZXRUcmlhbEJhbGFuY2VSZXF1ZXN0EhAKCGN1cnJlbmN5GAEgASgJIlYKF0dldFRyaWFsQmFsYW5jZVJlc3BvbnNlEjsKCmN1cnJlbmNpZXMYASADKAsyJy5maW50ZWNoLmxlZGdlci52MS5DdXJyZW5jeVRyaWFsQmFsYW5jZSIpChNWZXJpZnlTdHJlYW1SZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkifwoUVmVyaWZ5U3RyZWFtUmVzcG9uc2USDQoFdmFsaWQYASABKAgSFgoOZXZlbnRzX2NoZWNrZWQYAiABKAMSHQoVZmlyc3RfaW52YWxpZF92ZXJzaW9uGAMgASgDEg4KBnJlYXNvbhgEIAEoCRIRCgloZWFkX2hhc2gYBSABKAkimQEKEFBsYWNlSG9sZFJlcXVlc3QSDwoHaG9sZF9pZBgBIAEoCRISCgphY2NvdW50X2lkGAIgASgJEg4KBmFtb3VudBgDIAEoAxIQCghjdXJyZW5jeRgEIAEoCRIuCgpleHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YBiABKAkiOgoRUGxhY2VIb2xkUmVzcG9uc2USJQoEaG9sZBgBIAEoCzIXLmZpbnRlY2gubGVkZ2VyLnYxLkhvbGQiuQIKEkNhcHR1cmVIb2xkUmVxdWVzdBIPCgdob2xkX2lkGAEgASgJEg4KBmFtb3VudBgCIAEoAxI2CglyZW1haW5kZXIYAyABKA4yIy5maW50ZWNoLmxlZGdlci52MS5DYXB0dXJlUmVtYWluZGVyEhAKCGVudHJ5X2lkGAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJEkUKCG1ldGFkYXRhGAYgAygLMjMuZmludGVjaC5sZWRnZXIudjEuQ2FwdHVyZUhvbGRSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSKwoFbGluZXMYByADKAsyHC5maW50ZWNoLmxlZGdlci52MS5FbnRyeUxpbmUaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpMBChNDYXB0dXJlSG9sZFJlc3BvbnNlEiUKBGhvbGQYASABKAsyFy5maW50ZWNoLmxlZGdlci52MS5Ib2xkEicKBWVudHJ5GAIgASgLMhguZmludGVjaC5sZWRnZXIudjEuRW50cnkSLAoIYmFsYW5jZXMYAyADKAsyGi5maW50ZWNoLmxlZGdlci52MS5CYWxhbmNlIjUKElJlbGVhc2VIb2xkUmVxdWVzdBIPCgdob2xkX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI8ChNSZWxlYXNlSG9sZFJlc3BvbnNlEiUKBGhvbGQYASABKAsyFy5maW50ZWNoLmxlZGdlci52MS5Ib2xkIiEKDkdldEhvbGRSZXF1ZXN0Eg8KB2hvbGRfaWQYASABKAkiOAoPR2V0SG9sZFJlc3BvbnNlEiUKBGhvbGQYASABKAsyFy5maW50ZWNoLmxlZGdlci52MS5Ib2xkInwKEExpc3RIb2xkc1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRItCgZzdGF0dXMYAiABKA4yHS5maW50ZWNoLmxlZGdlci52MS5Ib2xkU3RhdHVzEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJIlQKEUxpc3RIb2xkc1Jlc3BvbnNlEiYKBWhvbGRzGAEgAygLMhcuZmludGVjaC5sZWRnZXIudjEuSG9sZBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqrAEKC0FjY291bnRUeXBlEhwKGEFDQ09VTlRfVFlQRV9VTlNQRUNJRklFRBAAEhYKEkFDQ09VTlRfVFlQRV9BU1NFVBABEhoKFkFDQ09VTlRfVFlQRV9MSUFCSUxJVFkQAhIXChNBQ0NPVU5UX1RZUEVfRVFVSVRZEAMSGAoUQUNDT1VOVF9UWVBFX1JFVkVOVUUQBBIYChRBQ0NPVU5UX1RZUEVfRVhQRU5TRRAFKpEBCg9PdmVyZHJhZnRQb2xpY3kSIAocT1ZFUkRSQUZUX1BPTElDWV9VTlNQRUNJRklFRBAAEh4KGk9WRVJEUkFGVF9QT0xJQ1lfRk9SQklEREVOEAESHAoYT1ZFUkRSQUZUX1BPTElDWV9MSU1JVEVEEAISHgoaT1ZFUkRSQUZUX1BPTElDWV9VTkxJTUlURUQQAyo9CgRTaWRlEhQKEFNJREVfVU5TUEVDSUZJRUQQABIOCgpTSURFX0RFQklUEAESDwoLU0lERV9DUkVESVQQAiqOAQoKSG9sZFN0YXR1cxIbChdIT0xEX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKEkhPTERfU1RBVFVTX0FDVElWRRABEhgKFEhPTERfU1RBVFVTX0NBUFRVUkVEEAISGAoUSE9MRF9TVEFUVVNfUkVMRUFTRUQQAxIXChNIT0xEX1NUQVRVU19FWFBJUkVEEAQqcAoQQ2FwdHVyZVJlbWFpbmRlchIhCh1DQVBUVVJFX1JFTUFJTkRFUl9VTlNQRUNJRklFRBAAEh0KGUNBUFRVUkVfUkVNQUlOREVSX1JFTEVBU0UQARIaChZDQVBUVVJFX1JFTUFJTkRFUl9LRUVQEAIy4hAKDUxlZGdlclNlcnZpY2USlAEKDUNyZWF0ZUFjY291bnQSJy5maW50ZWNoLmxlZGdlci52MS5DcmVhdGVBY2NvdW50UmVxdWVzdBooLmZpbnRlY2gubGVkZ2VyLnYxLkNyZWF0ZUFjY291bnRSZXNwb25zZSIworsYDgoMbGVkZ2VyLmFkbWlugtPkkwIYOgEqIhMvdjEvbGVkZ2VyL2FjY291bnRzEpQBCgpHZXRBY2NvdW50EiQuZmludGVjaC5sZWRnZXIudjEuR2V0QWNjb3VudFJlcXVlc3QaJS5maW50ZWNoLmxlZGdlci52MS5HZXRBY2NvdW50UmVzcG9uc2UiOaK7GA0KC2xlZGdlci5yZWFkgtPkkwIiEiAvdjEvbGVkZ2VyL2FjY291bnRzL3thY2NvdW50X2lkfRKNAQoMTGlzdEFjY291bnRzEiYuZmludGVjaC5sZWRnZXIudjEuTGlzdEFjY291bnRzUmVxdWVzdBonLmZpbnRlY2gubGVkZ2VyLnYxLkxpc3RBY2NvdW50c1Jlc3BvbnNlIiyiuxgNCgtsZWRnZXIucmVhZILT5JMCFRITL3YxL2xlZGdlci9hY2NvdW50cxKGAQoJUG9zdEVudHJ5EiMuZmludGVjaC5sZWRnZXIudjEuUG9zdEVudHJ5UmVxdWVzdBokLmZpbnRlY2gubGVkZ2VyLnYxLlBvc3RFbnRyeVJlc3BvbnNlIi6iuxgNCgtsZWRnZXIucG9zdILT5JMCFzoBKiISL3YxL2xlZGdlci9lbnRyaWVzEosBCghHZXRFbnRyeRIiLmZpbnRlY2gubGVkZ2VyLnYxLkdldEVudHJ5UmVxdWVzdBojLmZpbnRlY2gubGVkZ2VyLnYxLkdldEVudHJ5UmVzcG9uc2UiNqK7GA0KC2xlZGdlci5yZWFkgtPkkwIfEh0vdjEvbGVkZ2VyL2VudHJpZXMve2VudHJ5X2lkfRKcAQoKR2V0QmFsYW5jZRIkLmZpbnRlY2gubGVkZ2VyLnYxLkdldEJhbGFuY2VSZXF1ZXN0GiUuZmludGVjaC5sZWRnZXIudjEuR2V0QmFsYW5jZVJlc3BvbnNlIkGiuxgNCgtsZWRnZXIucmVhZILT5JMCKhIoL3YxL2xlZGdlci9hY2NvdW50cy97YWNjb3VudF9pZH0vYmFsYW5jZRKwAQoRTGlzdEFjY291bnRFdmVudHMSKy5maW50ZWNoLmxlZGdlci52MS5MaXN0QWNjb3VudEV2ZW50c1JlcXVlc3QaLC5maW50ZWNoLmxlZGdlci52MS5MaXN0QWNjb3VudEV2ZW50c1Jlc3BvbnNlIkCiuxgNCgtsZWRnZXIucmVhZILT5JMCKRInL3YxL2xlZGdlci9hY2NvdW50cy97YWNjb3VudF9pZH0vZXZlbnRzEpoBCg9HZXRUcmlhbEJhbGFuY2USKS5maW50ZWNoLmxlZGdlci52MS5HZXRUcmlhbEJhbGFuY2VSZXF1ZXN0GiouZmludGVjaC5sZWRnZXIudjEuR2V0VHJpYWxCYWxhbmNlUmVzcG9uc2UiMKK7GA0KC2xlZGdlci5yZWFkgtPkkwIZEhcvdjEvbGVkZ2VyL3RyaWFsQmFsYW5jZRKEAQoJUGxhY2VIb2xkEiMuZmludGVjaC5sZWRnZXIudjEuUGxhY2VIb2xkUmVxdWVzdBokLmZpbnRlY2gubGVkZ2VyLnYxLlBsYWNlSG9sZFJlc3BvbnNlIiyiuxgNCgtsZWRnZXIucG9zdILT5JMCFToBKiIQL3YxL2xlZGdlci9ob2xkcxKcAQoLQ2FwdHVyZUhvbGQSJS5maW50ZWNoLmxlZGdlci52MS5DYXB0dXJlSG9sZFJlcXVlc3QaJi5maW50ZWNoLmxlZGdlci52MS5DYXB0dXJlSG9sZFJlc3BvbnNlIj6iuxgNCgtsZWRnZXIucG9zdILT5JMCJzoBKiIiL3YxL2xlZGdlci9ob2xkcy97aG9sZF9pZH06Y2FwdHVyZRKcAQoLUmVsZWFzZUhvbGQSJS5maW50ZWNoLmxlZGdlci52MS5SZWxlYXNlSG9sZFJlcXVlc3QaJi5maW50ZWNoLmxlZGdlci52MS5SZWxlYXNlSG9sZFJlc3BvbnNlIj6iuxgNCgtsZWRnZXIucG9zdILT5JMCJzoBKiIiL3YxL2xlZGdlci9ob2xkcy97aG9sZF9pZH06cmVsZWFzZRKFAQoHR2V0SG9sZBIhLmZpbnRlY2gubGVkZ2VyLnYxLkdldEhvbGRSZXF1ZXN0GiIuZmludGVjaC5sZWRnZXIudjEuR2V0SG9sZFJlc3BvbnNlIjOiuxgNCgtsZWRnZXIucmVhZILT5JMCHBIaL3YxL2xlZGdlci9ob2xkcy97aG9sZF9pZH0SlwEKCUxpc3RIb2xkcxIjLmZpbnRlY2gubGVkZ2VyLnYxLkxpc3RIb2xkc1JlcXVlc3QaJC5maW50ZWNoLmxlZGdlci52MS5MaXN0SG9sZHNSZXNwb25zZSI/orsYDQoLbGVkZ2VyLnJlYWSC0+STAigSJi92MS9sZWRnZXIvYWNjb3VudHMve2FjY291bnRfaWR9L2hvbGRzEqUBCgxWZXJpZnlTdHJlYW0SJi5maW50ZWNoLmxlZGdlci52MS5WZXJpZnlTdHJlYW1SZXF1ZXN0GicuZmludGVjaC5sZWRnZXIudjEuVmVyaWZ5U3RyZWFtUmVzcG9uc2UiRKK7GA4KDGxlZGdlci5hZG1pboLT5JMCLDoBKiInL3YxL2xlZGdlci9hY2NvdW50cy97YWNjb3VudF9pZH06dmVyaWZ5YgZwcm90bzM", [file_fintech_common_v1_authorization, file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * An account of the ledger.
@@ -98,11 +112,19 @@ export type Account = Message<"fintech.ledger.v1.Account"> & {
   createdAt?: Timestamp | undefined;
 
   /**
-   * Version of the account's stream: 1 when opened, +1 per entry that touched it.
+   * Version of the account's stream: 1 when opened, +1 per event (entry or hold change).
    *
    * @generated from field: int64 version = 10;
    */
   version: bigint;
+
+  /**
+   * For a customer account opened from the accounts service's events: its customer; empty for
+   * internal and system accounts.
+   *
+   * @generated from field: string customer_id = 11;
+   */
+  customerId: string;
 };
 
 /**
@@ -187,6 +209,21 @@ export type StreamAppend = Message<"fintech.ledger.v1.StreamAppend"> & {
    * @generated from field: int64 balance_after = 4;
    */
   balanceAfter: bigint;
+
+  /**
+   * The sum of the account's active holds after the entry, in minor units.
+   *
+   * @generated from field: int64 held_after = 5;
+   */
+  heldAfter: bigint;
+
+  /**
+   * `balance_after + overdraft_limit - held_after` (0 limit for accounts that may not go below
+   * zero; unlimited accounts report `balance_after - held_after`).
+   *
+   * @generated from field: int64 available_after = 6;
+   */
+  availableAfter: bigint;
 };
 
 /**
@@ -292,6 +329,21 @@ export type Balance = Message<"fintech.ledger.v1.Balance"> & {
    * @generated from field: google.protobuf.Timestamp updated_at = 5;
    */
   updatedAt?: Timestamp | undefined;
+
+  /**
+   * Sum of the holds active at that point, in minor units (>= 0).
+   *
+   * @generated from field: int64 held = 6;
+   */
+  held: bigint;
+
+  /**
+   * `balance + overdraft_limit - held` at that point: what may still be spent or held
+   * (unlimited accounts: `balance - held`).
+   *
+   * @generated from field: int64 available = 7;
+   */
+  available: bigint;
 };
 
 /**
@@ -400,6 +452,274 @@ export const PostingSchema: GenMessage<Posting> = /*@__PURE__*/
   messageDesc(file_fintech_ledger_v1_ledger, 7);
 
 /**
+ * A reservation of money on one account: the full state published on every change.
+ *
+ * @generated from message fintech.ledger.v1.Hold
+ */
+export type Hold = Message<"fintech.ledger.v1.Hold"> & {
+  /**
+   * Client-chosen id (1-128 visible ASCII characters); the idempotency key of every operation on
+   * the hold.
+   *
+   * @generated from field: string hold_id = 1;
+   */
+  holdId: string;
+
+  /**
+   * The account whose available balance the hold reduces.
+   *
+   * @generated from field: string account_id = 2;
+   */
+  accountId: string;
+
+  /**
+   * ISO 4217 currency, the account's.
+   *
+   * @generated from field: string currency = 3;
+   */
+  currency: string;
+
+  /**
+   * Amount first placed, in minor units (> 0).
+   *
+   * @generated from field: int64 amount = 4;
+   */
+  amount: bigint;
+
+  /**
+   * Amount still held, in minor units (0 once the hold is no longer ACTIVE).
+   *
+   * @generated from field: int64 held = 5;
+   */
+  held: bigint;
+
+  /**
+   * Amount captured so far, in minor units.
+   *
+   * @generated from field: int64 captured = 6;
+   */
+  captured: bigint;
+
+  /**
+   * Lifecycle state.
+   *
+   * @generated from field: fintech.ledger.v1.HoldStatus status = 7;
+   */
+  status: HoldStatus;
+
+  /**
+   * Free text given when placed (at most 500 characters).
+   *
+   * @generated from field: string reason = 8;
+   */
+  reason: string;
+
+  /**
+   * When the expiry job releases the hold if it is still ACTIVE.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 9;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * When the hold was placed (server clock).
+   *
+   * @generated from field: google.protobuf.Timestamp placed_at = 10;
+   */
+  placedAt?: Timestamp | undefined;
+
+  /**
+   * When the hold last changed (server clock).
+   *
+   * @generated from field: google.protobuf.Timestamp updated_at = 11;
+   */
+  updatedAt?: Timestamp | undefined;
+
+  /**
+   * Why it was released or expired (empty otherwise), e.g. "expired at 2026-12-02T10:00:00Z".
+   *
+   * @generated from field: string release_reason = 12;
+   */
+  releaseReason: string;
+
+  /**
+   * The entries that captured it, in order.
+   *
+   * @generated from field: repeated string capture_entry_ids = 13;
+   */
+  captureEntryIds: string[];
+
+  /**
+   * The account's balances right after this change of the hold.
+   *
+   * @generated from field: fintech.ledger.v1.Balance balance = 14;
+   */
+  balance?: Balance | undefined;
+
+  /**
+   * Version of the hold: 1 when placed, +1 per change. Consumers keep the highest.
+   *
+   * @generated from field: int64 version = 15;
+   */
+  version: bigint;
+};
+
+/**
+ * Describes the message fintech.ledger.v1.Hold.
+ * Use `create(HoldSchema)` to create a new message.
+ */
+export const HoldSchema: GenMessage<Hold> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 8);
+
+/**
+ * A hold was placed (stream event).
+ *
+ * @generated from message fintech.ledger.v1.HoldPlaced
+ */
+export type HoldPlaced = Message<"fintech.ledger.v1.HoldPlaced"> & {
+  /**
+   * The hold id.
+   *
+   * @generated from field: string hold_id = 1;
+   */
+  holdId: string;
+
+  /**
+   * Amount placed, in minor units.
+   *
+   * @generated from field: int64 amount = 2;
+   */
+  amount: bigint;
+
+  /**
+   * When it expires.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 3;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * Why it was placed.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * Sum of the account's active holds after this event.
+   *
+   * @generated from field: int64 held_after = 5;
+   */
+  heldAfter: bigint;
+};
+
+/**
+ * Describes the message fintech.ledger.v1.HoldPlaced.
+ * Use `create(HoldPlacedSchema)` to create a new message.
+ */
+export const HoldPlacedSchema: GenMessage<HoldPlaced> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 9);
+
+/**
+ * A hold was captured, fully or partly, by an entry (stream event; the entry's `Posting` is the
+ * event right before it in the same stream).
+ *
+ * @generated from message fintech.ledger.v1.HoldCaptured
+ */
+export type HoldCaptured = Message<"fintech.ledger.v1.HoldCaptured"> & {
+  /**
+   * The hold id.
+   *
+   * @generated from field: string hold_id = 1;
+   */
+  holdId: string;
+
+  /**
+   * The entry that captured it.
+   *
+   * @generated from field: string entry_id = 2;
+   */
+  entryId: string;
+
+  /**
+   * Amount captured, in minor units.
+   *
+   * @generated from field: int64 amount = 3;
+   */
+  amount: bigint;
+
+  /**
+   * Amount released with this capture (the remainder, with CAPTURE_REMAINDER_RELEASE).
+   *
+   * @generated from field: int64 released = 4;
+   */
+  released: bigint;
+
+  /**
+   * Sum of the account's active holds after this event.
+   *
+   * @generated from field: int64 held_after = 5;
+   */
+  heldAfter: bigint;
+};
+
+/**
+ * Describes the message fintech.ledger.v1.HoldCaptured.
+ * Use `create(HoldCapturedSchema)` to create a new message.
+ */
+export const HoldCapturedSchema: GenMessage<HoldCaptured> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 10);
+
+/**
+ * A hold was released or expired (stream event).
+ *
+ * @generated from message fintech.ledger.v1.HoldReleased
+ */
+export type HoldReleased = Message<"fintech.ledger.v1.HoldReleased"> & {
+  /**
+   * The hold id.
+   *
+   * @generated from field: string hold_id = 1;
+   */
+  holdId: string;
+
+  /**
+   * Amount released, in minor units.
+   *
+   * @generated from field: int64 amount = 2;
+   */
+  amount: bigint;
+
+  /**
+   * True when released by the expiry job.
+   *
+   * @generated from field: bool expired = 3;
+   */
+  expired: boolean;
+
+  /**
+   * Why.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * Sum of the account's active holds after this event.
+   *
+   * @generated from field: int64 held_after = 5;
+   */
+  heldAfter: bigint;
+};
+
+/**
+ * Describes the message fintech.ledger.v1.HoldReleased.
+ * Use `create(HoldReleasedSchema)` to create a new message.
+ */
+export const HoldReleasedSchema: GenMessage<HoldReleased> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 11);
+
+/**
  * One event of an account stream.
  *
  * @generated from message fintech.ledger.v1.AccountEvent
@@ -454,6 +774,30 @@ export type AccountEvent = Message<"fintech.ledger.v1.AccountEvent"> & {
      */
     value: Posting;
     case: "posting";
+  } | {
+    /**
+     * A hold was placed on the account.
+     *
+     * @generated from field: fintech.ledger.v1.HoldPlaced hold_placed = 9;
+     */
+    value: HoldPlaced;
+    case: "holdPlaced";
+  } | {
+    /**
+     * A hold was captured.
+     *
+     * @generated from field: fintech.ledger.v1.HoldCaptured hold_captured = 10;
+     */
+    value: HoldCaptured;
+    case: "holdCaptured";
+  } | {
+    /**
+     * A hold was released or expired.
+     *
+     * @generated from field: fintech.ledger.v1.HoldReleased hold_released = 11;
+     */
+    value: HoldReleased;
+    case: "holdReleased";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -476,7 +820,7 @@ export type AccountEvent = Message<"fintech.ledger.v1.AccountEvent"> & {
  * Use `create(AccountEventSchema)` to create a new message.
  */
 export const AccountEventSchema: GenMessage<AccountEvent> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 8);
+  messageDesc(file_fintech_ledger_v1_ledger, 12);
 
 /**
  * The trial balance of one currency.
@@ -525,7 +869,7 @@ export type CurrencyTrialBalance = Message<"fintech.ledger.v1.CurrencyTrialBalan
  * Use `create(CurrencyTrialBalanceSchema)` to create a new message.
  */
 export const CurrencyTrialBalanceSchema: GenMessage<CurrencyTrialBalance> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 9);
+  messageDesc(file_fintech_ledger_v1_ledger, 13);
 
 /**
  * Input of CreateAccount.
@@ -582,7 +926,7 @@ export type CreateAccountRequest = Message<"fintech.ledger.v1.CreateAccountReque
  * Use `create(CreateAccountRequestSchema)` to create a new message.
  */
 export const CreateAccountRequestSchema: GenMessage<CreateAccountRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 10);
+  messageDesc(file_fintech_ledger_v1_ledger, 14);
 
 /**
  * Output of CreateAccount.
@@ -603,7 +947,7 @@ export type CreateAccountResponse = Message<"fintech.ledger.v1.CreateAccountResp
  * Use `create(CreateAccountResponseSchema)` to create a new message.
  */
 export const CreateAccountResponseSchema: GenMessage<CreateAccountResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 11);
+  messageDesc(file_fintech_ledger_v1_ledger, 15);
 
 /**
  * Input of GetAccount: exactly one of `account_id` and `code`.
@@ -631,7 +975,7 @@ export type GetAccountRequest = Message<"fintech.ledger.v1.GetAccountRequest"> &
  * Use `create(GetAccountRequestSchema)` to create a new message.
  */
 export const GetAccountRequestSchema: GenMessage<GetAccountRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 12);
+  messageDesc(file_fintech_ledger_v1_ledger, 16);
 
 /**
  * Output of GetAccount.
@@ -659,7 +1003,7 @@ export type GetAccountResponse = Message<"fintech.ledger.v1.GetAccountResponse">
  * Use `create(GetAccountResponseSchema)` to create a new message.
  */
 export const GetAccountResponseSchema: GenMessage<GetAccountResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 13);
+  messageDesc(file_fintech_ledger_v1_ledger, 17);
 
 /**
  * Input of ListAccounts.
@@ -701,7 +1045,7 @@ export type ListAccountsRequest = Message<"fintech.ledger.v1.ListAccountsRequest
  * Use `create(ListAccountsRequestSchema)` to create a new message.
  */
 export const ListAccountsRequestSchema: GenMessage<ListAccountsRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 14);
+  messageDesc(file_fintech_ledger_v1_ledger, 18);
 
 /**
  * Output of ListAccounts.
@@ -729,7 +1073,7 @@ export type ListAccountsResponse = Message<"fintech.ledger.v1.ListAccountsRespon
  * Use `create(ListAccountsResponseSchema)` to create a new message.
  */
 export const ListAccountsResponseSchema: GenMessage<ListAccountsResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 15);
+  messageDesc(file_fintech_ledger_v1_ledger, 19);
 
 /**
  * Input of PostEntry.
@@ -772,7 +1116,7 @@ export type PostEntryRequest = Message<"fintech.ledger.v1.PostEntryRequest"> & {
  * Use `create(PostEntryRequestSchema)` to create a new message.
  */
 export const PostEntryRequestSchema: GenMessage<PostEntryRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 16);
+  messageDesc(file_fintech_ledger_v1_ledger, 20);
 
 /**
  * Output of PostEntry.
@@ -800,7 +1144,7 @@ export type PostEntryResponse = Message<"fintech.ledger.v1.PostEntryResponse"> &
  * Use `create(PostEntryResponseSchema)` to create a new message.
  */
 export const PostEntryResponseSchema: GenMessage<PostEntryResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 17);
+  messageDesc(file_fintech_ledger_v1_ledger, 21);
 
 /**
  * Input of GetEntry.
@@ -821,7 +1165,7 @@ export type GetEntryRequest = Message<"fintech.ledger.v1.GetEntryRequest"> & {
  * Use `create(GetEntryRequestSchema)` to create a new message.
  */
 export const GetEntryRequestSchema: GenMessage<GetEntryRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 18);
+  messageDesc(file_fintech_ledger_v1_ledger, 22);
 
 /**
  * Output of GetEntry.
@@ -842,7 +1186,7 @@ export type GetEntryResponse = Message<"fintech.ledger.v1.GetEntryResponse"> & {
  * Use `create(GetEntryResponseSchema)` to create a new message.
  */
 export const GetEntryResponseSchema: GenMessage<GetEntryResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 19);
+  messageDesc(file_fintech_ledger_v1_ledger, 23);
 
 /**
  * Input of GetBalance.
@@ -886,7 +1230,7 @@ export type GetBalanceRequest = Message<"fintech.ledger.v1.GetBalanceRequest"> &
  * Use `create(GetBalanceRequestSchema)` to create a new message.
  */
 export const GetBalanceRequestSchema: GenMessage<GetBalanceRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 20);
+  messageDesc(file_fintech_ledger_v1_ledger, 24);
 
 /**
  * Output of GetBalance.
@@ -907,7 +1251,7 @@ export type GetBalanceResponse = Message<"fintech.ledger.v1.GetBalanceResponse">
  * Use `create(GetBalanceResponseSchema)` to create a new message.
  */
 export const GetBalanceResponseSchema: GenMessage<GetBalanceResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 21);
+  messageDesc(file_fintech_ledger_v1_ledger, 25);
 
 /**
  * Input of ListAccountEvents.
@@ -942,7 +1286,7 @@ export type ListAccountEventsRequest = Message<"fintech.ledger.v1.ListAccountEve
  * Use `create(ListAccountEventsRequestSchema)` to create a new message.
  */
 export const ListAccountEventsRequestSchema: GenMessage<ListAccountEventsRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 22);
+  messageDesc(file_fintech_ledger_v1_ledger, 26);
 
 /**
  * Output of ListAccountEvents.
@@ -970,7 +1314,7 @@ export type ListAccountEventsResponse = Message<"fintech.ledger.v1.ListAccountEv
  * Use `create(ListAccountEventsResponseSchema)` to create a new message.
  */
 export const ListAccountEventsResponseSchema: GenMessage<ListAccountEventsResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 23);
+  messageDesc(file_fintech_ledger_v1_ledger, 27);
 
 /**
  * Input of GetTrialBalance.
@@ -991,7 +1335,7 @@ export type GetTrialBalanceRequest = Message<"fintech.ledger.v1.GetTrialBalanceR
  * Use `create(GetTrialBalanceRequestSchema)` to create a new message.
  */
 export const GetTrialBalanceRequestSchema: GenMessage<GetTrialBalanceRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 24);
+  messageDesc(file_fintech_ledger_v1_ledger, 28);
 
 /**
  * Output of GetTrialBalance.
@@ -1012,7 +1356,7 @@ export type GetTrialBalanceResponse = Message<"fintech.ledger.v1.GetTrialBalance
  * Use `create(GetTrialBalanceResponseSchema)` to create a new message.
  */
 export const GetTrialBalanceResponseSchema: GenMessage<GetTrialBalanceResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 25);
+  messageDesc(file_fintech_ledger_v1_ledger, 29);
 
 /**
  * Input of VerifyStream.
@@ -1033,7 +1377,7 @@ export type VerifyStreamRequest = Message<"fintech.ledger.v1.VerifyStreamRequest
  * Use `create(VerifyStreamRequestSchema)` to create a new message.
  */
 export const VerifyStreamRequestSchema: GenMessage<VerifyStreamRequest> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 26);
+  messageDesc(file_fintech_ledger_v1_ledger, 30);
 
 /**
  * Output of VerifyStream.
@@ -1082,7 +1426,343 @@ export type VerifyStreamResponse = Message<"fintech.ledger.v1.VerifyStreamRespon
  * Use `create(VerifyStreamResponseSchema)` to create a new message.
  */
 export const VerifyStreamResponseSchema: GenMessage<VerifyStreamResponse> = /*@__PURE__*/
-  messageDesc(file_fintech_ledger_v1_ledger, 27);
+  messageDesc(file_fintech_ledger_v1_ledger, 31);
+
+/**
+ * Input of PlaceHold.
+ *
+ * @generated from message fintech.ledger.v1.PlaceHoldRequest
+ */
+export type PlaceHoldRequest = Message<"fintech.ledger.v1.PlaceHoldRequest"> & {
+  /**
+   * Client-chosen id, 1-128 visible ASCII characters.
+   *
+   * @generated from field: string hold_id = 1;
+   */
+  holdId: string;
+
+  /**
+   * The account.
+   *
+   * @generated from field: string account_id = 2;
+   */
+  accountId: string;
+
+  /**
+   * Amount to hold in minor units (> 0).
+   *
+   * @generated from field: int64 amount = 3;
+   */
+  amount: bigint;
+
+  /**
+   * ISO 4217 currency; must be the account's.
+   *
+   * @generated from field: string currency = 4;
+   */
+  currency: string;
+
+  /**
+   * When the hold expires: in the future, at most 30 days ahead.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 5;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * Why, at most 500 characters.
+   *
+   * @generated from field: string reason = 6;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message fintech.ledger.v1.PlaceHoldRequest.
+ * Use `create(PlaceHoldRequestSchema)` to create a new message.
+ */
+export const PlaceHoldRequestSchema: GenMessage<PlaceHoldRequest> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 32);
+
+/**
+ * Output of PlaceHold.
+ *
+ * @generated from message fintech.ledger.v1.PlaceHoldResponse
+ */
+export type PlaceHoldResponse = Message<"fintech.ledger.v1.PlaceHoldResponse"> & {
+  /**
+   * The hold, with the account's balances after it.
+   *
+   * @generated from field: fintech.ledger.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+};
+
+/**
+ * Describes the message fintech.ledger.v1.PlaceHoldResponse.
+ * Use `create(PlaceHoldResponseSchema)` to create a new message.
+ */
+export const PlaceHoldResponseSchema: GenMessage<PlaceHoldResponse> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 33);
+
+/**
+ * Input of CaptureHold.
+ *
+ * @generated from message fintech.ledger.v1.CaptureHoldRequest
+ */
+export type CaptureHoldRequest = Message<"fintech.ledger.v1.CaptureHoldRequest"> & {
+  /**
+   * The hold.
+   *
+   * @generated from field: string hold_id = 1;
+   */
+  holdId: string;
+
+  /**
+   * Amount to capture (> 0, at most what is still held).
+   *
+   * @generated from field: int64 amount = 2;
+   */
+  amount: bigint;
+
+  /**
+   * What happens to the rest of the hold.
+   *
+   * @generated from field: fintech.ledger.v1.CaptureRemainder remainder = 3;
+   */
+  remainder: CaptureRemainder;
+
+  /**
+   * Id of the entry that captures the hold (as in PostEntry); retrying with it is a no-op.
+   *
+   * @generated from field: string entry_id = 4;
+   */
+  entryId: string;
+
+  /**
+   * Free text of the entry, at most 500 characters.
+   *
+   * @generated from field: string description = 5;
+   */
+  description: string;
+
+  /**
+   * Free annotations of the entry (as in PostEntry).
+   *
+   * @generated from field: map<string, string> metadata = 6;
+   */
+  metadata: { [key: string]: string };
+
+  /**
+   * The entry's balanced lines: the held account must be debited by exactly `amount` in total.
+   *
+   * @generated from field: repeated fintech.ledger.v1.EntryLine lines = 7;
+   */
+  lines: EntryLine[];
+};
+
+/**
+ * Describes the message fintech.ledger.v1.CaptureHoldRequest.
+ * Use `create(CaptureHoldRequestSchema)` to create a new message.
+ */
+export const CaptureHoldRequestSchema: GenMessage<CaptureHoldRequest> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 34);
+
+/**
+ * Output of CaptureHold.
+ *
+ * @generated from message fintech.ledger.v1.CaptureHoldResponse
+ */
+export type CaptureHoldResponse = Message<"fintech.ledger.v1.CaptureHoldResponse"> & {
+  /**
+   * The hold after the capture, with the held account's balances.
+   *
+   * @generated from field: fintech.ledger.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+
+  /**
+   * The posted entry.
+   *
+   * @generated from field: fintech.ledger.v1.Entry entry = 2;
+   */
+  entry?: Entry | undefined;
+
+  /**
+   * The balance of every account of the entry right after it, ordered by account id.
+   *
+   * @generated from field: repeated fintech.ledger.v1.Balance balances = 3;
+   */
+  balances: Balance[];
+};
+
+/**
+ * Describes the message fintech.ledger.v1.CaptureHoldResponse.
+ * Use `create(CaptureHoldResponseSchema)` to create a new message.
+ */
+export const CaptureHoldResponseSchema: GenMessage<CaptureHoldResponse> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 35);
+
+/**
+ * Input of ReleaseHold.
+ *
+ * @generated from message fintech.ledger.v1.ReleaseHoldRequest
+ */
+export type ReleaseHoldRequest = Message<"fintech.ledger.v1.ReleaseHoldRequest"> & {
+  /**
+   * The hold.
+   *
+   * @generated from field: string hold_id = 1;
+   */
+  holdId: string;
+
+  /**
+   * Why, at most 500 characters.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message fintech.ledger.v1.ReleaseHoldRequest.
+ * Use `create(ReleaseHoldRequestSchema)` to create a new message.
+ */
+export const ReleaseHoldRequestSchema: GenMessage<ReleaseHoldRequest> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 36);
+
+/**
+ * Output of ReleaseHold.
+ *
+ * @generated from message fintech.ledger.v1.ReleaseHoldResponse
+ */
+export type ReleaseHoldResponse = Message<"fintech.ledger.v1.ReleaseHoldResponse"> & {
+  /**
+   * The released hold, with the account's balances.
+   *
+   * @generated from field: fintech.ledger.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+};
+
+/**
+ * Describes the message fintech.ledger.v1.ReleaseHoldResponse.
+ * Use `create(ReleaseHoldResponseSchema)` to create a new message.
+ */
+export const ReleaseHoldResponseSchema: GenMessage<ReleaseHoldResponse> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 37);
+
+/**
+ * Input of GetHold.
+ *
+ * @generated from message fintech.ledger.v1.GetHoldRequest
+ */
+export type GetHoldRequest = Message<"fintech.ledger.v1.GetHoldRequest"> & {
+  /**
+   * The hold.
+   *
+   * @generated from field: string hold_id = 1;
+   */
+  holdId: string;
+};
+
+/**
+ * Describes the message fintech.ledger.v1.GetHoldRequest.
+ * Use `create(GetHoldRequestSchema)` to create a new message.
+ */
+export const GetHoldRequestSchema: GenMessage<GetHoldRequest> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 38);
+
+/**
+ * Output of GetHold.
+ *
+ * @generated from message fintech.ledger.v1.GetHoldResponse
+ */
+export type GetHoldResponse = Message<"fintech.ledger.v1.GetHoldResponse"> & {
+  /**
+   * The hold (its balances as of its last change).
+   *
+   * @generated from field: fintech.ledger.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+};
+
+/**
+ * Describes the message fintech.ledger.v1.GetHoldResponse.
+ * Use `create(GetHoldResponseSchema)` to create a new message.
+ */
+export const GetHoldResponseSchema: GenMessage<GetHoldResponse> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 39);
+
+/**
+ * Input of ListHolds.
+ *
+ * @generated from message fintech.ledger.v1.ListHoldsRequest
+ */
+export type ListHoldsRequest = Message<"fintech.ledger.v1.ListHoldsRequest"> & {
+  /**
+   * The account.
+   *
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * Only holds in this state (unspecified: every state).
+   *
+   * @generated from field: fintech.ledger.v1.HoldStatus status = 2;
+   */
+  status: HoldStatus;
+
+  /**
+   * Maximum number of holds (1-500; 0 means 50).
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * `next_page_token` of the previous page; empty for the first page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message fintech.ledger.v1.ListHoldsRequest.
+ * Use `create(ListHoldsRequestSchema)` to create a new message.
+ */
+export const ListHoldsRequestSchema: GenMessage<ListHoldsRequest> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 40);
+
+/**
+ * Output of ListHolds.
+ *
+ * @generated from message fintech.ledger.v1.ListHoldsResponse
+ */
+export type ListHoldsResponse = Message<"fintech.ledger.v1.ListHoldsResponse"> & {
+  /**
+   * Holds of this page, newest first.
+   *
+   * @generated from field: repeated fintech.ledger.v1.Hold holds = 1;
+   */
+  holds: Hold[];
+
+  /**
+   * Pass as `page_token` to read the next page; empty when there is none.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message fintech.ledger.v1.ListHoldsResponse.
+ * Use `create(ListHoldsResponseSchema)` to create a new message.
+ */
+export const ListHoldsResponseSchema: GenMessage<ListHoldsResponse> = /*@__PURE__*/
+  messageDesc(file_fintech_ledger_v1_ledger, 41);
 
 /**
  * The kind of an account; it decides the account's normal side.
@@ -1215,6 +1895,90 @@ export const SideSchema: GenEnum<Side> = /*@__PURE__*/
   enumDesc(file_fintech_ledger_v1_ledger, 2);
 
 /**
+ * Lifecycle of a hold: ACTIVE -> CAPTURED | RELEASED | EXPIRED (each terminal). A partial capture
+ * that keeps the remainder leaves the hold ACTIVE with a smaller `held`.
+ *
+ * @generated from enum fintech.ledger.v1.HoldStatus
+ */
+export enum HoldStatus {
+  /**
+   * Never valid on the wire.
+   *
+   * @generated from enum value: HOLD_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Reserving `held` minor units of the account.
+   *
+   * @generated from enum value: HOLD_STATUS_ACTIVE = 1;
+   */
+  ACTIVE = 1,
+
+  /**
+   * Consumed by one or more captures; nothing is held any more.
+   *
+   * @generated from enum value: HOLD_STATUS_CAPTURED = 2;
+   */
+  CAPTURED = 2,
+
+  /**
+   * Released by `ReleaseHold` (or the remainder of a capture); nothing is held any more.
+   *
+   * @generated from enum value: HOLD_STATUS_RELEASED = 3;
+   */
+  RELEASED = 3,
+
+  /**
+   * Released by the expiry job after `expires_at`; nothing is held any more.
+   *
+   * @generated from enum value: HOLD_STATUS_EXPIRED = 4;
+   */
+  EXPIRED = 4,
+}
+
+/**
+ * Describes the enum fintech.ledger.v1.HoldStatus.
+ */
+export const HoldStatusSchema: GenEnum<HoldStatus> = /*@__PURE__*/
+  enumDesc(file_fintech_ledger_v1_ledger, 3);
+
+/**
+ * What a partial capture does with the rest of the hold.
+ *
+ * @generated from enum fintech.ledger.v1.CaptureRemainder
+ */
+export enum CaptureRemainder {
+  /**
+   * Never valid on the wire.
+   *
+   * @generated from enum value: CAPTURE_REMAINDER_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Release what is not captured: the hold ends CAPTURED.
+   *
+   * @generated from enum value: CAPTURE_REMAINDER_RELEASE = 1;
+   */
+  RELEASE = 1,
+
+  /**
+   * Keep the rest held for a later capture: the hold stays ACTIVE with `held` reduced (a capture of
+   * everything still held ends it CAPTURED).
+   *
+   * @generated from enum value: CAPTURE_REMAINDER_KEEP = 2;
+   */
+  KEEP = 2,
+}
+
+/**
+ * Describes the enum fintech.ledger.v1.CaptureRemainder.
+ */
+export const CaptureRemainderSchema: GenEnum<CaptureRemainder> = /*@__PURE__*/
+  enumDesc(file_fintech_ledger_v1_ledger, 4);
+
+/**
  * Accounts, entries and balances of the double-entry ledger.
  *
  * @generated from service fintech.ledger.v1.LedgerService
@@ -1309,6 +2073,67 @@ export const LedgerService: GenService<{
     methodKind: "unary";
     input: typeof GetTrialBalanceRequestSchema;
     output: typeof GetTrialBalanceResponseSchema;
+  },
+  /**
+   * Places a hold on an account: `amount` is reserved until captured, released or expired.
+   * FAILED_PRECONDITION when the account refuses debits (unknown, closed, frozen for debits) or
+   * the available balance would go below zero. Idempotent by `hold_id` (a retry returns the hold
+   * as it is now; the same id with different content is FAILED_PRECONDITION).
+   * Requires scope `ledger.post` (operators and services only, not customers).
+   *
+   * @generated from rpc fintech.ledger.v1.LedgerService.PlaceHold
+   */
+  placeHold: {
+    methodKind: "unary";
+    input: typeof PlaceHoldRequestSchema;
+    output: typeof PlaceHoldResponseSchema;
+  },
+  /**
+   * Captures an active hold with a balanced entry whose lines debit the held account by exactly
+   * `amount` (at most what is still held): the entry and the hold change are one atomic write.
+   * Idempotent by `entry_id`.
+   * Requires scope `ledger.post` (operators and services only, not customers).
+   *
+   * @generated from rpc fintech.ledger.v1.LedgerService.CaptureHold
+   */
+  captureHold: {
+    methodKind: "unary";
+    input: typeof CaptureHoldRequestSchema;
+    output: typeof CaptureHoldResponseSchema;
+  },
+  /**
+   * Releases an active hold. Releasing a hold already released returns it unchanged; one that was
+   * captured or expired is FAILED_PRECONDITION.
+   * Requires scope `ledger.post` (operators and services only, not customers).
+   *
+   * @generated from rpc fintech.ledger.v1.LedgerService.ReleaseHold
+   */
+  releaseHold: {
+    methodKind: "unary";
+    input: typeof ReleaseHoldRequestSchema;
+    output: typeof ReleaseHoldResponseSchema;
+  },
+  /**
+   * Reads a hold.
+   * Requires scope `ledger.read` (operators and services only, not customers).
+   *
+   * @generated from rpc fintech.ledger.v1.LedgerService.GetHold
+   */
+  getHold: {
+    methodKind: "unary";
+    input: typeof GetHoldRequestSchema;
+    output: typeof GetHoldResponseSchema;
+  },
+  /**
+   * Lists an account's holds, newest first, one page at a time.
+   * Requires scope `ledger.read` (operators and services only, not customers).
+   *
+   * @generated from rpc fintech.ledger.v1.LedgerService.ListHolds
+   */
+  listHolds: {
+    methodKind: "unary";
+    input: typeof ListHoldsRequestSchema;
+    output: typeof ListHoldsResponseSchema;
   },
   /**
    * Recomputes an account stream's hash chain and reports the first event that does not match.
