@@ -9,6 +9,10 @@
 //! the two stream rows in order (`SELECT .. ORDER BY id FOR UPDATE`), bump both and commit, with
 //! nothing else (no events, hashes, projections, outbox or idempotency rows). It bounds what any
 //! implementation of "one stream per account with ordered locks" can reach here.
+//!
+//! Then **holds** on the same accounts and the same pairs: each operation is a `PlaceHold` on the
+//! debited account followed by a `CaptureHold` of the whole hold whose entry is the same two-line
+//! entry as above, so its ratio to plain `PostEntry` is the price of reserving before moving.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +28,7 @@ use crate::load::{self, Failure, connect, with_key};
 use crate::pgbench;
 use crate::procstat::Sampler;
 use crate::progress::{say, step};
-use crate::report::{LedgerResults, LedgerRun, Measured};
+use crate::report::{HoldsRun, LedgerResults, LedgerRun, Measured};
 
 /// Accounts of the spread scenario (full run).
 pub const SPREAD_ACCOUNTS: usize = 200;
@@ -86,8 +90,10 @@ pub async fn run(setup: Setup<'_>, sampler: &Sampler) -> anyhow::Result<LedgerRe
     let mut accounts = Vec::with_capacity(setup.accounts);
     for index in 0..setup.accounts {
         let code = format!("bench-{}-a{index}", setup.run_id);
-        accounts.push(open_account(&mut client, &code, pb::AccountType::Asset).await?);
+        accounts.push(open_account(&mut client, &code, pb::AccountType::Liability).await?);
     }
+    // Liability accounts (what a customer's account is) that may go below zero: holds reduce
+    // their available balance without ever refusing the benchmark's load.
     let hot = open_account(
         &mut client,
         &format!("bench-{}-hot", setup.run_id),
@@ -138,23 +144,47 @@ pub async fn run(setup: Setup<'_>, sampler: &Sampler) -> anyhow::Result<LedgerRe
             ceiling.tps,
             ceiling.samples.latency().p99_ms
         ));
-        runs.push(LedgerRun {
-            entries_per_second,
-            ceiling_per_second: ceiling.tps,
-            ceiling: Measured::from(&ceiling.samples),
-            ratio_to_ceiling: entries_per_second / ceiling.tps.max(1e-9),
-            post,
-            resources,
-        });
+
+        step(format!("ledger {name}: PlaceHold + CaptureHold"));
+        let from = sampler.now() + setup.warmup.as_secs_f64();
+        let holds_run = hold_and_capture(&setup, Arc::clone(&accounts), hot_account.then(|| hot.clone()), name).await?;
+        sampler.sample_now();
+        let holds_resources = sampler.usage(from, sampler.now());
+        let holds_per_second = holds_run.samples[0].count() as f64 / holds_run.elapsed.as_secs_f64();
+        let holds = HoldsRun {
+            captured_per_second: holds_per_second,
+            ratio_to_post_entry: holds_per_second / entries_per_second.max(1e-9),
+            both: Measured::from(&holds_run.samples[0]),
+            place: Measured::from(&holds_run.samples[1]),
+            capture: Measured::from(&holds_run.samples[2]),
+            resources: holds_resources,
+        };
+        say(format!(
+            "    {holds_per_second:.0} holds placed and captured/s (p99 {:.1} ms, {} errors) = {:.2} of PostEntry",
+            holds.both.latency.p99_ms, holds.both.errors, holds.ratio_to_post_entry
+        ));
+        runs.push((
+            LedgerRun {
+                entries_per_second,
+                ceiling_per_second: ceiling.tps,
+                ceiling: Measured::from(&ceiling.samples),
+                ratio_to_ceiling: entries_per_second / ceiling.tps.max(1e-9),
+                post,
+                resources,
+            },
+            holds,
+        ));
     }
-    let hot_run = runs.pop().unwrap_or_default();
-    let spread = runs.pop().unwrap_or_default();
+    let (hot_run, hot_holds) = runs.pop().unwrap_or_default();
+    let (spread, spread_holds) = runs.pop().unwrap_or_default();
     Ok(LedgerResults {
         concurrency: setup.clients,
         accounts: setup.accounts,
         hot_to_spread: hot_run.entries_per_second / spread.entries_per_second.max(1e-9),
         spread,
         hot: hot_run,
+        holds_spread: Some(spread_holds),
+        holds_hot: Some(hot_holds),
     })
 }
 
@@ -176,6 +206,92 @@ fn ceiling_script(accounts: usize, hot: bool) -> String {
     )
 }
 
+/// A random (debit, credit) pair: two distinct accounts, or a random one and the `hot` one.
+fn pick_pair(accounts: &[String], hot: Option<&String>) -> (String, String) {
+    let mut rng = rand::rng();
+    let debit = rng.random_range(0..accounts.len());
+    let credit = match hot {
+        Some(hot) => hot.clone(),
+        None => {
+            let credit = rng.random_range(0..accounts.len() - 1);
+            accounts[if credit >= debit { credit + 1 } else { credit }].clone()
+        }
+    };
+    (accounts[debit].clone(), credit)
+}
+
+/// A two-line entry's lines: `debit` and `credit` by `amount` EUR cents.
+fn pair_lines(debit: String, credit: String, amount: i64) -> Vec<pb::EntryLine> {
+    let line = |account_id, side: pb::Side| pb::EntryLine {
+        account_id,
+        side: side as i32,
+        amount,
+        currency: "EUR".to_owned(),
+    };
+    vec![line(debit, pb::Side::Debit), line(credit, pb::Side::Credit)]
+}
+
+/// `PlaceHold` then `CaptureHold` of all of it, by `setup.clients` clients in a closed loop, on the
+/// pairs `post_entries` draws: parts are the place and the capture latencies.
+async fn hold_and_capture(
+    setup: &Setup<'_>,
+    accounts: Arc<Vec<String>>,
+    hot: Option<String>,
+    name: &str,
+) -> anyhow::Result<load::ClosedLoopRun> {
+    let expires_in = setup.warmup + setup.duration + Duration::from_secs(600);
+    let mut clients = Vec::with_capacity(setup.clients);
+    for worker in 0..setup.clients {
+        let client = LedgerServiceClient::new(connect(&setup.address).await?);
+        let (accounts, hot) = (Arc::clone(&accounts), hot.clone());
+        let prefix = format!("bench-{}-{name}-hold-{worker}", setup.run_id);
+        clients.push(move |n: u64| {
+            let mut client = client.clone();
+            let (debit, credit) = pick_pair(&accounts, hot.as_ref());
+            let amount = 100 + (n as i64 % 900);
+            let hold_id = format!("{prefix}-{n}");
+            let place = pb::PlaceHoldRequest {
+                hold_id: hold_id.clone(),
+                account_id: debit.clone(),
+                amount,
+                currency: "EUR".to_owned(),
+                expires_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now() + expires_in)),
+                reason: "benchmark hold".to_owned(),
+            };
+            let capture = pb::CaptureHoldRequest {
+                hold_id: hold_id.clone(),
+                amount,
+                remainder: pb::CaptureRemainder::Release as i32,
+                entry_id: format!("{hold_id}-capture"),
+                description: "benchmark capture".to_owned(),
+                metadata: Default::default(),
+                lines: pair_lines(debit, credit, amount),
+            };
+            async move {
+                let started = std::time::Instant::now();
+                client.place_hold(place).await.map_err(|status| Failure {
+                    kind: format!("PlaceHold: {:?}", status.code()),
+                    commits: 0,
+                })?;
+                let placed = started.elapsed();
+                client.capture_hold(capture).await.map_err(|status| Failure {
+                    kind: format!("CaptureHold: {:?}", status.code()),
+                    commits: 1,
+                })?;
+                Ok((vec![placed, started.elapsed() - placed], 2))
+            }
+        });
+    }
+    load::closed_loop(
+        clients,
+        2,
+        setup.warmup,
+        setup.duration,
+        &format!("ledger {name} holds"),
+    )
+    .await
+}
+
 /// `PostEntry` by `setup.clients` clients in a closed loop: each entry debits a random account and
 /// credits another, or the `hot` one.
 async fn post_entries(
@@ -191,30 +307,13 @@ async fn post_entries(
         let prefix = format!("bench-{}-{name}-{worker}", setup.run_id);
         clients.push(move |n: u64| {
             let mut client = client.clone();
-            let (debit, credit) = {
-                let mut rng = rand::rng();
-                let debit = rng.random_range(0..accounts.len());
-                let credit = match &hot {
-                    Some(hot) => hot.clone(),
-                    None => {
-                        let credit = rng.random_range(0..accounts.len() - 1);
-                        accounts[if credit >= debit { credit + 1 } else { credit }].clone()
-                    }
-                };
-                (accounts[debit].clone(), credit)
-            };
+            let (debit, credit) = pick_pair(&accounts, hot.as_ref());
             let amount = 100 + (n as i64 % 900);
-            let line = |account_id, side: pb::Side| pb::EntryLine {
-                account_id,
-                side: side as i32,
-                amount,
-                currency: "EUR".to_owned(),
-            };
             let request = pb::PostEntryRequest {
                 entry_id: format!("{prefix}-{n}"),
                 description: "benchmark entry".to_owned(),
                 metadata: Default::default(),
-                lines: vec![line(debit, pb::Side::Debit), line(credit, pb::Side::Credit)],
+                lines: pair_lines(debit, credit, amount),
             };
             async move {
                 match client.post_entry(request).await {

@@ -335,6 +335,30 @@ pub struct LedgerResults {
     pub hot: LedgerRun,
     /// hot / spread throughput.
     pub hot_to_spread: f64,
+    /// PlaceHold + CaptureHold on the spread scenario's accounts (absent in runs before holds).
+    #[serde(default)]
+    pub holds_spread: Option<HoldsRun>,
+    /// PlaceHold + CaptureHold crediting the hot account.
+    #[serde(default)]
+    pub holds_hot: Option<HoldsRun>,
+}
+
+/// One holds scenario: each operation places a hold on the debited account and captures all of it
+/// with the same two-line entry the PostEntry scenario posts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HoldsRun {
+    /// Holds placed and captured per second (each one hold + one entry).
+    pub captured_per_second: f64,
+    /// captured/s over the PostEntry entries/s of the same scenario.
+    pub ratio_to_post_entry: f64,
+    /// Latency of the place + capture pair.
+    pub both: Measured,
+    /// PlaceHold latency.
+    pub place: Measured,
+    /// CaptureHold latency.
+    pub capture: Measured,
+    /// CPU and memory.
+    pub resources: BTreeMap<String, Usage>,
 }
 
 /// One ledger scenario.
@@ -798,6 +822,29 @@ fn ledger_markdown(out: &mut String, ledger: &LedgerResults) {
         );
     }
     let _ = writeln!(out, "\nhot / spread = {:.2}.\n", ledger.hot_to_spread);
+    if let (Some(spread), Some(hot)) = (&ledger.holds_spread, &ledger.holds_hot) {
+        let _ = writeln!(
+            out,
+            "Holds on the same accounts and pairs: `PlaceHold` on the debited account, then `CaptureHold` of \
+             all of it with the same two-line entry (one hold event, one entry, one capture event).\n\n\
+             | scenario | holds captured/s | place + capture p50 / p95 / p99 / max ms | place p99 ms | capture p99 ms | errors | ratio to PostEntry | resources |\n\
+             |---|---:|---|---:|---:|---|---:|---|"
+        );
+        for (name, run) in [("spread", spread), ("hot account", hot)] {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} | {} | {:.2} | {} |",
+                fmt_rate(run.captured_per_second),
+                fmt_latency(&run.both.latency, P50_P95_P99_MAX),
+                fmt_ms(run.place.latency.p99_ms),
+                fmt_ms(run.capture.latency.p99_ms),
+                errors_text(&run.both),
+                run.ratio_to_post_entry,
+                resources_text(&run.resources, &["ledger", "postgres", "load generator"])
+            );
+        }
+        let _ = writeln!(out);
+    }
 }
 
 /// A series of the plot: legend name, colour and one value per client count (`None`: not

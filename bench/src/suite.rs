@@ -623,6 +623,15 @@ async fn ledger_scenario(context: &RunContext<'_>, state: &mut SuiteState) -> an
         state.peak(&results.hot.resources);
         check(&mut state.problems, "ledger spread", &results.spread.post);
         check(&mut state.problems, "ledger hot", &results.hot.post);
+        for (name, holds) in [
+            ("ledger holds spread", &results.holds_spread),
+            ("ledger holds hot", &results.holds_hot),
+        ] {
+            if let Some(holds) = holds {
+                state.peak(&holds.resources);
+                check(&mut state.problems, name, &holds.both);
+            }
+        }
         Ok(results)
     })
     .await
