@@ -142,7 +142,7 @@ async fn commands_publish_the_full_account_with_each_version_and_open_is_idempot
         .await
         .expect("list")
         .into_inner();
-    assert_eq!(page.accounts, [account.clone()]);
+    assert_eq!(page.accounts, std::slice::from_ref(&account));
     assert!(!page.next_page_token.is_empty());
     let rest = client
         .list_accounts(pb::ListAccountsRequest {
@@ -153,7 +153,7 @@ async fn commands_publish_the_full_account_with_each_version_and_open_is_idempot
         .await
         .expect("list rest")
         .into_inner();
-    assert_eq!(rest.accounts, [savings.clone()]);
+    assert_eq!(rest.accounts, std::slice::from_ref(&savings));
     assert!(rest.next_page_token.is_empty());
 
     // Freeze, unfreeze, overdraft: versions 2, 3, 4.
@@ -760,7 +760,7 @@ async fn a_quiet_account_goes_dormant_and_a_customer_movement_reactivates_it() {
         .expect("account");
     assert_eq!(active.version, 3);
     let moved = fintech_proto::time::timestamp(moved_at);
-    let shown = active.last_customer_movement_at.clone().expect("movement");
+    let shown = active.last_customer_movement_at.expect("movement");
     assert_eq!(
         (shown.seconds, shown.nanos / 1000),
         (moved.seconds, moved.nanos / 1000),

@@ -109,10 +109,7 @@ async fn settle(
     let Some(mut state) = storage::interest_state(conn, account.account_id, true).await? else {
         return Ok(posted);
     };
-    loop {
-        let Some(month_start) = state.settled_through.succ_opt() else {
-            break;
-        };
+    while let Some(month_start) = state.settled_through.succ_opt() {
         let month_end = interest::month_end(month_start);
         if month_end > state.accrued_through {
             break;

@@ -415,11 +415,19 @@ mod tests {
         ]
     }
 
+    /// One row of the table: (state, frozen, command) -> (state, frozen) after it, or the rule.
+    type Row = (
+        AccountState,
+        bool,
+        &'static str,
+        Result<(AccountState, bool), &'static str>,
+    );
+
     /// The full transition table: (state, frozen, command) -> resulting state or refused rule.
     #[test]
     fn every_transition_of_the_state_machine() {
         use AccountState::{Active, Closed, Dormant};
-        let expected: &[(AccountState, bool, &str, Result<(AccountState, bool), &str>)] = &[
+        let expected: &[Row] = &[
             (Active, false, "freeze", Ok((Active, true))),
             (Active, false, "unfreeze", Err("account.not_frozen")),
             (Active, false, "set_overdraft_limit", Ok((Active, false))),

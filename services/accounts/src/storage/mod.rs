@@ -371,7 +371,7 @@ pub async fn dormancy_candidates(
     after: Uuid,
     limit: i64,
 ) -> anyhow::Result<Vec<Uuid>> {
-    Ok(sqlx::query_scalar(
+    sqlx::query_scalar(
         "SELECT a.account_id FROM accounts a JOIN account_balances b USING (account_id) \
          WHERE a.state = 'active' AND a.account_id > $2 \
            AND COALESCE(b.last_customer_movement_at, a.opened_at) <= $1 \
@@ -382,12 +382,12 @@ pub async fn dormancy_candidates(
     .bind(limit)
     .fetch_all(conn)
     .await
-    .context("dormancy candidates")?)
+    .context("dormancy candidates")
 }
 
 /// Open savings accounts after `after` in id order.
 pub async fn savings_accounts(conn: &mut PgConnection, after: Uuid, limit: i64) -> anyhow::Result<Vec<Uuid>> {
-    Ok(sqlx::query_scalar(
+    sqlx::query_scalar(
         "SELECT account_id FROM accounts WHERE product = 'savings' AND state <> 'closed' AND account_id > $1 \
          ORDER BY account_id LIMIT $2",
     )
@@ -395,7 +395,7 @@ pub async fn savings_accounts(conn: &mut PgConnection, after: Uuid, limit: i64) 
     .bind(limit)
     .fetch_all(conn)
     .await
-    .context("savings accounts")?)
+    .context("savings accounts")
 }
 
 /// How far an account's interest is accrued and settled.
