@@ -586,7 +586,8 @@ async fn the_projection_keeps_the_highest_ledger_version_and_closing_follows_the
     let mut client = harness.client.clone();
     let account = harness.open("cust-7", pb::Product::Current, "EUR", 1_000).await;
     let id = account.account_id.clone();
-    let t0 = Utc::now();
+    // Microseconds: what PostgreSQL keeps.
+    let t0 = fintech_types::time::now();
     let at = |seconds: i64| t0 + chrono::Duration::seconds(seconds);
 
     // Versions 3 before 2, a duplicate of 3, and an entry of an account that is not ours.
