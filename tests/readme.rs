@@ -1,15 +1,22 @@
-//! The README's promises, run for real: its grpcurl block against a running payments service, and
+//! The README's promises, run for real: its grpcurl block against a running payments service (and
+//! the accounts README's against accounts), and
 //! the generated Python and TypeScript clients creating and reading back an order and a transaction.
 
 use std::process::Command;
 
 use fintech_platform::telemetry;
+use fintech_tests::accounts::AccountsHarness;
 use fintech_tests::payments::PaymentsHarness;
 use fintech_tests::{repo_root, venv_tool};
 
 /// The fenced shell block between `<!-- readme-test:<name>:start -->` and `...:end -->`.
 fn readme_block(name: &str) -> String {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    readme_block_in("README.md", name)
+}
+
+/// [`readme_block`] of the README at `path` (relative to the repository root).
+fn readme_block_in(path: &str, name: &str) -> String {
+    let readme = std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|_| panic!("{path}"));
     let start = format!("<!-- readme-test:{name}:start -->");
     let end = format!("<!-- readme-test:{name}:end -->");
     let section = readme
@@ -80,6 +87,54 @@ async fn the_readme_grpcurl_calls_create_and_read_back_an_order_and_a_transactio
             .expect("count"),
     );
     assert_eq!((orders, transactions), (1, 1));
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accounts_readme_grpcurl_calls_open_change_and_close_an_account() {
+    let _telemetry = telemetry::init("test");
+    let harness = AccountsHarness::start().await;
+    let script =
+        readme_block_in("services/accounts/README.md", "accounts").replace("localhost:50054", &harness.address);
+    let auth_dir = fintech_tests::auth::jwks_path()
+        .parent()
+        .expect("key directory")
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        venv_tool("").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        run(Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(repo_root())
+            .env("FINTECH_AUTH_DIR", auth_dir)
+            .env("PATH", path))
+    })
+    .await
+    .expect("script task");
+    assert!(
+        output.contains("\"customerId\": \"cust-42\""),
+        "GetAccount printed the account:\n{output}"
+    );
+    assert!(
+        output.contains("FREEZE_KIND_DEBITS"),
+        "FreezeAccount printed the freeze:\n{output}"
+    );
+    assert!(
+        output.contains("ACCOUNT_STATE_CLOSED"),
+        "CloseAccount printed the closed account:\n{output}"
+    );
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM accounts")
+        .fetch_all(&harness.db.pool)
+        .await
+        .expect("accounts");
+    assert_eq!(
+        versions,
+        [5],
+        "one account: opened, frozen, unfrozen, limit set, closed"
+    );
     harness.stop().await;
 }
 

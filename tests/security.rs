@@ -16,6 +16,7 @@ use fintech_platform::auth::{Rule, every_rule};
 use fintech_proto::ledger as lpb;
 use fintech_proto::payments as ppb;
 use fintech_proto::tax as tpb;
+use fintech_tests::accounts::AccountsHarness;
 use fintech_tests::auth::{customer_token, operator_token, scoped_token, signing_key, token};
 use fintech_tests::ledger::{LedgerHarness, line};
 use fintech_tests::payments::PaymentsHarness;
@@ -269,6 +270,13 @@ async fn every_ledger_rpc_refuses_every_bad_token_and_writes_nothing() {
     let ledger = LedgerHarness::start().await;
     run_matrix(fintech_ledger::SERVICE_NAME, &ledger.address, &ledger.db.pool).await;
     ledger.stop().await;
+}
+
+#[tokio::test]
+async fn every_accounts_rpc_refuses_every_bad_token_and_writes_nothing() {
+    let accounts = AccountsHarness::start().await;
+    run_matrix(fintech_accounts::SERVICE_NAME, &accounts.address, &accounts.db.pool).await;
+    accounts.stop().await;
 }
 
 #[tokio::test]

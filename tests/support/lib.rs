@@ -7,6 +7,7 @@
 //! parallel without seeing each other. Tests that stop or crash the broker or the database use the
 //! private ones of `fintech_devkit` (`broker::PrivateBroker`, `postgres::PgCluster`).
 
+pub mod accounts;
 pub mod auth;
 pub mod gateway;
 pub mod ledger;

@@ -4,12 +4,12 @@
 //!
 //! What differs between services is passed in: the topics, one function that builds the service's
 //! config from the test platform settings ([`platform_config`]), the service's `run` and its client
-//! constructor. The per-service modules (`payments`, `tax`, `ledger`) are those pieces plus their
-//! helpers.
+//! constructor. The per-service modules (`payments`, `tax`, `ledger`, `accounts`) are those pieces
+//! plus their helpers.
 //!
 //! The same config runs a service as a process ([`crate::process`]): [`platform_env`] writes a
 //! [`PlatformConfig`] as the environment variables `PlatformConfig::from_env` reads back, and
-//! `payments::env` / `tax::env` add their service's own (the ledger is not run as a process yet).
+//! `payments::env` / `tax::env` / `accounts::env` add their service's own (the ledger is not run as a process yet).
 
 use std::future::Future;
 use std::time::Duration;
