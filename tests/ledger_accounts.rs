@@ -200,7 +200,7 @@ async fn redelivered_and_reordered_account_events_leave_the_newest_version() {
     wait_for_processed(&harness.db, ACCOUNT_CACHE_CONSUMER, 4).await;
     wait_for_cached_version(&harness.db, &id, 3).await;
     let (state, freeze, limit): (String, String, i64) =
-        sqlx::query_as("SELECT customer_state, freeze, overdraft_limit FROM ledger_accounts WHERE account_id = $1::uuid")
+        sqlx::query_as("SELECT customer_state, freeze_kind, overdraft_limit FROM ledger_accounts WHERE account_id = $1::uuid")
             .bind(&id)
             .fetch_one(&harness.db.pool)
             .await

@@ -487,14 +487,32 @@ async fn assert_available_never_negative(client: &LedgerServiceClient<Channel>, 
     placed
 }
 
-async fn place_many(client: &LedgerServiceClient<Channel>, wallet: &str, ids: std::ops::Range<usize>) -> Vec<(usize, Result<pb::Hold, tonic::Status>)> {
+/// One expiry (a day ahead, whole seconds) shared by every placement of a test.
+fn shared_expiry() -> i64 {
+    chrono::Utc::now().timestamp() + 86_400
+}
+
+async fn place_many(
+    client: &LedgerServiceClient<Channel>,
+    wallet: &str,
+    ids: std::ops::Range<usize>,
+    expires: i64,
+) -> Vec<(usize, Result<pb::Hold, tonic::Status>)> {
     let tasks: Vec<_> = ids
         .map(|index| {
             let mut client = client.clone();
             let wallet = wallet.to_owned();
             tokio::spawn(async move {
+                // One expiry for every placement, so a retry is the same request.
+                let request = pb::PlaceHoldRequest {
+                    expires_at: Some(prost_types::Timestamp {
+                        seconds: expires,
+                        nanos: 0,
+                    }),
+                    ..hold_request(&format!("c-{index}"), &wallet, 100)
+                };
                 let outcome = client
-                    .place_hold(hold_request(&format!("c-{index}"), &wallet, 100))
+                    .place_hold(request)
                     .await
                     .map(|response| response.into_inner().hold.expect("hold"));
                 (index, outcome)
@@ -532,7 +550,7 @@ async fn a_hundred_concurrent_holds_of_a_tenth_each_place_exactly_ten() {
     let harness = LedgerHarness::start_with(|config| config.tax_consumer_enabled = false).await;
     let client = harness.client.clone();
     let books = books(&client, 1_000).await;
-    let outcomes = place_many(&client, &books.wallet.account_id, 0..100).await;
+    let outcomes = place_many(&client, &books.wallet.account_id, 0..100, shared_expiry()).await;
     let (placed, refused) = tally(&outcomes);
     assert_eq!((placed.len(), refused), (10, 90));
     let now = balance(&client, &books.wallet.account_id, None).await;
@@ -550,14 +568,15 @@ async fn a_hundred_concurrent_holds_across_a_ledger_restart_place_exactly_ten() 
     let first = LedgerInstance::start(&db, &prefix, |config| config.tax_consumer_enabled = false).await;
     let books = books(&first.client, 1_000).await;
     let wallet = books.wallet.account_id.clone();
-    let before = place_many(&first.client, &wallet, 0..50).await;
+    let expires = shared_expiry();
+    let before = place_many(&first.client, &wallet, 0..50, expires).await;
     // The restart: stopped half way (gracefully: requests drain) and started again on the same
     // data; the second half goes to the new instance, and the first half is retried there (the
     // same hold ids: a placement is idempotent).
     first.stop().await;
     let second = LedgerInstance::start(&db, &prefix, |config| config.tax_consumer_enabled = false).await;
-    let after = place_many(&second.client, &wallet, 50..100).await;
-    let retried = place_many(&second.client, &wallet, 0..50).await;
+    let after = place_many(&second.client, &wallet, 50..100, expires).await;
+    let retried = place_many(&second.client, &wallet, 0..50, expires).await;
     let (placed_before, _) = tally(&before);
     let (placed_after, _) = tally(&after);
     let (placed_retried, _) = tally(&retried);

@@ -12,10 +12,10 @@
 ALTER TABLE ledger_accounts
     ADD COLUMN customer_id TEXT CHECK (customer_id IS NULL OR length(customer_id) BETWEEN 1 AND 64),
     ADD COLUMN customer_state TEXT CHECK (customer_state IN ('active', 'dormant', 'closed')),
-    ADD COLUMN freeze TEXT CHECK (freeze IN ('none', 'debits', 'credits', 'both')),
+    ADD COLUMN freeze_kind TEXT CHECK (freeze_kind IN ('none', 'debits', 'credits', 'both')),
     ADD CONSTRAINT ledger_accounts_customer_fields
-        CHECK ((customer_id IS NULL) = (customer_state IS NULL) AND (customer_id IS NULL) = (freeze IS NULL)),
-    ADD CONSTRAINT ledger_accounts_closed_not_frozen CHECK (customer_state IS DISTINCT FROM 'closed' OR freeze = 'none');
+        CHECK ((customer_id IS NULL) = (customer_state IS NULL) AND (customer_id IS NULL) = (freeze_kind IS NULL)),
+    ADD CONSTRAINT ledger_accounts_closed_not_frozen CHECK (customer_state IS DISTINCT FROM 'closed' OR freeze_kind = 'none');
 
 -- Sum of the account's active holds after events 1..version.
 ALTER TABLE ledger_balances ADD COLUMN held BIGINT NOT NULL DEFAULT 0 CHECK (held >= 0);

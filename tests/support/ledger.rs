@@ -265,11 +265,12 @@ pub async fn wait_for_cached_version(db: &TestDb, account_id: &str, version: i64
     let id: uuid::Uuid = account_id.parse().expect("uuid");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
+        // An error before the service migrated its tables: not there yet.
         let cached: Option<i64> = sqlx::query_scalar("SELECT version FROM ledger_account_cache WHERE account_id = $1")
             .bind(id)
             .fetch_optional(&db.pool)
             .await
-            .expect("read cache");
+            .unwrap_or_default();
         if cached == Some(version) {
             return;
         }
@@ -289,7 +290,7 @@ pub async fn wait_for_processed(db: &TestDb, consumer: &str, count: i64) {
             .bind(consumer)
             .fetch_one(&db.pool)
             .await
-            .expect("count processed events");
+            .unwrap_or_default();
         if processed >= count {
             return;
         }

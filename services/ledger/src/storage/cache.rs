@@ -57,7 +57,7 @@ pub async fn set_controls(
     overdraft: OverdraftPolicy,
 ) -> anyhow::Result<bool> {
     let updated = sqlx::query(
-        "UPDATE ledger_accounts SET customer_id = $2, customer_state = $3, freeze = $4, overdraft_policy = $5, \
+        "UPDATE ledger_accounts SET customer_id = $2, customer_state = $3, freeze_kind = $4, overdraft_policy = $5, \
          overdraft_limit = $6 WHERE account_id = $1 AND customer_id IS NOT NULL",
     )
     .bind(account_id)

@@ -24,7 +24,7 @@ use crate::domain::stream::StoredEvent;
 use crate::domain::{Account, AccountState, AccountType, CustomerControls, CustomerState, Freeze, OverdraftPolicy};
 
 const ACCOUNT_COLUMNS: &str = "a.account_id, a.code, a.name, a.account_type, a.currency, a.overdraft_policy, \
-     a.overdraft_limit, a.system, a.created_at, a.customer_id, a.customer_state, a.freeze";
+     a.overdraft_limit, a.system, a.created_at, a.customer_id, a.customer_state, a.freeze_kind";
 const EVENT_COLUMNS: &str = "stream_id, version, event_type, payload, entry_id, occurred_at, previous_hash, hash";
 
 /// Outcome of a write that may lose a race.
@@ -42,7 +42,7 @@ fn account_from_row(row: &PgRow) -> anyhow::Result<Account> {
         None => None,
         Some(customer_id) => {
             let state: Option<String> = row.try_get("customer_state")?;
-            let freeze: Option<String> = row.try_get("freeze")?;
+            let freeze: Option<String> = row.try_get("freeze_kind")?;
             Some(CustomerControls {
                 customer_id,
                 state: state
@@ -105,7 +105,7 @@ pub async fn open_account(conn: &mut PgConnection, account: &Account, opened: &S
     insert_event(conn, opened).await?;
     let inserted = sqlx::query(
         "INSERT INTO ledger_accounts (account_id, code, name, account_type, currency, overdraft_policy, \
-         overdraft_limit, system, created_at, customer_id, customer_state, freeze) \
+         overdraft_limit, system, created_at, customer_id, customer_state, freeze_kind) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
          ON CONFLICT (code) DO NOTHING",
     )
