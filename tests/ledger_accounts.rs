@@ -76,11 +76,15 @@ async fn an_account_opened_by_event_is_posted_to_and_its_freeze_is_enforced_in_i
     let id = uuid::Uuid::new_v4().to_string();
 
     // Unknown before its event: refused with the contract's rule.
-    let unknown = move_money(&harness, &bank, &id, pb::Side::Credit, 100).await.expect_err("unknown");
+    let unknown = move_money(&harness, &bank, &id, pb::Side::Credit, 100)
+        .await
+        .expect_err("unknown");
     assert_eq!(unknown.code(), Code::FailedPrecondition);
     assert_eq!(violation_types(&unknown), ["account.unknown"]);
 
-    producer.account(&customer_account(&id, 1, AccountState::Active, None, 0), &ce()).await;
+    producer
+        .account(&customer_account(&id, 1, AccountState::Active, None, 0), &ce())
+        .await;
     wait_for_cached_version(&harness.db, &id, 1).await;
     let known = harness
         .client
@@ -98,17 +102,28 @@ async fn an_account_opened_by_event_is_posted_to_and_its_freeze_is_enforced_in_i
     assert_eq!(account.r#type, pb::AccountType::Liability as i32);
     assert_eq!(account.overdraft_policy, pb::OverdraftPolicy::Forbidden as i32);
 
-    move_money(&harness, &bank, &id, pb::Side::Credit, 1_000).await.expect("money in");
-    move_money(&harness, &bank, &id, pb::Side::Debit, 100).await.expect("money out");
-    let over = move_money(&harness, &bank, &id, pb::Side::Debit, 901).await.expect_err("overdrawn");
+    move_money(&harness, &bank, &id, pb::Side::Credit, 1_000)
+        .await
+        .expect("money in");
+    move_money(&harness, &bank, &id, pb::Side::Debit, 100)
+        .await
+        .expect("money out");
+    let over = move_money(&harness, &bank, &id, pb::Side::Debit, 901)
+        .await
+        .expect_err("overdrawn");
     assert_eq!(violation_types(&over), ["account.overdraft_limit"]);
 
     // Frozen for debits: money out and holds refused, naming the rule; money in works.
     producer
-        .account(&customer_account(&id, 2, AccountState::Active, Some(FreezeKind::Debits), 0), &ce())
+        .account(
+            &customer_account(&id, 2, AccountState::Active, Some(FreezeKind::Debits), 0),
+            &ce(),
+        )
         .await;
     wait_for_cached_version(&harness.db, &id, 2).await;
-    let frozen = move_money(&harness, &bank, &id, pb::Side::Debit, 10).await.expect_err("frozen");
+    let frozen = move_money(&harness, &bank, &id, pb::Side::Debit, 10)
+        .await
+        .expect_err("frozen");
     assert_eq!(frozen.code(), Code::FailedPrecondition);
     assert_eq!(violation_types(&frozen), ["account.frozen.debits"]);
     let hold = harness
@@ -118,14 +133,21 @@ async fn an_account_opened_by_event_is_posted_to_and_its_freeze_is_enforced_in_i
         .await
         .expect_err("hold on a frozen account");
     assert_eq!(violation_types(&hold), ["account.frozen.debits"]);
-    move_money(&harness, &bank, &id, pb::Side::Credit, 50).await.expect("credit while debit-frozen");
+    move_money(&harness, &bank, &id, pb::Side::Credit, 50)
+        .await
+        .expect("credit while debit-frozen");
 
     // Frozen for credits only: money in refused, money out works.
     producer
-        .account(&customer_account(&id, 3, AccountState::Active, Some(FreezeKind::Credits), 0), &ce())
+        .account(
+            &customer_account(&id, 3, AccountState::Active, Some(FreezeKind::Credits), 0),
+            &ce(),
+        )
         .await;
     wait_for_cached_version(&harness.db, &id, 3).await;
-    let credit = move_money(&harness, &bank, &id, pb::Side::Credit, 5).await.expect_err("credit-frozen");
+    let credit = move_money(&harness, &bank, &id, pb::Side::Credit, 5)
+        .await
+        .expect_err("credit-frozen");
     assert_eq!(violation_types(&credit), ["account.frozen.credits"]);
 
     // Unfrozen, with an overdraft limit and dormant: debits work down to -limit.
@@ -133,7 +155,9 @@ async fn an_account_opened_by_event_is_posted_to_and_its_freeze_is_enforced_in_i
         .account(&customer_account(&id, 4, AccountState::Dormant, None, 500), &ce())
         .await;
     wait_for_cached_version(&harness.db, &id, 4).await;
-    move_money(&harness, &bank, &id, pb::Side::Debit, 950).await.expect("debit after unfreeze");
+    move_money(&harness, &bank, &id, pb::Side::Debit, 950)
+        .await
+        .expect("debit after unfreeze");
     let balance = harness.balance(&id).await;
     assert_eq!((balance.balance, balance.available), (0, 500));
     harness
@@ -142,7 +166,9 @@ async fn an_account_opened_by_event_is_posted_to_and_its_freeze_is_enforced_in_i
         .place_hold(hold_request("od-hold", &id, 500))
         .await
         .expect("a hold into the overdraft");
-    let beyond = move_money(&harness, &bank, &id, pb::Side::Debit, 1).await.expect_err("beyond the limit");
+    let beyond = move_money(&harness, &bank, &id, pb::Side::Debit, 1)
+        .await
+        .expect_err("beyond the limit");
     assert_eq!(violation_types(&beyond), ["account.overdraft_limit"]);
 
     // Closed: refuses everything.
@@ -159,7 +185,9 @@ async fn an_account_opened_by_event_is_posted_to_and_its_freeze_is_enforced_in_i
         .account(&customer_account(&id, 5, AccountState::Closed, None, 0), &ce())
         .await;
     wait_for_cached_version(&harness.db, &id, 5).await;
-    let closed = move_money(&harness, &bank, &id, pb::Side::Credit, 1).await.expect_err("closed");
+    let closed = move_money(&harness, &bank, &id, pb::Side::Credit, 1)
+        .await
+        .expect_err("closed");
     assert_eq!(violation_types(&closed), ["account.closed"]);
 
     // Customer accounts are not created through CreateAccount.
@@ -199,12 +227,13 @@ async fn redelivered_and_reordered_account_events_leave_the_newest_version() {
     producer.account(&v2, &ce()).await;
     wait_for_processed(&harness.db, ACCOUNT_CACHE_CONSUMER, 4).await;
     wait_for_cached_version(&harness.db, &id, 3).await;
-    let (state, freeze, limit): (String, String, i64) =
-        sqlx::query_as("SELECT customer_state, freeze_kind, overdraft_limit FROM ledger_accounts WHERE account_id = $1::uuid")
-            .bind(&id)
-            .fetch_one(&harness.db.pool)
-            .await
-            .expect("account row");
+    let (state, freeze, limit): (String, String, i64) = sqlx::query_as(
+        "SELECT customer_state, freeze_kind, overdraft_limit FROM ledger_accounts WHERE account_id = $1::uuid",
+    )
+    .bind(&id)
+    .fetch_one(&harness.db.pool)
+    .await
+    .expect("account row");
     assert_eq!((state.as_str(), freeze.as_str(), limit), ("active", "debits", 200));
     let streams: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_events WHERE stream_id = $1::uuid")
         .bind(&id)
@@ -238,7 +267,10 @@ async fn interest_posted_twice_is_booked_once_even_on_a_frozen_account() {
     let producer = AccountsProducer::new(&harness.prefix);
     let id = uuid::Uuid::new_v4().to_string();
     producer
-        .account(&customer_account(&id, 1, AccountState::Active, Some(FreezeKind::Both), 0), &ce())
+        .account(
+            &customer_account(&id, 1, AccountState::Active, Some(FreezeKind::Both), 0),
+            &ce(),
+        )
         .await;
     wait_for_cached_version(&harness.db, &id, 1).await;
     let posting = accounts::InterestPosting {
@@ -293,10 +325,7 @@ async fn interest_posted_twice_is_booked_once_even_on_a_frozen_account() {
             entry_id: format!("interest:{id}:2026-12"),
             description: "fake".to_owned(),
             metadata: HashMap::from([("kind".to_owned(), "interest".to_owned())]),
-            lines: vec![
-                line(&bank, pb::Side::Debit, 5),
-                customer_line(&id, pb::Side::Credit, 5),
-            ],
+            lines: vec![line(&bank, pb::Side::Debit, 5), customer_line(&id, pb::Side::Credit, 5)],
         })
         .await
         .expect_err("reserved");

@@ -63,7 +63,13 @@ async fn books(client: &LedgerServiceClient<Channel>, funds: i64) -> Books {
     Books { bank, wallet, merchant }
 }
 
-fn capture(hold_id: &str, entry_id: &str, books: &Books, amount: i64, remainder: pb::CaptureRemainder) -> pb::CaptureHoldRequest {
+fn capture(
+    hold_id: &str,
+    entry_id: &str,
+    books: &Books,
+    amount: i64,
+    remainder: pb::CaptureRemainder,
+) -> pb::CaptureHoldRequest {
     pb::CaptureHoldRequest {
         hold_id: hold_id.to_owned(),
         amount,
@@ -210,16 +216,29 @@ async fn a_hold_is_placed_captured_in_parts_and_released_each_once_and_idempoten
         .into_inner();
     assert_eq!(first, again);
     let kept = first.hold.clone().expect("hold");
-    assert_eq!((kept.status, kept.held, kept.captured, kept.version), (pb::HoldStatus::Active as i32, 400, 200, 2));
+    assert_eq!(
+        (kept.status, kept.held, kept.captured, kept.version),
+        (pb::HoldStatus::Active as i32, 400, 200, 2)
+    );
     let kept_balance = kept.balance.clone().expect("balances");
-    assert_eq!((kept_balance.balance, kept_balance.held, kept_balance.available), (800, 400, 400));
+    assert_eq!(
+        (kept_balance.balance, kept_balance.held, kept_balance.available),
+        (800, 400, 400)
+    );
     let entry = first.entry.clone().expect("entry");
     let wallet_append = entry
         .appends
         .iter()
         .find(|append| append.account_id == wallet)
         .expect("wallet append");
-    assert_eq!((wallet_append.balance_after, wallet_append.held_after, wallet_append.available_after), (800, 400, 400));
+    assert_eq!(
+        (
+            wallet_append.balance_after,
+            wallet_append.held_after,
+            wallet_append.available_after
+        ),
+        (800, 400, 400)
+    );
     // The same entry id for other content is refused.
     let other = client
         .clone()
@@ -238,7 +257,12 @@ async fn a_hold_is_placed_captured_in_parts_and_released_each_once_and_idempoten
     let mut wrong = capture("h-1", "cap-3", &books, 100, pb::CaptureRemainder::Keep);
     wrong.amount = 50;
     assert_eq!(
-        client.clone().capture_hold(wrong).await.expect_err("wrong lines").code(),
+        client
+            .clone()
+            .capture_hold(wrong)
+            .await
+            .expect_err("wrong lines")
+            .code(),
         Code::InvalidArgument
     );
 
@@ -251,7 +275,10 @@ async fn a_hold_is_placed_captured_in_parts_and_released_each_once_and_idempoten
         .into_inner()
         .hold
         .expect("hold");
-    assert_eq!((done.status, done.held, done.captured), (pb::HoldStatus::Captured as i32, 0, 300));
+    assert_eq!(
+        (done.status, done.held, done.captured),
+        (pb::HoldStatus::Captured as i32, 0, 300)
+    );
     assert_eq!(done.capture_entry_ids, ["cap-1", "cap-4"]);
     let now = balance(&client, &wallet, None).await;
     assert_eq!((now.balance, now.held, now.available), (700, 0, 700));
@@ -301,7 +328,10 @@ async fn a_hold_is_placed_captured_in_parts_and_released_each_once_and_idempoten
         .hold
         .expect("hold");
     assert_eq!(released, released_again);
-    assert_eq!((released.status, released.release_reason.as_str()), (pb::HoldStatus::Released as i32, "order cancelled"));
+    assert_eq!(
+        (released.status, released.release_reason.as_str()),
+        (pb::HoldStatus::Released as i32, "order cancelled")
+    );
     let missing = client
         .clone()
         .get_hold(pb::GetHoldRequest {
@@ -347,7 +377,10 @@ async fn a_hold_is_placed_captured_in_parts_and_released_each_once_and_idempoten
         .await
         .expect("list")
         .into_inner();
-    assert_eq!(rest.holds.iter().map(|hold| hold.hold_id.as_str()).collect::<Vec<_>>(), ["h-1"]);
+    assert_eq!(
+        rest.holds.iter().map(|hold| hold.hold_id.as_str()).collect::<Vec<_>>(),
+        ["h-1"]
+    );
     let captured_only = client
         .clone()
         .list_holds(pb::ListHoldsRequest {
@@ -382,7 +415,11 @@ async fn a_hold_is_placed_captured_in_parts_and_released_each_once_and_idempoten
     assert_eq!((at_hold.balance, at_hold.held, at_hold.available), (1_000, 600, 400));
     let at_first_capture = balance(&client, &wallet, Some(AsOf::AsOfVersion(4))).await;
     assert_eq!(
-        (at_first_capture.balance, at_first_capture.held, at_first_capture.available),
+        (
+            at_first_capture.balance,
+            at_first_capture.held,
+            at_first_capture.available
+        ),
         (800, 400, 400)
     );
     assert_consistent(&client, &[&books.bank, &books.wallet, &books.merchant]).await;
@@ -443,10 +480,15 @@ async fn the_expiry_job_releases_an_expired_hold_and_records_why() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!((hold.status, hold.held), (pb::HoldStatus::Expired as i32, 0));
-    assert!(hold.release_reason.starts_with("expired at "), "{}", hold.release_reason);
+    assert!(
+        hold.release_reason.starts_with("expired at "),
+        "{}",
+        hold.release_reason
+    );
     assert_eq!(balance(&client, &wallet, None).await.available, 500);
     let events = all_events(&client, &wallet).await;
-    let Some(pb::account_event::Body::HoldReleased(released)) = events.last().and_then(|event| event.body.clone()) else {
+    let Some(pb::account_event::Body::HoldReleased(released)) = events.last().and_then(|event| event.body.clone())
+    else {
         panic!("the last event is not a release: {events:?}");
     };
     assert!(released.expired);
@@ -477,11 +519,24 @@ async fn assert_available_never_negative(client: &LedgerServiceClient<Channel>, 
     let mut placed = 0;
     for event in &events {
         let state = balance(client, account_id, Some(AsOf::AsOfVersion(event.version))).await;
-        assert!(state.available >= 0, "available {} at version {}", state.available, event.version);
-        assert_eq!(state.available, state.balance - state.held, "a wallet that may not go below zero");
+        assert!(
+            state.available >= 0,
+            "available {} at version {}",
+            state.available,
+            event.version
+        );
+        assert_eq!(
+            state.available,
+            state.balance - state.held,
+            "a wallet that may not go below zero"
+        );
         if let Some(pb::account_event::Body::HoldPlaced(hold)) = &event.body {
             placed += 1;
-            assert!(hold.held_after <= state.balance, "held beyond the balance at {}", event.version);
+            assert!(
+                hold.held_after <= state.balance,
+                "held beyond the balance at {}",
+                event.version
+            );
         }
     }
     placed
@@ -555,7 +610,10 @@ async fn a_hundred_concurrent_holds_of_a_tenth_each_place_exactly_ten() {
     assert_eq!((placed.len(), refused), (10, 90));
     let now = balance(&client, &books.wallet.account_id, None).await;
     assert_eq!((now.held, now.available), (1_000, 0));
-    assert_eq!(assert_available_never_negative(&client, &books.wallet.account_id).await, 10);
+    assert_eq!(
+        assert_available_never_negative(&client, &books.wallet.account_id).await,
+        10
+    );
     assert_consistent(&client, &[&books.bank, &books.wallet, &books.merchant]).await;
     harness.stop().await;
 }

@@ -173,7 +173,9 @@ async fn step(world: &World<'_>, model: &mut Model, op: &Op) -> Result<(), TestC
             }
         }
         Op::Capture { hold, amount, keep } => {
-            let Some((hold_id, status)) = pick(*hold) else { return Ok(()) };
+            let Some((hold_id, status)) = pick(*hold) else {
+                return Ok(());
+            };
             let outcome = world.capture(&hold_id, *amount, *keep).await;
             match status {
                 Status::Active(held) if *amount <= held => {
@@ -189,7 +191,9 @@ async fn step(world: &World<'_>, model: &mut Model, op: &Op) -> Result<(), TestC
             }
         }
         Op::CaptureFull(hold) => {
-            let Some((hold_id, status)) = pick(*hold) else { return Ok(()) };
+            let Some((hold_id, status)) = pick(*hold) else {
+                return Ok(());
+            };
             match status {
                 Status::Active(held) => {
                     world
@@ -203,7 +207,9 @@ async fn step(world: &World<'_>, model: &mut Model, op: &Op) -> Result<(), TestC
             }
         }
         Op::Release(hold) => {
-            let Some((hold_id, status)) = pick(*hold) else { return Ok(()) };
+            let Some((hold_id, status)) = pick(*hold) else {
+                return Ok(());
+            };
             let before = world.hold(&hold_id).await;
             let outcome = world
                 .harness
@@ -221,13 +227,19 @@ async fn step(world: &World<'_>, model: &mut Model, op: &Op) -> Result<(), TestC
                 }
                 (Status::Ended, status) if status == pb::HoldStatus::Released as i32 => {
                     let hold = outcome.map_err(|status| TestCaseError::fail(format!("{status:?}")))?;
-                    prop_assert_eq!(hold.into_inner().hold.expect("hold"), before, "a release of a released hold changes nothing");
+                    prop_assert_eq!(
+                        hold.into_inner().hold.expect("hold"),
+                        before,
+                        "a release of a released hold changes nothing"
+                    );
                 }
                 (Status::Ended, _) => refused(outcome, "hold.not_active")?,
             }
         }
         Op::Expire(hold) => {
-            let Some((hold_id, Status::Active(_))) = pick(*hold) else { return Ok(()) };
+            let Some((hold_id, Status::Active(_))) = pick(*hold) else {
+                return Ok(());
+            };
             // Test-only shortcut: move the hold's expiry into the past, then wait for the job.
             sqlx::query("UPDATE ledger_holds SET expires_at = now() - interval '1 second' WHERE hold_id = $1")
                 .bind(&hold_id)
@@ -303,7 +315,12 @@ async fn check_sequence(world: &World<'_>, ops: Vec<Op>) -> Result<(), TestCaseE
     for op in &ops {
         step(world, &mut model, op).await?;
         let now = world.harness.balance(&world.wallet.account_id).await;
-        prop_assert_eq!((now.balance, now.held, now.available), (model.balance, model.held(), model.available()), "after {:?}", op);
+        prop_assert_eq!(
+            (now.balance, now.held, now.available),
+            (model.balance, model.held(), model.available()),
+            "after {:?}",
+            op
+        );
         prop_assert!(now.available >= 0, "available below zero after {:?}", op);
     }
     // End every hold still active (the next case starts from nothing held).
@@ -327,12 +344,18 @@ async fn check_sequence(world: &World<'_>, ops: Vec<Op>) -> Result<(), TestCaseE
     for event in all_events(&world.harness.client, &world.wallet.account_id).await {
         match event.body {
             Some(pb::account_event::Body::HoldPlaced(placed)) => {
-                prop_assert!(held.insert(placed.hold_id, Some(placed.amount)).is_none(), "placed twice");
+                prop_assert!(
+                    held.insert(placed.hold_id, Some(placed.amount)).is_none(),
+                    "placed twice"
+                );
             }
             Some(pb::account_event::Body::HoldCaptured(captured)) => {
                 let entry = held.entry(captured.hold_id.clone()).or_default();
                 let Some(left) = *entry else {
-                    return Err(TestCaseError::fail(format!("hold {} captured after it ended", captured.hold_id)));
+                    return Err(TestCaseError::fail(format!(
+                        "hold {} captured after it ended",
+                        captured.hold_id
+                    )));
                 };
                 let rest = left - captured.amount - captured.released;
                 prop_assert!(rest >= 0);
@@ -411,7 +434,13 @@ fn random_hold_sequences_keep_available_exact_and_never_below_zero() {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         (
             harness
-                .open_account(&format!("bank-{suffix}"), pb::AccountType::Asset, "EUR", pb::OverdraftPolicy::Unlimited, 0)
+                .open_account(
+                    &format!("bank-{suffix}"),
+                    pb::AccountType::Asset,
+                    "EUR",
+                    pb::OverdraftPolicy::Unlimited,
+                    0,
+                )
                 .await,
             harness
                 .open_account(

@@ -142,7 +142,11 @@ impl LedgerInstance {
     pub async fn start(db: &TestDb, prefix: &str, configure: impl FnOnce(&mut LedgerConfig)) -> Self {
         let bootstrap = kafka_bootstrap();
         crate::service::create_prefixed_topics(&bootstrap, prefix, &fintech_ledger::events::TOPICS).await;
-        let mut config = config(crate::service::platform_config("ledger", &db.url, &bootstrap), db, prefix);
+        let mut config = config(
+            crate::service::platform_config("ledger", &db.url, &bootstrap),
+            db,
+            prefix,
+        );
         configure(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
@@ -208,12 +212,20 @@ impl AccountsProducer {
     /// A producer onto the topics of `prefix`.
     pub fn new(prefix: &str) -> Self {
         Self {
-            producer: EventProducer::new(&kafka_bootstrap(), "test-accounts", Duration::from_secs(20)).expect("producer"),
+            producer: EventProducer::new(&kafka_bootstrap(), "test-accounts", Duration::from_secs(20))
+                .expect("producer"),
             prefix: prefix.to_owned(),
         }
     }
 
-    async fn send(&self, topic: &fintech_proto::topics::Topic, key: &str, payload: &[u8], type_name: &str, ce_id: &str) {
+    async fn send(
+        &self,
+        topic: &fintech_proto::topics::Topic,
+        key: &str,
+        payload: &[u8],
+        type_name: &str,
+        ce_id: &str,
+    ) {
         let metadata = EventMetadata {
             id: ce_id.to_owned(),
             event_type: topic.ce_type().to_owned(),
@@ -307,7 +319,13 @@ pub fn violation_types(status: &tonic::Status) -> Vec<String> {
     use tonic_types::StatusExt as _;
     status
         .get_details_precondition_failure()
-        .map(|failure| failure.violations.into_iter().map(|violation| violation.r#type).collect())
+        .map(|failure| {
+            failure
+                .violations
+                .into_iter()
+                .map(|violation| violation.r#type)
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -62,11 +62,11 @@ use crate::domain::stream::{
 };
 use crate::domain::tax::SystemAccount;
 use crate::domain::{
-    Account, Append, LedgerError, NewEntry, Precondition, PostedEntry, Side, Violations, now, plan_posting,
+    Account, Append, LedgerError, NewEntry, PostedEntry, Precondition, Side, Violations, now, plan_posting,
 };
-use sha2::Digest as _;
 use crate::events::{self, SOURCE, Topics};
 use crate::storage::{self, AppendOutcome, Write};
+use sha2::Digest as _;
 
 /// Idempotency scope of PostEntry (entries posted from events share it, so an entry id means one
 /// entry whichever way it arrived).
@@ -268,7 +268,10 @@ impl Ledger {
         let attempts = self.settings.max_attempts.max(1);
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=attempts {
-            match self.attempt(entry, &key, &fingerprint, &account_ids, inbox, capture).await? {
+            match self
+                .attempt(entry, &key, &fingerprint, &account_ids, inbox, capture)
+                .await?
+            {
                 Attempt::Done(outcome) => {
                     tracing::Span::current().record("attempts", attempt);
                     return Ok(outcome);
@@ -411,6 +414,8 @@ impl Ledger {
         Ok(())
     }
 
+    // The protocol's inputs, each needed by a different step; bundling them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt_in(
         &self,
         conn: &mut PgConnection,

@@ -5,9 +5,7 @@ use chrono::{DateTime, Utc};
 use fintech_types::Currency;
 use uuid::Uuid;
 
-use super::account::{
-    Account, AccountType, CUSTOMER_PREFIX, CustomerControls, CustomerState, Freeze, OverdraftPolicy,
-};
+use super::account::{Account, AccountType, CUSTOMER_PREFIX, CustomerControls, CustomerState, Freeze, OverdraftPolicy};
 
 /// Longest customer id (the accounts contract).
 pub const MAX_CUSTOMER_ID_LEN: usize = 64;
@@ -165,7 +163,9 @@ impl InterestInput {
         let period_ok = self.period.len() == 7
             && self.period.as_bytes()[4] == b'-'
             && self.period[..4].bytes().all(|byte| byte.is_ascii_digit())
-            && self.period[5..].parse::<u8>().is_ok_and(|month| (1..=12).contains(&month));
+            && self.period[5..]
+                .parse::<u8>()
+                .is_ok_and(|month| (1..=12).contains(&month));
         if !period_ok {
             return Err(format!("period must be YYYY-MM, got {:?}", self.period));
         }
@@ -174,7 +174,11 @@ impl InterestInput {
             return Err(format!("posting_id must be {expected:?}, got {:?}", self.posting_id));
         }
         if self.amount <= 0 || self.amount > super::entry::MAX_LINE_AMOUNT {
-            return Err(format!("amount must be 1-{}, got {}", super::entry::MAX_LINE_AMOUNT, self.amount));
+            return Err(format!(
+                "amount must be 1-{}, got {}",
+                super::entry::MAX_LINE_AMOUNT,
+                self.amount
+            ));
         }
         let currency = Currency::parse(&self.currency).map_err(|error| format!("currency: {error}"))?;
         Ok(Interest {

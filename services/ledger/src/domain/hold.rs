@@ -249,7 +249,10 @@ pub fn plan_capture(hold: &Hold, amount: i64, remainder: Remainder) -> Result<Ca
     if amount > hold.held {
         return Err((
             "hold.capture_exceeds_held",
-            format!("capture of {amount} exceeds the {} still held by hold {}", hold.held, hold.hold_id),
+            format!(
+                "capture of {amount} exceeds the {} still held by hold {}",
+                hold.held, hold.hold_id
+            ),
         ));
     }
     let rest = hold.held - amount;
@@ -289,7 +292,10 @@ mod tests {
     fn placements_are_validated_and_fingerprinted() {
         let hold = input().validate(now()).unwrap();
         assert_eq!(hold.fingerprint(), hold.clone().fingerprint());
-        let other = NewHold { amount: 101, ..hold.clone() };
+        let other = NewHold {
+            amount: 101,
+            ..hold.clone()
+        };
         assert_ne!(hold.fingerprint(), other.fingerprint());
         let bad = PlaceHoldInput {
             hold_id: String::new(),
@@ -337,18 +343,27 @@ mod tests {
             },
         };
         let keep = plan_capture(&hold, 30, Remainder::Keep).unwrap();
-        assert_eq!((keep.released, keep.held_after, keep.status_after), (0, 70, HoldStatus::Active));
+        assert_eq!(
+            (keep.released, keep.held_after, keep.status_after),
+            (0, 70, HoldStatus::Active)
+        );
         let release = plan_capture(&hold, 30, Remainder::Release).unwrap();
         assert_eq!(
             (release.released, release.held_after, release.status_after),
             (70, 0, HoldStatus::Captured)
         );
-        assert_eq!(plan_capture(&hold, 101, Remainder::Keep).unwrap_err().0, "hold.capture_exceeds_held");
+        assert_eq!(
+            plan_capture(&hold, 101, Remainder::Keep).unwrap_err().0,
+            "hold.capture_exceeds_held"
+        );
         let ended = Hold {
             status: HoldStatus::Released,
             held: 0,
             ..hold
         };
-        assert_eq!(plan_capture(&ended, 1, Remainder::Keep).unwrap_err().0, "hold.not_active");
+        assert_eq!(
+            plan_capture(&ended, 1, Remainder::Keep).unwrap_err().0,
+            "hold.not_active"
+        );
     }
 }

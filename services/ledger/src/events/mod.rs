@@ -33,21 +33,21 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use fintech_platform::kafka::consumer::{BatchFailure, ConsumedEvent, EventHandler, HandlerError, consume_span};
 use fintech_platform::kafka::transactional::TransactionalHandler;
-use fintech_proto::accounts;
-use sqlx::PgConnection;
 use fintech_platform::outbox::OutboxEvent;
+use fintech_proto::accounts;
 use fintech_proto::ledger as pb;
 use fintech_proto::payments;
 use fintech_proto::tax::{TaxReversal, TaxedTransaction};
 use fintech_proto::topics;
+use sqlx::PgConnection;
 
+use crate::app::accounts::CacheError;
 use crate::app::posting::{BatchPosting, Inbox, Ledger, PostError, PostOutcome};
 use crate::domain::cash::{CashMovement, CashStatus};
-use crate::domain::tax::{Direction, TaxResult, TaxResultInput};
-use crate::app::accounts::CacheError;
 use crate::domain::customer::{CustomerAccountInput, InterestInput};
 use crate::domain::hold::Hold;
 use crate::domain::tax::SystemAccount;
+use crate::domain::tax::{Direction, TaxResult, TaxResultInput};
 use crate::domain::{CustomerState, Freeze, LedgerError, NewEntry, PostedEntry};
 use crate::storage;
 use tracing::Instrument as _;
@@ -161,7 +161,11 @@ fn customer_account_of(account: &accounts::Account) -> CustomerAccountInput {
         Ok(accounts::AccountState::Closed) => Some(CustomerState::Closed),
         Ok(accounts::AccountState::Unspecified) | Err(_) => None,
     };
-    let freeze = match account.freeze.as_ref().map(|freeze| accounts::FreezeKind::try_from(freeze.kind)) {
+    let freeze = match account
+        .freeze
+        .as_ref()
+        .map(|freeze| accounts::FreezeKind::try_from(freeze.kind))
+    {
         None | Some(Ok(accounts::FreezeKind::Unspecified)) => Some(Freeze::None),
         Some(Ok(accounts::FreezeKind::Debits)) => Some(Freeze::Debits),
         Some(Ok(accounts::FreezeKind::Credits)) => Some(Freeze::Credits),

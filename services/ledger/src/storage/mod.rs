@@ -420,12 +420,12 @@ pub async fn list_accounts(
     rows.iter().map(account_from_row).collect()
 }
 
+/// `(balance, version, updated_at, held)` of a balance projection.
+pub type BalanceRow = (i64, i64, DateTime<Utc>, i64);
+
 /// The current balance projection of an account: `(balance, version, updated_at, held)`.
 #[tracing::instrument(skip(conn))]
-pub async fn current_balance(
-    conn: &mut PgConnection,
-    account_id: Uuid,
-) -> anyhow::Result<Option<(i64, i64, DateTime<Utc>, i64)>> {
+pub async fn current_balance(conn: &mut PgConnection, account_id: Uuid) -> anyhow::Result<Option<BalanceRow>> {
     let row = sqlx::query("SELECT balance, version, updated_at, held FROM ledger_balances WHERE account_id = $1")
         .bind(account_id)
         .fetch_optional(conn)
