@@ -396,7 +396,7 @@ async fn rejected_entries_are_named_and_change_nothing() {
                 "unknown-account",
                 vec![line(&cash, pb::Side::Debit, 5), line(&unknown, pb::Side::Credit, 5)],
             ),
-            "ACCOUNT_NOT_FOUND",
+            "account.unknown",
         ),
         (
             entry("foreign-currency", vec![line(&cash, pb::Side::Debit, 5), foreign]),

@@ -1,15 +1,22 @@
 //! Runs the ledger service in-process on a free port, with its own database and its own topics
 //! (`test.<uuid>.tax.calculated`, `test.<uuid>.ledger.entry_posted`, …) on the shared broker.
 
+use std::time::Duration;
+
 use fintech_ledger::{LedgerConfig, LedgerService};
+use fintech_platform::CancellationToken;
 use fintech_platform::config::PlatformConfig;
+use fintech_platform::kafka::{EventMetadata, EventProducer};
 use fintech_platform::kit::Service as _;
+use fintech_platform::telemetry::TraceHeaders;
+use fintech_proto::accounts;
 use fintech_proto::ledger as pb;
 use fintech_proto::ledger::ledger_service_client::LedgerServiceClient;
+use prost::Message as _;
 
-use crate::TestDb;
 use crate::service::Channel;
 use crate::service::{ServiceHarness, unique_prefix};
+use crate::{TestDb, kafka_bootstrap};
 
 /// A running ledger service.
 pub type LedgerHarness = ServiceHarness<LedgerServiceClient<Channel>>;
@@ -117,5 +124,245 @@ pub fn line(account: &pb::Account, side: pb::Side, amount: i64) -> pb::EntryLine
         side: side as i32,
         amount,
         currency: account.currency.clone(),
+    }
+}
+
+/// A ledger run on a database the test owns (so it can be stopped and started again on the same
+/// data: a restart).
+#[derive(Debug)]
+pub struct LedgerInstance {
+    /// A connected client.
+    pub client: LedgerServiceClient<Channel>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl LedgerInstance {
+    /// Starts the ledger on `db` and the topics of `prefix` (created if missing).
+    pub async fn start(db: &TestDb, prefix: &str, configure: impl FnOnce(&mut LedgerConfig)) -> Self {
+        let bootstrap = kafka_bootstrap();
+        crate::service::create_prefixed_topics(&bootstrap, prefix, &fintech_ledger::events::TOPICS).await;
+        let mut config = config(
+            crate::service::platform_config("ledger", &db.url, &bootstrap),
+            db,
+            prefix,
+        );
+        configure(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(LedgerService::run(config, listener, shutdown.clone()));
+        let client = LedgerServiceClient::new(crate::service::connect(&address).await);
+        Self { client, shutdown, task }
+    }
+
+    /// Stops it gracefully; panics unless it returns `Ok` within 30 s.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("ledger stops within 30s")
+            .expect("ledger task")
+            .expect("ledger returns Ok");
+    }
+}
+
+/// The accounts service's state of a customer account, as `accounts.opened` / `accounts.updated`
+/// carry it.
+pub fn customer_account(
+    account_id: &str,
+    version: i64,
+    state: accounts::AccountState,
+    freeze: Option<accounts::FreezeKind>,
+    overdraft_limit: i64,
+) -> accounts::Account {
+    let now = prost_types::Timestamp {
+        seconds: chrono::Utc::now().timestamp(),
+        nanos: 0,
+    };
+    accounts::Account {
+        account_id: account_id.to_owned(),
+        customer_id: "cust-ledger-test".to_owned(),
+        product: accounts::Product::Current as i32,
+        currency: "EUR".to_owned(),
+        state: state as i32,
+        freeze: freeze.map(|kind| accounts::Freeze {
+            kind: kind as i32,
+            reason: "case 42".to_owned(),
+            frozen_at: Some(now),
+        }),
+        overdraft_limit,
+        opened_at: Some(now),
+        updated_at: Some(now),
+        closed_at: None,
+        version,
+        last_customer_movement_at: None,
+    }
+}
+
+/// Produces events to the ledger's topics as the accounts service would (CloudEvents headers,
+/// record key = account id).
+#[derive(Debug)]
+pub struct AccountsProducer {
+    producer: EventProducer,
+    prefix: String,
+}
+
+impl AccountsProducer {
+    /// A producer onto the topics of `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            producer: EventProducer::new(&kafka_bootstrap(), "test-accounts", Duration::from_secs(20))
+                .expect("producer"),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    async fn send(
+        &self,
+        topic: &fintech_proto::topics::Topic,
+        key: &str,
+        payload: &[u8],
+        type_name: &str,
+        ce_id: &str,
+    ) {
+        let metadata = EventMetadata {
+            id: ce_id.to_owned(),
+            event_type: topic.ce_type().to_owned(),
+            source: "/fintech/accounts".to_owned(),
+            time: chrono::Utc::now(),
+            subject: Some(key.to_owned()),
+            payload_type: type_name.to_owned(),
+            trace: TraceHeaders::default(),
+        };
+        self.producer
+            .send_event(&format!("{}{}", self.prefix, topic.name), key, payload, &metadata)
+            .await
+            .expect("produce");
+    }
+
+    /// Publishes `account` on `accounts.opened` (version 1) or `accounts.updated`, under the event
+    /// id `ce_id`.
+    pub async fn account(&self, account: &accounts::Account, ce_id: &str) {
+        let topic = if account.version == 1 {
+            &fintech_proto::topics::ACCOUNTS_OPENED
+        } else {
+            &fintech_proto::topics::ACCOUNTS_UPDATED
+        };
+        self.send(
+            topic,
+            &account.account_id,
+            &account.encode_to_vec(),
+            "fintech.accounts.v1.Account",
+            ce_id,
+        )
+        .await;
+    }
+
+    /// Publishes `posting` on `accounts.interest_posted` under the event id `ce_id`.
+    pub async fn interest(&self, posting: &accounts::InterestPosting, ce_id: &str) {
+        self.send(
+            &fintech_proto::topics::ACCOUNTS_INTEREST_POSTED,
+            &posting.account_id,
+            &posting.encode_to_vec(),
+            "fintech.accounts.v1.InterestPosting",
+            ce_id,
+        )
+        .await;
+    }
+}
+
+/// Waits (up to 60 s) until the ledger's cache holds `version` of `account_id`.
+pub async fn wait_for_cached_version(db: &TestDb, account_id: &str, version: i64) {
+    let id: uuid::Uuid = account_id.parse().expect("uuid");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // An error before the service migrated its tables: not there yet.
+        let cached: Option<i64> = sqlx::query_scalar("SELECT version FROM ledger_account_cache WHERE account_id = $1")
+            .bind(id)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap_or_default();
+        if cached == Some(version) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "account {account_id} never reached version {version} in the cache (at {cached:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (up to 60 s) until consumer `consumer` recorded `count` events.
+pub async fn wait_for_processed(db: &TestDb, consumer: &str, count: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer = $1")
+            .bind(consumer)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or_default();
+        if processed >= count {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{consumer} processed {processed} of {count} events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The precondition types of a FAILED_PRECONDITION status.
+pub fn violation_types(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_precondition_failure()
+        .map(|failure| {
+            failure
+                .violations
+                .into_iter()
+                .map(|violation| violation.r#type)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A PlaceHold request expiring in an hour.
+pub fn hold_request(hold_id: &str, account: &str, amount: i64) -> pb::PlaceHoldRequest {
+    pb::PlaceHoldRequest {
+        hold_id: hold_id.to_owned(),
+        account_id: account.to_owned(),
+        amount,
+        currency: "EUR".to_owned(),
+        expires_at: Some(prost_types::Timestamp {
+            seconds: chrono::Utc::now().timestamp() + 3600,
+            nanos: 0,
+        }),
+        reason: format!("test hold {hold_id}"),
+    }
+}
+
+/// Every event of an account's stream, oldest first.
+pub async fn all_events(client: &LedgerServiceClient<Channel>, account_id: &str) -> Vec<pb::AccountEvent> {
+    let mut events = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .clone()
+            .list_account_events(pb::ListAccountEventsRequest {
+                account_id: account_id.to_owned(),
+                page_size: 500,
+                page_token: token,
+            })
+            .await
+            .expect("list events")
+            .into_inner();
+        events.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return events;
+        }
+        token = page.next_page_token;
     }
 }

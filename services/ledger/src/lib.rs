@@ -1,6 +1,9 @@
 //! Ledger: an event-sourced double-entry ledger. Serves `fintech.ledger.v1.LedgerService`, posts
 //! the entry of every `tax.calculated` event, and publishes every posted entry on
-//! `ledger.entry_posted` through the transactional outbox.
+//! `ledger.entry_posted` through the transactional outbox. Holds reserve money in the account's
+//! stream (placed, captured by an entry, released or expired, each at most once) and lower its
+//! available balance; customer accounts are opened and controlled (freezes, closure, overdraft)
+//! from the accounts service's events, kept in the ledger's own cache (ADR 0022).
 //!
 //! ```text
 //!  PostEntry ──┐                      one transaction per attempt
@@ -15,7 +18,9 @@
 //! - [`config`]: environment variables;
 //! - [`grpc`]: the tonic service (decode, call, encode) and the one error-to-status mapping;
 //! - [`app`]: the use cases; [`app::posting`] is the posting protocol (transaction, ordered locks,
-//!   expected versions, retries) that gRPC and the consumer both call;
+//!   expected versions, retries) that gRPC and the consumers call, captures included;
+//!   [`app::holds`] places, releases and expires holds on the same terms; [`app::accounts`] keeps
+//!   the account cache;
 //! - [`domain`]: accounts, entries and their rules, streams, hash chain, folds, tax postings
 //!   (no I/O);
 //! - [`storage`]: the SQL;
@@ -37,6 +42,7 @@ use std::sync::Arc;
 
 use fintech_platform::CancellationToken;
 use fintech_platform::config::PlatformConfig;
+use fintech_platform::kafka::transactional::InTransaction;
 use fintech_platform::kit::{Kit, Service};
 use fintech_proto::ledger::ledger_service_server::LedgerServiceServer;
 use sqlx::migrate::Migrator;
@@ -69,7 +75,9 @@ impl Service for LedgerService {
 
     /// Runs the ledger on `listener` until `shutdown` fires: the gRPC service, the consumer of the
     /// tax results (unless `TAX_CONSUMER_ENABLED=false`), the consumer of payments' transactions
-    /// for the cash they moved (unless `CASH_CONSUMER_ENABLED=false`) and the outbox relays.
+    /// for the cash they moved (unless `CASH_CONSUMER_ENABLED=false`), the account cache and the
+    /// interest postings of the accounts service (`ACCOUNTS_CONSUMER_ENABLED`,
+    /// `INTEREST_CONSUMER_ENABLED`), the hold expiry job and the outbox relays.
     async fn run(config: LedgerConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut kit = Kit::start(&config.platform, &MIGRATOR).await?;
         let ledger = Arc::new(posting::Ledger::new(
@@ -94,7 +102,29 @@ impl Service for LedgerService {
                 Arc::new(events::CashPostingHandler::new(ledger.clone())),
             );
         }
-        kit.grpc(LedgerServiceServer::new(grpc::LedgerGrpc::new(ledger)))
+        if config.accounts_consumer_enabled {
+            let pool = kit.pool().clone();
+            kit = kit.consumer(
+                events::ACCOUNT_CACHE_CONSUMER,
+                &[events::ACCOUNTS_OPENED, events::ACCOUNTS_UPDATED],
+                events::DEAD_LETTER,
+                Arc::new(InTransaction::new(pool, events::AccountCacheHandler)),
+            );
+        }
+        if config.interest_consumer_enabled {
+            kit = kit.consumer(
+                events::INTEREST_CONSUMER,
+                &[events::ACCOUNTS_INTEREST_POSTED],
+                events::DEAD_LETTER,
+                Arc::new(events::InterestHandler::new(ledger.clone())),
+            );
+        }
+        let expiry = {
+            let (ledger, interval) = (ledger.clone(), config.hold_expiry_interval);
+            move |stop| app::holds::run_expiry(ledger, interval, stop)
+        };
+        kit.job("hold-expiry", expiry)
+            .grpc(LedgerServiceServer::new(grpc::LedgerGrpc::new(ledger)))
             .serve(listener, shutdown)
             .await
     }

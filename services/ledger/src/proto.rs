@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use fintech_proto::ledger as pb;
 
 use crate::domain::account::OverdraftKind;
+use crate::domain::hold::{Hold, HoldStatus, Remainder};
 use crate::domain::stream::{EventBody, StoredEvent};
 use crate::domain::{Account, AccountType, BalanceView, EntryInput, LineInput, OverdraftPolicy, PostedEntry, Side};
 
@@ -89,7 +90,73 @@ pub fn account_to_wire(account: &Account, version: i64) -> pb::Account {
         system: account.system,
         created_at: Some(timestamp(account.created_at)),
         version,
-        ..Default::default()
+        customer_id: account
+            .customer
+            .as_ref()
+            .map(|customer| customer.customer_id.clone())
+            .unwrap_or_default(),
+    }
+}
+
+impl From<HoldStatus> for pb::HoldStatus {
+    fn from(status: HoldStatus) -> Self {
+        match status {
+            HoldStatus::Active => Self::Active,
+            HoldStatus::Captured => Self::Captured,
+            HoldStatus::Released => Self::Released,
+            HoldStatus::Expired => Self::Expired,
+        }
+    }
+}
+
+/// The hold status of a wire value: `Ok(None)` for UNSPECIFIED, `Err(raw)` for an unknown one.
+pub fn hold_status_from_wire(raw: i32) -> Result<Option<HoldStatus>, i32> {
+    match pb::HoldStatus::try_from(raw) {
+        Ok(pb::HoldStatus::Unspecified) => Ok(None),
+        Ok(pb::HoldStatus::Active) => Ok(Some(HoldStatus::Active)),
+        Ok(pb::HoldStatus::Captured) => Ok(Some(HoldStatus::Captured)),
+        Ok(pb::HoldStatus::Released) => Ok(Some(HoldStatus::Released)),
+        Ok(pb::HoldStatus::Expired) => Ok(Some(HoldStatus::Expired)),
+        Err(_) => Err(raw),
+    }
+}
+
+/// The remainder rule of a wire value: `Ok(None)` for UNSPECIFIED, `Err(raw)` for an unknown one.
+pub fn remainder_from_wire(raw: i32) -> Result<Option<Remainder>, i32> {
+    match pb::CaptureRemainder::try_from(raw) {
+        Ok(pb::CaptureRemainder::Unspecified) => Ok(None),
+        Ok(pb::CaptureRemainder::Release) => Ok(Some(Remainder::Release)),
+        Ok(pb::CaptureRemainder::Keep) => Ok(Some(Remainder::Keep)),
+        Err(_) => Err(raw),
+    }
+}
+
+/// The wire form of a hold, with the account's balances after its last change.
+pub fn hold_to_wire(hold: &Hold) -> pb::Hold {
+    pb::Hold {
+        hold_id: hold.hold_id.clone(),
+        account_id: hold.account_id.to_string(),
+        currency: hold.currency.clone(),
+        amount: hold.amount,
+        held: hold.held,
+        captured: hold.captured,
+        status: pb::HoldStatus::from(hold.status) as i32,
+        reason: hold.reason.clone(),
+        expires_at: Some(timestamp(hold.expires_at)),
+        placed_at: Some(timestamp(hold.placed_at)),
+        updated_at: Some(timestamp(hold.updated_at)),
+        release_reason: hold.release_reason.clone(),
+        capture_entry_ids: hold.capture_entry_ids.clone(),
+        balance: Some(pb::Balance {
+            account_id: hold.account_id.to_string(),
+            currency: hold.currency.clone(),
+            balance: hold.balance.balance,
+            version: hold.balance.version,
+            updated_at: Some(timestamp(hold.balance.updated_at)),
+            held: hold.balance.held,
+            available: hold.balance.available,
+        }),
+        version: hold.version,
     }
 }
 
@@ -101,7 +168,8 @@ impl From<&BalanceView> for pb::Balance {
             balance: balance.balance,
             version: balance.version,
             updated_at: Some(timestamp(balance.updated_at)),
-            ..Default::default()
+            held: balance.held,
+            available: balance.available,
         }
     }
 }
@@ -135,7 +203,8 @@ impl From<&PostedEntry> for pb::Entry {
                     version: append.version,
                     hash: append.hash.clone(),
                     balance_after: append.balance_after,
-                    ..Default::default()
+                    held_after: append.held_after,
+                    available_after: append.available_after,
                 })
                 .collect(),
         }
@@ -190,6 +259,29 @@ pub fn event_to_wire(event: &StoredEvent) -> Result<pb::AccountEvent, String> {
                 balance_after: posted.balance_after,
             })
         }
+        EventBody::HoldPlaced(placed) => pb::account_event::Body::HoldPlaced(pb::HoldPlaced {
+            expires_at: chrono::DateTime::parse_from_rfc3339(&placed.expires_at)
+                .map(|at| timestamp(at.with_timezone(&chrono::Utc)))
+                .ok(),
+            hold_id: placed.hold_id,
+            amount: placed.amount,
+            reason: placed.reason,
+            held_after: placed.held_after,
+        }),
+        EventBody::HoldCaptured(captured) => pb::account_event::Body::HoldCaptured(pb::HoldCaptured {
+            hold_id: captured.hold_id,
+            entry_id: captured.entry_id,
+            amount: captured.amount,
+            released: captured.released,
+            held_after: captured.held_after,
+        }),
+        EventBody::HoldReleased(released) => pb::account_event::Body::HoldReleased(pb::HoldReleased {
+            hold_id: released.hold_id,
+            amount: released.amount,
+            expired: released.expired,
+            reason: released.reason,
+            held_after: released.held_after,
+        }),
     };
     Ok(pb::AccountEvent {
         account_id: event.stream_id.to_string(),

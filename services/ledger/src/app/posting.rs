@@ -56,20 +56,26 @@ use sqlx::{PgConnection, PgPool};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::domain::stream::{AccountOpened, EntryPosted, EventBody, GENESIS_HASH, PostedLine, StoredEvent};
+use crate::domain::hold::{HoldStatus, Remainder, plan_capture};
+use crate::domain::stream::{
+    AccountOpened, EntryPosted, EventBody, GENESIS_HASH, HoldCapturedEvent, PostedLine, StoredEvent,
+};
 use crate::domain::tax::SystemAccount;
-use crate::domain::{Account, Append, LedgerError, NewEntry, PostedEntry, Violations, now, plan_posting};
+use crate::domain::{
+    Account, Append, LedgerError, NewEntry, PostedEntry, Precondition, Side, Violations, now, plan_posting,
+};
 use crate::events::{self, SOURCE, Topics};
 use crate::storage::{self, AppendOutcome, Write};
+use sha2::Digest as _;
 
 /// Idempotency scope of PostEntry (entries posted from events share it, so an entry id means one
 /// entry whichever way it arrived).
 pub const POST_ENTRY_SCOPE: &str = "/fintech.ledger.v1.LedgerService/PostEntry";
 /// SQLSTATE of a detected deadlock.
 /// First backoff after a conflict; doubles up to [`MAX_BACKOFF`], with full jitter.
-const FIRST_BACKOFF: Duration = Duration::from_millis(2);
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 /// Longest backoff between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_millis(200);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 /// How postings run.
 #[derive(Debug, Clone)]
@@ -122,6 +128,37 @@ pub enum PostOutcome {
     Replayed(pb::PostEntryResponse),
     /// The consumed event was processed before: nothing done.
     AlreadyProcessed,
+    /// A hold was captured now ([`Ledger::capture`]).
+    Captured(Box<pb::CaptureHoldResponse>),
+    /// The capture was made before with the same content: the first response.
+    CaptureReplayed(Box<pb::CaptureHoldResponse>),
+}
+
+/// What a capture asks of its hold besides the entry ([`Ledger::capture`]).
+#[derive(Debug, Clone)]
+pub struct CaptureSpec {
+    /// The hold.
+    pub hold_id: String,
+    /// Amount captured; the entry debits the held account by exactly this.
+    pub amount: i64,
+    /// What happens to the rest.
+    pub remainder: Remainder,
+}
+
+impl CaptureSpec {
+    fn fingerprint(&self, entry: &NewEntry) -> String {
+        let remainder = match self.remainder {
+            Remainder::Release => "release",
+            Remainder::Keep => "keep",
+        };
+        let canonical = format!(
+            "capture\n{}\n{}\n{}\n{remainder}",
+            entry.fingerprint(),
+            self.hold_id,
+            self.amount
+        );
+        hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
+    }
 }
 
 /// Why a posting failed.
@@ -184,6 +221,16 @@ impl Ledger {
         &self.pool
     }
 
+    /// How postings retry and lock.
+    pub fn settings(&self) -> &PostingSettings {
+        &self.settings
+    }
+
+    /// The topics it publishes on.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
     /// The shared idempotency store.
     pub fn idempotency(&self) -> &IdempotencyStore {
         &self.idempotency
@@ -193,17 +240,38 @@ impl Ledger {
     /// is recorded in the same transaction and an event seen before posts nothing.
     #[tracing::instrument(name = "ledger.post", skip_all, fields(entry_id = %entry.entry_id, attempts = tracing::field::Empty))]
     pub async fn post(&self, entry: &NewEntry, inbox: Option<Inbox<'_>>) -> Result<PostOutcome, PostError> {
+        self.run(entry, inbox, None).await
+    }
+
+    /// Captures a hold with `entry` (whose lines debit the held account by exactly
+    /// `capture.amount`): the entry, the `HoldCaptured` event right after its posting in the held
+    /// account's stream, the hold's new state and both outbox events in one transaction, with the
+    /// posting protocol's locks and retries. Idempotent by entry id.
+    #[tracing::instrument(name = "ledger.capture", skip_all, fields(entry_id = %entry.entry_id, hold_id = %capture.hold_id))]
+    pub async fn capture(&self, entry: &NewEntry, capture: &CaptureSpec) -> Result<PostOutcome, PostError> {
+        self.run(entry, None, Some(capture)).await
+    }
+
+    async fn run(
+        &self,
+        entry: &NewEntry,
+        inbox: Option<Inbox<'_>>,
+        capture: Option<&CaptureSpec>,
+    ) -> Result<PostOutcome, PostError> {
         let key = IdempotencyKey::parse(&entry.entry_id).map_err(|error| {
             let mut violations = Violations::default();
             violations.add("entry_id", error.to_string());
             LedgerError::Invalid(violations)
         })?;
-        let fingerprint = entry.fingerprint();
+        let fingerprint = capture.map_or_else(|| entry.fingerprint(), |capture| capture.fingerprint(entry));
         let account_ids = entry.account_ids();
         let attempts = self.settings.max_attempts.max(1);
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=attempts {
-            match self.attempt(entry, &key, &fingerprint, &account_ids, inbox).await? {
+            match self
+                .attempt(entry, &key, &fingerprint, &account_ids, inbox, capture)
+                .await?
+            {
                 Attempt::Done(outcome) => {
                     tracing::Span::current().record("attempts", attempt);
                     return Ok(outcome);
@@ -229,6 +297,7 @@ impl Ledger {
         fingerprint: &str,
         account_ids: &[Uuid],
         inbox: Option<Inbox<'_>>,
+        capture: Option<&CaptureSpec>,
     ) -> Result<Attempt, PostError> {
         let mut transaction = match self.pool.begin().await {
             Ok(transaction) => transaction,
@@ -236,7 +305,7 @@ impl Ledger {
         };
         let outcome = match self.set_lock_timeout(&mut transaction).await {
             Ok(()) => {
-                self.attempt_in(&mut transaction, entry, key, fingerprint, account_ids, inbox)
+                self.attempt_in(&mut transaction, entry, key, fingerprint, account_ids, inbox, capture)
                     .await
             }
             Err(error) => classify(error),
@@ -256,7 +325,7 @@ impl Ledger {
     }
 
     /// Bounds every lock wait of the current transaction by `lock_timeout`.
-    async fn set_lock_timeout(&self, conn: &mut PgConnection) -> anyhow::Result<()> {
+    pub(crate) async fn set_lock_timeout(&self, conn: &mut PgConnection) -> anyhow::Result<()> {
         let timeout = format!("{}ms", self.settings.lock_timeout.as_millis().max(1));
         // A request's deadline bounds every statement of the posting too (ADR 0017).
         let statement_timeout = fintech_platform::grpc::deadline::remaining()
@@ -312,6 +381,7 @@ impl Ledger {
                     &entry.fingerprint(),
                     &entry.account_ids(),
                     Some(posting.inbox),
+                    None,
                 )
                 .instrument(posting.span.clone())
                 .await?;
@@ -326,6 +396,7 @@ impl Ledger {
                         PostOutcome::AlreadyProcessed => {
                             tracing::info!(ce_id = %posting.inbox.event_id, "event already processed");
                         }
+                        PostOutcome::Captured(_) | PostOutcome::CaptureReplayed(_) => {}
                     }
                 }
                 Attempt::Retry(reason) => {
@@ -343,6 +414,8 @@ impl Ledger {
         Ok(())
     }
 
+    // The protocol's inputs, each needed by a different step; bundling them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt_in(
         &self,
         conn: &mut PgConnection,
@@ -351,6 +424,7 @@ impl Ledger {
         fingerprint: &str,
         account_ids: &[Uuid],
         inbox: Option<Inbox<'_>>,
+        capture: Option<&CaptureSpec>,
     ) -> Result<Attempt, PostError> {
         if let Some(inbox) = inbox {
             match mark_processed(conn, inbox.consumer, inbox.event_id).await {
@@ -361,6 +435,12 @@ impl Ledger {
         }
         match self.idempotency.claim(conn, POST_ENTRY_SCOPE, key, fingerprint).await {
             Ok(Claim::New) => {}
+            Ok(Claim::Replay(encoded)) if capture.is_some() => {
+                let response = pb::CaptureHoldResponse::decode(encoded.as_slice())
+                    .context("stored CaptureHold response does not decode")
+                    .map_err(LedgerError::Internal)?;
+                return Ok(Attempt::Done(PostOutcome::CaptureReplayed(Box::new(response))));
+            }
             Ok(Claim::Replay(encoded)) => {
                 let response = pb::PostEntryResponse::decode(encoded.as_slice())
                     .context("stored PostEntry response does not decode")
@@ -373,9 +453,9 @@ impl Ledger {
             Err(error) => return Err(error.into()),
         }
 
-        let result = self.append(conn, entry, key, account_ids).await;
+        let result = self.append(conn, entry, key, account_ids, capture).await;
         match result {
-            Ok(Ok(response)) => Ok(Attempt::Done(PostOutcome::Posted(response))),
+            Ok(Ok(outcome)) => Ok(Attempt::Done(outcome)),
             Ok(Err(reason)) => Ok(Attempt::Retry(reason)),
             Err(PostError::Ledger(LedgerError::Internal(error))) => classify(error),
             Err(error) => Err(error),
@@ -385,19 +465,21 @@ impl Ledger {
     /// Steps 2-5 of the protocol: everything under the stream locks. The response and the
     /// `ledger.entry_posted` event follow from the locked state and the plan, so they are built
     /// before the append and written by the same statement: one locking read, one write, the
-    /// commit. `Ok(Err(reason))` asks for a retry.
+    /// commit. With `capture`, the hold's row is locked after the streams, checked, and its
+    /// `HoldCaptured` event, new state and `ledger.hold_captured` are written after the entry.
+    /// `Ok(Err(reason))` asks for a retry.
     async fn append(
         &self,
         conn: &mut PgConnection,
         entry: &NewEntry,
         key: &IdempotencyKey,
         account_ids: &[Uuid],
-    ) -> Result<Result<pb::PostEntryResponse, String>, PostError> {
+        capture: Option<&CaptureSpec>,
+    ) -> Result<Result<PostOutcome, String>, PostError> {
         // Locks (in the global order) and reads the current heads and balances in one statement.
-        let states = storage::account_states(conn, account_ids, self.settings.lock_streams)
+        let mut states = storage::account_states(conn, account_ids, self.settings.lock_streams)
             .await
             .map_err(LedgerError::Internal)?;
-        let plan = plan_posting(entry, &states)?;
         // Never earlier than any affected stream's last event: as-of-time reads stay prefixes.
         let posted_at = states
             .values()
@@ -405,6 +487,51 @@ impl Ledger {
             .chain([now()])
             .max()
             .unwrap_or_else(now);
+        let captured = match capture {
+            None => None,
+            Some(spec) => {
+                let hold = storage::holds::get_hold(conn, &spec.hold_id, true)
+                    .await
+                    .map_err(LedgerError::Internal)?
+                    .ok_or_else(|| LedgerError::HoldNotFound(spec.hold_id.clone()))?;
+                let rejected = |kind: &'static str, description: String| {
+                    LedgerError::Rejected(vec![Precondition {
+                        kind,
+                        subject: "hold_id".to_owned(),
+                        description,
+                    }])
+                };
+                let plan = plan_capture(&hold, spec.amount, spec.remainder)
+                    .map_err(|(kind, description)| rejected(kind, description))?;
+                let debited: i64 = entry
+                    .lines
+                    .iter()
+                    .filter(|line| line.account_id == hold.account_id && line.side == Side::Debit)
+                    .map(|line| line.amount)
+                    .sum();
+                let credited = entry
+                    .lines
+                    .iter()
+                    .any(|line| line.account_id == hold.account_id && line.side == Side::Credit);
+                if debited != spec.amount || credited {
+                    return Err(LedgerError::Invalid(Violations::single(
+                        "lines",
+                        format!(
+                            "must debit the held account {} by exactly {} (and not credit it), debit {debited}",
+                            hold.account_id, spec.amount
+                        ),
+                    ))
+                    .into());
+                }
+                let state = states
+                    .get_mut(&hold.account_id)
+                    .ok_or_else(|| LedgerError::Internal(anyhow::anyhow!("held account not locked")))?;
+                // The capture's posting already counts the capture: what is held after both.
+                state.held -= plan.amount + plan.released;
+                Some((hold, plan))
+            }
+        };
+        let plan = plan_posting(entry, &states)?;
 
         let events: Vec<StoredEvent> = plan
             .iter()
@@ -425,6 +552,8 @@ impl Ledger {
                         })
                         .collect(),
                     balance_after: posting.balance_after,
+                    held_after: Some(posting.held_after),
+                    available_after: Some(posting.available_after),
                 });
                 StoredEvent::chained(
                     posting.account_id,
@@ -442,6 +571,7 @@ impl Ledger {
                 event,
                 expected_version: posting.expected_version,
                 balance_after: posting.balance_after,
+                held_after: posting.held_after,
             })
             .collect();
         let appends: Vec<Append> = plan
@@ -452,6 +582,8 @@ impl Ledger {
                 version: event.version,
                 hash: event.hash.clone(),
                 balance_after: posting.balance_after,
+                held_after: posting.held_after,
+                available_after: posting.available_after,
             })
             .collect();
 
@@ -463,28 +595,85 @@ impl Ledger {
             posted_at,
             appends,
         };
-        let balances = posted
+        // The hold's event right after the capture's posting in the held account's stream.
+        let hold_change = captured.as_ref().and_then(|(hold, capture_plan)| {
+            let (index, posting) = plan
+                .iter()
+                .enumerate()
+                .find(|(_, posting)| posting.account_id == hold.account_id)?;
+            let event = StoredEvent::chained(
+                hold.account_id,
+                posting.expected_version + 2,
+                &events[index].hash,
+                posted_at,
+                &EventBody::HoldCaptured(HoldCapturedEvent {
+                    hold_id: hold.hold_id.clone(),
+                    entry_id: entry.entry_id.clone(),
+                    amount: capture_plan.amount,
+                    released: capture_plan.released,
+                    held_after: posting.held_after,
+                    available_after: posting.available_after,
+                }),
+            );
+            let mut after = hold.clone();
+            after.held = capture_plan.held_after;
+            after.captured += capture_plan.amount;
+            after.status = capture_plan.status_after;
+            after.capture_entry_ids.push(entry.entry_id.clone());
+            after.version += 1;
+            after.updated_at = posted_at;
+            after.balance = crate::domain::hold::HoldBalance {
+                balance: posting.balance_after,
+                held: posting.held_after,
+                available: posting.available_after,
+                version: event.version,
+                updated_at: posted_at,
+            };
+            Some((event, after, *capture_plan))
+        });
+        if captured.is_some() && hold_change.is_none() {
+            return Err(LedgerError::Internal(anyhow::anyhow!("the capture did not touch the held account")).into());
+        }
+        let balances: Vec<pb::Balance> = posted
             .appends
             .iter()
-            .map(|append| pb::Balance {
-                account_id: append.account_id.to_string(),
-                currency: states[&append.account_id].account.currency.as_str().to_owned(),
-                balance: append.balance_after,
-                version: append.version,
-                updated_at: Some(crate::proto::timestamp(posted_at)),
-                ..Default::default()
+            .map(|append| {
+                let version = match &hold_change {
+                    Some((event, _, _)) if event.stream_id == append.account_id => event.version,
+                    _ => append.version,
+                };
+                pb::Balance {
+                    account_id: append.account_id.to_string(),
+                    currency: states[&append.account_id].account.currency.as_str().to_owned(),
+                    balance: append.balance_after,
+                    version,
+                    updated_at: Some(crate::proto::timestamp(posted_at)),
+                    held: append.held_after,
+                    available: append.available_after,
+                }
             })
             .collect();
-        let response = pb::PostEntryResponse {
-            entry: Some(pb::Entry::from(&posted)),
-            balances,
+        let entry_wire = pb::Entry::from(&posted);
+        let event = events::entry_posted(&self.topics, &entry_wire, posted.posted_at);
+        let (outcome, encoded) = match &hold_change {
+            None => {
+                let response = pb::PostEntryResponse {
+                    entry: Some(entry_wire),
+                    balances,
+                };
+                let encoded = response.encode_to_vec();
+                (PostOutcome::Posted(response), encoded)
+            }
+            Some((_, after, _)) => {
+                let response = pb::CaptureHoldResponse {
+                    hold: Some(crate::proto::hold_to_wire(after)),
+                    entry: Some(entry_wire),
+                    balances,
+                };
+                let encoded = response.encode_to_vec();
+                (PostOutcome::Captured(Box::new(response)), encoded)
+            }
         };
-        let event = events::entry_posted(
-            &self.topics,
-            response.entry.as_ref().unwrap_or(&pb::Entry::default()),
-            posted.posted_at,
-        );
-        let encoded = response.encode_to_vec();
         let effects = storage::EntryEffects {
             outbox: OutboxRow::new(SOURCE, &event),
             idempotency_scope: POST_ENTRY_SCOPE,
@@ -508,7 +697,38 @@ impl Ledger {
             }
             AppendOutcome::EntryExists => return Err(LedgerError::EntryAlreadyPosted(entry.entry_id.clone()).into()),
         }
-        Ok(Ok(response))
+        if let Some((hold_event, after, capture_plan)) = &hold_change {
+            let internal = |error: anyhow::Error| PostError::Ledger(LedgerError::Internal(error));
+            if !storage::holds::append_hold_event(conn, hold_event, hold_event.version - 1, after.balance.held)
+                .await
+                .map_err(internal)?
+            {
+                return Ok(Err("the held account's stream moved during the capture".to_owned()));
+            }
+            if !storage::holds::update_hold(conn, after).await.map_err(internal)? {
+                return Ok(Err("the hold changed during the capture".to_owned()));
+            }
+            storage::holds::insert_capture(
+                conn,
+                &entry.entry_id,
+                &after.hold_id,
+                capture_plan.amount,
+                capture_plan.released,
+                posted_at,
+            )
+            .await
+            .map_err(internal)?;
+            if after.status != HoldStatus::Active {
+                storage::holds::insert_ending(conn, &after.hold_id, after.status, posted_at, hold_event.version)
+                    .await
+                    .map_err(internal)?;
+            }
+            let hold_event = events::hold_changed(&self.topics, after, events::HoldChange::Captured);
+            fintech_platform::outbox::enqueue(conn, SOURCE, &hold_event)
+                .await
+                .map_err(|error| internal(anyhow::Error::new(error).context("queue hold_captured")))?;
+        }
+        Ok(Ok(outcome))
     }
 
     /// Opens `account` (stream, opening event, projections) in the caller's transaction;
@@ -583,6 +803,14 @@ impl Ledger {
 
 /// A retry for conflicts, serialization failures, deadlocks and lock timeouts; an internal error
 /// otherwise.
+/// Whether `error` is a conflict that a new attempt may not meet again.
+pub(crate) fn is_conflict(error: &anyhow::Error) -> bool {
+    matches!(
+        DbFault::in_chain(error.as_ref()),
+        Some(DbFault::Conflict | DbFault::UniqueViolation(_))
+    )
+}
+
 fn classify(error: anyhow::Error) -> Result<Attempt, PostError> {
     match DbFault::in_chain(error.as_ref()) {
         Some(DbFault::Conflict | DbFault::UniqueViolation(_)) => Ok(Attempt::Retry(format!("{error:#}"))),

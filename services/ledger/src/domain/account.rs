@@ -118,7 +118,91 @@ pub enum OverdraftKind {
     Unlimited,
 }
 
-/// An account of the ledger. Its attributes never change after it is opened.
+/// Lifecycle state of a customer account, as the accounts service last published it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CustomerState {
+    /// Open.
+    Active,
+    /// Open, no customer movement for a while (postings are accepted).
+    Dormant,
+    /// Terminal: refuses every posting and hold.
+    Closed,
+}
+
+impl CustomerState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Dormant => "dormant",
+            Self::Closed => "closed",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn from_stored(value: &str) -> Option<Self> {
+        [Self::Active, Self::Dormant, Self::Closed]
+            .into_iter()
+            .find(|state| state.as_str() == value)
+    }
+}
+
+/// What a freeze blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freeze {
+    /// Nothing.
+    None,
+    /// Debits (money out) and holds.
+    Debits,
+    /// Credits (money in).
+    Credits,
+    /// Both directions.
+    Both,
+}
+
+impl Freeze {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Debits => "debits",
+            Self::Credits => "credits",
+            Self::Both => "both",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn from_stored(value: &str) -> Option<Self> {
+        [Self::None, Self::Debits, Self::Credits, Self::Both]
+            .into_iter()
+            .find(|freeze| freeze.as_str() == value)
+    }
+
+    /// Whether lines of `side` are refused (for a credit-normal customer account: debit = out).
+    pub fn blocks(self, side: Side) -> bool {
+        matches!(
+            (self, side),
+            (Self::Both, _) | (Self::Debits, Side::Debit) | (Self::Credits, Side::Credit)
+        )
+    }
+}
+
+/// The accounts service's state of a customer account, enforced on every posting and hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerControls {
+    /// The owning customer.
+    pub customer_id: String,
+    /// Lifecycle state.
+    pub state: CustomerState,
+    /// The freeze in force.
+    pub freeze: Freeze,
+}
+
+/// Code prefix of the customer accounts the ledger opens from the accounts service's events.
+pub const CUSTOMER_PREFIX: &str = "customer:";
+
+/// An account of the ledger. Its type and currency never change after it is opened; a customer
+/// account's controls and overdraft follow the accounts service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     /// Server-assigned id; also the id of its stream.
@@ -137,9 +221,18 @@ pub struct Account {
     pub system: bool,
     /// When it was opened.
     pub created_at: DateTime<Utc>,
+    /// For a customer account: the accounts service's state of it.
+    pub customer: Option<CustomerControls>,
 }
 
 impl Account {
+    /// What may still be spent or held: `balance + overdraft_limit - held` (`balance - held` for
+    /// an unlimited account).
+    pub fn available(&self, balance: i64, held: i64) -> i64 {
+        let floor = self.overdraft.floor().unwrap_or(0);
+        balance.saturating_sub(floor).saturating_sub(held)
+    }
+
     /// The change of this account's balance by `amount` on `side`: `+amount` on the normal side.
     pub fn signed(&self, side: Side, amount: i64) -> i64 {
         if side == self.account_type.normal_side() {
@@ -196,6 +289,14 @@ impl CreateAccount {
             violations.add(
                 "code",
                 format!("the {SYSTEM_PREFIX:?} prefix is reserved for system accounts"),
+            );
+        }
+        if self.code.to_ascii_lowercase().starts_with(CUSTOMER_PREFIX) {
+            violations.add(
+                "code",
+                format!(
+                    "the {CUSTOMER_PREFIX:?} prefix is reserved: customer accounts are opened by the accounts service"
+                ),
             );
         }
         let name_len = self.name.chars().count();
@@ -262,6 +363,7 @@ impl CreateAccount {
                 overdraft,
                 system: false,
                 created_at: now,
+                customer: None,
             }),
             _ => Err(LedgerError::Invalid(violations)),
         }

@@ -36,7 +36,34 @@ pub const MAX_LINE_AMOUNT: i64 = 1_000_000_000_000_000;
 pub const MAX_ABS_BALANCE: i64 = 100_000_000_000_000_000;
 /// Entry-id prefixes only the ledger's own event handlers write (`tax:<transaction id>`,
 /// `tax-reversal:<transaction id>`, and those of the services to come); `PostEntry` refuses them.
-pub const RESERVED_ENTRY_PREFIXES: [&str; 6] = ["tax:", "tax-reversal:", "transfer:", "hold:", "system:", "ledger:"];
+pub const RESERVED_ENTRY_PREFIXES: [&str; 7] = [
+    "tax:",
+    "tax-reversal:",
+    "transfer:",
+    "hold:",
+    "system:",
+    "ledger:",
+    "interest:",
+];
+/// Entry-id prefix of the interest the accounts service posts (`interest:<account>:<YYYY-MM>`).
+pub const INTEREST_PREFIX: &str = "interest:";
+
+/// Precondition types of the accounts contract (CONTRACT-accounts): an account the ledger has
+/// never seen, a closed one, a freeze in the line's direction, available going below zero.
+pub mod rules {
+    /// No account has this id.
+    pub const UNKNOWN: &str = "account.unknown";
+    /// The customer account is closed.
+    pub const CLOSED: &str = "account.closed";
+    /// The customer account refuses debits (money out, holds).
+    pub const FROZEN_DEBITS: &str = "account.frozen.debits";
+    /// The customer account refuses credits (money in).
+    pub const FROZEN_CREDITS: &str = "account.frozen.credits";
+    /// A customer account's available balance would go below zero.
+    pub const OVERDRAFT_LIMIT: &str = "account.overdraft_limit";
+    /// Any other account would go below its floor (available below zero).
+    pub const LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
+}
 
 /// Whether `entry_id` is in a namespace of the ledger's own event handlers.
 pub fn is_reserved_entry_id(entry_id: &str) -> bool {
@@ -253,6 +280,12 @@ impl EntryInput {
 }
 
 impl NewEntry {
+    /// Whether this is the interest the accounts service posted: booked regardless of a freeze
+    /// (only the ledger's consumer writes `interest:` ids; PostEntry refuses them).
+    pub fn is_interest(&self) -> bool {
+        self.entry_id.starts_with(INTEREST_PREFIX) && self.metadata.get("kind").is_some_and(|kind| kind == "interest")
+    }
+
     /// The accounts the entry touches, sorted (the order streams are locked and appended in).
     pub fn account_ids(&self) -> Vec<Uuid> {
         let mut ids: Vec<Uuid> = self.lines.iter().map(|line| line.account_id).collect();
@@ -293,6 +326,8 @@ pub struct AccountState {
     pub account: Account,
     /// Current balance (projection of events 1..version).
     pub balance: i64,
+    /// Sum of the active holds (for a capture: after the capture).
+    pub held: i64,
     /// Current stream version.
     pub version: i64,
     /// Hash of the stream's last event.
@@ -316,6 +351,10 @@ pub struct StreamPosting {
     pub balance_before: i64,
     /// Balance after the entry.
     pub balance_after: i64,
+    /// Active holds after the entry.
+    pub held_after: i64,
+    /// Available after the entry.
+    pub available_after: i64,
 }
 
 /// Checks `entry` against the accounts it touches and computes each stream's append, ordered by
@@ -328,10 +367,12 @@ pub fn plan_posting(
 ) -> Result<Vec<StreamPosting>, LedgerError> {
     let mut broken = Vec::new();
     let mut postings: BTreeMap<Uuid, StreamPosting> = BTreeMap::new();
+    let mut reported: std::collections::HashSet<(Uuid, &'static str)> = std::collections::HashSet::new();
+    let interest = entry.is_interest();
     for (index, line) in entry.lines.iter().enumerate() {
         let Some(state) = accounts.get(&line.account_id) else {
             broken.push(Precondition {
-                kind: "ACCOUNT_NOT_FOUND",
+                kind: rules::UNKNOWN,
                 subject: format!("lines[{index}].account_id"),
                 description: format!("account {} does not exist", line.account_id),
             });
@@ -348,6 +389,28 @@ pub fn plan_posting(
             });
             continue;
         }
+        if let Some(customer) = &state.account.customer {
+            let refusal = if customer.state == super::account::CustomerState::Closed {
+                Some((rules::CLOSED, "is closed"))
+            } else if !interest && customer.freeze.blocks(line.side) {
+                Some(match line.side {
+                    Side::Debit => (rules::FROZEN_DEBITS, "is frozen for debits"),
+                    Side::Credit => (rules::FROZEN_CREDITS, "is frozen for credits"),
+                })
+            } else {
+                None
+            };
+            if let Some((kind, what)) = refusal {
+                if reported.insert((line.account_id, kind)) {
+                    broken.push(Precondition {
+                        kind,
+                        subject: format!("lines[{index}].account_id"),
+                        description: format!("account {} {what}", state.account.code),
+                    });
+                }
+                continue;
+            }
+        }
         let posting = postings.entry(line.account_id).or_insert_with(|| StreamPosting {
             account_id: line.account_id,
             expected_version: state.version,
@@ -355,6 +418,8 @@ pub fn plan_posting(
             lines: Vec::new(),
             balance_before: state.balance,
             balance_after: state.balance,
+            held_after: state.held,
+            available_after: state.account.available(state.balance, state.held),
         });
         posting.lines.push((index, line.side, line.amount));
     }
@@ -384,16 +449,22 @@ pub fn plan_posting(
             continue;
         }
         posting.balance_after = balance;
+        posting.available_after = state.account.available(balance, posting.held_after);
         if let Some(floor) = state.account.overdraft.floor()
-            && balance < floor
+            && posting.available_after < 0
             && balance < posting.balance_before
         {
+            let kind = if state.account.customer.is_some() {
+                rules::OVERDRAFT_LIMIT
+            } else {
+                rules::LIMIT_EXCEEDED
+            };
             broken.push(Precondition {
-                kind: "LIMIT_EXCEEDED",
+                kind,
                 subject: posting.account_id.to_string(),
                 description: format!(
-                    "account {} would go to {balance}, below its limit of {floor} {}",
-                    state.account.code, state.account.currency
+                    "account {} would go to {balance} with {} held, below its limit of {floor} {}",
+                    state.account.code, posting.held_after, state.account.currency
                 ),
             });
         }
@@ -416,6 +487,10 @@ pub struct Append {
     pub hash: String,
     /// The account's balance after the entry.
     pub balance_after: i64,
+    /// Active holds after the entry.
+    pub held_after: i64,
+    /// Available after the entry.
+    pub available_after: i64,
 }
 
 /// A posted entry, as returned and published.
@@ -462,6 +537,8 @@ impl PostedEntry {
                 version: event.version,
                 hash: event.hash.clone(),
                 balance_after: posted.balance_after,
+                held_after: posted.held_after.unwrap_or(0),
+                available_after: posted.available_after.unwrap_or(posted.balance_after),
             });
             expected_lines = posted.line_count;
             header.get_or_insert((posted.entry_id, posted.description, posted.metadata, event.occurred_at));
@@ -506,6 +583,10 @@ pub struct BalanceView {
     pub version: i64,
     /// Time of the last event included.
     pub updated_at: DateTime<Utc>,
+    /// Sum of the active holds.
+    pub held: i64,
+    /// What may still be spent or held.
+    pub available: i64,
 }
 
 #[cfg(test)]
@@ -526,8 +607,10 @@ mod tests {
                 overdraft,
                 system: false,
                 created_at: now(),
+                customer: None,
             },
             balance: 0,
+            held: 0,
             version: 1,
             head_hash: "0".repeat(64),
             updated_at: now(),
@@ -660,7 +743,7 @@ mod tests {
         match plan_posting(&posted, &accounts) {
             Err(LedgerError::Rejected(broken)) => {
                 let kinds: Vec<_> = broken.iter().map(|rule| rule.kind).collect();
-                assert_eq!(kinds, ["ACCOUNT_NOT_FOUND", "CURRENCY_MISMATCH"]);
+                assert_eq!(kinds, ["account.unknown", "CURRENCY_MISMATCH"]);
             }
             other => panic!("expected rejection, got {other:?}"),
         }

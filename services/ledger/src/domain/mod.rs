@@ -5,11 +5,13 @@
 
 pub mod account;
 pub mod cash;
+pub mod customer;
 pub mod entry;
+pub mod hold;
 pub mod stream;
 pub mod tax;
 
-pub use account::{Account, AccountType, CreateAccount, OverdraftPolicy};
+pub use account::{Account, AccountType, CreateAccount, CustomerControls, CustomerState, Freeze, OverdraftPolicy};
 pub use entry::{
     AccountState, Append, BalanceView, EntryInput, Line, LineInput, NewEntry, PostedEntry, Side, StreamPosting,
     plan_posting,
@@ -44,6 +46,9 @@ pub enum LedgerError {
     /// The account named by the request does not exist (NOT_FOUND).
     #[error("account {0} not found")]
     AccountNotFound(String),
+    /// No hold has this id (NOT_FOUND).
+    #[error("hold {0} not found")]
+    HoldNotFound(String),
     /// No entry has this id (NOT_FOUND).
     #[error("entry {0} not found")]
     EntryNotFound(String),

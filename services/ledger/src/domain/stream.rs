@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::account::{Account, AccountType, OverdraftPolicy};
+use super::account::{Account, AccountType, CustomerControls, CustomerState, Freeze, OverdraftPolicy};
 use super::entry::Side;
 
 /// `previous_hash` of the first event of every stream.
@@ -29,6 +29,12 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 pub const ACCOUNT_OPENED: &str = "ledger.account.opened";
 /// Event type of an entry's effect on one account.
 pub const ENTRY_POSTED: &str = "ledger.entry.posted";
+/// Event type of a hold placed on the account.
+pub const HOLD_PLACED: &str = "ledger.hold.placed";
+/// Event type of a hold captured (right after the capturing entry's posting).
+pub const HOLD_CAPTURED: &str = "ledger.hold.captured";
+/// Event type of a hold released or expired.
+pub const HOLD_RELEASED: &str = "ledger.hold.released";
 
 /// Payload of [`ACCOUNT_OPENED`]: the account's attributes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +55,10 @@ pub struct AccountOpened {
     pub overdraft_limit: i64,
     /// Created by the ledger itself.
     pub system: bool,
+    /// The customer of an account opened from the accounts service's events (absent otherwise,
+    /// and in every event written before customer accounts existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
 }
 
 impl From<&Account> for AccountOpened {
@@ -62,6 +72,7 @@ impl From<&Account> for AccountOpened {
             overdraft_policy: account.overdraft.as_str().to_owned(),
             overdraft_limit: account.overdraft.limit(),
             system: account.system,
+            customer_id: account.customer.as_ref().map(|customer| customer.customer_id.clone()),
         }
     }
 }
@@ -80,6 +91,12 @@ impl AccountOpened {
                 .ok_or_else(|| format!("unknown overdraft policy {:?}", self.overdraft_policy))?,
             system: self.system,
             created_at,
+            // As opened; the current controls live in `ledger_accounts`.
+            customer: self.customer_id.as_ref().map(|customer_id| CustomerControls {
+                customer_id: customer_id.clone(),
+                state: CustomerState::Active,
+                freeze: Freeze::None,
+            }),
         })
     }
 }
@@ -120,6 +137,65 @@ pub struct EntryPosted {
     pub lines: Vec<PostedLine>,
     /// The account's balance after the entry (informative; folds recompute it from the lines).
     pub balance_after: i64,
+    /// The sum of the account's active holds after the entry (a capture's posting already
+    /// counts the capture); absent in events written before holds existed (then 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_after: Option<i64>,
+    /// `balance_after + overdraft_limit - held_after` with the limit in force when it was
+    /// written; absent in events written before holds existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_after: Option<i64>,
+}
+
+/// Payload of [`HOLD_PLACED`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldPlacedEvent {
+    /// The hold.
+    pub hold_id: String,
+    /// Amount placed.
+    pub amount: i64,
+    /// When it expires (RFC 3339, microseconds).
+    pub expires_at: String,
+    /// Why.
+    pub reason: String,
+    /// Sum of the account's active holds after the event.
+    pub held_after: i64,
+    /// The account's available balance after the event.
+    pub available_after: i64,
+}
+
+/// Payload of [`HOLD_CAPTURED`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldCapturedEvent {
+    /// The hold.
+    pub hold_id: String,
+    /// The capturing entry (whose posting is the previous event of the stream).
+    pub entry_id: String,
+    /// Amount captured.
+    pub amount: i64,
+    /// Amount released with the capture.
+    pub released: i64,
+    /// Sum of the account's active holds after the event.
+    pub held_after: i64,
+    /// The account's available balance after the event.
+    pub available_after: i64,
+}
+
+/// Payload of [`HOLD_RELEASED`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldReleasedEvent {
+    /// The hold.
+    pub hold_id: String,
+    /// Amount released.
+    pub amount: i64,
+    /// Released by the expiry job.
+    pub expired: bool,
+    /// Why.
+    pub reason: String,
+    /// Sum of the account's active holds after the event.
+    pub held_after: i64,
+    /// The account's available balance after the event.
+    pub available_after: i64,
 }
 
 /// What an event says happened.
@@ -129,6 +205,12 @@ pub enum EventBody {
     AccountOpened(AccountOpened),
     /// An entry touched the account.
     EntryPosted(EntryPosted),
+    /// A hold was placed.
+    HoldPlaced(HoldPlacedEvent),
+    /// A hold was captured.
+    HoldCaptured(HoldCapturedEvent),
+    /// A hold was released or expired.
+    HoldReleased(HoldReleasedEvent),
 }
 
 impl EventBody {
@@ -137,6 +219,20 @@ impl EventBody {
         match self {
             Self::AccountOpened(_) => ACCOUNT_OPENED,
             Self::EntryPosted(_) => ENTRY_POSTED,
+            Self::HoldPlaced(_) => HOLD_PLACED,
+            Self::HoldCaptured(_) => HOLD_CAPTURED,
+            Self::HoldReleased(_) => HOLD_RELEASED,
+        }
+    }
+
+    /// `(held_after, available_after)` as recorded by the event, when it records them.
+    pub fn holds_after(&self) -> Option<(i64, Option<i64>)> {
+        match self {
+            Self::AccountOpened(_) => None,
+            Self::EntryPosted(posted) => posted.held_after.map(|held| (held, posted.available_after)),
+            Self::HoldPlaced(placed) => Some((placed.held_after, Some(placed.available_after))),
+            Self::HoldCaptured(captured) => Some((captured.held_after, Some(captured.available_after))),
+            Self::HoldReleased(released) => Some((released.held_after, Some(released.available_after))),
         }
     }
 
@@ -145,6 +241,9 @@ impl EventBody {
         let encoded = match self {
             Self::AccountOpened(opened) => serde_json::to_value(opened),
             Self::EntryPosted(posted) => serde_json::to_value(posted),
+            Self::HoldPlaced(placed) => serde_json::to_value(placed),
+            Self::HoldCaptured(captured) => serde_json::to_value(captured),
+            Self::HoldReleased(released) => serde_json::to_value(released),
         };
         // Plain structs of strings, integers and string maps always serialize.
         encoded.unwrap_or(serde_json::Value::Null)
@@ -159,6 +258,15 @@ impl EventBody {
             ENTRY_POSTED => serde_json::from_value(payload.clone())
                 .map(Self::EntryPosted)
                 .map_err(|error| format!("payload is not a valid posting: {error}")),
+            HOLD_PLACED => serde_json::from_value(payload.clone())
+                .map(Self::HoldPlaced)
+                .map_err(|error| format!("payload is not a valid hold placement: {error}")),
+            HOLD_CAPTURED => serde_json::from_value(payload.clone())
+                .map(Self::HoldCaptured)
+                .map_err(|error| format!("payload is not a valid hold capture: {error}")),
+            HOLD_RELEASED => serde_json::from_value(payload.clone())
+                .map(Self::HoldReleased)
+                .map_err(|error| format!("payload is not a valid hold release: {error}")),
             other => Err(format!("unknown event type {other:?}")),
         }
     }
@@ -166,7 +274,7 @@ impl EventBody {
     /// The entry a posting belongs to.
     pub fn entry_id(&self) -> Option<&str> {
         match self {
-            Self::AccountOpened(_) => None,
+            Self::AccountOpened(_) | Self::HoldPlaced(_) | Self::HoldCaptured(_) | Self::HoldReleased(_) => None,
             Self::EntryPosted(posted) => Some(&posted.entry_id),
         }
     }
@@ -302,10 +410,17 @@ pub fn fold_balance(account: &Account, events: &[StoredEvent]) -> Result<(i64, i
     Ok(fold.result())
 }
 
-/// [`fold_balance`] one event at a time (streams read in pages with bounded memory).
+/// [`fold_balance`] one event at a time (streams read in pages with bounded memory), with the
+/// holds: the sum of the active holds is recomputed from the hold events (placed +amount,
+/// captured -(amount + released), released -amount; a capture's posting already counts its
+/// capture, as recorded in its `held_after`) and checked against what each event recorded.
 #[derive(Debug, Clone, Copy)]
 pub struct BalanceFold {
     balance: i64,
+    held: i64,
+    /// The available balance the last event recorded (None: compute from the opening limit).
+    recorded_available: Option<i64>,
+    opening_floor: Option<i64>,
     version: i64,
     updated_at: DateTime<Utc>,
 }
@@ -315,6 +430,9 @@ impl BalanceFold {
     pub fn new(account: &Account) -> Self {
         Self {
             balance: 0,
+            held: 0,
+            recorded_available: None,
+            opening_floor: account.overdraft.floor(),
             version: 0,
             updated_at: account.created_at,
         }
@@ -322,13 +440,56 @@ impl BalanceFold {
 
     /// Folds the next event in.
     pub fn apply(&mut self, account: &Account, event: &StoredEvent) -> Result<(), String> {
-        if let EventBody::EntryPosted(posted) = event.body()? {
-            for line in &posted.lines {
-                self.balance = self
-                    .balance
-                    .checked_add(account.signed(line.side()?, line.amount))
-                    .ok_or_else(|| format!("balance overflows at version {}", event.version))?;
+        let body = event.body()?;
+        match &body {
+            EventBody::AccountOpened(opened) => {
+                let limit = opened.overdraft_limit;
+                self.opening_floor = OverdraftPolicy::from_stored(&opened.overdraft_policy, limit)
+                    .ok_or_else(|| format!("unknown overdraft policy {:?}", opened.overdraft_policy))?
+                    .floor();
             }
+            EventBody::EntryPosted(posted) => {
+                for line in &posted.lines {
+                    self.balance = self
+                        .balance
+                        .checked_add(account.signed(line.side()?, line.amount))
+                        .ok_or_else(|| format!("balance overflows at version {}", event.version))?;
+                }
+                if let Some(held) = posted.held_after {
+                    // A capture's posting lowers what is held by the capture it is for.
+                    if held > self.held || held < 0 {
+                        return Err(format!(
+                            "posting at version {} records {held} held after {} (a posting never raises holds)",
+                            event.version, self.held
+                        ));
+                    }
+                    self.held = held;
+                }
+            }
+            EventBody::HoldPlaced(placed) => {
+                self.held = self
+                    .held
+                    .checked_add(placed.amount)
+                    .ok_or_else(|| format!("holds overflow at version {}", event.version))?;
+            }
+            EventBody::HoldCaptured(captured) => {
+                // Counted by the capture's posting right before it when that recorded it.
+                if self.held != captured.held_after {
+                    self.held -= captured.amount + captured.released;
+                }
+            }
+            EventBody::HoldReleased(released) => self.held -= released.amount,
+        }
+        if let Some((held, available)) = body.holds_after() {
+            if held != self.held {
+                return Err(format!(
+                    "event {} records {held} held, the fold of the hold events gives {}",
+                    event.version, self.held
+                ));
+            }
+            self.recorded_available = available;
+        } else {
+            self.recorded_available = None;
         }
         self.version = event.version;
         self.updated_at = event.occurred_at;
@@ -338,6 +499,17 @@ impl BalanceFold {
     /// `(balance, version, time of the last event)`.
     pub fn result(&self) -> (i64, i64, DateTime<Utc>) {
         (self.balance, self.version, self.updated_at)
+    }
+
+    /// `(held, available)` after the events folded: the available balance as the last event
+    /// recorded it (with the overdraft limit then in force), or from the opening limit.
+    pub fn holds(&self) -> (i64, i64) {
+        let available = self.recorded_available.unwrap_or_else(|| {
+            self.balance
+                .saturating_sub(self.opening_floor.unwrap_or(0))
+                .saturating_sub(self.held)
+        });
+        (self.held, available)
     }
 }
 
@@ -486,6 +658,7 @@ mod tests {
             overdraft: OverdraftPolicy::Unlimited,
             system: false,
             created_at: now(),
+            customer: None,
         }
     }
 
@@ -502,6 +675,8 @@ mod tests {
                 currency: "EUR".to_owned(),
             }],
             balance_after: 0,
+            held_after: None,
+            available_after: None,
         })
     }
 

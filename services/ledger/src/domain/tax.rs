@@ -167,6 +167,17 @@ impl SystemAccount {
         }
     }
 
+    /// The interest the business pays on savings, in `currency` (expense), debited by every
+    /// `accounts.interest_posted` entry.
+    pub fn interest_expense(currency: &Currency) -> Self {
+        Self {
+            code: format!("{SYSTEM_PREFIX}interest-expense:{currency}"),
+            name: format!("Interest expense {currency}"),
+            account_type: AccountType::Expense,
+            currency: currency.clone(),
+        }
+    }
+
     /// The revenue account of `currency`.
     pub fn revenue(currency: &Currency) -> Self {
         Self {
@@ -199,6 +210,7 @@ impl SystemAccount {
             overdraft: OverdraftPolicy::Unlimited,
             system: true,
             created_at: now,
+            customer: None,
         }
     }
 }

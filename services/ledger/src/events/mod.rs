@@ -18,22 +18,37 @@
 //! - Consumes `transactions.created` / `transactions.updated` (`fintech.payments.v1.Transaction`)
 //!   and posts the cash a payment moved: `capture:<id>` when it succeeded, `refund:<id>` when it
 //!   was refunded ([`crate::domain::cash`], ADR 0016).
+//! - Consumes `accounts.opened` / `accounts.updated` (`fintech.accounts.v1.Account`, full state)
+//!   into its own cache, highest version wins, opening the account's stream when first seen
+//!   ([`crate::app::accounts`], ADR 0022), in the kit's transactional inbox.
+//! - Consumes `accounts.interest_posted` and books one entry per posting id (debit
+//!   `system:interest-expense:<ccy>`, credit the savings account); an account not known yet is
+//!   a transient failure (its `accounts.opened` may still be on its way).
+//! - Publishes every change of a hold, with the hold's full state, on `ledger.hold_placed`,
+//!   `ledger.hold_captured`, `ledger.hold_released` and `ledger.hold_expired` (key: account id).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use fintech_platform::kafka::consumer::{BatchFailure, ConsumedEvent, EventHandler, HandlerError, consume_span};
+use fintech_platform::kafka::transactional::TransactionalHandler;
 use fintech_platform::outbox::OutboxEvent;
+use fintech_proto::accounts;
 use fintech_proto::ledger as pb;
 use fintech_proto::payments;
 use fintech_proto::tax::{TaxReversal, TaxedTransaction};
 use fintech_proto::topics;
+use sqlx::PgConnection;
 
+use crate::app::accounts::CacheError;
 use crate::app::posting::{BatchPosting, Inbox, Ledger, PostError, PostOutcome};
 use crate::domain::cash::{CashMovement, CashStatus};
+use crate::domain::customer::{CustomerAccountInput, InterestInput};
+use crate::domain::hold::Hold;
+use crate::domain::tax::SystemAccount;
 use crate::domain::tax::{Direction, TaxResult, TaxResultInput};
-use crate::domain::{LedgerError, NewEntry, PostedEntry};
+use crate::domain::{CustomerState, Freeze, LedgerError, NewEntry, PostedEntry};
 use crate::storage;
 use tracing::Instrument as _;
 
@@ -55,15 +70,32 @@ pub const DEAD_LETTER: &str = topics::LEDGER_DLQ.name;
 pub const TRANSACTIONS_CREATED: &str = topics::TRANSACTIONS_CREATED.name;
 /// Payments' changed transactions (captures, refunds), consumed for the cash they moved.
 pub const TRANSACTIONS_UPDATED: &str = topics::TRANSACTIONS_UPDATED.name;
+/// The accounts service's new accounts.
+pub const ACCOUNTS_OPENED: &str = topics::ACCOUNTS_OPENED.name;
+/// The accounts service's changed accounts.
+pub const ACCOUNTS_UPDATED: &str = topics::ACCOUNTS_UPDATED.name;
+/// The accounts service's monthly interest.
+pub const ACCOUNTS_INTEREST_POSTED: &str = topics::ACCOUNTS_INTEREST_POSTED.name;
 /// Every topic the ledger reads or writes.
-pub const TOPICS: [&str; 6] = [
+pub const TOPICS: [&str; 13] = [
     ENTRY_POSTED,
     TAX_CALCULATED,
     TAX_REVERSED,
     DEAD_LETTER,
     TRANSACTIONS_CREATED,
     TRANSACTIONS_UPDATED,
+    ACCOUNTS_OPENED,
+    ACCOUNTS_UPDATED,
+    ACCOUNTS_INTEREST_POSTED,
+    topics::LEDGER_HOLD_PLACED.name,
+    topics::LEDGER_HOLD_CAPTURED.name,
+    topics::LEDGER_HOLD_RELEASED.name,
+    topics::LEDGER_HOLD_EXPIRED.name,
 ];
+/// Consumer name of the account cache (`accounts.opened` / `accounts.updated`).
+pub const ACCOUNT_CACHE_CONSUMER: &str = "ledger.account-cache";
+/// Consumer name of the interest postings.
+pub const INTEREST_CONSUMER: &str = "ledger.interest-postings";
 /// Consumer name in `processed_events` (and suffix of the consumer group).
 pub const TAX_CONSUMER: &str = "ledger.tax-postings";
 /// Consumer name of the cash postings from payments' transaction events.
@@ -89,6 +121,178 @@ pub fn entry_posted(names: &Topics, entry: &pb::Entry, posted_at: DateTime<Utc>)
         entry,
         posted_at,
     )
+}
+
+/// Which change of a hold an event announces (its topic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldChange {
+    /// `ledger.hold_placed`.
+    Placed,
+    /// `ledger.hold_captured`.
+    Captured,
+    /// `ledger.hold_released`.
+    Released,
+    /// `ledger.hold_expired`.
+    Expired,
+}
+
+/// The outbox event carrying `hold`'s full state after `change` (key: the account id).
+pub fn hold_changed(names: &Topics, hold: &Hold, change: HoldChange) -> OutboxEvent {
+    let topic = match change {
+        HoldChange::Placed => &topics::LEDGER_HOLD_PLACED,
+        HoldChange::Captured => &topics::LEDGER_HOLD_CAPTURED,
+        HoldChange::Released => &topics::LEDGER_HOLD_RELEASED,
+        HoldChange::Expired => &topics::LEDGER_HOLD_EXPIRED,
+    };
+    OutboxEvent::of(
+        names.prefix(),
+        topic,
+        hold.account_id.to_string(),
+        &crate::proto::hold_to_wire(hold),
+        hold.updated_at,
+    )
+}
+
+/// The accounts service's account as the ledger reads it.
+fn customer_account_of(account: &accounts::Account) -> CustomerAccountInput {
+    let state = match accounts::AccountState::try_from(account.state) {
+        Ok(accounts::AccountState::Active) => Some(CustomerState::Active),
+        Ok(accounts::AccountState::Dormant) => Some(CustomerState::Dormant),
+        Ok(accounts::AccountState::Closed) => Some(CustomerState::Closed),
+        Ok(accounts::AccountState::Unspecified) | Err(_) => None,
+    };
+    let freeze = match account
+        .freeze
+        .as_ref()
+        .map(|freeze| accounts::FreezeKind::try_from(freeze.kind))
+    {
+        None | Some(Ok(accounts::FreezeKind::Unspecified)) => Some(Freeze::None),
+        Some(Ok(accounts::FreezeKind::Debits)) => Some(Freeze::Debits),
+        Some(Ok(accounts::FreezeKind::Credits)) => Some(Freeze::Credits),
+        Some(Ok(accounts::FreezeKind::Both)) => Some(Freeze::Both),
+        Some(Err(_)) => None,
+    };
+    CustomerAccountInput {
+        account_id: account.account_id.clone(),
+        customer_id: account.customer_id.clone(),
+        currency: account.currency.clone(),
+        state,
+        freeze,
+        overdraft_limit: account.overdraft_limit,
+        version: account.version,
+    }
+}
+
+/// Keeps the cache of the accounts service's accounts (`accounts.opened` / `accounts.updated`);
+/// run in the kit's transactional inbox (`InTransaction`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccountCacheHandler;
+
+#[async_trait]
+impl TransactionalHandler for AccountCacheHandler {
+    fn consumer(&self) -> &str {
+        ACCOUNT_CACHE_CONSUMER
+    }
+
+    #[tracing::instrument(name = "ledger.cache_account", skip_all, fields(account_id = tracing::field::Empty))]
+    async fn apply(&self, conn: &mut PgConnection, event: &ConsumedEvent) -> Result<(), HandlerError> {
+        let wire: accounts::Account = event.decode()?;
+        tracing::Span::current().record("account_id", wire.account_id.as_str());
+        let account = customer_account_of(&wire).validate().map_err(HandlerError::Permanent)?;
+        let payload = serde_json::json!({
+            "account_id": wire.account_id,
+            "customer_id": wire.customer_id,
+            "product": wire.product,
+            "currency": wire.currency,
+            "state": account.state.as_str(),
+            "freeze": account.freeze.as_str(),
+            "freeze_reason": wire.freeze.as_ref().map(|freeze| freeze.reason.clone()).unwrap_or_default(),
+            "overdraft_limit": wire.overdraft_limit,
+            "version": wire.version,
+        });
+        match crate::app::accounts::apply(conn, &account, &payload).await {
+            Ok(outcome) => {
+                tracing::debug!(?outcome, version = account.version, "account version applied");
+                Ok(())
+            }
+            Err(CacheError::Conflict(reason)) => Err(HandlerError::Permanent(reason)),
+            Err(CacheError::Internal(error)) => Err(HandlerError::classified(error)),
+        }
+    }
+}
+
+/// Books every `accounts.interest_posted` once.
+#[derive(Debug, Clone)]
+pub struct InterestHandler {
+    ledger: Arc<Ledger>,
+}
+
+impl InterestHandler {
+    /// A handler posting through `ledger`.
+    pub fn new(ledger: Arc<Ledger>) -> Self {
+        Self { ledger }
+    }
+}
+
+#[async_trait]
+impl EventHandler for InterestHandler {
+    #[tracing::instrument(name = "ledger.post_interest", skip_all, fields(posting_id = tracing::field::Empty))]
+    async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
+        let posting: accounts::InterestPosting = event.decode()?;
+        tracing::Span::current().record("posting_id", posting.posting_id.as_str());
+        let interest = InterestInput {
+            posting_id: posting.posting_id,
+            account_id: posting.account_id,
+            currency: posting.currency,
+            period: posting.period,
+            amount: posting.amount,
+        }
+        .validate()
+        .map_err(HandlerError::Permanent)?;
+        // Not known yet: its accounts.opened may still be on its way (another topic).
+        let known = {
+            let mut conn = self
+                .ledger
+                .pool()
+                .acquire()
+                .await
+                .map_err(HandlerError::unavailable_or_transient)?;
+            storage::get_account(&mut conn, interest.account_id)
+                .await
+                .map_err(HandlerError::unavailable_or_transient)?
+        };
+        match known {
+            None => {
+                return Err(HandlerError::transient(format!(
+                    "account {} is not known to the ledger yet",
+                    interest.account_id
+                )));
+            }
+            Some(account) if account.customer.is_none() => {
+                return Err(HandlerError::permanent(format!(
+                    "account {} is not a customer account",
+                    interest.account_id
+                )));
+            }
+            Some(_) => {}
+        }
+        let expense = SystemAccount::interest_expense(&interest.currency);
+        let accounts = self
+            .ledger
+            .ensure_system_accounts(std::slice::from_ref(&expense))
+            .await
+            .map_err(|error| HandlerError::unavailable_or_transient(error.context("opening system accounts")))?;
+        let expense_id = accounts
+            .get(&expense.code)
+            .copied()
+            .ok_or_else(|| HandlerError::transient(format!("system account {} was not opened", expense.code)))?;
+        let entry = interest.entry(expense_id).map_err(HandlerError::Permanent)?;
+        let inbox = Inbox {
+            consumer: INTEREST_CONSUMER,
+            event_id: &event.valid_metadata()?.id,
+        };
+        posted(&entry, Some(inbox), self.ledger.post(&entry, Some(inbox)).await)
+    }
 }
 
 /// Posts the entry of every `tax.calculated` event.
@@ -202,10 +406,11 @@ fn posted(
             tracing::info!(entry_id = %entry.entry_id, "posting recorded");
             Ok(())
         }
-        Ok(PostOutcome::Replayed(_)) => {
+        Ok(PostOutcome::Replayed(_) | PostOutcome::CaptureReplayed(_)) => {
             tracing::info!(entry_id = %entry.entry_id, "already posted, nothing to do");
             Ok(())
         }
+        Ok(PostOutcome::Captured(_)) => Ok(()),
         Ok(PostOutcome::AlreadyProcessed) => {
             tracing::info!(ce_id = inbox.map(|inbox| inbox.event_id), "event already processed");
             Ok(())

@@ -12,13 +12,16 @@ use sqlx::PgConnection;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::app::posting::{Ledger, PostOutcome};
+use crate::app::holds::HoldOutcome;
+use crate::app::posting::{CaptureSpec, Ledger, PostError, PostOutcome};
+use crate::domain::hold::{Hold, PlaceHoldInput, check_amount, check_hold_id, check_reason};
 use crate::domain::stream::{BalanceFold, StreamVerifier};
 use crate::domain::{
     self, BalanceView, CreateAccount, EntryInput, LedgerError, PostedEntry, Violations, page_size, require_id,
 };
 use crate::proto::{
-    account_to_wire, account_type_from_wire, event_to_wire, from_timestamp, overdraft_from_wire, timestamp,
+    account_to_wire, account_type_from_wire, event_to_wire, from_timestamp, hold_status_from_wire, hold_to_wire,
+    overdraft_from_wire, remainder_from_wire, timestamp,
 };
 use crate::storage::{self, Write};
 
@@ -73,7 +76,7 @@ async fn account_or_not_found(conn: &mut PgConnection, account_id: Uuid) -> Resu
 }
 
 async fn current_balance(conn: &mut PgConnection, account: &domain::Account) -> Result<BalanceView, LedgerError> {
-    let (balance, version, updated_at) = storage::current_balance(conn, account.account_id)
+    let (balance, version, updated_at, held) = storage::current_balance(conn, account.account_id)
         .await?
         .ok_or_else(|| LedgerError::AccountNotFound(account.account_id.to_string()))?;
     Ok(BalanceView {
@@ -82,7 +85,60 @@ async fn current_balance(conn: &mut PgConnection, account: &domain::Account) -> 
         balance,
         version,
         updated_at,
+        held,
+        available: account.available(balance, held),
     })
+}
+
+/// The refusal of what only the ledger's own handlers may write: reserved entry ids and lines on
+/// system accounts (PostEntry and CaptureHold alike).
+async fn check_not_reserved(grpc: &LedgerGrpc, entry: &domain::NewEntry) -> Result<(), Status> {
+    if domain::entry::is_reserved_entry_id(&entry.entry_id) {
+        return Err(Status::from(LedgerError::Reserved(format!(
+            "entry ids starting with {:?} are reserved for the ledger's own postings",
+            domain::entry::RESERVED_ENTRY_PREFIXES
+                .iter()
+                .find(|prefix| entry.entry_id.to_ascii_lowercase().starts_with(*prefix))
+                .copied()
+                .unwrap_or_default()
+        ))));
+    }
+    let account_ids = entry.account_ids();
+    let system_accounts = grpc
+        .read(async |conn| {
+            let states = storage::account_states(conn, &account_ids, false).await?;
+            Ok(states
+                .values()
+                .filter(|state| state.account.system)
+                .map(|state| state.account.code.clone())
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    if !system_accounts.is_empty() {
+        return Err(Status::from(LedgerError::Reserved(format!(
+            "system accounts are posted to only by the ledger's own event handlers: {}",
+            system_accounts.join(", ")
+        ))));
+    }
+    Ok(())
+}
+
+/// A hold operation's error as a status (a reused capture entry id is reported on `entry_id`).
+fn hold_status(error: PostError) -> Status {
+    Status::from(error)
+}
+
+/// Encodes a ListHolds keyset position.
+fn hold_token(hold: &Hold) -> String {
+    hex::encode(format!("{}|{}", hold.placed_at.timestamp_micros(), hold.hold_id))
+}
+
+/// Decodes a ListHolds keyset position.
+fn parse_hold_token(token: &str) -> Option<(chrono::DateTime<chrono::Utc>, String)> {
+    let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
+    let (micros, hold_id) = text.split_once('|')?;
+    let at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    Some((at, hold_id.to_owned()))
 }
 
 fn internal(reason: String) -> LedgerError {
@@ -261,33 +317,7 @@ impl LedgerService for LedgerGrpc {
         // conflict) and the system accounts (settlement, revenue, VAT payable). An account's
         // `system` flag never changes, so checking it before the posting's own locked read is
         // sound.
-        if domain::entry::is_reserved_entry_id(&entry.entry_id) {
-            return Err(Status::from(LedgerError::Reserved(format!(
-                "entry ids starting with {:?} are reserved for the ledger's own postings",
-                domain::entry::RESERVED_ENTRY_PREFIXES
-                    .iter()
-                    .find(|prefix| entry.entry_id.to_ascii_lowercase().starts_with(*prefix))
-                    .copied()
-                    .unwrap_or_default()
-            ))));
-        }
-        let account_ids = entry.account_ids();
-        let system_accounts = self
-            .read(async |conn| {
-                let states = storage::account_states(conn, &account_ids, false).await?;
-                Ok(states
-                    .values()
-                    .filter(|state| state.account.system)
-                    .map(|state| state.account.code.clone())
-                    .collect::<Vec<_>>())
-            })
-            .await?;
-        if !system_accounts.is_empty() {
-            return Err(Status::from(LedgerError::Reserved(format!(
-                "system accounts are posted to only by the ledger's own event handlers: {}",
-                system_accounts.join(", ")
-            ))));
-        }
+        check_not_reserved(self, &entry).await?;
         match self.ledger.post(&entry, None).await.map_err(Status::from)? {
             PostOutcome::Posted(response) => {
                 tracing::info!(lines = entry.lines.len(), "entry posted");
@@ -297,9 +327,9 @@ impl LedgerService for LedgerGrpc {
                 tracing::info!("entry posted before, first response returned");
                 Ok(Response::new(response))
             }
-            PostOutcome::AlreadyProcessed => Err(Status::from(internal(
-                "a gRPC posting has no consumed event".to_owned(),
-            ))),
+            PostOutcome::AlreadyProcessed | PostOutcome::Captured(_) | PostOutcome::CaptureReplayed(_) => Err(
+                Status::from(internal("a gRPC posting has no consumed event".to_owned())),
+            ),
         }
     }
 
@@ -379,6 +409,7 @@ impl LedgerService for LedgerGrpc {
                     }
                 }
                 let (balance, version, updated_at) = fold.result();
+                let (held, available) = if version > 0 { fold.holds() } else { (0, 0) };
                 Ok(pb::Balance {
                     account_id: account_id.to_string(),
                     currency: account.currency.as_str().to_owned(),
@@ -386,7 +417,8 @@ impl LedgerService for LedgerGrpc {
                     version,
                     // Before the account was opened there is no event to date the balance.
                     updated_at: (version > 0).then(|| timestamp(updated_at)),
-                    ..Default::default()
+                    held,
+                    available,
                 })
             })
             .await?;
@@ -476,27 +508,172 @@ impl LedgerService for LedgerGrpc {
         }))
     }
 
-    // PLACEHOLDER (wip/accounts): replaced by the ledger holds work before this lands.
-    async fn place_hold(&self, _: Request<pb::PlaceHoldRequest>) -> Result<Response<pb::PlaceHoldResponse>, Status> {
-        Err(Status::unimplemented("holds are not built yet"))
+    #[tracing::instrument(skip_all, fields(hold_id = %request.get_ref().hold_id))]
+    async fn place_hold(
+        &self,
+        request: Request<pb::PlaceHoldRequest>,
+    ) -> Result<Response<pb::PlaceHoldResponse>, Status> {
+        let request = request.into_inner();
+        let expires_at = request.expires_at.as_ref().and_then(from_timestamp);
+        let hold = PlaceHoldInput {
+            hold_id: request.hold_id,
+            account_id: request.account_id,
+            amount: request.amount,
+            currency: request.currency,
+            expires_at,
+            reason: request.reason,
+        }
+        .validate(domain::now())
+        .map_err(Status::from)?;
+        let outcome = self.ledger.place_hold(&hold).await.map_err(hold_status)?;
+        if let HoldOutcome::Changed(placed) = &outcome {
+            tracing::info!(account_id = %placed.account_id, amount = placed.amount, "hold placed");
+        }
+        Ok(Response::new(pb::PlaceHoldResponse {
+            hold: Some(hold_to_wire(outcome.hold())),
+        }))
     }
+
+    #[tracing::instrument(skip_all, fields(hold_id = %request.get_ref().hold_id, entry_id = %request.get_ref().entry_id))]
     async fn capture_hold(
         &self,
-        _: Request<pb::CaptureHoldRequest>,
+        request: Request<pb::CaptureHoldRequest>,
     ) -> Result<Response<pb::CaptureHoldResponse>, Status> {
-        Err(Status::unimplemented("holds are not built yet"))
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        check_hold_id(&request.hold_id, &mut violations);
+        check_amount("amount", request.amount, &mut violations);
+        let remainder = match remainder_from_wire(request.remainder) {
+            Ok(Some(remainder)) => Some(remainder),
+            Ok(None) => {
+                violations.add("remainder", "is required (release or keep)");
+                None
+            }
+            Err(raw) => {
+                violations.add("remainder", format!("unknown remainder {raw}"));
+                None
+            }
+        };
+        let entry = EntryInput::from(pb::PostEntryRequest {
+            entry_id: request.entry_id,
+            description: request.description,
+            metadata: request.metadata,
+            lines: request.lines,
+        })
+        .validate();
+        let entry = match entry {
+            Ok(entry) if violations.is_empty() => entry,
+            Ok(_) => return Err(Status::from(LedgerError::Invalid(violations))),
+            Err(LedgerError::Invalid(more)) => {
+                violations.extend(more);
+                return Err(Status::from(LedgerError::Invalid(violations)));
+            }
+            Err(error) => return Err(Status::from(error)),
+        };
+        let Some(remainder) = remainder else {
+            return Err(Status::from(LedgerError::Invalid(violations)));
+        };
+        check_not_reserved(self, &entry).await?;
+        let capture = CaptureSpec {
+            hold_id: request.hold_id,
+            amount: request.amount,
+            remainder,
+        };
+        match self.ledger.capture(&entry, &capture).await.map_err(hold_status)? {
+            PostOutcome::Captured(response) => {
+                tracing::info!(amount = capture.amount, "hold captured");
+                Ok(Response::new(*response))
+            }
+            PostOutcome::CaptureReplayed(response) => Ok(Response::new(*response)),
+            _ => Err(Status::from(internal("a capture answered as a posting".to_owned()))),
+        }
     }
+
+    #[tracing::instrument(skip_all, fields(hold_id = %request.get_ref().hold_id))]
     async fn release_hold(
         &self,
-        _: Request<pb::ReleaseHoldRequest>,
+        request: Request<pb::ReleaseHoldRequest>,
     ) -> Result<Response<pb::ReleaseHoldResponse>, Status> {
-        Err(Status::unimplemented("holds are not built yet"))
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        check_hold_id(&request.hold_id, &mut violations);
+        check_reason("reason", &request.reason, &mut violations);
+        violations.into_result::<_, LedgerError>(|| ()).map_err(Status::from)?;
+        let outcome = self
+            .ledger
+            .release_hold(&request.hold_id, &request.reason, false)
+            .await
+            .map_err(hold_status)?;
+        if let HoldOutcome::Changed(released) = &outcome {
+            tracing::info!(account_id = %released.account_id, "hold released");
+        }
+        Ok(Response::new(pb::ReleaseHoldResponse {
+            hold: Some(hold_to_wire(outcome.hold())),
+        }))
     }
-    async fn get_hold(&self, _: Request<pb::GetHoldRequest>) -> Result<Response<pb::GetHoldResponse>, Status> {
-        Err(Status::unimplemented("holds are not built yet"))
+
+    #[tracing::instrument(skip_all)]
+    async fn get_hold(&self, request: Request<pb::GetHoldRequest>) -> Result<Response<pb::GetHoldResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        check_hold_id(&request.hold_id, &mut violations);
+        violations.into_result::<_, LedgerError>(|| ()).map_err(Status::from)?;
+        let hold = self
+            .read(async |conn| {
+                storage::holds::get_hold(conn, &request.hold_id, false)
+                    .await?
+                    .ok_or_else(|| LedgerError::HoldNotFound(request.hold_id.clone()))
+            })
+            .await?;
+        Ok(Response::new(pb::GetHoldResponse {
+            hold: Some(hold_to_wire(&hold)),
+        }))
     }
-    async fn list_holds(&self, _: Request<pb::ListHoldsRequest>) -> Result<Response<pb::ListHoldsResponse>, Status> {
-        Err(Status::unimplemented("holds are not built yet"))
+
+    #[tracing::instrument(skip_all)]
+    async fn list_holds(
+        &self,
+        request: Request<pb::ListHoldsRequest>,
+    ) -> Result<Response<pb::ListHoldsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = domain::parse_id("account_id", &request.account_id, &mut violations);
+        let size = page_size(request.page_size, &mut violations);
+        let status = match hold_status_from_wire(request.status) {
+            Ok(status) => status,
+            Err(raw) => {
+                violations.add("status", format!("unknown hold status {raw}"));
+                None
+            }
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            let parsed = parse_hold_token(&request.page_token);
+            if parsed.is_none() {
+                violations.add("page_token", "is not a token this service issued");
+            }
+            parsed
+        };
+        let account_id = violations
+            .into_result::<_, LedgerError>(|| account_id.unwrap_or_default())
+            .map_err(Status::from)?;
+        let mut holds = self
+            .read_snapshot(async |conn| {
+                account_or_not_found(conn, account_id).await?;
+                Ok(storage::holds::list_holds(conn, account_id, status, after.clone(), size).await?)
+            })
+            .await?;
+        let next_page_token = if holds.len() as i64 > size {
+            holds.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+            holds.last().map(hold_token).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListHoldsResponse {
+            holds: holds.iter().map(hold_to_wire).collect(),
+            next_page_token,
+        }))
     }
 
     #[tracing::instrument(skip_all)]

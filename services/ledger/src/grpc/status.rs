@@ -21,6 +21,7 @@ impl From<LedgerError> for Status {
             LedgerError::Invalid(violations) => status::invalid_argument(&violations),
             LedgerError::AccountNotFound(id) => status::not_found::<pb::Account>(&id),
             LedgerError::EntryNotFound(id) => status::not_found::<pb::Entry>(&id),
+            LedgerError::HoldNotFound(id) => status::not_found::<pb::Hold>(&id),
             taken @ LedgerError::CodeTaken(_) => Status::already_exists(taken.to_string()),
             posted @ LedgerError::EntryAlreadyPosted(_) => {
                 Status::already_exists(format!("{posted}; read it with GetEntry"))
@@ -37,7 +38,7 @@ impl From<LedgerError> for Status {
                 }
                 Status::with_error_details(
                     Code::FailedPrecondition,
-                    format!("entry rejected: {}", reasons.join("; ")),
+                    format!("rejected: {}", reasons.join("; ")),
                     details,
                 )
             }

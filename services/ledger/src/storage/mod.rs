@@ -17,11 +17,14 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+pub mod cache;
+pub mod holds;
+
 use crate::domain::stream::StoredEvent;
-use crate::domain::{Account, AccountState, AccountType, OverdraftPolicy};
+use crate::domain::{Account, AccountState, AccountType, CustomerControls, CustomerState, Freeze, OverdraftPolicy};
 
 const ACCOUNT_COLUMNS: &str = "a.account_id, a.code, a.name, a.account_type, a.currency, a.overdraft_policy, \
-     a.overdraft_limit, a.system, a.created_at";
+     a.overdraft_limit, a.system, a.created_at, a.customer_id, a.customer_state, a.freeze_kind";
 const EVENT_COLUMNS: &str = "stream_id, version, event_type, payload, entry_id, occurred_at, previous_hash, hash";
 
 /// Outcome of a write that may lose a race.
@@ -34,6 +37,25 @@ pub enum Write {
 }
 
 fn account_from_row(row: &PgRow) -> anyhow::Result<Account> {
+    let customer_id: Option<String> = row.try_get("customer_id")?;
+    let customer = match customer_id {
+        None => None,
+        Some(customer_id) => {
+            let state: Option<String> = row.try_get("customer_state")?;
+            let freeze: Option<String> = row.try_get("freeze_kind")?;
+            Some(CustomerControls {
+                customer_id,
+                state: state
+                    .as_deref()
+                    .and_then(CustomerState::from_stored)
+                    .with_context(|| format!("unknown stored customer state {state:?}"))?,
+                freeze: freeze
+                    .as_deref()
+                    .and_then(Freeze::from_stored)
+                    .with_context(|| format!("unknown stored freeze {freeze:?}"))?,
+            })
+        }
+    };
     let account_type: String = row.try_get("account_type")?;
     let policy: String = row.try_get("overdraft_policy")?;
     let limit: i64 = row.try_get("overdraft_limit")?;
@@ -49,6 +71,7 @@ fn account_from_row(row: &PgRow) -> anyhow::Result<Account> {
             .with_context(|| format!("unknown stored overdraft policy {policy:?}/{limit}"))?,
         system: row.try_get("system")?,
         created_at: row.try_get("created_at")?,
+        customer,
     })
 }
 
@@ -82,7 +105,8 @@ pub async fn open_account(conn: &mut PgConnection, account: &Account, opened: &S
     insert_event(conn, opened).await?;
     let inserted = sqlx::query(
         "INSERT INTO ledger_accounts (account_id, code, name, account_type, currency, overdraft_policy, \
-         overdraft_limit, system, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         overdraft_limit, system, created_at, customer_id, customer_state, freeze_kind) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
          ON CONFLICT (code) DO NOTHING",
     )
     .bind(account.account_id)
@@ -94,6 +118,9 @@ pub async fn open_account(conn: &mut PgConnection, account: &Account, opened: &S
     .bind(account.overdraft.limit())
     .bind(account.system)
     .bind(account.created_at)
+    .bind(account.customer.as_ref().map(|customer| customer.customer_id.as_str()))
+    .bind(account.customer.as_ref().map(|customer| customer.state.as_str()))
+    .bind(account.customer.as_ref().map(|customer| customer.freeze.as_str()))
     .execute(&mut *conn)
     .await
     .context("insert account")?
@@ -126,13 +153,15 @@ pub async fn account_states(
     ids: &[Uuid],
     lock: bool,
 ) -> anyhow::Result<HashMap<Uuid, AccountState>> {
+    // The account row is locked too (weaker: foreign keys to it still insert) since a customer
+    // account's controls and overdraft change with the accounts service's events.
     let locking = if lock {
-        " ORDER BY a.account_id FOR UPDATE OF s, b"
+        " ORDER BY a.account_id FOR UPDATE OF s, b FOR NO KEY UPDATE OF a"
     } else {
         ""
     };
     let rows = sqlx::query(&format!(
-        "SELECT {ACCOUNT_COLUMNS}, s.version, s.head_hash, s.updated_at AS stream_updated_at, b.balance \
+        "SELECT {ACCOUNT_COLUMNS}, s.version, s.head_hash, s.updated_at AS stream_updated_at, b.balance, b.held \
          FROM ledger_accounts a \
          JOIN ledger_streams s ON s.stream_id = a.account_id \
          JOIN ledger_balances b ON b.account_id = a.account_id \
@@ -150,6 +179,7 @@ pub async fn account_states(
                 AccountState {
                     account,
                     balance: row.try_get("balance")?,
+                    held: row.try_get("held")?,
                     version: row.try_get("version")?,
                     head_hash: row.try_get("head_hash")?,
                     updated_at: row.try_get("stream_updated_at")?,
@@ -168,6 +198,8 @@ pub struct StreamAppend<'a> {
     pub expected_version: i64,
     /// The account's balance after the event.
     pub balance_after: i64,
+    /// The account's active holds after the event.
+    pub held_after: i64,
 }
 
 /// What a posting writes besides its events and projections, in the same statement: the
@@ -214,8 +246,8 @@ pub async fn append_entry(
         .part(
             "WITH input AS ( \
              SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::jsonb[], $6::text[], \
-                                  $7::text[], $8::bigint[]) \
-               AS i(stream_id, expected_version, version, event_type, payload, previous_hash, hash, balance)), \
+                                  $7::text[], $8::bigint[], $12::bigint[]) \
+               AS i(stream_id, expected_version, version, event_type, payload, previous_hash, hash, balance, held)), \
          moved AS ( \
              UPDATE ledger_streams s SET version = i.version, head_hash = i.hash, updated_at = $9 \
              FROM input i WHERE s.stream_id = i.stream_id AND s.version = i.expected_version \
@@ -227,7 +259,7 @@ pub async fn append_entry(
              FROM input i JOIN moved m ON m.stream_id = i.stream_id \
              RETURNING stream_id), \
          projected AS ( \
-             UPDATE ledger_balances b SET balance = i.balance, version = i.version, updated_at = $9 \
+             UPDATE ledger_balances b SET balance = i.balance, held = i.held, version = i.version, updated_at = $9 \
              FROM input i JOIN moved m ON m.stream_id = i.stream_id WHERE b.account_id = i.stream_id \
              RETURNING b.account_id), \
          recorded AS ( \
@@ -278,7 +310,8 @@ pub async fn append_entry(
         .bind(column(|append| append.balance_after))
         .bind(posted_at)
         .bind(entry_id)
-        .bind(i32::try_from(line_count).context("line count")?);
+        .bind(i32::try_from(line_count).context("line count")?)
+        .bind(column(|append| append.held_after));
     let row = effects
         .outbox
         .bind(query)
@@ -387,13 +420,13 @@ pub async fn list_accounts(
     rows.iter().map(account_from_row).collect()
 }
 
-/// The current balance projection of an account: `(balance, version, updated_at)`.
+/// `(balance, version, updated_at, held)` of a balance projection.
+pub type BalanceRow = (i64, i64, DateTime<Utc>, i64);
+
+/// The current balance projection of an account: `(balance, version, updated_at, held)`.
 #[tracing::instrument(skip(conn))]
-pub async fn current_balance(
-    conn: &mut PgConnection,
-    account_id: Uuid,
-) -> anyhow::Result<Option<(i64, i64, DateTime<Utc>)>> {
-    let row = sqlx::query("SELECT balance, version, updated_at FROM ledger_balances WHERE account_id = $1")
+pub async fn current_balance(conn: &mut PgConnection, account_id: Uuid) -> anyhow::Result<Option<BalanceRow>> {
+    let row = sqlx::query("SELECT balance, version, updated_at, held FROM ledger_balances WHERE account_id = $1")
         .bind(account_id)
         .fetch_optional(conn)
         .await
@@ -403,6 +436,7 @@ pub async fn current_balance(
             row.try_get("balance")?,
             row.try_get("version")?,
             row.try_get("updated_at")?,
+            row.try_get("held")?,
         ))
     })
     .transpose()
