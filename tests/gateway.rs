@@ -26,7 +26,12 @@ async fn gateway_in_front_of(payments: &PaymentsHarness, rate_limit: &str) -> Ga
     let rate_limit = rate_limit.to_owned();
     tokio::task::spawn_blocking(move || {
         Gateway::start(
-            &[("payments", &address), ("tax", UNUSED), ("ledger", UNUSED), ("accounts", UNUSED)],
+            &[
+                ("payments", &address),
+                ("tax", UNUSED),
+                ("ledger", UNUSED),
+                ("accounts", UNUSED),
+            ],
             &["--rate-limit", &rate_limit, "--cors-origin", APP_ORIGIN],
         )
     })
