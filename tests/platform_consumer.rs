@@ -879,7 +879,6 @@ async fn poison_records_are_classified_and_dead_lettered_while_other_partitions_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let poison_started = tokio::time::Instant::now();
     let mut nul_id = metadata("nul-id", TraceHeaders::default());
     nul_id.id = format!("{}\0tail", nul_id.id);
     send(0, &order("nul-id", 2), &nul_id).await;
@@ -907,16 +906,13 @@ async fn poison_records_are_classified_and_dead_lettered_while_other_partitions_
         .await;
     }
 
-    // The three bad records are dead-lettered within 10 s, classified, and the handler saw only
-    // the one whose headers were valid, once.
+    // The three bad records are dead-lettered, classified, and the handler saw only the one whose
+    // headers were valid, once. (The wait is the reader's: a fresh consumer joining its group on a
+    // loaded machine. A budget counted from the poison records, which sending the others above
+    // could use up, failed here once with every dead letter already published.)
     let dead_letters = reader(&kafka_bootstrap(), &[&dead_letter_topic]);
-    let first = read_records(
-        &dead_letters,
-        3,
-        Duration::from_secs(10).saturating_sub(poison_started.elapsed()),
-    )
-    .await;
-    assert_eq!(first.len(), 3, "three poison records dead-lettered within 10 s");
+    let first = read_records(&dead_letters, 3, Duration::from_secs(30)).await;
+    assert_eq!(first.len(), 3, "three poison records dead-lettered");
     let classified: Vec<(Option<String>, Option<String>, Option<String>)> = first
         .iter()
         .map(|record| {

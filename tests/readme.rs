@@ -1,11 +1,12 @@
 //! The README's promises, run for real: its grpcurl block against a running payments service (and
-//! the accounts README's against accounts), and
+//! the accounts README's against accounts, the holds block against accounts and the ledger), and
 //! the generated Python and TypeScript clients creating and reading back an order and a transaction.
 
 use std::process::Command;
 
 use fintech_platform::telemetry;
 use fintech_tests::accounts::AccountsHarness;
+use fintech_tests::ledger::LedgerHarness;
 use fintech_tests::payments::PaymentsHarness;
 use fintech_tests::{repo_root, venv_tool};
 
@@ -183,4 +184,55 @@ async fn the_generated_python_and_typescript_clients_create_and_read_back_with_i
         "each client's retried CreateOrder executed once"
     );
     harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_holds_block_opens_an_account_that_the_ledger_holds_money_on() {
+    let _telemetry = telemetry::init("test");
+    let accounts = AccountsHarness::start().await;
+    let ledger = LedgerHarness::start_on(&accounts.prefix, |_| {}).await;
+    let script = readme_block("holds")
+        .replace("localhost:50054", &accounts.address)
+        .replace("localhost:50053", &ledger.address);
+    let auth_dir = fintech_tests::auth::jwks_path()
+        .parent()
+        .expect("key directory")
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        venv_tool("").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        run(Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(repo_root())
+            .env("FINTECH_AUTH_DIR", auth_dir)
+            .env("PATH", path))
+    })
+    .await
+    .expect("script task");
+    assert!(
+        output.contains("HOLD_STATUS_ACTIVE") && output.contains("\"held\": \"10000\""),
+        "PlaceHold printed the active hold of 10000:\n{output}"
+    );
+    assert!(
+        output.contains("HOLD_STATUS_RELEASED") && output.contains("authorisation voided"),
+        "ReleaseHold printed the released hold and why:\n{output}"
+    );
+    assert!(
+        output.contains("\"customerId\": \"cust-42\""),
+        "GetAccount printed the account:\n{output}"
+    );
+    let hold: Option<String> = sqlx::query_scalar("SELECT status FROM ledger_holds WHERE hold_id = 'readme-hold-1'")
+        .fetch_optional(&ledger.db.pool)
+        .await
+        .expect("holds");
+    assert_eq!(
+        hold.as_deref(),
+        Some("released"),
+        "the ledger's database holds the released hold"
+    );
+    ledger.stop().await;
+    accounts.stop().await;
 }
