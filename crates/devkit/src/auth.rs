@@ -31,7 +31,7 @@ pub const DEV_AUDIENCE: &str = "fintech-platform";
 /// The algorithm of the development key.
 pub const DEV_ALGORITHM: Algorithm = Algorithm::ES256;
 /// Every scope of the platform (an operator token carries them all).
-pub const ALL_SCOPES: [&str; 14] = [
+pub const ALL_SCOPES: [&str; 15] = [
     "payments.read",
     "payments.write",
     "tax.read",
@@ -39,6 +39,7 @@ pub const ALL_SCOPES: [&str; 14] = [
     "ledger.read",
     "ledger.post",
     "ledger.admin",
+    "ledger.transfers",
     "accounts.read",
     "accounts.write",
     "accounts.admin",

@@ -42,6 +42,13 @@ pub mod fintech {
             tonic::include_proto!("fintech.accounts.v1");
         }
     }
+    /// `fintech.transfers.*`
+    pub mod transfers {
+        /// `fintech.transfers.v1`: money transfers between customer accounts (sagas on Temporal).
+        pub mod v1 {
+            tonic::include_proto!("fintech.transfers.v1");
+        }
+    }
     /// `fintech.ledger.*`
     pub mod ledger {
         /// `fintech.ledger.v1`: accounts, journal entries, balances of the double-entry ledger.
@@ -59,6 +66,7 @@ pub use fintech::common::v1 as common;
 pub use fintech::ledger::v1 as ledger;
 pub use fintech::payments::v1 as payments;
 pub use fintech::tax::v1 as tax;
+pub use fintech::transfers::v1 as transfers;
 
 pub mod time;
 pub mod topics;
@@ -85,4 +93,5 @@ message_limits!(
     tax::tax_service_server::TaxServiceServer,
     ledger::ledger_service_server::LedgerServiceServer,
     accounts::accounts_service_server::AccountsServiceServer,
+    transfers::transfers_service_server::TransfersServiceServer,
 );

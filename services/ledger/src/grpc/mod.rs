@@ -5,6 +5,7 @@ mod status;
 
 use std::sync::Arc;
 
+use fintech_platform::auth::Caller;
 use fintech_platform::idempotency::{key_from_metadata, key_from_request};
 use fintech_proto::ledger as pb;
 use fintech_proto::ledger::ledger_service_server::LedgerService;
@@ -90,10 +91,39 @@ async fn current_balance(conn: &mut PgConnection, account: &domain::Account) -> 
     })
 }
 
+/// Scope of the transfers service's own credentials: the only callers that may use the
+/// `transfer:` namespace of hold and entry ids (ADR 0024). No customer token carries it.
+pub const TRANSFERS_SCOPE: &str = "ledger.transfers";
+/// Hold and entry id prefix of the transfers saga.
+pub const TRANSFER_PREFIX: &str = "transfer:";
+
+/// Whether `id` is in the transfers namespace.
+fn in_transfer_namespace(id: &str) -> bool {
+    id.get(..TRANSFER_PREFIX.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(TRANSFER_PREFIX))
+}
+
+/// Whether the caller holds the transfers service's scope.
+fn may_use_transfer_namespace<T>(request: &Request<T>) -> bool {
+    Caller::of(request).is_some_and(|caller| caller.has_scope(TRANSFERS_SCOPE))
+}
+
+/// PERMISSION_DENIED for a hold id in the transfers namespace without the transfers scope (the
+/// public API cannot take, capture or release a transfer's hold).
+fn check_hold_namespace<T>(request: &Request<T>, hold_id: &str) -> Result<(), Status> {
+    if in_transfer_namespace(hold_id) && !may_use_transfer_namespace(request) {
+        return Err(Status::from(LedgerError::Reserved(format!(
+            "hold ids starting with {TRANSFER_PREFIX:?} are reserved for the transfers service (scope {TRANSFERS_SCOPE})"
+        ))));
+    }
+    Ok(())
+}
+
 /// The refusal of what only the ledger's own handlers may write: reserved entry ids and lines on
-/// system accounts (PostEntry and CaptureHold alike).
-async fn check_not_reserved(grpc: &LedgerGrpc, entry: &domain::NewEntry) -> Result<(), Status> {
-    if domain::entry::is_reserved_entry_id(&entry.entry_id) {
+/// system accounts (PostEntry and CaptureHold alike). `transfers`: the caller holds the
+/// transfers scope, so `transfer:` entry ids are its own.
+async fn check_not_reserved(grpc: &LedgerGrpc, entry: &domain::NewEntry, transfers: bool) -> Result<(), Status> {
+    if domain::entry::is_reserved_entry_id(&entry.entry_id) && !(transfers && in_transfer_namespace(&entry.entry_id)) {
         return Err(Status::from(LedgerError::Reserved(format!(
             "entry ids starting with {:?} are reserved for the ledger's own postings",
             domain::entry::RESERVED_ENTRY_PREFIXES
@@ -317,7 +347,7 @@ impl LedgerService for LedgerGrpc {
         // conflict) and the system accounts (settlement, revenue, VAT payable). An account's
         // `system` flag never changes, so checking it before the posting's own locked read is
         // sound.
-        check_not_reserved(self, &entry).await?;
+        check_not_reserved(self, &entry, false).await?;
         match self.ledger.post(&entry, None).await.map_err(Status::from)? {
             PostOutcome::Posted(response) => {
                 tracing::info!(lines = entry.lines.len(), "entry posted");
@@ -513,6 +543,7 @@ impl LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::PlaceHoldRequest>,
     ) -> Result<Response<pb::PlaceHoldResponse>, Status> {
+        check_hold_namespace(&request, &request.get_ref().hold_id)?;
         let request = request.into_inner();
         let expires_at = request.expires_at.as_ref().and_then(from_timestamp);
         let hold = PlaceHoldInput {
@@ -539,6 +570,8 @@ impl LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::CaptureHoldRequest>,
     ) -> Result<Response<pb::CaptureHoldResponse>, Status> {
+        check_hold_namespace(&request, &request.get_ref().hold_id)?;
+        let transfers = may_use_transfer_namespace(&request);
         let request = request.into_inner();
         let mut violations = Violations::default();
         check_hold_id(&request.hold_id, &mut violations);
@@ -573,7 +606,7 @@ impl LedgerService for LedgerGrpc {
         let Some(remainder) = remainder else {
             return Err(Status::from(LedgerError::Invalid(violations)));
         };
-        check_not_reserved(self, &entry).await?;
+        check_not_reserved(self, &entry, transfers).await?;
         let capture = CaptureSpec {
             hold_id: request.hold_id,
             amount: request.amount,
@@ -594,6 +627,7 @@ impl LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::ReleaseHoldRequest>,
     ) -> Result<Response<pb::ReleaseHoldResponse>, Status> {
+        check_hold_namespace(&request, &request.get_ref().hold_id)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
         check_hold_id(&request.hold_id, &mut violations);

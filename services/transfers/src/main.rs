@@ -1,0 +1,5 @@
+//! The transfers binary: the service kit's `main` (settings, telemetry, signals) around `run`.
+
+fn main() -> anyhow::Result<()> {
+    fintech_platform::kit::main::<fintech_transfers::Transfers>()
+}
