@@ -404,7 +404,7 @@ impl TransfersStack {
         let trial = self
             .ledger_client
             .clone()
-            .get_trial_balance(lpb::GetTrialBalanceRequest {})
+            .get_trial_balance(lpb::GetTrialBalanceRequest::default())
             .await
             .expect("trial balance")
             .into_inner();
@@ -447,8 +447,8 @@ pub fn violation_fields(status: &tonic::Status) -> Vec<String> {
 /// Fetches the recorded history of a transfer's workflow from the Temporal server and replays it
 /// against the current workflow code (a nondeterminism fails); returns the history as JSON.
 pub async fn replay_recorded(stack: &TransfersStack, transfer_id: &str) -> Vec<u8> {
-    use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url, WorkflowHistory};
-    use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
+    use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
+    
     let url: Url = stack.temporal.url().parse().expect("temporal url");
     let connection = Connection::connect(ConnectionOptions::new(url).build())
         .await
