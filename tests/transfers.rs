@@ -24,7 +24,9 @@ async fn replay_and_record(stack: &TransfersStack, transfer_id: &str, name: &str
 use tonic::Code;
 
 async fn create(
-    client: &mut fintech_proto::transfers::transfers_service_client::TransfersServiceClient<fintech_tests::service::Channel>,
+    client: &mut fintech_proto::transfers::transfers_service_client::TransfersServiceClient<
+        fintech_tests::service::Channel,
+    >,
     key: &str,
     from: &str,
     to: &str,
@@ -82,7 +84,9 @@ async fn a_transfer_moves_the_money_once_and_publishes_completed_once() {
     let entry = stack
         .ledger_client
         .clone()
-        .get_entry(lpb::GetEntryRequest { entry_id: derived.clone() })
+        .get_entry(lpb::GetEntryRequest {
+            entry_id: derived.clone(),
+        })
         .await
         .expect("the entry exists")
         .into_inner()
@@ -92,7 +96,10 @@ async fn a_transfer_moves_the_money_once_and_publishes_completed_once() {
 
     // One created, one completed: the activities' retries and the replays publish nothing twice.
     assert_eq!(stack.outbox_count("transfers.created", &accepted.transfer_id).await, 1);
-    assert_eq!(stack.outbox_count("transfers.completed", &accepted.transfer_id).await, 1);
+    assert_eq!(
+        stack.outbox_count("transfers.completed", &accepted.transfer_id).await,
+        1
+    );
     assert_eq!(stack.outbox_count("transfers.failed", &accepted.transfer_id).await, 0);
     stack.assert_trial_balance_zero().await;
     replay_and_record(&stack, &accepted.transfer_id, "completed").await;
@@ -139,7 +146,9 @@ async fn insufficient_funds_fail_fast_without_a_hold_or_an_entry() {
 
     // Business refusals are not retried: a retried refusal would never reach FAILED (the retry
     // policy has no attempt limit), so reaching it at all shows the typed, non-retryable path.
-    let failed = stack.wait_status(&accepted.transfer_id, pb::TransferStatus::Failed).await;
+    let failed = stack
+        .wait_status(&accepted.transfer_id, pb::TransferStatus::Failed)
+        .await;
     assert_eq!(failed.failure_code, "account.overdraft_limit");
     assert!(failed.hold_id.is_empty() && failed.entry_id.is_empty());
     let missing = hold(&stack, &format!("transfer:{}", accepted.transfer_id))
@@ -150,7 +159,10 @@ async fn insufficient_funds_fail_fast_without_a_hold_or_an_entry() {
     assert_eq!((source.balance, source.held, source.available), (1_000, 0, 1_000));
     assert_eq!(stack.balance(&to.account_id).await.balance, 0);
     assert_eq!(stack.outbox_count("transfers.failed", &accepted.transfer_id).await, 1);
-    assert_eq!(stack.outbox_count("transfers.completed", &accepted.transfer_id).await, 0);
+    assert_eq!(
+        stack.outbox_count("transfers.completed", &accepted.transfer_id).await,
+        0
+    );
     replay_and_record(&stack, &accepted.transfer_id, "insufficient_funds").await;
 }
 
@@ -175,9 +187,14 @@ async fn one_idempotency_key_is_one_transfer_also_when_sent_concurrently() {
     assert_ne!(answers[0].transfer_id, first.transfer_id);
 
     for transfer in [&first, &answers[0]] {
-        stack.wait_status(&transfer.transfer_id, pb::TransferStatus::Completed).await;
+        stack
+            .wait_status(&transfer.transfer_id, pb::TransferStatus::Completed)
+            .await;
         assert_eq!(stack.outbox_count("transfers.created", &transfer.transfer_id).await, 1);
-        assert_eq!(stack.outbox_count("transfers.completed", &transfer.transfer_id).await, 1);
+        assert_eq!(
+            stack.outbox_count("transfers.completed", &transfer.transfer_id).await,
+            1
+        );
     }
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM transfers")
         .fetch_one(&stack.transfers.db.pool)
@@ -260,7 +277,13 @@ async fn approval_stack(timeout: Duration) -> TransfersStack {
     .await
 }
 
-async fn awaiting(stack: &TransfersStack, key: &str, from: &apb::Account, to: &apb::Account, amount: i64) -> pb::Transfer {
+async fn awaiting(
+    stack: &TransfersStack,
+    key: &str,
+    from: &apb::Account,
+    to: &apb::Account,
+    amount: i64,
+) -> pb::Transfer {
     let mut client = stack.transfers.client.clone();
     let accepted = client
         .create_transfer(keyed(key, &from.account_id, &to.account_id, amount))
@@ -309,9 +332,12 @@ async fn cancel_before_capture_releases_the_hold_and_an_unanswered_approval_is_r
     // Nobody decides within the deadline: rejected, released.
     let ignored = awaiting(&stack, "ignore-me", &from, &to, 2_000).await;
     let rejected = stack
-        .wait_for(&ignored.transfer_id, "rejected on timeout", Duration::from_secs(60), |transfer| {
-            transfer.status == pb::TransferStatus::Rejected as i32
-        })
+        .wait_for(
+            &ignored.transfer_id,
+            "rejected on timeout",
+            Duration::from_secs(60),
+            |transfer| transfer.status == pb::TransferStatus::Rejected as i32,
+        )
         .await;
     assert_eq!(rejected.failure_code, "approval.timeout");
     assert_eq!(
@@ -370,7 +396,9 @@ async fn a_destination_frozen_between_hold_and_capture_is_compensated() {
         })
         .await
         .expect("approve");
-    let failed = stack.wait_status(&waiting.transfer_id, pb::TransferStatus::Failed).await;
+    let failed = stack
+        .wait_status(&waiting.transfer_id, pb::TransferStatus::Failed)
+        .await;
     assert_eq!(failed.failure_code, "account.frozen.credits");
     assert!(!failed.failure_reason.is_empty());
     assert!(failed.entry_id.is_empty());
@@ -417,7 +445,11 @@ async fn a_hundred_concurrent_transfers_from_an_account_funded_for_fifty() {
     }
     assert_eq!((completed, refused), (50, 50));
     let source = stack.balance(&from.account_id).await;
-    assert_eq!((source.balance, source.held), (0, 0), "never below its overdraft limit (0)");
+    assert_eq!(
+        (source.balance, source.held),
+        (0, 0),
+        "never below its overdraft limit (0)"
+    );
     assert_eq!(stack.balance(&to.account_id).await.balance, 5_000);
     stack.assert_trial_balance_zero().await;
 }

@@ -58,9 +58,12 @@ async fn a_worker_killed_between_hold_and_capture_completes_the_transfer_exactly
         .await
         .expect("approve");
     let done = stack
-        .wait_for(&accepted.transfer_id, "completed after the restart", Duration::from_secs(120), |transfer| {
-            transfer.status == pb::TransferStatus::Completed as i32
-        })
+        .wait_for(
+            &accepted.transfer_id,
+            "completed after the restart",
+            Duration::from_secs(120),
+            |transfer| transfer.status == pb::TransferStatus::Completed as i32,
+        )
         .await;
 
     let hold = stack
@@ -91,6 +94,9 @@ async fn a_worker_killed_between_hold_and_capture_completes_the_transfer_exactly
     let source = stack.balance(&from.account_id).await;
     assert_eq!((source.balance, source.held), (7_500, 0));
     assert_eq!(stack.balance(&to.account_id).await.balance, 2_500);
-    assert_eq!(stack.outbox_count("transfers.completed", &accepted.transfer_id).await, 1);
+    assert_eq!(
+        stack.outbox_count("transfers.completed", &accepted.transfer_id).await,
+        1
+    );
     stack.assert_trial_balance_zero().await;
 }

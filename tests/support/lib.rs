@@ -15,7 +15,6 @@ pub mod payments;
 pub mod process;
 pub mod service;
 pub mod tax;
-pub mod temporal_server;
 pub mod transfers;
 
 use std::path::PathBuf;

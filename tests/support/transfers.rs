@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fintech_devkit::auth::Claims;
-use crate::temporal_server::TemporalServer;
+use fintech_devkit::temporal::TemporalServer;
 use fintech_platform::CancellationToken;
 use fintech_platform::config::PlatformConfig;
 use fintech_platform::kit::Service as _;
@@ -149,7 +149,11 @@ impl OutageLedger {
             match tokio::net::TcpListener::bind(&self.address).await {
                 Ok(listener) => break listener,
                 Err(error) => {
-                    assert!(tokio::time::Instant::now() < deadline, "rebind {}: {error}", self.address);
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "rebind {}: {error}",
+                        self.address
+                    );
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -328,8 +332,11 @@ impl TransfersStack {
 
     /// A client of `customer` with the customer scopes of transfers.
     pub async fn customer_client(&self, customer: &str) -> TransfersServiceClient<Channel> {
-        self.client_with_token(&crate::auth::customer_token(customer, &["transfers.read", "transfers.write"]))
-            .await
+        self.client_with_token(&crate::auth::customer_token(
+            customer,
+            &["transfers.read", "transfers.write"],
+        ))
+        .await
     }
 
     /// The ledger balance of an account.
@@ -383,9 +390,12 @@ impl TransfersStack {
 
     /// Waits until the transfer has `status`.
     pub async fn wait_status(&self, transfer_id: &str, status: pb::TransferStatus) -> pb::Transfer {
-        self.wait_for(transfer_id, &format!("{status:?}"), Duration::from_secs(60), |transfer| {
-            transfer.status == status as i32
-        })
+        self.wait_for(
+            transfer_id,
+            &format!("{status:?}"),
+            Duration::from_secs(60),
+            |transfer| transfer.status == status as i32,
+        )
         .await
     }
 
@@ -440,7 +450,12 @@ pub fn violation_fields(status: &tonic::Status) -> Vec<String> {
     status
         .get_error_details()
         .bad_request()
-        .map(|bad| bad.field_violations.iter().map(|violation| violation.field.clone()).collect())
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|violation| violation.field.clone())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -448,13 +463,16 @@ pub fn violation_fields(status: &tonic::Status) -> Vec<String> {
 /// against the current workflow code (a nondeterminism fails); returns the history as JSON.
 pub async fn replay_recorded(stack: &TransfersStack, transfer_id: &str) -> Vec<u8> {
     use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
-    
+
     let url: Url = stack.temporal.url().parse().expect("temporal url");
     let connection = Connection::connect(ConnectionOptions::new(url).build())
         .await
         .expect("connect to temporal");
-    let client = Client::new(connection, ClientOptions::new(stack.temporal.namespace().to_owned()).build())
-        .expect("temporal client");
+    let client = Client::new(
+        connection,
+        ClientOptions::new(stack.temporal.namespace().to_owned()).build(),
+    )
+    .expect("temporal client");
     let history = client
         .get_workflow_handle::<fintech_transfers::saga::TransferWorkflow>(format!("transfer-{transfer_id}"))
         .fetch_history(Default::default());
@@ -476,5 +494,8 @@ pub async fn replay_json(json: &[u8]) {
     )
     .expect("replayer");
     let history = WorkflowHistory::from_json(json).expect("history json");
-    replayer.replay_workflow(history).await.expect("the recorded history replays");
+    replayer
+        .replay_workflow(history)
+        .await
+        .expect("the recorded history replays");
 }

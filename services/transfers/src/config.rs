@@ -106,7 +106,10 @@ impl TransfersConfig {
             ));
         }
         if config.task_queue.trim().is_empty() || config.temporal_namespace.trim().is_empty() {
-            return Err(invalid("TEMPORAL_TASK_QUEUE", "and TEMPORAL_NAMESPACE must not be empty"));
+            return Err(invalid(
+                "TEMPORAL_TASK_QUEUE",
+                "and TEMPORAL_NAMESPACE must not be empty",
+            ));
         }
         Ok(config)
     }

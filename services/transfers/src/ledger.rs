@@ -59,7 +59,13 @@ impl LedgerFailure {
                 let details = status.get_error_details();
                 let rules: Vec<String> = details
                     .precondition_failure()
-                    .map(|failure| failure.violations.iter().map(|violation| violation.r#type.clone()).collect())
+                    .map(|failure| {
+                        failure
+                            .violations
+                            .iter()
+                            .map(|violation| violation.r#type.clone())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 match rules.iter().find_map(|rule| RefusalCode::of_ledger_rule(rule)) {
                     Some(code) => LedgerFailure::Refused(Refusal::new(code, status.message().to_owned())),
@@ -84,11 +90,14 @@ impl LedgerFailure {
     }
 }
 
+/// A token and its `exp` (seconds since the epoch), when it has one.
+type CachedToken = Option<(String, Option<u64>)>;
+
 /// The service's bearer token, read from its file and re-read before it expires.
 #[derive(Debug, Clone)]
 pub struct TokenSource {
     path: PathBuf,
-    cached: Arc<Mutex<Option<(String, Option<u64>)>>>,
+    cached: Arc<Mutex<CachedToken>>,
 }
 
 fn now_secs() -> u64 {
@@ -201,7 +210,10 @@ impl Ledger {
 
     /// Captures a hold into an entry (idempotent by entry id).
     #[tracing::instrument(skip_all, fields(hold_id = %message.hold_id, entry_id = %message.entry_id))]
-    pub async fn capture_hold(&self, message: lpb::CaptureHoldRequest) -> Result<lpb::CaptureHoldResponse, LedgerFailure> {
+    pub async fn capture_hold(
+        &self,
+        message: lpb::CaptureHoldRequest,
+    ) -> Result<lpb::CaptureHoldResponse, LedgerFailure> {
         let request = self.request(message).await?;
         Ok(self
             .client

@@ -114,7 +114,9 @@ impl Service for Transfers {
                     }
                     match app.restart_orphans(ORPHAN_AGE).await {
                         Ok(0) => {}
-                        Ok(started) => tracing::warn!(started, "started the workflows of accepted transfers that had none"),
+                        Ok(started) => {
+                            tracing::warn!(started, "started the workflows of accepted transfers that had none")
+                        }
                         Err(error) => tracing::warn!(error = %error, "starter job round failed"),
                     }
                 }

@@ -44,8 +44,7 @@ pub async fn connect(settings: &TemporalSettings) -> anyhow::Result<Client> {
     )
     .await
     .with_context(|| format!("connect to Temporal at {}", settings.url))?;
-    Client::new(connection, ClientOptions::new(settings.namespace.clone()).build())
-        .context("Temporal client")
+    Client::new(connection, ClientOptions::new(settings.namespace.clone()).build()).context("Temporal client")
 }
 
 /// A client connected on first use.
@@ -71,10 +70,7 @@ impl LazyClient {
 
     /// The connected client (connecting now if it is not yet).
     pub async fn get(&self) -> anyhow::Result<Client> {
-        self.client
-            .get_or_try_init(|| connect(&self.settings))
-            .await
-            .cloned()
+        self.client.get_or_try_init(|| connect(&self.settings)).await.cloned()
     }
 }
 
@@ -113,7 +109,10 @@ async fn worker_loop(
         match run_once(&runtime, &settings, activities.clone(), &stop).await {
             Ok(()) if stop.is_cancelled() => return Ok(()),
             Ok(()) => tracing::warn!("temporal worker stopped by itself; starting it again"),
-            Err(error) => tracing::warn!(error = format!("{error:#}"), "temporal worker failed; starting it again"),
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "temporal worker failed; starting it again"
+            ),
         }
         tokio::select! {
             () = stop.cancelled() => return Ok(()),

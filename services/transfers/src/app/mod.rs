@@ -21,7 +21,9 @@ use fintech_platform::telemetry::TraceHeaders;
 use fintech_proto::transfers as pb;
 use sqlx::PgPool;
 use temporalio_client::errors::{WorkflowStartError, WorkflowUpdateError};
-use temporalio_client::{WorkflowExecuteUpdateOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions};
+use temporalio_client::{
+    WorkflowExecuteUpdateOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions,
+};
 use uuid::Uuid;
 
 use crate::domain::{
@@ -196,17 +198,20 @@ impl TransfersApp {
     /// fine and never started again.
     async fn start(&self, stored: &Transfer, trace: &TraceHeaders) -> Result<(), TransfersError> {
         let client = self.temporal.get().await.map_err(unavailable)?;
-        let options = WorkflowStartOptions::new(self.temporal.settings().task_queue.clone(), stored.workflow_id.clone())
-            .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
-            .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
-            .build();
+        let options =
+            WorkflowStartOptions::new(self.temporal.settings().task_queue.clone(), stored.workflow_id.clone())
+                .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
+                .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+                .build();
         match client
             .start_workflow(TransferWorkflow::run, self.input_of(stored, trace), options)
             .await
         {
             Ok(_) | Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
             Err(WorkflowStartError::Rpc(status)) => Err(unavailable(format!("start workflow: {status}"))),
-            Err(other) => Err(TransfersError::Internal(anyhow::Error::from(other).context("start workflow"))),
+            Err(other) => Err(TransfersError::Internal(
+                anyhow::Error::from(other).context("start workflow"),
+            )),
         }
     }
 
@@ -245,7 +250,9 @@ impl TransfersApp {
         let mut conn = self.pool.acquire().await.map_err(anyhow::Error::from)?;
         match &by {
             ListBy::Customer(customer_id) if !owns(owner, customer_id) => {
-                return Err(TransfersError::Forbidden("a customer token lists only its own transfers"));
+                return Err(TransfersError::Forbidden(
+                    "a customer token lists only its own transfers",
+                ));
             }
             ListBy::Account(account_id) if owner.is_some() => {
                 let own = storage::get_account(&mut conn, *account_id)
@@ -265,9 +272,17 @@ impl TransfersApp {
 
     /// Sends an update to the transfer's workflow; a refusal of its validator (or a workflow that
     /// has ended) is FAILED_PRECONDITION with `rule`.
-    async fn update<U>(&self, transfer: &Transfer, update: U, input: U::Input, rule: &'static str) -> Result<(), TransfersError>
+    async fn update<U>(
+        &self,
+        transfer: &Transfer,
+        update: U,
+        input: U::Input,
+        rule: &'static str,
+    ) -> Result<(), TransfersError>
     where
-        U: temporalio_common::UpdateDefinition<Workflow = <TransferWorkflow as temporalio_common::HasWorkflowDefinition>::Run>,
+        U: temporalio_common::UpdateDefinition<
+                Workflow = <TransferWorkflow as temporalio_common::HasWorkflowDefinition>::Run,
+            >,
         U::Input: Send,
         U::Output: 'static,
     {
@@ -288,7 +303,9 @@ impl TransfersApp {
                 transfer_id: transfer.transfer_id,
                 description: "the transfer has ended".to_owned(),
             }),
-            Err(WorkflowUpdateError::Rpc(status)) if status.code() == tonic::Code::FailedPrecondition || status.code() == tonic::Code::NotFound => {
+            Err(WorkflowUpdateError::Rpc(status))
+                if status.code() == tonic::Code::FailedPrecondition || status.code() == tonic::Code::NotFound =>
+            {
                 Err(TransfersError::Precondition {
                     rule: "transfer.finished",
                     transfer_id: transfer.transfer_id,
@@ -296,7 +313,9 @@ impl TransfersApp {
                 })
             }
             Err(WorkflowUpdateError::Rpc(status)) => Err(unavailable(format!("update workflow: {status}"))),
-            Err(other) => Err(TransfersError::Internal(anyhow::Error::from(other).context("update workflow"))),
+            Err(other) => Err(TransfersError::Internal(
+                anyhow::Error::from(other).context("update workflow"),
+            )),
         }
     }
 
@@ -349,8 +368,13 @@ impl TransfersApp {
                 description: format!("transfer {transfer_id} does not wait for approval"),
             });
         }
-        self.update(&transfer, TransferWorkflow::decide, decision, "transfer.not_awaiting_approval")
-            .await?;
+        self.update(
+            &transfer,
+            TransferWorkflow::decide,
+            decision,
+            "transfer.not_awaiting_approval",
+        )
+        .await?;
         self.settle(transfer_id, |transfer| transfer.status.is_terminal()).await
     }
 }

@@ -447,7 +447,11 @@ pub struct CachedAccount {
 /// The saga's validation against the cache: both accounts known and open, the currency theirs,
 /// the source not frozen for debits, the destination not frozen for credits. The ledger enforces
 /// the same rules again at the hold and the capture (it has its own cache).
-pub fn validate(input: &TransferInput, from: Option<&CachedAccount>, to: Option<&CachedAccount>) -> Result<(), Refusal> {
+pub fn validate(
+    input: &TransferInput,
+    from: Option<&CachedAccount>,
+    to: Option<&CachedAccount>,
+) -> Result<(), Refusal> {
     let from = from.ok_or_else(|| {
         Refusal::new(
             RefusalCode::UnknownAccount,

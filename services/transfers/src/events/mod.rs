@@ -100,7 +100,11 @@ fn cached(account: &apb::Account) -> Result<CachedAccount, HandlerError> {
             )));
         }
     };
-    let freeze_kind = match account.freeze.as_ref().map(|freeze| apb::FreezeKind::try_from(freeze.kind)) {
+    let freeze_kind = match account
+        .freeze
+        .as_ref()
+        .map(|freeze| apb::FreezeKind::try_from(freeze.kind))
+    {
         None | Some(Ok(apb::FreezeKind::Unspecified)) => None,
         Some(Ok(apb::FreezeKind::Debits)) => Some("debits"),
         Some(Ok(apb::FreezeKind::Credits)) => Some("credits"),

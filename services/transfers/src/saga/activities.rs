@@ -19,8 +19,8 @@ use fintech_platform::telemetry::{TraceHeaders, set_remote_parent};
 use fintech_proto::ledger as lpb;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use temporalio_sdk::ApplicationFailure;
 use temporalio_macros::activities;
+use temporalio_sdk::ApplicationFailure;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use tracing::Instrument as _;
 
@@ -148,8 +148,12 @@ impl TransferActivities {
                     .await
                     .map_err(retry)?;
             }
-            let from = storage::get_account(&mut tx, input.from_account_id).await.map_err(retry)?;
-            let to = storage::get_account(&mut tx, input.to_account_id).await.map_err(retry)?;
+            let from = storage::get_account(&mut tx, input.from_account_id)
+                .await
+                .map_err(retry)?;
+            let to = storage::get_account(&mut tx, input.to_account_id)
+                .await
+                .map_err(retry)?;
             tx.commit().await.map_err(retry)?;
             domain::validate(&input, from.as_ref(), to.as_ref()).map_err(refused)
         }

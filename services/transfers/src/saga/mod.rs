@@ -33,8 +33,7 @@ use serde::{Deserialize, Serialize};
 use temporalio_common::RetryPolicy;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityExecutionError, ActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView,
-    WorkflowResult,
+    ActivityExecutionError, ActivityOptions, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
 };
 
 pub use activities::{AbortInput, REFUSAL_TYPE, StepInput, TransferActivities};
@@ -140,7 +139,14 @@ impl TransferWorkflow {
             return Self::abort(ctx, &input, version + 1, refusal, false).await;
         }
         if let Some(reason) = ctx.state(|state| state.cancel.clone()) {
-            return Self::abort(ctx, &input, version + 1, Refusal::new(RefusalCode::Cancelled, reason), false).await;
+            return Self::abort(
+                ctx,
+                &input,
+                version + 1,
+                Refusal::new(RefusalCode::Cancelled, reason),
+                false,
+            )
+            .await;
         }
 
         // 2. The hold on the source.
@@ -184,7 +190,14 @@ impl TransferWorkflow {
             }
         }
         if let Some(reason) = ctx.state(|state| state.cancel.clone()) {
-            return Self::abort(ctx, &input, version + 1, Refusal::new(RefusalCode::Cancelled, reason), true).await;
+            return Self::abort(
+                ctx,
+                &input,
+                version + 1,
+                Refusal::new(RefusalCode::Cancelled, reason),
+                true,
+            )
+            .await;
         }
 
         // 4. The capture: from here on, cancellation is refused.

@@ -253,7 +253,11 @@ pub async fn get_account(conn: &mut PgConnection, account_id: Uuid) -> anyhow::R
 /// Accepted transfers (version 1) created before `before`: those whose workflow may never have
 /// been started.
 #[tracing::instrument(skip(conn))]
-pub async fn accepted_before(conn: &mut PgConnection, before: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<Transfer>> {
+pub async fn accepted_before(
+    conn: &mut PgConnection,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> anyhow::Result<Vec<Transfer>> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM transfers WHERE version = 1 AND created_at < $1 ORDER BY created_at LIMIT $2"
     ))
