@@ -527,3 +527,63 @@ async fn a_transfer_completes_once_across_a_temporal_restart() {
     assert_eq!(stack.outbox_count("transfers.completed", &waiting.transfer_id).await, 1);
     stack.assert_trial_balance_zero().await;
 }
+
+#[tokio::test]
+async fn the_transfer_namespace_of_the_ledger_needs_the_transfers_scope() {
+    let stack = TransfersStack::start(|_| {}).await;
+    let account = stack.open_funded("cust-o", 1_000, 0).await;
+    // Another service with the ordinary posting scopes: not the transfers service.
+    let token = fintech_tests::auth::scoped_token("svc:other", &["ledger.post", "ledger.read"]);
+    let mut other = lpb::ledger_service_client::LedgerServiceClient::new(
+        fintech_tests::service::connect_with_token(&stack.ledger.address, &token).await,
+    );
+    let taken = other
+        .place_hold(fintech_tests::ledger::hold_request(
+            "transfer:00000000-0000-0000-0000-000000000001",
+            &account.account_id,
+            10,
+        ))
+        .await
+        .expect_err("a transfer: hold id without the scope");
+    assert_eq!(taken.code(), Code::PermissionDenied);
+    let released = other
+        .release_hold(lpb::ReleaseHoldRequest {
+            hold_id: "transfer:00000000-0000-0000-0000-000000000001".to_owned(),
+            reason: "not mine".to_owned(),
+        })
+        .await
+        .expect_err("a transfer: hold release without the scope");
+    assert_eq!(released.code(), Code::PermissionDenied);
+    // Its own hold ids still work, and a capture into a transfer: entry is refused.
+    other
+        .place_hold(fintech_tests::ledger::hold_request("card-1", &account.account_id, 10))
+        .await
+        .expect("an ordinary hold");
+    let captured = other
+        .capture_hold(lpb::CaptureHoldRequest {
+            hold_id: "card-1".to_owned(),
+            amount: 10,
+            remainder: lpb::CaptureRemainder::Release as i32,
+            entry_id: "transfer:forged".to_owned(),
+            description: "forged".to_owned(),
+            metadata: Default::default(),
+            lines: vec![
+                lpb::EntryLine {
+                    account_id: account.account_id.clone(),
+                    side: lpb::Side::Debit as i32,
+                    amount: 10,
+                    currency: "EUR".to_owned(),
+                },
+                lpb::EntryLine {
+                    account_id: stack.cash.account_id.clone(),
+                    side: lpb::Side::Credit as i32,
+                    amount: 10,
+                    currency: "EUR".to_owned(),
+                },
+            ],
+        })
+        .await
+        .expect_err("a transfer: entry id without the scope");
+    assert_eq!(captured.code(), Code::PermissionDenied);
+    assert_eq!(stack.balance(&account.account_id).await.balance, 1_000);
+}
