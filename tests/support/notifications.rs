@@ -21,7 +21,6 @@ use fintech_platform::telemetry::TraceHeaders;
 use fintech_proto::notifications as pb;
 use fintech_proto::notifications::notifications_service_client::NotificationsServiceClient;
 use fintech_proto::topics::Topic;
-use prost::Message as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
