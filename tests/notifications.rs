@@ -75,7 +75,9 @@ async fn the_official_library_verifies_every_delivery_and_rejects_a_tampered_bod
         platform.publish(&topics::ACCOUNTS_OPENED, id, &account(id)).await;
     }
     // Not of the endpoint's types: never delivered to it.
-    platform.publish(&topics::ACCOUNTS_UPDATED, &ids[0], &account(&ids[0])).await;
+    platform
+        .publish(&topics::ACCOUNTS_UPDATED, &ids[0], &account(&ids[0]))
+        .await;
 
     let deliveries = receiver.wait_for(3, WAIT).await;
     assert_eq!(deliveries.len(), 3);
@@ -85,7 +87,12 @@ async fn the_official_library_verifies_every_delivery_and_rejects_a_tampered_bod
         assert_eq!(delivery["type"], "account.opened");
         let body: serde_json::Value = serde_json::from_str(delivery["body"].as_str().expect("body")).expect("json");
         assert!(body["timestamp"].as_str().is_some_and(|time| time.ends_with('Z')));
-        seen.push(body["data"]["accountId"].as_str().expect("the entity in the JSON mapping").to_owned());
+        seen.push(
+            body["data"]["accountId"]
+                .as_str()
+                .expect("the entity in the JSON mapping")
+                .to_owned(),
+        );
         assert_eq!(body["data"]["currency"], "EUR");
         let id = delivery["headers"]["webhook-id"].as_str().expect("id");
         assert!(id.starts_with("msg_"));
@@ -98,7 +105,11 @@ async fn the_official_library_verifies_every_delivery_and_rejects_a_tampered_bod
     // The receiver (not this project's code) rejects a tampered body with genuine headers ...
     let first = &deliveries[0];
     let header = |name: &str| first["headers"][name].as_str().expect("header").to_owned();
-    let (id, timestamp, signature) = (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+    let (id, timestamp, signature) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
     let genuine = first["body"].as_str().expect("body");
     let tampered = genuine.replace("EUR", "USD");
     assert_ne!(tampered, genuine);
@@ -108,7 +119,11 @@ async fn the_official_library_verifies_every_delivery_and_rejects_a_tampered_bod
         ("webhook-signature", signature.as_str()),
     ];
     assert_eq!(receiver.post(&headers, &tampered).await, 400, "tampered body rejected");
-    assert_eq!(receiver.post(&headers, genuine).await, 204, "the genuine one still verifies");
+    assert_eq!(
+        receiver.post(&headers, genuine).await,
+        204,
+        "the genuine one still verifies"
+    );
     // ... and a correctly signed message whose timestamp is ten minutes old.
     let old = chrono::Utc::now().timestamp() - 600;
     let old_signature = Secret::parse(&secret).expect("secret").sign(&id, old, genuine);
@@ -123,7 +138,11 @@ async fn the_official_library_verifies_every_delivery_and_rejects_a_tampered_bod
     let last = logged.last().expect("logged");
     assert_eq!(last["verified"], false);
     assert!(
-        last["error"].as_str().unwrap_or_default().to_lowercase().contains("timestamp"),
+        last["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("timestamp"),
         "rejected for its timestamp: {last}"
     );
     harness.stop().await;
@@ -136,7 +155,9 @@ async fn three_500s_then_a_200_are_four_attempts_with_one_webhook_id_on_the_sche
     let (endpoint_id, _) = harness.endpoint(&receiver.url, &[]).await;
     let platform = Platform::new(&harness.prefix);
     let account_id = uuid::Uuid::new_v4().to_string();
-    let ce_id = platform.publish(&topics::ACCOUNTS_OPENED, &account_id, &account(&account_id)).await;
+    let ce_id = platform
+        .publish(&topics::ACCOUNTS_OPENED, &account_id, &account(&account_id))
+        .await;
 
     let received = receiver.wait_for(4, WAIT).await;
     let ids: Vec<&str> = received.iter().map(|request| request.header("webhook-id")).collect();
@@ -173,7 +194,9 @@ async fn three_500s_then_a_200_are_four_attempts_with_one_webhook_id_on_the_sche
         .republish(&topics::ACCOUNTS_OPENED, &account_id, &account(&account_id), &ce_id)
         .await;
     let other = uuid::Uuid::new_v4().to_string();
-    platform.publish(&topics::ACCOUNTS_OPENED, &other, &account(&other)).await;
+    platform
+        .publish(&topics::ACCOUNTS_OPENED, &other, &account(&other))
+        .await;
     receiver.wait_for(5, WAIT).await;
     let messages = harness.messages(&endpoint_id).await;
     assert_eq!(messages.len(), 2, "the redelivered event created nothing: {messages:?}");
@@ -197,25 +220,39 @@ async fn gone_disables_the_endpoint_tells_the_operators_and_messages_wait_for_en
     let harness = NotificationsHarness::start().await;
     let receiver = Receiver::start(|index| Reply::status(if index == 0 { 410 } else { 200 })).await;
     let (endpoint_id, _) = harness.endpoint(&receiver.url, &[]).await;
-    let operators = reader(&kafka_bootstrap(), &[&harness.topic(topics::NOTIFICATIONS_ENDPOINT_DISABLED.name)]);
+    let operators = reader(
+        &kafka_bootstrap(),
+        &[&harness.topic(topics::NOTIFICATIONS_ENDPOINT_DISABLED.name)],
+    );
     let platform = Platform::new(&harness.prefix);
     let first = uuid::Uuid::new_v4().to_string();
-    platform.publish(&topics::ACCOUNTS_OPENED, &first, &account(&first)).await;
+    platform
+        .publish(&topics::ACCOUNTS_OPENED, &first, &account(&first))
+        .await;
     receiver.wait_for(1, WAIT).await;
     let (h, id) = (&harness, endpoint_id.as_str());
-    wait_until("the endpoint is disabled", || async move { h.endpoint_state(id).await.disabled }).await;
+    wait_until("the endpoint is disabled", || async move {
+        h.endpoint_state(id).await.disabled
+    })
+    .await;
     let endpoint = harness.endpoint_state(&endpoint_id).await;
     assert!(endpoint.disabled_reason.contains("410"), "{}", endpoint.disabled_reason);
 
     let records = read_records(&operators, 1, WAIT).await;
     assert_eq!(records.len(), 1, "notifications.endpoint_disabled published");
-    let disabled = <pb::EndpointDisabled as prost::Message>::decode(records[0].payload().expect("payload")).expect("decodes");
+    let disabled =
+        <pb::EndpointDisabled as prost::Message>::decode(records[0].payload().expect("payload")).expect("decodes");
     assert_eq!(disabled.endpoint.expect("endpoint").endpoint_id, endpoint_id);
 
     // The 410'd message is failed, not retried; a new event waits while the endpoint is disabled.
     let second = uuid::Uuid::new_v4().to_string();
-    platform.publish(&topics::ACCOUNTS_OPENED, &second, &account(&second)).await;
-    wait_until("the second message exists", || async move { h.messages(id).await.len() == 2 }).await;
+    platform
+        .publish(&topics::ACCOUNTS_OPENED, &second, &account(&second))
+        .await;
+    wait_until("the second message exists", || async move {
+        h.messages(id).await.len() == 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(receiver.received().len(), 1, "nothing is sent to a disabled endpoint");
     let messages = harness.messages(&endpoint_id).await;
@@ -239,15 +276,23 @@ async fn gone_disables_the_endpoint_tells_the_operators_and_messages_wait_for_en
         .clone()
         .recover_since(pb::RecoverSinceRequest {
             endpoint_id: endpoint_id.clone(),
-            since: Some(fintech_proto::time::timestamp(chrono::Utc::now() - chrono::Duration::hours(1))),
+            since: Some(fintech_proto::time::timestamp(
+                chrono::Utc::now() - chrono::Duration::hours(1),
+            )),
         })
         .await
         .expect("recover")
         .into_inner()
         .queued;
     assert!(queued >= 1, "queued {queued}");
-    let received = receiver.wait_for(2 + usize::try_from(queued).expect("small"), WAIT).await;
-    assert!(received.iter().any(|request| request.header("webhook-id") == messages[1].message_id));
+    let received = receiver
+        .wait_for(2 + usize::try_from(queued).expect("small"), WAIT)
+        .await;
+    assert!(
+        received
+            .iter()
+            .any(|request| request.header("webhook-id") == messages[1].message_id)
+    );
     harness.stop().await;
 }
 
@@ -272,7 +317,10 @@ async fn a_429_with_retry_after_2_is_retried_no_sooner_than_2_seconds_later() {
     platform.publish(&topics::ACCOUNTS_OPENED, &id, &account(&id)).await;
     let received = receiver.wait_for(2, WAIT).await;
     let gap = received[1].at - received[0].at;
-    assert!(gap >= Duration::from_secs(2), "retried after {gap:?} (the schedule alone says 300 ms)");
+    assert!(
+        gap >= Duration::from_secs(2),
+        "retried after {gap:?} (the schedule alone says 300 ms)"
+    );
     assert_eq!(received[0].header("webhook-id"), received[1].header("webhook-id"));
     harness.stop().await;
 }
@@ -315,7 +363,10 @@ async fn during_a_rotation_both_secrets_sign_and_either_verifies() {
         ("webhook-timestamp", timestamp.as_str()),
         ("webhook-signature", signature),
     ];
-    assert_eq!(new_only.post(&headers, delivery["body"].as_str().expect("body")).await, 204);
+    assert_eq!(
+        new_only.post(&headers, delivery["body"].as_str().expect("body")).await,
+        204
+    );
     assert_eq!(new_only.deliveries()[0]["verified"], true);
 
     // After the overlap only the new secret signs.
@@ -338,8 +389,14 @@ async fn during_a_rotation_both_secrets_sign_and_either_verifies() {
         .await
         .expect("test event");
     let deliveries = old_only.wait_for(2, WAIT).await;
-    let signature = deliveries[1]["headers"]["webhook-signature"].as_str().expect("signature");
-    assert_eq!(signature.split(' ').count(), 1, "one secret after the overlap: {signature}");
+    let signature = deliveries[1]["headers"]["webhook-signature"]
+        .as_str()
+        .expect("signature");
+    assert_eq!(
+        signature.split(' ').count(),
+        1,
+        "one secret after the overlap: {signature}"
+    );
     assert_eq!(deliveries[1]["verified"], false, "the first secret no longer signs");
     harness.stop().await;
 }
@@ -417,7 +474,11 @@ async fn destinations_on_loopback_private_link_local_or_metadata_addresses_are_r
     // At delivery: a name resolved to loopback is refused by the resolver, a literal by the
     // check before it; a real receiver gets nothing. With the allowlist the same request lands.
     let receiver = Receiver::start(|_| Reply::status(200)).await;
-    let port = receiver.url.trim_start_matches("http://127.0.0.1:").trim_end_matches("/hook").to_owned();
+    let port = receiver
+        .url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/hook")
+        .to_owned();
     let settings = |policy: SsrfPolicy| delivery::DeliverySettings {
         schedule: vec![Duration::ZERO],
         jitter_percent: 0,
@@ -437,7 +498,11 @@ async fn destinations_on_loopback_private_link_local_or_metadata_addresses_are_r
     for url in [format!("http://localhost:{port}/hook"), receiver.url.clone()] {
         let outcome = delivery::send(&client, &refusing, &url, &[], "{}").await;
         assert_eq!(outcome.status, None, "{url}");
-        assert!(outcome.error.contains("destination refused"), "{url}: {}", outcome.error);
+        assert!(
+            outcome.error.contains("destination refused"),
+            "{url}: {}",
+            outcome.error
+        );
     }
     assert!(receiver.received().is_empty(), "nothing reached the receiver");
     let allowing = fintech_tests::notifications::loopback_allowed();
@@ -448,6 +513,7 @@ async fn destinations_on_loopback_private_link_local_or_metadata_addresses_are_r
 }
 
 #[tokio::test]
+#[expect(clippy::print_stderr, reason = "the measurement is reported in the test output")]
 async fn a_dead_and_a_slow_endpoint_do_not_delay_a_healthy_one() {
     let harness = NotificationsHarness::start().await;
     let healthy = Receiver::start(|_| Reply::status(200)).await;
@@ -578,7 +644,11 @@ async fn watch_events_streams_live_and_resumes_after_a_reconnect_without_gaps() 
     expected.sort();
     assert_eq!(later, expected, "the three missed, nothing else");
     // Nothing more (no duplicate of the first three).
-    assert!(tokio::time::timeout(Duration::from_millis(1500), resumed.message()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), resumed.message())
+            .await
+            .is_err()
+    );
     drop(resumed);
 
     // From the first event: the other five in commit order.
@@ -739,14 +809,16 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_changes_nothing() {
 
 #[tokio::test]
 async fn endpoints_belong_to_their_creator() {
+    use fintech_proto::notifications::notifications_service_client::NotificationsServiceClient;
     use fintech_tests::auth::scoped_token;
     use fintech_tests::service::connect_with_token;
-    use fintech_proto::notifications::notifications_service_client::NotificationsServiceClient;
 
     let harness = NotificationsHarness::start().await;
     let scopes = ["notifications.read", "notifications.write"];
-    let mut alice = NotificationsServiceClient::new(connect_with_token(&harness.address, &scoped_token("alice", &scopes)).await);
-    let mut bob = NotificationsServiceClient::new(connect_with_token(&harness.address, &scoped_token("bob", &scopes)).await);
+    let mut alice =
+        NotificationsServiceClient::new(connect_with_token(&harness.address, &scoped_token("alice", &scopes)).await);
+    let mut bob =
+        NotificationsServiceClient::new(connect_with_token(&harness.address, &scoped_token("bob", &scopes)).await);
     let created = alice
         .create_endpoint(pb::CreateEndpointRequest {
             url: PLACEHOLDER.to_owned(),
@@ -758,7 +830,11 @@ async fn endpoints_belong_to_their_creator() {
         .endpoint
         .expect("endpoint");
     assert_eq!(created.owner, "alice");
-    let listed = bob.list_endpoints(pb::ListEndpointsRequest::default()).await.expect("list").into_inner();
+    let listed = bob
+        .list_endpoints(pb::ListEndpointsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
     assert!(listed.endpoints.is_empty(), "bob sees none of alice's");
     let status = bob
         .rotate_secret(pb::RotateSecretRequest {

@@ -216,7 +216,8 @@ impl Platform {
     /// A producer on the topics of `prefix`.
     pub fn new(prefix: &str) -> Self {
         Self {
-            producer: EventProducer::new(&kafka_bootstrap(), "test-platform", Duration::from_secs(20)).expect("producer"),
+            producer: EventProducer::new(&kafka_bootstrap(), "test-platform", Duration::from_secs(20))
+                .expect("producer"),
             prefix: prefix.to_owned(),
         }
     }
@@ -234,7 +235,12 @@ impl Platform {
             trace: TraceHeaders::default(),
         };
         self.producer
-            .send_event(&format!("{}{}", self.prefix, topic.name), key, &payload.encode_to_vec(), &metadata)
+            .send_event(
+                &format!("{}{}", self.prefix, topic.name),
+                key,
+                &payload.encode_to_vec(),
+                &metadata,
+            )
             .await
             .expect("produce");
         id
@@ -252,7 +258,12 @@ impl Platform {
             trace: TraceHeaders::default(),
         };
         self.producer
-            .send_event(&format!("{}{}", self.prefix, topic.name), key, &payload.encode_to_vec(), &metadata)
+            .send_event(
+                &format!("{}{}", self.prefix, topic.name),
+                key,
+                &payload.encode_to_vec(),
+                &metadata,
+            )
             .await
             .expect("produce");
     }
@@ -327,7 +338,10 @@ pub struct Receiver {
 
 impl std::fmt::Debug for Receiver {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("Receiver").field("url", &self.url).finish_non_exhaustive()
+        formatter
+            .debug_struct("Receiver")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -354,7 +368,10 @@ impl Receiver {
                     log.lock().expect("log").push(request);
                     let reply = script(index);
                     tokio::time::sleep(reply.delay).await;
-                    let mut answer = format!("HTTP/1.1 {} X\r\ncontent-length: 2\r\nconnection: close\r\n", reply.status);
+                    let mut answer = format!(
+                        "HTTP/1.1 {} X\r\ncontent-length: 2\r\nconnection: close\r\n",
+                        reply.status
+                    );
                     for (name, value) in &reply.headers {
                         answer.push_str(&format!("{name}: {value}\r\n"));
                     }
@@ -411,7 +428,10 @@ async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Received> {
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_lowercase(), value.trim().to_owned()))
         .collect();
-    let length: usize = headers.get("content-length").and_then(|value| value.parse().ok()).unwrap_or(0);
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
     let mut body = buffer[header_end + 4..].to_vec();
     while body.len() < length {
         let read = socket.read(&mut chunk).await.ok()?;
@@ -453,7 +473,9 @@ impl PythonReceiver {
         for secret in secrets {
             command.args(["--secret", secret]);
         }
-        let mut child = command.spawn().expect("python receiver starts (.tools/venv with standardwebhooks)");
+        let mut child = command
+            .spawn()
+            .expect("python receiver starts (.tools/venv with standardwebhooks)");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = std::io::BufReader::new(stdout).lines();
         let first = lines.next().expect("a first line").expect("readable");
@@ -505,7 +527,12 @@ impl PythonReceiver {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        request.send().await.expect("post to the python receiver").status().as_u16()
+        request
+            .send()
+            .await
+            .expect("post to the python receiver")
+            .status()
+            .as_u16()
     }
 }
 

@@ -133,14 +133,24 @@ impl NotificationsApp {
         Ok(spec)
     }
 
-    async fn owned(&self, conn: &mut sqlx::PgConnection, actor: &Actor, endpoint_id: Uuid, lock: bool) -> Result<EndpointRow> {
+    async fn owned(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        actor: &Actor,
+        endpoint_id: Uuid,
+        lock: bool,
+    ) -> Result<EndpointRow> {
         storage::get_endpoint(conn, endpoint_id, actor.owner_filter(), lock)
             .await?
             .ok_or_else(|| NotificationsError::EndpointNotFound(domain::public_id("ep", endpoint_id)))
     }
 
     /// Creates an endpoint; returns it with its secret (shown this once).
-    pub async fn create_endpoint(&self, actor: &Actor, request: &pb::CreateEndpointRequest) -> Result<(EndpointRow, Secret)> {
+    pub async fn create_endpoint(
+        &self,
+        actor: &Actor,
+        request: &pb::CreateEndpointRequest,
+    ) -> Result<(EndpointRow, Secret)> {
         let spec = self
             .spec(
                 &request.url,
@@ -195,11 +205,17 @@ impl NotificationsApp {
     }
 
     /// A new secret; the previous one signs beside it until the returned time.
-    pub async fn rotate_secret(&self, actor: &Actor, request: &pb::RotateSecretRequest) -> Result<(Secret, DateTime<Utc>)> {
+    pub async fn rotate_secret(
+        &self,
+        actor: &Actor,
+        request: &pb::RotateSecretRequest,
+    ) -> Result<(Secret, DateTime<Utc>)> {
         let endpoint_id = domain::parse_public_id("endpoint_id", "ep", &request.endpoint_id)?;
         let overlap = match request.overlap_seconds {
             0 => self.rotation_overlap,
-            seconds if seconds > 0 && seconds.unsigned_abs() <= MAX_OVERLAP.as_secs() => Duration::from_secs(seconds.unsigned_abs()),
+            seconds if seconds > 0 && seconds.unsigned_abs() <= MAX_OVERLAP.as_secs() => {
+                Duration::from_secs(seconds.unsigned_abs())
+            }
             other => {
                 return Err(Violations::single(
                     "overlap_seconds",
@@ -220,7 +236,13 @@ impl NotificationsApp {
     }
 
     /// Disables or enables an endpoint.
-    pub async fn set_disabled(&self, actor: &Actor, endpoint_id: &str, disabled: bool, reason: &str) -> Result<EndpointRow> {
+    pub async fn set_disabled(
+        &self,
+        actor: &Actor,
+        endpoint_id: &str,
+        disabled: bool,
+        reason: &str,
+    ) -> Result<EndpointRow> {
         let endpoint_id = domain::parse_public_id("endpoint_id", "ep", endpoint_id)?;
         if reason.chars().count() > MAX_TEXT {
             return Err(Violations::single("reason", format!("must be at most {MAX_TEXT} characters")).into());
@@ -229,7 +251,11 @@ impl NotificationsApp {
         let mut endpoint = self.owned(&mut transaction, actor, endpoint_id, true).await?;
         endpoint.disabled = disabled;
         endpoint.disabled_reason = if disabled {
-            if reason.is_empty() { format!("disabled by {}", actor.subject) } else { reason.to_owned() }
+            if reason.is_empty() {
+                format!("disabled by {}", actor.subject)
+            } else {
+                reason.to_owned()
+            }
         } else {
             String::new()
         };
@@ -301,7 +327,12 @@ impl NotificationsApp {
     }
 
     /// Attempts of a message or an endpoint (exactly one of the two).
-    pub async fn list_attempts(&self, actor: &Actor, request: &pb::ListAttemptsRequest, page: &PageRequest) -> Result<Vec<AttemptRow>> {
+    pub async fn list_attempts(
+        &self,
+        actor: &Actor,
+        request: &pb::ListAttemptsRequest,
+        page: &PageRequest,
+    ) -> Result<Vec<AttemptRow>> {
         let of = match (request.message_id.is_empty(), request.endpoint_id.is_empty()) {
             (false, true) => {
                 let message_id = domain::parse_public_id("message_id", "msg", &request.message_id)?;
@@ -317,7 +348,9 @@ impl NotificationsApp {
                 AttemptsOf::Endpoint(endpoint_id)
             }
             _ => {
-                return Err(Violations::single("message_id", "exactly one of message_id and endpoint_id is required").into());
+                return Err(
+                    Violations::single("message_id", "exactly one of message_id and endpoint_id is required").into(),
+                );
             }
         };
         Ok(storage::list_attempts(&self.pool, of, page).await?)

@@ -54,10 +54,7 @@ pub struct NotificationsConfig {
 
 /// Parses a schedule, `0s,5s,5m`.
 pub fn parse_schedule(text: &str) -> Result<Vec<Duration>, String> {
-    let schedule = text
-        .split(',')
-        .map(parse_duration)
-        .collect::<Result<Vec<_>, _>>()?;
+    let schedule = text.split(',').map(parse_duration).collect::<Result<Vec<_>, _>>()?;
     if schedule.is_empty() {
         return Err("needs at least one delay".to_owned());
     }
@@ -90,7 +87,9 @@ impl NotificationsConfig {
         };
         let defaults = Self::defaults(PlatformConfig::from_env("notifications", DEFAULT_PORT)?);
         let schedule = match env_opt("NOTIFICATIONS_RETRY_SCHEDULE") {
-            Some(text) => parse_schedule(&text).map_err(|reason| config_error("NOTIFICATIONS_RETRY_SCHEDULE", reason))?,
+            Some(text) => {
+                parse_schedule(&text).map_err(|reason| config_error("NOTIFICATIONS_RETRY_SCHEDULE", reason))?
+            }
             None => defaults.schedule.clone(),
         };
         let allowed = match env_opt("NOTIFICATIONS_ALLOWED_NETWORKS") {

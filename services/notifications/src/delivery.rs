@@ -352,11 +352,21 @@ impl Deliverer {
         let headers = [
             ("webhook-id", webhook_id.clone()),
             ("webhook-timestamp", timestamp.to_string()),
-            ("webhook-signature", signature_header(&secrets, &webhook_id, timestamp, &message.body)),
+            (
+                "webhook-signature",
+                signature_header(&secrets, &webhook_id, timestamp, &message.body),
+            ),
         ];
         let started_at = domain::now();
         let clock = Instant::now();
-        let outcome = send(&self.client, &self.settings.policy, &message.url, &headers, &message.body).await;
+        let outcome = send(
+            &self.client,
+            &self.settings.policy,
+            &message.url,
+            &headers,
+            &message.body,
+        )
+        .await;
         let latency_ms = i64::try_from(clock.elapsed().as_millis()).unwrap_or(i64::MAX);
         let success = outcome.success();
         let gone = outcome.status == Some(410);
@@ -365,7 +375,9 @@ impl Deliverer {
         } else if gone {
             Next::Failed
         } else {
-            let index = usize::try_from(message.retry_index).unwrap_or(usize::MAX).saturating_add(1);
+            let index = usize::try_from(message.retry_index)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1);
             match domain::retry_delay(&self.settings.schedule, index, self.settings.jitter_percent) {
                 None => Next::Failed,
                 Some(delay) => {

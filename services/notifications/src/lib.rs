@@ -73,7 +73,11 @@ impl Service for Notifications {
 
     /// Runs notifications on `listener` until `shutdown` fires: the source consumer, the delivery
     /// worker, the outbox relays and the gRPC service.
-    async fn run(config: NotificationsConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run(
+        config: NotificationsConfig,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         sources::check_descriptors()?;
         let kit = Kit::start(&config.platform, &MIGRATOR).await?;
         let topics = TopicNames::with_prefix(&config.platform.topic_prefix);
@@ -89,9 +93,9 @@ impl Service for Notifications {
         let inputs = sources::input_topics();
         let handler = sources::Sources::handler(kit.pool().clone(), topics, wake);
         kit.consumer(sources::CONSUMER, &inputs, sources::NOTIFICATIONS_DLQ, handler)
-        .job("delivery", move |stop| deliverer.run(stop))
-        .grpc(NotificationsServiceServer::new(grpc::NotificationsGrpc::new(app)))
-        .serve(listener, shutdown)
-        .await
+            .job("delivery", move |stop| deliverer.run(stop))
+            .grpc(NotificationsServiceServer::new(grpc::NotificationsGrpc::new(app)))
+            .serve(listener, shutdown)
+            .await
     }
 }

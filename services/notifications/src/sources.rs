@@ -79,15 +79,18 @@ pub fn public_type(topic: &str) -> Option<&'static str> {
 }
 
 /// The contracts, for the JSON mapping of any payload.
-static DESCRIPTORS: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(|| {
-    DescriptorPool::decode(fintech_proto::FILE_DESCRIPTOR_SET).map_err(|error| error.to_string())
-});
+static DESCRIPTORS: LazyLock<Result<DescriptorPool, String>> =
+    LazyLock::new(|| DescriptorPool::decode(fintech_proto::FILE_DESCRIPTOR_SET).map_err(|error| error.to_string()));
 
 /// Checks at start-up that the contracts load and name every payload of the subscribed topics.
 pub fn check_descriptors() -> anyhow::Result<()> {
-    let pool = DESCRIPTORS.as_ref().map_err(|error| anyhow::anyhow!("the embedded descriptor set: {error}"))?;
+    let pool = DESCRIPTORS
+        .as_ref()
+        .map_err(|error| anyhow::anyhow!("the embedded descriptor set: {error}"))?;
     for topic in input_topics() {
-        let payload = topics::Topic::named(topic).and_then(|topic| topic.payload).unwrap_or_default();
+        let payload = topics::Topic::named(topic)
+            .and_then(|topic| topic.payload)
+            .unwrap_or_default();
         if pool.get_message_by_name(payload).is_none() {
             anyhow::bail!("topic {topic}: payload {payload} is not in the descriptor set");
         }
@@ -101,7 +104,8 @@ pub fn payload_json(message: &str, payload: &[u8]) -> Result<serde_json::Value, 
     let descriptor = pool
         .get_message_by_name(message)
         .ok_or_else(|| format!("{message} is no message of the contracts"))?;
-    let decoded = DynamicMessage::decode(descriptor, payload).map_err(|error| format!("not a valid {message}: {error}"))?;
+    let decoded =
+        DynamicMessage::decode(descriptor, payload).map_err(|error| format!("not a valid {message}: {error}"))?;
     let options = SerializeOptions::new().skip_default_fields(false);
     decoded
         .serialize_with_options(serde_json::value::Serializer, &options)
@@ -111,7 +115,12 @@ pub fn payload_json(message: &str, payload: &[u8]) -> Result<serde_json::Value, 
 /// The webhook body: `{"type", "timestamp", "data"}`. An entity that would make it larger than
 /// [`MAX_BODY`] is left out (`"data": null, "data_omitted": true`, with the subject) so the
 /// receiver can fetch it; bodies stay under 20 kB.
-pub fn body(event_type: &str, timestamp: chrono::DateTime<chrono::Utc>, subject: &str, data: serde_json::Value) -> String {
+pub fn body(
+    event_type: &str,
+    timestamp: chrono::DateTime<chrono::Utc>,
+    subject: &str,
+    data: serde_json::Value,
+) -> String {
     let timestamp = timestamp.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let full = serde_json::json!({"type": event_type, "timestamp": timestamp, "data": data}).to_string();
     if full.len() <= MAX_BODY {
@@ -142,14 +151,18 @@ impl TransactionalHandler for SourceHandler {
     async fn apply(&self, conn: &mut PgConnection, event: &ConsumedEvent) -> Result<(), HandlerError> {
         let metadata = event.valid_metadata()?;
         let topic = self.topics.unprefixed(&event.topic);
-        let event_type =
-            public_type(topic).ok_or_else(|| HandlerError::permanent(format!("notifications does not consume {topic}")))?;
+        let event_type = public_type(topic)
+            .ok_or_else(|| HandlerError::permanent(format!("notifications does not consume {topic}")))?;
         let payload = event
             .payload
             .as_deref()
             .ok_or_else(|| HandlerError::permanent("record has no value"))?;
         let data = payload_json(&metadata.payload_type, payload).map_err(HandlerError::permanent)?;
-        let subject = metadata.subject.clone().or_else(|| event.key_str().map(str::to_owned)).unwrap_or_default();
+        let subject = metadata
+            .subject
+            .clone()
+            .or_else(|| event.key_str().map(str::to_owned))
+            .unwrap_or_default();
         let body = body(event_type, metadata.time, &subject, data);
         let event_id = uuid::Uuid::new_v4();
         let (sequence, messages) =

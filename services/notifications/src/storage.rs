@@ -209,7 +209,9 @@ pub async fn secrets_in_force(pool: &PgPool, endpoint_id: Uuid) -> anyhow::Resul
     .fetch_all(pool)
     .await?;
     rows.iter()
-        .map(|text| Secret::parse(text).ok_or_else(|| anyhow::anyhow!("a stored secret of endpoint {endpoint_id} is malformed")))
+        .map(|text| {
+            Secret::parse(text).ok_or_else(|| anyhow::anyhow!("a stored secret of endpoint {endpoint_id} is malformed"))
+        })
         .collect()
 }
 
@@ -600,11 +602,7 @@ pub enum Next {
 
 /// Records an attempt and the message's next state in one transaction; tracks the endpoint's
 /// failing streak and returns it (`Some(since)` while failing).
-pub async fn finish_attempt(
-    pool: &PgPool,
-    attempt: &AttemptRow,
-    next: Next,
-) -> sqlx::Result<Option<DateTime<Utc>>> {
+pub async fn finish_attempt(pool: &PgPool, attempt: &AttemptRow, next: Next) -> sqlx::Result<Option<DateTime<Utc>>> {
     let mut transaction = pool.begin().await?;
     sqlx::query(
         "INSERT INTO notification_attempts (attempt_id, message_id, endpoint_id, attempt_number, url, status_code, \

@@ -69,7 +69,10 @@ pub fn parse_public_id(field: &str, prefix: &str, text: &str) -> Result<Uuid, Vi
     parsed.ok_or_else(|| {
         Violations::single(
             field,
-            format!("must be {prefix}_ followed by 32 hex digits, got {:?}", fintech_platform::auth::short(text)),
+            format!(
+                "must be {prefix}_ followed by 32 hex digits, got {:?}",
+                fintech_platform::auth::short(text)
+            ),
         )
     })
 }
@@ -91,9 +94,9 @@ pub struct EndpointSpec {
 pub fn check_event_type(field: &str, event_type: &str, violations: &mut Violations) {
     let valid = (1..=100).contains(&event_type.len())
         && event_type.starts_with(|character: char| character.is_ascii_lowercase())
-        && event_type
-            .chars()
-            .all(|character| character.is_ascii_lowercase() || character.is_ascii_digit() || matches!(character, '.' | '_'));
+        && event_type.chars().all(|character| {
+            character.is_ascii_lowercase() || character.is_ascii_digit() || matches!(character, '.' | '_')
+        });
     if !valid {
         violations.add(
             field,
@@ -170,7 +173,9 @@ impl EndpointSpec {
 /// The checks of a URL that need no DNS: scheme, host present, no credentials, a literal
 /// address allowed.
 pub fn check_url(url: &url::Url, policy: &ssrf::SsrfPolicy) -> Result<(), String> {
-    policy.check_scheme(url.scheme()).map_err(|refusal| refusal.to_string())?;
+    policy
+        .check_scheme(url.scheme())
+        .map_err(|refusal| refusal.to_string())?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not carry credentials".to_owned());
     }
@@ -221,7 +226,10 @@ mod tests {
     #[test]
     fn public_ids_round_trip_and_name_the_field() {
         let id = Uuid::new_v4();
-        assert_eq!(parse_public_id("endpoint_id", "ep", &public_id("ep", id)).expect("id"), id);
+        assert_eq!(
+            parse_public_id("endpoint_id", "ep", &public_id("ep", id)).expect("id"),
+            id
+        );
         let error = parse_public_id("endpoint_id", "ep", "msg_123").expect_err("wrong prefix");
         assert_eq!(error.fields(), ["endpoint_id"]);
     }
@@ -250,14 +258,19 @@ mod tests {
         assert_eq!(retry_delay(&schedule, 0, 10), Some(Duration::ZERO));
         for _ in 0..100 {
             let delay = retry_delay(&schedule, 1, 10).expect("second");
-            assert!(delay >= Duration::from_secs(9) && delay <= Duration::from_secs(11), "{delay:?}");
+            assert!(
+                delay >= Duration::from_secs(9) && delay <= Duration::from_secs(11),
+                "{delay:?}"
+            );
         }
         assert_eq!(retry_delay(&schedule, 2, 10), None);
     }
 
     #[test]
     fn retry_after_is_seconds_or_a_date() {
-        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").expect("time").with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
         assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),

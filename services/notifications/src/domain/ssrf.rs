@@ -43,11 +43,19 @@ impl Network {
     pub fn contains(&self, address: IpAddr) -> bool {
         match (self.address, address) {
             (IpAddr::V4(network), IpAddr::V4(address)) => {
-                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.prefix))
+                };
                 u32::from(network) & mask == u32::from(address) & mask
             }
             (IpAddr::V6(network), IpAddr::V6(address)) => {
-                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix)) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.prefix))
+                };
                 u128::from(network) & mask == u128::from(address) & mask
             }
             _ => false,
@@ -86,7 +94,9 @@ impl SsrfPolicy {
         match scheme {
             "https" => Ok(()),
             "http" if self.allow_http => Ok(()),
-            "http" => Err(Refusal::Scheme("must be https (plain http is not allowed here)".to_owned())),
+            "http" => Err(Refusal::Scheme(
+                "must be https (plain http is not allowed here)".to_owned(),
+            )),
             other => Err(Refusal::Scheme(format!("must be https, not {other}"))),
         }
     }
@@ -205,7 +215,10 @@ mod tests {
     fn an_allowlisted_network_is_allowed_and_nothing_else() {
         let policy = SsrfPolicy {
             allow_http: true,
-            allowed: vec![Network::parse("127.0.0.0/8").expect("cidr"), Network::parse("::1").expect("host")],
+            allowed: vec![
+                Network::parse("127.0.0.0/8").expect("cidr"),
+                Network::parse("::1").expect("host"),
+            ],
         };
         assert!(!refused(&policy, "127.0.0.1"));
         assert!(!refused(&policy, "127.9.9.9"));
@@ -231,6 +244,10 @@ mod tests {
     fn networks_parse_and_reject_bad_prefixes() {
         assert!(Network::parse("10.0.0.0/33").is_err());
         assert!(Network::parse("nonsense").is_err());
-        assert!(Network::parse("::/0").expect("all").contains("2001::1".parse().expect("v6")));
+        assert!(
+            Network::parse("::/0")
+                .expect("all")
+                .contains("2001::1".parse().expect("v6"))
+        );
     }
 }
