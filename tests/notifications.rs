@@ -548,11 +548,13 @@ async fn a_dead_and_a_slow_endpoint_do_not_delay_a_healthy_one() {
         latencies.sort();
         latencies
     }
+    // Warm-up first (the consumer joining its group), so the baseline is the steady state.
+    latencies(&platform, &healthy, 0, 3).await;
     let events = 30;
-    let alone = latencies(&platform, &healthy, 0, events).await;
+    let alone = latencies(&platform, &healthy, 3, events).await;
     harness.endpoint(&slow.url, &[]).await;
     harness.endpoint(&dead_url, &[]).await;
-    let beside = latencies(&platform, &healthy, events, events).await;
+    let beside = latencies(&platform, &healthy, 3 + events, events).await;
     let p99 = |latencies: &[Duration]| latencies[latencies.len() * 99 / 100];
     let (alone_p99, beside_p99) = (p99(&alone), p99(&beside));
     eprintln!("healthy endpoint p99: alone {alone_p99:?}, beside a dead and a slow endpoint {beside_p99:?}");
