@@ -865,3 +865,44 @@ async fn endpoints_belong_to_their_creator() {
     assert_eq!(status.code(), Code::PermissionDenied);
     harness.stop().await;
 }
+
+#[tokio::test]
+async fn an_endpoint_failing_for_longer_than_the_limit_is_disabled_with_an_operator_event() {
+    // The 5 days, scaled to 1 s: a dead endpoint (connection refused) fails every 300 ms.
+    let harness = NotificationsHarness::start_with(|config| config.disable_after = Duration::from_secs(1)).await;
+    let dead_url = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}/hook", listener.local_addr().expect("address"))
+    };
+    let (endpoint_id, _) = harness.endpoint(&dead_url, &[]).await;
+    let operators = reader(
+        &kafka_bootstrap(),
+        &[&harness.topic(topics::NOTIFICATIONS_ENDPOINT_DISABLED.name)],
+    );
+    let platform = Platform::new(&harness.prefix);
+    let id = uuid::Uuid::new_v4().to_string();
+    platform.publish(&topics::ACCOUNTS_OPENED, &id, &account(&id)).await;
+    let (h, endpoint) = (&harness, endpoint_id.as_str());
+    wait_until("the endpoint is disabled", || async move {
+        h.endpoint_state(endpoint).await.disabled
+    })
+    .await;
+    let state = harness.endpoint_state(&endpoint_id).await;
+    assert!(
+        state.disabled_reason.contains("every attempt failed since"),
+        "{}",
+        state.disabled_reason
+    );
+    assert!(state.failing_since.is_some());
+    let records = read_records(&operators, 1, WAIT).await;
+    assert_eq!(records.len(), 1, "notifications.endpoint_disabled published");
+    let message = &harness.messages(&endpoint_id).await[0];
+    let attempts = harness.attempts(&message.message_id).await;
+    assert!(attempts.len() >= 2, "failed more than once before: {}", attempts.len());
+    assert!(
+        attempts
+            .iter()
+            .all(|attempt| attempt.status_code == 0 && !attempt.error.is_empty())
+    );
+    harness.stop().await;
+}
