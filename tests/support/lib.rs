@@ -11,6 +11,7 @@ pub mod accounts;
 pub mod auth;
 pub mod gateway;
 pub mod ledger;
+pub mod notifications;
 pub mod payments;
 pub mod process;
 pub mod service;

@@ -31,7 +31,7 @@ pub const DEV_AUDIENCE: &str = "fintech-platform";
 /// The algorithm of the development key.
 pub const DEV_ALGORITHM: Algorithm = Algorithm::ES256;
 /// Every scope of the platform (an operator token carries them all).
-pub const ALL_SCOPES: [&str; 15] = [
+pub const ALL_SCOPES: [&str; 17] = [
     "payments.read",
     "payments.write",
     "tax.read",
@@ -46,6 +46,8 @@ pub const ALL_SCOPES: [&str; 15] = [
     "transfers.read",
     "transfers.write",
     "transfers.approve",
+    "notifications.read",
+    "notifications.write",
     "notifications.admin",
 ];
 /// File name of the private key in a key directory.

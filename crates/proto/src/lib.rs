@@ -49,6 +49,13 @@ pub mod fintech {
             tonic::include_proto!("fintech.transfers.v1");
         }
     }
+    /// `fintech.notifications.*`
+    pub mod notifications {
+        /// `fintech.notifications.v1`: webhook endpoints, deliveries and the live event stream.
+        pub mod v1 {
+            tonic::include_proto!("fintech.notifications.v1");
+        }
+    }
     /// `fintech.ledger.*`
     pub mod ledger {
         /// `fintech.ledger.v1`: accounts, journal entries, balances of the double-entry ledger.
@@ -64,6 +71,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 pub use fintech::accounts::v1 as accounts;
 pub use fintech::common::v1 as common;
 pub use fintech::ledger::v1 as ledger;
+pub use fintech::notifications::v1 as notifications;
 pub use fintech::payments::v1 as payments;
 pub use fintech::tax::v1 as tax;
 pub use fintech::transfers::v1 as transfers;
@@ -94,4 +102,5 @@ message_limits!(
     ledger::ledger_service_server::LedgerServiceServer,
     accounts::accounts_service_server::AccountsServiceServer,
     transfers::transfers_service_server::TransfersServiceServer,
+    notifications::notifications_service_server::NotificationsServiceServer,
 );
