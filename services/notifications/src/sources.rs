@@ -222,6 +222,12 @@ mod tests {
         assert!(subscribed.contains(&"tax.calculated"));
         assert!(subscribed.contains(&"ledger.entry_posted"));
         assert!(subscribed.contains(&"accounts.opened"));
+        assert!(subscribed.contains(&"transfers.completed"));
+        assert_eq!(
+            subscribed.len(),
+            SOURCES.len(),
+            "every source row names a topic of proto/topics.json"
+        );
         for topic in &subscribed {
             assert!(topics::Topic::named(topic).is_some());
         }
@@ -243,6 +249,16 @@ mod tests {
         assert_eq!(json["overdraftLimit"], "500", "int64 is a string in the JSON mapping");
         assert_eq!(json["state"], "ACCOUNT_STATE_UNSPECIFIED", "defaults are written");
         assert!(payload_json("fintech.nothing.v1.X", &[]).is_err());
+
+        let transfer = fintech_proto::transfers::Transfer {
+            transfer_id: "t-1".to_owned(),
+            amount: 12_000,
+            version: 4,
+            ..Default::default()
+        };
+        let json = payload_json("fintech.transfers.v1.Transfer", &transfer.encode_to_vec()).expect("json");
+        assert_eq!(json["transferId"], "t-1");
+        assert_eq!(json["amount"], "12000");
     }
 
     #[test]
