@@ -31,6 +31,8 @@ async fn gateway_in_front_of(payments: &PaymentsHarness, rate_limit: &str) -> Ga
                 ("tax", UNUSED),
                 ("ledger", UNUSED),
                 ("accounts", UNUSED),
+                ("transfers", UNUSED),
+                ("notifications", UNUSED),
             ],
             &["--rate-limit", &rate_limit, "--cors-origin", APP_ORIGIN],
         )

@@ -261,10 +261,17 @@ impl TransferWorkflow {
         true
     }
 
-    /// Refuses a decision unless the transfer waits for one.
+    /// Refuses a decision once the capture started or the transfer ended, or when one was already
+    /// taken. `Running` is accepted on purpose: a worker that takes the workflow over after a crash
+    /// may get the update in the same activation as the hold's completion, and the SDK runs
+    /// validators before it resolves that activation's activities, so the phase it sees is still
+    /// `Running` although the transfer (its row, written by the hold activity) awaits approval. The
+    /// API accepts a decision only for a row in AWAITING_APPROVAL, so an early decision is one for
+    /// a transfer that needs it; the workflow reads it when it reaches the approval wait.
     #[update_validator(decide)]
     fn validate_decide(&self, _ctx: &WorkflowContextView, _decision: &Decision) -> Validation {
-        if self.phase == Phase::AwaitingApproval && self.decision.is_none() && self.cancel.is_none() {
+        let open = matches!(self.phase, Phase::Running | Phase::AwaitingApproval);
+        if open && self.decision.is_none() && self.cancel.is_none() {
             Ok(())
         } else {
             Err("transfer.not_awaiting_approval: the transfer does not wait for a decision".into())
