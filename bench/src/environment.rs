@@ -29,6 +29,7 @@ use crate::report::LogSummary;
 use crate::services::ServiceProcess;
 use crate::suite::Options;
 use fintech_devkit::broker::PrivateBroker;
+use fintech_devkit::temporal::TemporalServer;
 
 /// Topics tax reads and writes besides payments' (the benchmark does not link the tax crate: it
 /// talks to tax only as a client would).
@@ -58,6 +59,10 @@ pub struct Needs {
     pub pgbench: bool,
     /// Payments alone, without outbox relays (`OUTBOX_RELAYS=0`): only its command path.
     pub payments_only: bool,
+    /// Transfers with what it needs: a Temporal dev server, accounts and the ledger.
+    pub transfers: bool,
+    /// Notifications alone (the benchmark plays the producers and the receivers).
+    pub notifications: bool,
 }
 
 /// Run-wide things every environment uses.
@@ -122,8 +127,16 @@ pub struct Environment {
     pub payments: Option<Service>,
     /// Tax (with the flow).
     pub tax: Option<Service>,
-    /// The ledger (with the flow when available, or alone).
+    /// The ledger (with the flow when available, alone, or under transfers).
     pub ledger: Option<Service>,
+    /// Accounts (with transfers).
+    pub accounts: Option<Service>,
+    /// Transfers.
+    pub transfers: Option<Service>,
+    /// Notifications.
+    pub notifications: Option<Service>,
+    /// The private Temporal dev server (with transfers).
+    pub temporal: Option<TemporalServer>,
     /// The pgbench database and its URL.
     pub pgbench_db: Option<(PgPool, String)>,
     /// Backlog readings (with the flow).
@@ -170,6 +183,9 @@ impl Environment {
         let mut topics = BASELINE_TOPICS.to_vec();
         if needs.flow || needs.payments_only {
             topics.extend(fintech_payments::events::TOPICS.iter().chain(&TAX_TOPICS));
+        }
+        if needs.transfers || needs.notifications {
+            topics.extend(fintech_proto::topics::ALL.iter().map(|topic| topic.name));
         }
         if with_ledger {
             topics.extend(LEDGER_TOPICS);
@@ -225,6 +241,29 @@ impl Environment {
             self.ledger = Some(ledger.serving("fintech.ledger.v1.LedgerService").await?);
         }
 
+        if needs.transfers {
+            self.start_transfers(context).await?;
+        }
+        if needs.notifications {
+            let notifications = self
+                .launch(
+                    context,
+                    "notifications",
+                    &options.bin_dir.join("notifications"),
+                    // The benchmark's receivers listen on loopback over plain HTTP.
+                    &[
+                        ("NOTIFICATIONS_ALLOW_HTTP", "true"),
+                        ("NOTIFICATIONS_ALLOWED_NETWORKS", "127.0.0.0/8"),
+                    ],
+                )
+                .await?;
+            self.notifications = Some(
+                notifications
+                    .serving("fintech.notifications.v1.NotificationsService")
+                    .await?,
+            );
+        }
+
         if let (Some(payments), Some(tax)) = (&self.payments, &self.tax) {
             let tax_inputs = fintech_payments::events::TOPICS.iter().take(3);
             self.monitor = Some(Monitor {
@@ -254,8 +293,67 @@ impl Environment {
         Ok(())
     }
 
+    /// A private Temporal dev server, then accounts, the ledger (its accounts consumer only) and
+    /// transfers with its own service token for the ledger.
+    async fn start_transfers(&mut self, context: &RunContext<'_>) -> anyhow::Result<()> {
+        let options = context.options;
+        let ledger_bin = (options.ledger_bin.clone()).context("transfers needs the ledger binary (--ledger-bin)")?;
+        let temporal = TemporalServer::start().await.context("start a Temporal dev server")?;
+        if let Some(pid) = temporal.pid() {
+            context.sampler.track("temporal", Selector::Pid(pid));
+        }
+        let (temporal_address, namespace) = (temporal.address().to_owned(), temporal.namespace().to_owned());
+        self.temporal = Some(temporal);
+        let accounts = self
+            .launch(context, "accounts", &options.bin_dir.join("accounts"), &[])
+            .await?;
+        let ledger = self
+            .launch(
+                context,
+                "ledger",
+                &ledger_bin,
+                &[("TAX_CONSUMER_ENABLED", "false"), ("CASH_CONSUMER_ENABLED", "false")],
+            )
+            .await?;
+        let ledger_address = ledger.process.address.clone();
+        let token = crate::load::service_token_file(
+            &self.dir,
+            "svc:transfers",
+            &["ledger.post", "ledger.read", "ledger.transfers"],
+        )?;
+        let token = token.display().to_string();
+        let transfers = self
+            .launch(
+                context,
+                "transfers",
+                &options.bin_dir.join("transfers"),
+                &[
+                    ("TEMPORAL_ADDRESS", &temporal_address),
+                    ("TEMPORAL_NAMESPACE", &namespace),
+                    ("LEDGER_ADDRESS", &ledger_address),
+                    ("TRANSFERS_SERVICE_TOKEN_FILE", &token),
+                    // Every benchmark transfer runs straight through (no approval wait).
+                    ("TRANSFERS_APPROVAL_THRESHOLD", "1000000000000"),
+                ],
+            )
+            .await?;
+        self.accounts = Some(accounts.serving("fintech.accounts.v1.AccountsService").await?);
+        self.ledger = Some(ledger.serving("fintech.ledger.v1.LedgerService").await?);
+        self.transfers = Some(transfers.serving("fintech.transfers.v1.TransfersService").await?);
+        Ok(())
+    }
+
     fn services(&self) -> impl Iterator<Item = &Service> {
-        [&self.payments, &self.tax, &self.ledger].into_iter().flatten()
+        [
+            &self.payments,
+            &self.tax,
+            &self.ledger,
+            &self.accounts,
+            &self.transfers,
+            &self.notifications,
+        ]
+        .into_iter()
+        .flatten()
     }
 
     fn database_name(&self, context: &RunContext<'_>, service: &str) -> String {
@@ -318,9 +416,16 @@ impl Environment {
 
     /// Fails if a service or the private broker died.
     pub fn ensure_alive(&mut self) -> anyhow::Result<()> {
-        for service in [&mut self.payments, &mut self.tax, &mut self.ledger]
-            .into_iter()
-            .flatten()
+        for service in [
+            &mut self.payments,
+            &mut self.tax,
+            &mut self.ledger,
+            &mut self.accounts,
+            &mut self.transfers,
+            &mut self.notifications,
+        ]
+        .into_iter()
+        .flatten()
         {
             service.process.ensure_running()?;
         }
@@ -342,10 +447,15 @@ impl Environment {
             report.broker_data_mb = broker.data_bytes() as f64 / 1e6;
             report.broker_panic = broker.panic();
         }
-        for mut service in [self.payments.take(), self.tax.take(), self.ledger.take()]
-            .into_iter()
-            .flatten()
-        {
+        let services = [
+            self.transfers.take(),
+            self.notifications.take(),
+            self.payments.take(),
+            self.tax.take(),
+            self.ledger.take(),
+            self.accounts.take(),
+        ];
+        for mut service in services.into_iter().flatten() {
             let name = service.process.name.clone();
             if let Some(usage) = lifetime.get(&name) {
                 report.peak_rss_mb.insert(name.clone(), usage.lifetime_peak_rss_mb);
@@ -357,6 +467,7 @@ impl Environment {
             pool.close().await;
         }
         drop(self.monitor.take());
+        drop(self.temporal.take());
         drop(self.broker.take());
         if context.options.keep_databases {
             say(format!("    keeping databases {}", self.databases.join(", ")));

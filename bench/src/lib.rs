@@ -13,6 +13,9 @@
 //! - [`payments`]: closed-loop gRPC load on payments (CreateOrder + CreateTransaction);
 //! - [`e2e`]: open-loop load and the time until the `TaxedTransaction` exists;
 //! - [`ledger`]: PostEntry across many accounts and on one hot account;
+//! - [`transfers`]: the transfer saga on Temporal against the ledger's own hold + capture;
+//! - [`notifications`]: event → signed webhook delivery, alone, beside a dead and a slow
+//!   endpoint, in a burst, against a raw consumer;
 //! - [`pgbench`]: the PostgreSQL baseline running the same SQL as a command;
 //! - [`kafka`]: topics, consumer-group lag and the raw rdkafka baselines;
 //! - [`monitor`]: outbox backlog and consumer lag over time;
@@ -31,6 +34,7 @@ pub mod kafka;
 pub mod ledger;
 pub mod load;
 pub mod monitor;
+pub mod notifications;
 pub mod payments;
 pub mod pgbench;
 pub mod procstat;
@@ -40,3 +44,4 @@ pub mod report;
 pub mod services;
 pub mod stats;
 pub mod suite;
+pub mod transfers;

@@ -79,22 +79,52 @@ pub fn authenticated(channel: tonic::transport::Channel) -> anyhow::Result<Chann
         exp: fintech_devkit::auth::now_secs() + 24 * 3600,
         ..Claims::operator("bench")
     };
-    let token = keys()?.key.mint(&claims);
+    authenticated_as(channel, &claims)
+}
+
+/// `channel` carrying a token of `claims` (signed with the benchmark's key).
+pub fn authenticated_as(channel: tonic::transport::Channel, claims: &Claims) -> anyhow::Result<Channel> {
+    let token = keys()?.key.mint(claims);
     Ok(InterceptedService::new(
         channel,
         Bearer(format!("Bearer {token}").parse()?),
     ))
 }
 
-/// A connection to a service (one HTTP/2 connection per channel), carrying the operator token.
-pub async fn connect(address: &str) -> anyhow::Result<Channel> {
-    let channel = Endpoint::from_shared(format!("http://{address}"))?
+/// A connection to a service as customer `customer_id` with `scopes` (valid for a day).
+pub async fn connect_as_customer(address: &str, customer_id: &str, scopes: &[&str]) -> anyhow::Result<Channel> {
+    let claims = Claims {
+        exp: fintech_devkit::auth::now_secs() + 24 * 3600,
+        ..Claims::customer(customer_id, scopes)
+    };
+    authenticated_as(open(address).await?, &claims)
+}
+
+/// Writes a service token of `subject` with `scopes` (valid for a day) into `dir`, for a service
+/// that calls another one with its own identity (transfers calls the ledger).
+pub fn service_token_file(dir: &std::path::Path, subject: &str, scopes: &[&str]) -> anyhow::Result<std::path::PathBuf> {
+    let claims = Claims {
+        exp: fintech_devkit::auth::now_secs() + 24 * 3600,
+        ..Claims::new(subject, scopes, Duration::from_secs(24 * 3600))
+    };
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{}.token", subject.replace(':', "-")));
+    std::fs::write(&path, keys()?.key.mint(&claims))?;
+    Ok(path)
+}
+
+async fn open(address: &str) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(Endpoint::from_shared(format!("http://{address}"))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .connect()
-        .await?;
-    authenticated(channel)
+        .await?)
+}
+
+/// A connection to a service (one HTTP/2 connection per channel), carrying the operator token.
+pub async fn connect(address: &str) -> anyhow::Result<Channel> {
+    authenticated(open(address).await?)
 }
 
 /// `message` with the `idempotency-key` metadata the services require on every command.

@@ -79,6 +79,19 @@ fn seconds(value: &str, flag: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+fn levels(value: &str, flag: &str) -> anyhow::Result<Vec<usize>> {
+    let levels = value
+        .split(',')
+        .map(|level| level.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{flag}: comma-separated client counts"))?;
+    anyhow::ensure!(
+        !levels.is_empty() && levels.iter().all(|level| *level > 0),
+        "{flag}: positive client counts"
+    );
+    Ok(levels)
+}
+
 fn suite_options(args: &[String]) -> anyhow::Result<Options> {
     let mut options = if args.iter().any(|arg| arg == "--smoke") {
         Options::smoke()
@@ -103,8 +116,9 @@ fn suite_options(args: &[String]) -> anyhow::Result<Options> {
                 options.scenarios = value()?.split(',').map(|name| name.trim().to_owned()).collect();
                 for name in &options.scenarios {
                     anyhow::ensure!(
-                        ["payments", "kafka", "e2e", "ledger"].contains(&name.as_str()),
-                        "--scenarios: {name:?} is not one of payments, kafka, e2e, ledger"
+                        suite::SCENARIOS.contains(&name.as_str()),
+                        "--scenarios: {name:?} is not one of {}",
+                        suite::SCENARIOS.join(", ")
                     );
                 }
             }
@@ -120,15 +134,20 @@ fn suite_options(args: &[String]) -> anyhow::Result<Options> {
                 options.ledger_bin = None;
                 options.ledger_skip_reason = Some(value()?.clone());
             }
-            "--levels" => {
-                options.levels = value()?
-                    .split(',')
-                    .map(|level| level.trim().parse::<usize>())
-                    .collect::<Result<Vec<_>, _>>()
-                    .context("--levels: comma-separated client counts")?;
+            "--levels" => options.levels = levels(value()?, flag)?,
+            "--transfer-levels" => options.transfer_levels = levels(value()?, flag)?,
+            "--transfers-duration" => options.transfers_duration = seconds(value()?, flag)?,
+            "--notifications-rate" => {
+                let rate: f64 = value()?.parse().context("--notifications-rate: events per second")?;
+                anyhow::ensure!(rate > 0.0, "--notifications-rate must be positive");
+                options.notifications_rate = rate;
+            }
+            "--notifications-duration" => options.notifications_duration = seconds(value()?, flag)?,
+            "--notifications-burst" => {
+                options.notifications_burst = value()?.parse().context("--notifications-burst: a number of events")?;
                 anyhow::ensure!(
-                    !options.levels.is_empty() && options.levels.iter().all(|level| *level > 0),
-                    "--levels: positive client counts"
+                    options.notifications_burst > 0,
+                    "--notifications-burst must be positive"
                 );
             }
             "--duration" => options.duration = seconds(value()?, flag)?,

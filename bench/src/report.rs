@@ -51,6 +51,18 @@ pub struct Report {
     pub ledger: Option<LedgerResults>,
     /// Why the ledger scenarios did not run, when they did not.
     pub ledger_skipped: Option<String>,
+    /// Transfers through the saga against the ledger's own hold + capture.
+    #[serde(default)]
+    pub transfers: Option<TransfersResults>,
+    /// Why transfers did not run.
+    #[serde(default)]
+    pub transfers_skipped: Option<String>,
+    /// Webhook deliveries.
+    #[serde(default)]
+    pub notifications: Option<NotificationsResults>,
+    /// Why notifications did not run.
+    #[serde(default)]
+    pub notifications_skipped: Option<String>,
     /// Warnings and errors in each service's log.
     pub service_logs: BTreeMap<String, LogSummary>,
     /// The issue's targets, met or missed.
@@ -378,6 +390,86 @@ pub struct LedgerRun {
     pub resources: BTreeMap<String, Usage>,
 }
 
+/// Transfers at one client count.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TransfersLevel {
+    /// Concurrent customers, each in a closed loop.
+    pub concurrency: usize,
+    /// Transfers completed per second.
+    pub transfers_per_second: f64,
+    /// `CreateTransfer` sent → the row COMPLETED (failures and timeouts are errors).
+    pub create_to_completed: Measured,
+    /// The `CreateTransfer` call.
+    pub create: Measured,
+    /// Its answer → COMPLETED.
+    pub ack_to_completed: Measured,
+    /// `PlaceHold` + `CaptureHold` per second, called directly.
+    pub baseline_per_second: f64,
+    /// The two calls together.
+    pub baseline: Measured,
+    /// transfers/s over hold + capture/s.
+    pub ratio_to_baseline: f64,
+    /// CPU and memory during the transfers.
+    pub resources: BTreeMap<String, Usage>,
+    /// CPU and memory during the baseline.
+    pub baseline_resources: BTreeMap<String, Usage>,
+}
+
+/// The transfers scenario.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TransfersResults {
+    /// One per client count.
+    pub levels: Vec<TransfersLevel>,
+    /// Accounts opened (two per customer).
+    pub accounts: usize,
+    /// Completion poll interval, ms (latencies are up to this late).
+    pub poll_ms: u64,
+    /// Temporal's published figure for its dev server.
+    pub temporal_published: String,
+}
+
+/// One phase of the notifications scenario, at the healthy endpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NotificationsPhase {
+    /// Events published.
+    pub events: usize,
+    /// Events delivered.
+    pub delivered: usize,
+    /// Extra requests beyond the first per event.
+    pub duplicates: usize,
+    /// Events that became more than one message (never expected).
+    pub second_messages: usize,
+    /// Delivered over first event → last delivery.
+    pub deliveries_per_second: f64,
+    /// Event handed to the producer → request read by the receiver.
+    pub latency: Measured,
+    /// CPU and memory.
+    pub resources: BTreeMap<String, Usage>,
+}
+
+/// The notifications scenario.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NotificationsResults {
+    /// Events/s of the sustained phases.
+    pub rate: f64,
+    /// Length of each sustained phase.
+    pub seconds: f64,
+    /// One healthy endpoint.
+    pub alone: NotificationsPhase,
+    /// Beside a dead and a slow endpoint.
+    pub beside: NotificationsPhase,
+    /// A burst, published at once.
+    pub burst: NotificationsPhase,
+    /// Raw produce → consume at the same rate on the same broker.
+    pub raw_consumer: Measured,
+    /// Healthy p99 beside minus alone, ms.
+    pub p99_delay_beside_ms: f64,
+    /// Requests the slow endpoint received.
+    pub slow_endpoint_requests: usize,
+    /// The healthy endpoint.
+    pub healthy_endpoint_id: String,
+}
+
 /// Warnings and errors a service logged during the run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LogSummary {
@@ -469,7 +561,7 @@ fn resources_text(resources: &BTreeMap<String, Usage>, names: &[&str]) -> String
     names.iter().filter_map(text).collect::<Vec<_>>().join(", ")
 }
 
-fn joined<T>(items: impl IntoIterator<Item = T>, text: impl Fn(T) -> String, separator: &str) -> String {
+pub(crate) fn joined<T>(items: impl IntoIterator<Item = T>, text: impl Fn(T) -> String, separator: &str) -> String {
     items.into_iter().map(text).collect::<Vec<_>>().join(separator)
 }
 
@@ -559,6 +651,21 @@ impl Report {
             (Some(ledger), _) => ledger_markdown(&mut out, ledger),
             (None, Some(reason)) => {
                 let _ = writeln!(out, "## Ledger\n\nNot run: {reason}\n");
+            }
+            (None, None) => {}
+        }
+
+        match (&self.transfers, &self.transfers_skipped) {
+            (Some(transfers), _) => transfers_markdown(&mut out, transfers),
+            (None, Some(reason)) => {
+                let _ = writeln!(out, "## Transfers\n\nNot run: {reason}\n");
+            }
+            (None, None) => {}
+        }
+        match (&self.notifications, &self.notifications_skipped) {
+            (Some(notifications), _) => notifications_markdown(&mut out, notifications),
+            (None, Some(reason)) => {
+                let _ = writeln!(out, "## Notifications\n\nNot run: {reason}\n");
             }
             (None, None) => {}
         }
@@ -845,6 +952,88 @@ fn ledger_markdown(out: &mut String, ledger: &LedgerResults) {
         }
         let _ = writeln!(out);
     }
+}
+
+fn transfers_markdown(out: &mut String, transfers: &TransfersResults) {
+    let _ = writeln!(
+        out,
+        "## Transfers: the saga on Temporal vs the ledger's own hold + capture\n\n\
+         Each client is a customer with two funded accounts; it sends `CreateTransfer` (its own token, an \
+         idempotency key) and waits until the transfer is COMPLETED before the next, alternating direction. \
+         Baseline: the same customers call the ledger's `PlaceHold` and `CaptureHold` directly on the same \
+         accounts and amounts: the two ledger calls the saga makes, without Temporal or the service's rows. \
+         Completion is read from the service's table every {} ms. Temporal's published dev-server figure: {}.\n\n\
+         | clients | transfers/s | create → completed p50 / p95 / p99 / max ms | CreateTransfer p99 ms | errors \
+         | hold + capture/s | hold + capture p50 / p99 ms | ratio | transfers run | baseline run |\n\
+         |---:|---:|---|---:|---|---:|---|---:|---|---|",
+        transfers.poll_ms, transfers.temporal_published
+    );
+    for level in &transfers.levels {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |",
+            level.concurrency,
+            fmt_rate(level.transfers_per_second),
+            fmt_latency(&level.create_to_completed.latency, P50_P95_P99_MAX),
+            fmt_ms(level.create.latency.p99_ms),
+            errors_text(&level.create_to_completed),
+            fmt_rate(level.baseline_per_second),
+            fmt_latency(&level.baseline.latency, P50_P99),
+            level.ratio_to_baseline,
+            resources_text(
+                &level.resources,
+                &["transfers", "temporal", "ledger", "postgres", "load generator"]
+            ),
+            resources_text(&level.baseline_resources, &["ledger", "postgres", "load generator"]),
+        );
+    }
+    out.push('\n');
+}
+
+fn notifications_markdown(out: &mut String, notifications: &NotificationsResults) {
+    let _ = writeln!(
+        out,
+        "## Notifications: event → signed webhook delivered\n\n\
+         The benchmark publishes `accounts.opened` events (as the accounts service would) and receives the \
+         webhooks on loopback HTTP receivers. Latency: event handed to the producer → request read by the \
+         receiver. Sustained phases: {:.0} events/s for {:.0} s. The slow endpoint answers after 10 s; the dead \
+         one refuses connections; both subscribe to every event. Baseline: raw produce → consume at the same \
+         rate on the same broker (the services' consumer settings).\n\n\
+         | phase | events | delivered | duplicates | deliveries/s | p50 / p95 / p99 / max ms | errors | resources |\n\
+         |---|---:|---:|---:|---:|---|---|---|",
+        notifications.rate, notifications.seconds
+    );
+    for (name, phase) in [
+        ("one healthy endpoint", &notifications.alone),
+        ("beside a dead and a slow endpoint", &notifications.beside),
+        ("burst (published at once)", &notifications.burst),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            phase.events,
+            phase.delivered,
+            phase.duplicates,
+            fmt_rate(phase.deliveries_per_second),
+            fmt_latency(&phase.latency.latency, P50_P95_P99_MAX),
+            errors_text(&phase.latency),
+            resources_text(
+                &phase.resources,
+                &["notifications", "postgres", "broker", "load generator"]
+            ),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| raw produce → consume | {} | | | | {} | {} | |\n\n\
+         The healthy endpoint's p99 beside a dead and a slow endpoint: {:+.0} ms (the slow one received {} \
+         requests meanwhile).\n",
+        notifications.raw_consumer.ok + notifications.raw_consumer.errors,
+        fmt_latency(&notifications.raw_consumer.latency, P50_P95_P99_MAX),
+        errors_text(&notifications.raw_consumer),
+        notifications.p99_delay_beside_ms,
+        notifications.slow_endpoint_requests,
+    );
 }
 
 /// A series of the plot: legend name, colour and one value per client count (`None`: not

@@ -9,7 +9,11 @@
 //!    end-to-end event rate;
 //! 3. **end to end** at half the payments peak;
 //! 4. **ledger** (spread vs hot account, each against a pgbench row-lock ceiling) when the ledger
-//!    binary was given.
+//!    binary was given;
+//! 5. **transfers** (the saga on a private Temporal dev server, against the ledger's own hold +
+//!    capture) at each transfer client count;
+//! 6. **notifications** (event → webhook delivery alone, beside a dead and a slow endpoint, a
+//!    burst, against a raw consumer).
 //!
 //! CPU and RSS of every process are sampled throughout and cut per scenario window. A scenario
 //! that fails is reported as a problem and the suite goes on; the report is always written.
@@ -28,10 +32,13 @@ use crate::procstat::{Sampler, Selector, Usage};
 use crate::progress::{say, step};
 use crate::report::{
     self, BacklogSummary, Baseline, EndToEnd, KafkaBaselines, LogSummary, Machine, Measured, PaymentsLevel, Report,
-    RunConfig, Target,
+    RunConfig, Target, joined,
 };
-use crate::{e2e, kafka, ledger, payments};
+use crate::{e2e, kafka, ledger, notifications, payments, transfers};
 use fintech_devkit::broker::PrivateBroker;
+
+/// The scenarios `--scenarios` can pick.
+pub const SCENARIOS: [&str; 6] = ["payments", "kafka", "e2e", "ledger", "transfers", "notifications"];
 
 /// Records the raw producer keeps in flight: the relay's default batch size.
 const PRODUCE_WINDOW: usize = 256;
@@ -90,8 +97,18 @@ pub struct Options {
     pub redis_url: Option<String>,
     /// Keep the databases after the run (to inspect them).
     pub keep_databases: bool,
-    /// Scenarios to run (`payments`, `kafka`, `e2e`, `ledger`); empty: all.
+    /// Scenarios to run (of [`SCENARIOS`]); empty: all.
     pub scenarios: Vec<String>,
+    /// Client counts of the transfers scenario.
+    pub transfer_levels: Vec<usize>,
+    /// Measured time of each transfers run (and of its baseline).
+    pub transfers_duration: Duration,
+    /// Events/s of the notifications scenario's sustained phases.
+    pub notifications_rate: f64,
+    /// Length of each sustained notifications phase.
+    pub notifications_duration: Duration,
+    /// Events of the notifications burst.
+    pub notifications_burst: usize,
 }
 
 impl Options {
@@ -124,6 +141,11 @@ impl Options {
             redis_url: None,
             keep_databases: false,
             scenarios: Vec::new(),
+            transfer_levels: vec![1, 8, 32],
+            transfers_duration: Duration::from_secs(15),
+            notifications_rate: 50.0,
+            notifications_duration: Duration::from_secs(20),
+            notifications_burst: 2_000,
         }
     }
 
@@ -150,6 +172,11 @@ impl Options {
             ledger_clients: 4,
             ledger_accounts: 10,
             drain_timeout: Duration::from_secs(20),
+            transfer_levels: vec![2],
+            transfers_duration: Duration::from_secs(3),
+            notifications_rate: 10.0,
+            notifications_duration: Duration::from_secs(3),
+            notifications_burst: 50,
             ..Self::full()
         }
     }
@@ -203,7 +230,7 @@ impl SuiteState {
 
     /// The services' sampled peaks in a scenario window.
     fn peak(&mut self, resources: &BTreeMap<String, Usage>) {
-        let services = ["payments", "tax", "ledger"].into_iter();
+        let services = ["payments", "tax", "ledger", "accounts", "transfers", "notifications"].into_iter();
         self.peak_rss(services.filter_map(|name| Some((name.to_owned(), resources.get(name)?.peak_rss_mb))));
     }
 }
@@ -333,6 +360,25 @@ pub async fn run(options: Options) -> anyhow::Result<(Report, Vec<String>)> {
         match ledger_scenario(&context, &mut state).await {
             Ok(ledger) => report.ledger = Some(ledger),
             Err(error) => state.noted(format!("the ledger scenarios failed: {error:#}")),
+        }
+    }
+
+    if !options.runs("transfers") {
+        report.transfers_skipped = Some("not selected (--scenarios)".to_owned());
+    } else if let Some(reason) = transfers_missing(&options) {
+        report.transfers_skipped = Some(reason);
+    } else {
+        match transfers_scenario(&context, &mut state).await {
+            Ok(transfers) => report.transfers = Some(transfers),
+            Err(error) => state.noted(format!("the transfers scenario failed: {error:#}")),
+        }
+    }
+    if !options.runs("notifications") {
+        report.notifications_skipped = Some("not selected (--scenarios)".to_owned());
+    } else {
+        match notifications_scenario(&context, &mut state).await {
+            Ok(notifications) => report.notifications = Some(notifications),
+            Err(error) => state.noted(format!("the notifications scenario failed: {error:#}")),
         }
     }
 
@@ -632,6 +678,116 @@ async fn ledger_scenario(context: &RunContext<'_>, state: &mut SuiteState) -> an
                 check(&mut state.problems, name, &holds.both);
             }
         }
+        Ok(results)
+    })
+    .await
+}
+
+/// Why the transfers scenario cannot run, if it cannot.
+fn transfers_missing(options: &Options) -> Option<String> {
+    if options.ledger_bin.is_none() {
+        return Some(format!(
+            "it needs the ledger: {}",
+            (options.ledger_skip_reason.as_deref()).unwrap_or("no ledger binary given")
+        ));
+    }
+    ["accounts", "transfers"]
+        .into_iter()
+        .map(|name| options.bin_dir.join(name))
+        .find(|binary| !binary.exists())
+        .map(|binary| format!("{} does not exist", binary.display()))
+}
+
+async fn transfers_scenario(
+    context: &RunContext<'_>,
+    state: &mut SuiteState,
+) -> anyhow::Result<report::TransfersResults> {
+    let options = context.options;
+    step("transfers: the saga on Temporal vs the ledger's own hold + capture");
+    let needs = Needs {
+        transfers: true,
+        ..Needs::default()
+    };
+    in_environment(context, state, "transfers", needs, async |environment, state| {
+        let address = |service: &Option<crate::environment::Service>, name: &str| {
+            (service.as_ref())
+                .map(|service| service.process.address.clone())
+                .with_context(|| format!("{name} is not running"))
+        };
+        let setup = transfers::Setup {
+            accounts: address(&environment.accounts, "accounts")?,
+            ledger: address(&environment.ledger, "the ledger")?,
+            transfers: address(&environment.transfers, "transfers")?,
+            transfers_db: (environment.transfers.as_ref())
+                .context("transfers is not running")?
+                .db
+                .clone(),
+            levels: &options.transfer_levels,
+            duration: options.transfers_duration,
+            warmup: options.warmup,
+            run_id: &context.run_id,
+        };
+        let results = transfers::run(setup, &context.sampler).await?;
+        for level in &results.levels {
+            state.peak(&level.resources);
+            let clients = level.concurrency;
+            check(
+                &mut state.problems,
+                &format!("transfers c={clients}"),
+                &level.create_to_completed,
+            );
+            check(
+                &mut state.problems,
+                &format!("hold + capture c={clients}"),
+                &level.baseline,
+            );
+        }
+        Ok(results)
+    })
+    .await
+}
+
+async fn notifications_scenario(
+    context: &RunContext<'_>,
+    state: &mut SuiteState,
+) -> anyhow::Result<report::NotificationsResults> {
+    let options = context.options;
+    step("notifications: event -> signed webhook");
+    let needs = Needs {
+        notifications: true,
+        ..Needs::default()
+    };
+    in_environment(context, state, "notifications", needs, async |environment, state| {
+        let service = environment
+            .notifications
+            .as_ref()
+            .context("notifications is not running")?;
+        let setup = notifications::Setup {
+            notifications: service.process.address.clone(),
+            bootstrap: environment.bootstrap.clone(),
+            prefix: environment.prefix.clone(),
+            rate: options.notifications_rate,
+            duration: options.notifications_duration,
+            burst: options.notifications_burst,
+            drain_timeout: options.drain_timeout,
+            run_id: &context.run_id,
+        };
+        let results = notifications::run(setup, &context.sampler).await?;
+        for (name, phase) in [
+            ("alone", &results.alone),
+            ("beside a dead and a slow endpoint", &results.beside),
+            ("burst", &results.burst),
+        ] {
+            state.peak(&phase.resources);
+            check(&mut state.problems, &format!("notifications {name}"), &phase.latency);
+            if phase.second_messages > 0 {
+                (state.problems).push(format!(
+                    "notifications {name}: {} events became two messages for one endpoint",
+                    phase.second_messages
+                ));
+            }
+        }
+        check(&mut state.problems, "notifications raw consumer", &results.raw_consumer);
         Ok(results)
     })
     .await
@@ -982,6 +1138,57 @@ fn targets(report: &Report, peak_rss: &BTreeMap<String, f64>) -> Vec<Target> {
             (None, None) => "not run".to_owned(),
         },
         met: report.ledger.as_ref().map(|ledger| ledger.hot_to_spread >= 0.5),
+    });
+
+    let transfers = report.transfers.as_ref();
+    targets.push(Target {
+        target: "transfers: every transfer created completes (hold captured, none failed or lost)".to_owned(),
+        measured: transfers.map_or_else(
+            || {
+                report
+                    .transfers_skipped
+                    .clone()
+                    .map_or("-".to_owned(), |reason| format!("not run: {reason}"))
+            },
+            |transfers| {
+                joined(
+                    &transfers.levels,
+                    |level| {
+                        format!(
+                            "{} clients: {:.1}/s, p99 {:.0} ms, {} failed",
+                            level.concurrency,
+                            level.transfers_per_second,
+                            level.create_to_completed.latency.p99_ms,
+                            level.create_to_completed.errors
+                        )
+                    },
+                    "; ",
+                )
+            },
+        ),
+        met: transfers.map(|transfers| {
+            !transfers.levels.is_empty()
+                && (transfers.levels.iter())
+                    .all(|level| level.create_to_completed.errors == 0 && level.create_to_completed.ok > 0)
+        }),
+    });
+    let notifications = report.notifications.as_ref();
+    targets.push(Target {
+        target: "notifications: a dead and a slow endpoint delay a healthy endpoint's p99 by no more than 100 ms"
+            .to_owned(),
+        measured: notifications.map_or("-".to_owned(), |notifications| {
+            format!(
+                "p99 alone {:.0} ms, beside {:.0} ms ({:+.0} ms); {} of {} delivered",
+                notifications.alone.latency.latency.p99_ms,
+                notifications.beside.latency.latency.p99_ms,
+                notifications.p99_delay_beside_ms,
+                notifications.beside.delivered,
+                notifications.beside.events
+            )
+        }),
+        met: notifications.map(|notifications| {
+            notifications.p99_delay_beside_ms <= 100.0 && notifications.beside.delivered == notifications.beside.events
+        }),
     });
 
     // 150 MB = 143.05 MiB.

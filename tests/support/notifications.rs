@@ -334,6 +334,8 @@ pub struct Receiver {
     /// `http://127.0.0.1:<port>/hook`.
     pub url: String,
     received: Arc<Mutex<Vec<Received>>>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+    gate: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -348,18 +350,41 @@ impl std::fmt::Debug for Receiver {
 impl Receiver {
     /// Starts a receiver.
     pub async fn start(script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Self {
+        Self::serve(script, true).await
+    }
+
+    /// Starts a receiver that records every request as it arrives but answers none (200) until
+    /// [`Receiver::release`]: an endpoint whose attempts stay in flight as long as the test wants.
+    pub async fn holding() -> Self {
+        Self::serve(|_| Reply::status(200), false).await
+    }
+
+    /// Lets a [`Receiver::holding`] receiver answer what it holds and everything after.
+    pub fn release(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// Requests answered so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn serve(script: impl Fn(usize) -> Reply + Send + Sync + 'static, open: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
         let url = format!("http://{}/hook", listener.local_addr().expect("address"));
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let answered: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let gate = Arc::new(tokio::sync::watch::Sender::new(open));
         let script: Script = Arc::new(script);
         let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let log = received.clone();
+        let (log, answers, opened) = (received.clone(), answered.clone(), gate.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut socket, _)) = listener.accept().await else {
                     return;
                 };
-                let (log, script, counter) = (log.clone(), script.clone(), counter.clone());
+                let (log, script, counter, answers) = (log.clone(), script.clone(), counter.clone(), answers.clone());
+                let mut opened = opened.subscribe();
                 tokio::spawn(async move {
                     let Some(request) = read_request(&mut socket).await else {
                         return;
@@ -368,6 +393,9 @@ impl Receiver {
                     log.lock().expect("log").push(request);
                     let reply = script(index);
                     tokio::time::sleep(reply.delay).await;
+                    if opened.wait_for(|open| *open).await.is_err() {
+                        return;
+                    }
                     let mut answer = format!(
                         "HTTP/1.1 {} X\r\ncontent-length: 2\r\nconnection: close\r\n",
                         reply.status
@@ -376,12 +404,19 @@ impl Receiver {
                         answer.push_str(&format!("{name}: {value}\r\n"));
                     }
                     answer.push_str("\r\nok");
-                    let _ = socket.write_all(answer.as_bytes()).await;
+                    if socket.write_all(answer.as_bytes()).await.is_ok() {
+                        answers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     let _ = socket.shutdown().await;
                 });
             }
         });
-        Self { url, received }
+        Self {
+            url,
+            received,
+            answered,
+            gate,
+        }
     }
 
     /// Everything received so far.

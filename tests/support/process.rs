@@ -13,17 +13,22 @@ static BUILD: Mutex<()> = Mutex::new(());
 /// Settings whose absence means "off" (see `crate::service::platform_env`).
 const OPTIONAL_SETTINGS: [&str; 2] = ["REDIS_URL", "KAFKA_GROUP_INSTANCE_ID"];
 
-/// The path of a workspace binary, built (incrementally) first.
+/// The path of a workspace binary, built (incrementally) first. Every binary of the workspace is
+/// built in one invocation, as `scripts/test` and `bench/run` build them, so the features resolve
+/// the same way and this is a no-op after either ran (building one package alone resolves them
+/// differently and recompiles half the dependency tree).
 pub fn service_binary(package: &str, binary: &str) -> PathBuf {
     let _guard = BUILD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
-        .args(["build", "--quiet", "-p", package, "--bin", binary])
+        .args(["build", "--quiet", "--workspace", "--bins"])
         .current_dir(crate::repo_root())
         .status()
         .expect("cargo build runs");
     assert!(status.success(), "building {binary} failed");
     let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| crate::repo_root().join("target"), PathBuf::from);
-    target.join("debug").join(binary)
+    let path = target.join("debug").join(binary);
+    assert!(path.exists(), "{package} built no binary {}", path.display());
+    path
 }
 
 /// A service process, SIGKILLed when dropped.
