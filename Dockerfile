@@ -50,12 +50,19 @@ RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
 RUN cargo build --release --locked \
       -p fintech-payments -p fintech-tax -p fintech-ledger -p fintech-accounts \
-      -p fintech-transfers -p fintech-notifications -p fintech-ops -p fintech-probe \
+      -p fintech-transfers -p fintech-notifications -p fintech-ops \
  && cargo build --release --locked -p fintech-devkit --bin fintech-token \
  && mkdir -p /out \
  && cp target/release/payments target/release/tax target/release/ledger target/release/accounts \
        target/release/transfers target/release/notifications target/release/fintech-ops \
-       target/release/fintech-health-probe target/release/fintech-token /out/
+       target/release/fintech-token /out/
+# The probe fully static (glibc and libgcc linked in), so that it also runs in the gateway's
+# distroless Envoy image, which has no libgcc_s. An explicit --target keeps these RUSTFLAGS off
+# the build scripts and out of the services' build cache.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN host="$(rustc -vV | sed -n 's/^host: //p')" \
+ && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -p fintech-probe --target "$host" \
+ && cp "target/$host/release/fintech-health-probe" /out/
 
 # ---------------------------------------------------------------------------------------------------
 # The descriptor set the gateway transcodes JSON with (buf from the pinned npm package).
