@@ -6,6 +6,3 @@ CREATE DATABASE fintech_ledger;
 CREATE DATABASE fintech_accounts;
 CREATE DATABASE fintech_transfers;
 CREATE DATABASE fintech_notifications;
--- Temporal's persistence and visibility stores
-CREATE DATABASE temporal;
-CREATE DATABASE temporal_visibility;
