@@ -587,3 +587,83 @@ async fn the_transfer_namespace_of_the_ledger_needs_the_transfers_scope() {
     assert_eq!(captured.code(), Code::PermissionDenied);
     assert_eq!(stack.balance(&account.account_id).await.balance, 1_000);
 }
+
+/// Tracing: the caller's trace goes with the transfer into the workflow's input, so every activity
+/// runs in it, the ledger calls carry it, and every event the saga causes (the service's own and
+/// the ledger's hold and entry events) carries that trace id.
+#[tokio::test]
+async fn one_trace_covers_the_call_the_activities_the_ledger_and_every_event() {
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let _telemetry = fintech_platform::telemetry::init("test");
+    let stack = TransfersStack::start(|_| {}).await;
+    let from = stack.open_funded("cust-trace", 10_000, 0).await;
+    let to = stack.open_funded("cust-trace-b", 0, 0).await;
+    let mut client = stack.customer_client("cust-trace").await;
+    let mut request = keyed("traced-1", &from.account_id, &to.account_id, 1_200);
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-00f067aa0ba902b7-01").parse().expect("ascii"),
+    );
+    let accepted = client
+        .create_transfer(request)
+        .await
+        .expect("create transfer")
+        .into_inner()
+        .transfer
+        .expect("transfer");
+    stack
+        .wait_status(&accepted.transfer_id, pb::TransferStatus::Completed)
+        .await;
+
+    let traces = |rows: Vec<(String, String, Option<String>)>| -> Vec<(String, Option<String>)> {
+        rows.into_iter()
+            .map(|(topic, _, traceparent)| {
+                let trace = traceparent
+                    .as_deref()
+                    .and_then(fintech_platform::telemetry::trace_id_of);
+                (topic, trace.map(str::to_owned))
+            })
+            .collect()
+    };
+    let own: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT topic, record_key, traceparent FROM outbox WHERE record_key = $1 ORDER BY id")
+            .bind(&accepted.transfer_id)
+            .fetch_all(&stack.transfers.db.pool)
+            .await
+            .expect("transfers outbox");
+    let topic = |name: &str| stack.transfers.topic(name);
+    assert_eq!(
+        traces(own),
+        vec![
+            (topic("transfers.created"), Some(TRACE_ID.to_owned())),
+            (topic("transfers.completed"), Some(TRACE_ID.to_owned())),
+        ],
+        "the service's events carry the caller's trace"
+    );
+    // The ledger's events of this transfer: the hold placed and captured on the source account
+    // (keyed by account) and the entry (keyed by its id).
+    let derived = format!("transfer:{}", accepted.transfer_id);
+    let ledger: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT topic, record_key, traceparent FROM outbox \
+         WHERE (record_key = $1 AND topic LIKE '%ledger.hold_%') OR record_key = $2 ORDER BY id",
+    )
+    .bind(&from.account_id)
+    .bind(&derived)
+    .fetch_all(&stack.ledger.db.pool)
+    .await
+    .expect("ledger outbox");
+    let ledger_topics: Vec<String> = ledger.iter().map(|(topic, _, _)| topic.clone()).collect();
+    for expected in ["ledger.hold_placed", "ledger.hold_captured", "ledger.entry_posted"] {
+        assert!(
+            ledger_topics.iter().any(|topic| topic.ends_with(expected)),
+            "the ledger published {expected} for the transfer: {ledger_topics:?}"
+        );
+    }
+    for (topic, trace) in traces(ledger) {
+        assert_eq!(
+            trace.as_deref(),
+            Some(TRACE_ID),
+            "{topic}: the ledger call carried the caller's trace"
+        );
+    }
+}

@@ -123,7 +123,8 @@ pub async fn run(setup: Setup<'_>, sampler: &Sampler) -> anyhow::Result<Notifica
         payload_size,
         setup.rate,
         setup.duration,
-        None,
+        // The services' own `fetch.wait.max.ms`.
+        u32::try_from(fintech_platform::kafka::consumer::DEFAULT_FETCH_WAIT_MAX.as_millis()).ok(),
         "notifications raw consumer baseline",
     )
     .await?;

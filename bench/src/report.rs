@@ -998,7 +998,7 @@ fn notifications_markdown(out: &mut String, notifications: &NotificationsResults
          webhooks on loopback HTTP receivers. Latency: event handed to the producer → request read by the \
          receiver. Sustained phases: {:.0} events/s for {:.0} s. The slow endpoint answers after 10 s; the dead \
          one refuses connections; both subscribe to every event. Baseline: raw produce → consume at the same \
-         rate on the same broker (the services' consumer settings).\n\n\
+         rate on the same broker with the services' `fetch.wait.max.ms` (50 ms).\n\n\
          | phase | events | delivered | duplicates | deliveries/s | p50 / p95 / p99 / max ms | errors | resources |\n\
          |---|---:|---:|---:|---:|---|---|---|",
         notifications.rate, notifications.seconds
