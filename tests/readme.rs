@@ -1,6 +1,7 @@
 //! The README's promises, run for real: its grpcurl block against a running payments service (and
 //! the accounts README's against accounts, the holds block against accounts and the ledger), and
-//! the generated Python and TypeScript clients creating and reading back an order and a transaction.
+//! the generated Python and TypeScript clients creating and reading back an order and a transaction;
+//! the transfers block against accounts, the ledger and transfers on a Temporal dev server.
 
 use std::process::Command;
 
@@ -235,4 +236,57 @@ async fn the_readme_holds_block_opens_an_account_that_the_ledger_holds_money_on(
     );
     ledger.stop().await;
     accounts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_transfers_block_moves_money_between_two_customers_accounts() {
+    let _telemetry = telemetry::init("test");
+    let stack = fintech_tests::transfers::TransfersStack::start(|_| {}).await;
+    let script = readme_block("transfers")
+        .replace("localhost:50054", &stack.accounts.address)
+        .replace("localhost:50053", &stack.ledger.address)
+        .replace("localhost:50055", &stack.transfers.address);
+    let auth_dir = fintech_tests::auth::jwks_path()
+        .parent()
+        .expect("key directory")
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        venv_tool("").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(240),
+        tokio::task::spawn_blocking(move || {
+            run(Command::new("bash")
+                .args(["-euo", "pipefail", "-c", &script])
+                .current_dir(repo_root())
+                .env("FINTECH_AUTH_DIR", auth_dir)
+                .env("PATH", path))
+        }),
+    )
+    .await
+    .expect("the README block finishes")
+    .expect("script task");
+    assert!(
+        output.contains("TRANSFER_STATUS_COMPLETED") && output.contains("\"amount\": \"12000\""),
+        "GetTransfer printed the completed transfer of 12000:\n{output}"
+    );
+    assert!(
+        output.contains("\"reference\": \"rent\""),
+        "ListTransfers printed it:\n{output}"
+    );
+    assert!(
+        output.contains("\"entryId\": \"transfer:"),
+        "GetEntry printed the ledger's entry of the transfer:\n{output}"
+    );
+    let transfers: Vec<(String, i64)> = sqlx::query_as("SELECT status, amount FROM transfers")
+        .fetch_all(&stack.transfers.db.pool)
+        .await
+        .expect("transfers");
+    assert_eq!(
+        transfers,
+        vec![("completed".to_owned(), 12_000)],
+        "one transfer, completed"
+    );
 }
