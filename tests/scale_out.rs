@@ -2,13 +2,16 @@
 //! pair on one database and in one consumer group per consumer, two outbox relays per process,
 //! under a steady load of orders and transactions sent through both payments instances.
 //!
-//! - The partitions are split: the broker's own description of every group (ListGroups +
-//!   DescribeGroups, `fintech_tests::groups`) shows two members, each owning some of them.
+//! - The partitions are split: each consumer process owns some of every group's partitions, none
+//!   is owned twice and none is left out, as the group told each process (its rebalance callback's
+//!   log lines; Tansu 0.6 cannot describe a group, see `fintech_tests::groups`).
 //! - Both instances' relays publish: every relay holds a liveness lock (ADR 0013), which tells
 //!   whose relay published an outbox row (`claimed_by`).
-//! - One instance of each service is SIGKILLed in the middle of the load: the group then shows the
-//!   survivor owning every partition, the dead relays' locks are gone, and the commands that were
-//!   in flight on the dead payments instance are retried on the survivor under the same
+//! - One instance of each service (the one that joined second; [`VICTIM`] says why) is SIGKILLed
+//!   in the middle of the load: the survivor is then assigned every partition, the group's
+//!   committed offsets (OffsetFetch) on the dead instance's partitions move past where it left
+//!   them and reach the end of every partition, the dead relays' locks are gone, and the commands
+//!   that were in flight on the dead payments instance are retried on the survivor under the same
 //!   idempotency key.
 //! - After the drain: every transaction has exactly one `tax.calculated` event and one sale and
 //!   one capture entry, read from the services' databases and from the whole topics (a relay
@@ -19,8 +22,9 @@
 //! The broker is a private Tansu (the local broker of `deploy/local`, same binary and storage):
 //! this load on the shared one could delay its neighbours' group heartbeats past their session
 //! timeout, and theirs ours (see `fintech_devkit::broker`). Members are dynamic (no
-//! `KAFKA_GROUP_INSTANCE_ID`): no instance is restarted, so the survivor takes the partitions once
-//! the dead member's session (10 s) expires.
+//! `KAFKA_GROUP_INSTANCE_ID`): no instance is restarted, so the survivor should take the
+//! partitions once the dead member's session (10 s) expires. Tansu 0.6 does not (see [`VICTIM`]),
+//! so the test is ignored by default; `SCALE_OUT_KAFKA_BOOTSTRAP` runs it on another broker.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -35,7 +39,7 @@ use fintech_proto::ledger::ledger_service_client::LedgerServiceClient;
 use fintech_proto::payments::payments_service_client::PaymentsServiceClient;
 use fintech_proto::{ledger, payments, tax};
 use fintech_tests::groups::{
-    GroupState, assignments_logged, describe_group, live_relays, owned_partitions, wait_for_relays,
+    Partition, assignments_logged, group_offsets, live_relays, owned_partitions, wait_for_relays,
 };
 use fintech_tests::process::{ServiceProcess, service_binary};
 use fintech_tests::service::{Channel, connect, create_prefixed_topics, platform_config, unique_prefix};
@@ -45,6 +49,9 @@ use rdkafka::Message as _;
 use rdkafka::message::OwnedMessage;
 use tonic::Request;
 
+/// A broker to run against instead of a private Tansu (Apache Kafka, say: on Tansu 0.6 the
+/// hand-over this test asserts never happens, see [`VICTIM`]).
+const EXTERNAL_BROKER: &str = "SCALE_OUT_KAFKA_BOOTSTRAP";
 /// Orders, one transaction each.
 const PAIRS: usize = 400;
 /// The kill comes once this many pairs were acknowledged (and every instance has published).
@@ -62,9 +69,20 @@ const WAIT: Duration = Duration::from_secs(180);
 const RELAYS: usize = 2;
 /// Countries the load cycles through (all have a VAT rate).
 const COUNTRIES: [&str; 5] = ["DE", "FR", "AT", "PT", "BE"];
-/// The instance killed; instance 1 survives.
-const VICTIM: usize = 0;
-const SURVIVOR: usize = 1;
+/// The instance killed: the one that joined the groups second (the first formed each group and
+/// leads it: the member that computes the assignment, so a broker that gets this right needs no
+/// new leader).
+///
+/// On Tansu 0.6 the hand-over never happens, whichever instance dies: the coordinator drops the
+/// dead member once its session expired and answers the survivor's heartbeat with
+/// REBALANCE_IN_PROGRESS, but the survivor's rejoin (same member id, same subscription) leaves the
+/// group `Formed` in the same generation, so its SyncGroup gets its old share back and the dead
+/// member's partitions stay unowned (`tansu-broker` `coordinator/group/administrator.rs`,
+/// `Formed::join`; a killed leader also stays named leader, `Formed::missed_heartbeat`). Seen in
+/// the logs of both survivors' rebalance ~10 s after the kill, with either instance killed.
+const VICTIM: usize = 1;
+/// The instance that survives (and leads its groups).
+const SURVIVOR: usize = 0;
 
 /// One process of a service.
 struct Instance {
@@ -74,8 +92,6 @@ struct Instance {
     log: PathBuf,
     /// Keys of its relays' liveness locks.
     relays: BTreeSet<i32>,
-    /// Its member id in each of the service's groups.
-    members: BTreeMap<String, String>,
 }
 
 /// Two processes of one service on one database.
@@ -83,12 +99,12 @@ struct Service {
     name: &'static str,
     db: TestDb,
     /// Its consumer groups and every partition each reads.
-    groups: Vec<(String, BTreeSet<(String, i32)>)>,
+    groups: Vec<(String, BTreeSet<Partition>)>,
     instances: Vec<Instance>,
 }
 
 impl Service {
-    fn new(name: &'static str, db: TestDb, groups: Vec<(String, BTreeSet<(String, i32)>)>) -> Self {
+    fn new(name: &'static str, db: TestDb, groups: Vec<(String, BTreeSet<Partition>)>) -> Self {
         Self {
             name,
             db,
@@ -100,7 +116,7 @@ impl Service {
     /// Starts the next instance with `env` (listening on `address`) and waits until its relays
     /// hold their locks and the group's partitions are split between it and the instances before
     /// it; learns its relay keys and member ids from what appeared.
-    async fn start(&mut self, bootstrap: &str, binary: &Path, address: String, env: &[(&str, String)], logs: &Path) {
+    async fn start(&mut self, binary: &Path, address: String, env: &[(&str, String)], logs: &Path) {
         let index = self.instances.len();
         let name = format!("{}-{index}", self.name);
         let log = logs.join(format!("{name}.log"));
@@ -125,29 +141,12 @@ impl Service {
             .map(|instance| instance.log.clone())
             .chain([log.clone()])
             .collect();
-        let mut members = BTreeMap::new();
         for (group, partitions) in &self.groups {
-            let previous: BTreeSet<String> = self
-                .instances
-                .iter()
-                .map(|instance| instance.members[group].clone())
-                .collect();
-            let member = eventually(&format!("{name} joined {group} and owns a share"), || {
-                let state = describe_group(bootstrap, group).ok_or("the group is not described")?;
-                if state.members.len() != logs.len() || !previous.iter().all(|id| state.members.contains_key(id)) {
-                    return Err(format!("members {:?}, before {previous:?}", state.members.keys()));
-                }
+            eventually(&format!("{group} split between {} instances", logs.len()), || {
                 let owned: Vec<_> = logs.iter().map(|log| owned_partitions(log, partitions)).collect();
-                check_split(&state, &owned, partitions)?;
-                Ok(state
-                    .members
-                    .keys()
-                    .find(|id| !previous.contains(*id))
-                    .cloned()
-                    .expect("a new member"))
+                check_split(&owned, partitions)
             })
             .await;
-            members.insert(group.clone(), member);
         }
         self.instances.push(Instance {
             name,
@@ -155,7 +154,6 @@ impl Service {
             channel,
             log,
             relays,
-            members,
         });
     }
 
@@ -193,25 +191,12 @@ impl Service {
 }
 
 /// `owned` (per instance, from their logs) splits `partitions`: each instance owns some, none is
-/// owned twice, none is left out; where the broker reports assignments (Apache Kafka; Tansu sends
-/// them empty), they are the same sets.
-fn check_split(
-    state: &GroupState,
-    owned: &[BTreeSet<(String, i32)>],
-    partitions: &BTreeSet<(String, i32)>,
-) -> Result<(), String> {
+/// owned twice, none is left out.
+fn check_split(owned: &[BTreeSet<Partition>], partitions: &BTreeSet<Partition>) -> Result<(), String> {
     let total: usize = owned.iter().map(BTreeSet::len).sum();
-    let union: BTreeSet<(String, i32)> = owned.iter().flatten().cloned().collect();
+    let union: BTreeSet<Partition> = owned.iter().flatten().cloned().collect();
     if owned.iter().any(BTreeSet::is_empty) || total != partitions.len() || &union != partitions {
         return Err(format!("owned per instance: {owned:?}"));
-    }
-    let reported: Vec<&BTreeSet<(String, i32)>> = state.members.values().map(|member| &member.partitions).collect();
-    if reported.iter().all(|partitions| !partitions.is_empty()) {
-        let reported: BTreeSet<&BTreeSet<(String, i32)>> = reported.into_iter().collect();
-        let logged: BTreeSet<&BTreeSet<(String, i32)>> = owned.iter().collect();
-        if reported != logged {
-            return Err(format!("the broker reports {reported:?}, the logs {logged:?}"));
-        }
     }
     Ok(())
 }
@@ -233,7 +218,7 @@ async fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>)
 }
 
 /// Every partition of `topics` (prefixed), `partitions` each.
-fn partitions_of(prefix: &str, topics: &[&str], partitions: i32) -> BTreeSet<(String, i32)> {
+fn partitions_of(prefix: &str, topics: &[&str], partitions: i32) -> BTreeSet<Partition> {
     topics
         .iter()
         .flat_map(|topic| (0..partitions).map(move |partition| (format!("{prefix}{topic}"), partition)))
@@ -408,7 +393,7 @@ fn log_lines(log: &Path, needle: &str) -> usize {
         .count()
 }
 
-fn describe(partitions: &BTreeSet<(String, i32)>, prefix: &str) -> String {
+fn describe(partitions: &BTreeSet<Partition>, prefix: &str) -> String {
     let names: Vec<String> = partitions
         .iter()
         .map(|(topic, partition)| format!("{}/{partition}", topic.strip_prefix(prefix).unwrap_or(topic)))
@@ -417,11 +402,17 @@ fn describe(partitions: &BTreeSet<(String, i32)>, prefix: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "Tansu 0.6 never hands a SIGKILLed member's partitions to the survivors (ADR 0007); \
+            run with --ignored and SCALE_OUT_KAFKA_BOOTSTRAP=<a broker that does>"]
 #[allow(clippy::print_stdout)]
 async fn two_instances_of_each_service_split_the_partitions_and_the_survivors_take_over_after_a_kill() {
     let _telemetry = telemetry::init("test");
-    let broker = PrivateBroker::start().await.expect("private broker starts");
-    let bootstrap = broker.bootstrap().to_owned();
+    let external = std::env::var(EXTERNAL_BROKER).ok();
+    let private = match external {
+        Some(_) => None,
+        None => Some(PrivateBroker::start().await.expect("private broker starts")),
+    };
+    let bootstrap = external.unwrap_or_else(|| private.as_ref().expect("private broker").bootstrap().to_owned());
     let prefix = unique_prefix();
     let topics: BTreeSet<&str> = fintech_payments::events::TOPICS
         .iter()
@@ -503,7 +494,7 @@ async fn two_instances_of_each_service_split_the_partitions_and_the_survivors_ta
         let config = fintech_tests::tax::config(platform("tax", &tax_service.db, &address), &tax_service.db, &prefix);
         let mut env = fintech_tests::tax::env(&config);
         env.extend(log_settings.clone());
-        tax_service.start(&bootstrap, &binaries[0], address, &env, &logs).await;
+        tax_service.start(&binaries[0], address, &env, &logs).await;
     }
     for _ in 0..2 {
         let address = free_address();
@@ -517,9 +508,7 @@ async fn two_instances_of_each_service_split_the_partitions_and_the_survivors_ta
         config.interest_consumer_enabled = false;
         let mut env = fintech_tests::ledger::env(&config);
         env.extend(log_settings.clone());
-        ledger_service
-            .start(&bootstrap, &binaries[1], address, &env, &logs)
-            .await;
+        ledger_service.start(&binaries[1], address, &env, &logs).await;
     }
     for _ in 0..2 {
         let address = free_address();
@@ -530,9 +519,7 @@ async fn two_instances_of_each_service_split_the_partitions_and_the_survivors_ta
         );
         let mut env = fintech_tests::payments::env(&config);
         env.extend(log_settings.clone());
-        payments_service
-            .start(&bootstrap, &binaries[2], address, &env, &logs)
-            .await;
+        payments_service.start(&binaries[2], address, &env, &logs).await;
     }
 
     // The load: pairs paced evenly, sent to both payments instances in turn.
@@ -602,7 +589,7 @@ async fn two_instances_of_each_service_split_the_partitions_and_the_survivors_ta
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // What each instance owned when it was killed (from their logs; the split was checked at start).
-    let mut split_before: BTreeMap<String, Vec<BTreeSet<(String, i32)>>> = BTreeMap::new();
+    let mut split_before: BTreeMap<String, Vec<BTreeSet<Partition>>> = BTreeMap::new();
     for service in [&tax_service, &ledger_service] {
         for (group, partitions) in &service.groups {
             let owned = service
@@ -613,6 +600,12 @@ async fn two_instances_of_each_service_split_the_partitions_and_the_survivors_ta
             split_before.insert(group.clone(), owned);
         }
     }
+    let groups: Vec<(String, BTreeSet<Partition>)> = tax_service
+        .groups
+        .iter()
+        .chain(&ledger_service.groups)
+        .cloned()
+        .collect();
     let taxed_sql = "SELECT count(*) FROM taxed_transactions";
     let entries_sql = "SELECT count(*) FROM ledger_entries";
     killed.store(true, Ordering::SeqCst);
@@ -621,6 +614,13 @@ async fn two_instances_of_each_service_split_the_partitions_and_the_survivors_ta
     }
     let killed_at = tokio::time::Instant::now();
     kill_done.notify_waiters();
+    let offsets_at_kill: BTreeMap<String, BTreeMap<Partition, (Option<i64>, i64)>> = groups
+        .iter()
+        .map(|(group, partitions)| {
+            let offsets = tokio::task::block_in_place(|| group_offsets(&bootstrap, group, partitions));
+            (group.clone(), offsets)
+        })
+        .collect();
     let at_kill = (
         acknowledged.load(Ordering::SeqCst),
         count(&tax_service.db, taxed_sql).await,
@@ -631,28 +631,16 @@ async fn two_instances_of_each_service_split_the_partitions_and_the_survivors_ta
         "the kill lands in the middle of the load: {at_kill:?}"
     );
 
-    // The survivors take every partition over, and the dead relays' locks are gone.
-    let mut handover: BTreeMap<String, (BTreeSet<(String, i32)>, Duration)> = BTreeMap::new();
+    // The survivors are assigned every partition, and the dead relays' locks are gone.
+    let mut handover: BTreeMap<String, (BTreeSet<Partition>, Duration)> = BTreeMap::new();
     for service in [&tax_service, &ledger_service] {
         let survivor = &service.instances[SURVIVOR];
-        let victim = &service.instances[VICTIM];
         for (group, partitions) in &service.groups {
-            let (member, owned) = eventually(&format!("{group} handed over to {}", survivor.name), || {
-                let state = describe_group(&bootstrap, group).ok_or("the group is not described")?;
-                if state.members.len() != 1 || state.members.contains_key(&victim.members[group]) {
-                    return Err(format!("members {:?}", state.members.keys()));
-                }
+            let owned = eventually(&format!("{group} handed over to {}", survivor.name), || {
                 let owned = owned_partitions(&survivor.log, partitions);
-                check_split(&state, std::slice::from_ref(&owned), partitions)?;
-                Ok((state.members.keys().next().cloned().expect("one member"), owned))
+                check_split(std::slice::from_ref(&owned), partitions).map(|()| owned)
             })
             .await;
-            if member != survivor.members[group] {
-                println!(
-                    "{group}: the survivor rejoined under a new member id ({} -> {member})",
-                    survivor.members[group]
-                );
-            }
             handover.insert(group.clone(), (owned, killed_at.elapsed()));
         }
     }
@@ -689,7 +677,42 @@ async fn two_instances_of_each_service_split_the_partitions_and_the_survivors_ta
     wait_outbox_drained(&tax_service.db.pool, WAIT).await;
     wait_for_count(&ledger_service.db, entries_sql, 2 * PAIRS as i64).await;
     wait_outbox_drained(&ledger_service.db.pool, WAIT).await;
+    // The group committed every partition to its end, the dead instance's included: progress made
+    // there after the kill is the survivor's.
+    let mut offsets_after: BTreeMap<String, BTreeMap<Partition, (Option<i64>, i64)>> = BTreeMap::new();
+    for (group, partitions) in &groups {
+        let offsets = eventually(&format!("{group} committed to the end of every partition"), || {
+            let offsets = group_offsets(&bootstrap, group, partitions);
+            let behind: Vec<_> = offsets
+                .iter()
+                .filter(|(_, (committed, end))| committed.unwrap_or(0) != *end)
+                .collect();
+            if behind.is_empty() {
+                Ok(offsets)
+            } else {
+                Err(format!("behind: {behind:?}"))
+            }
+        })
+        .await;
+        offsets_after.insert(group.clone(), offsets);
+    }
     let drained_after = killed_at.elapsed();
+    let mut taken_over: BTreeMap<String, i64> = BTreeMap::new();
+    for (group, owned) in &split_before {
+        let consumed: i64 = owned[VICTIM]
+            .iter()
+            .map(|partition| {
+                let (at_kill, _) = offsets_at_kill[group][partition];
+                let (after, _) = offsets_after[group][partition];
+                after.unwrap_or(0) - at_kill.unwrap_or(0)
+            })
+            .sum();
+        assert!(
+            consumed > 0,
+            "{group}: records on the dead instance's partitions after the kill were consumed"
+        );
+        taken_over.insert(group.clone(), consumed);
+    }
     for service in [&mut payments_service, &mut tax_service, &mut ledger_service] {
         service.instances[SURVIVOR]
             .process
@@ -817,8 +840,8 @@ async fn two_instances_of_each_service_split_the_partitions_and_the_survivors_ta
     // The counts.
     println!("scale-out: {PAIRS} pairs through payments-0 and payments-1, load took {load_took:?}");
     println!(
-        "  kill -9 of payments-0, tax-0, ledger-0 after {} pairs acknowledged ({} taxed, {} entries); \
-         {} commands retried on payments-1 under their idempotency key; drained {drained_after:?} after the kill",
+        "  kill -9 of payments-{VICTIM}, tax-{VICTIM}, ledger-{VICTIM} after {} pairs acknowledged ({} taxed, {} entries); \
+         {} commands retried on payments-{SURVIVOR} under their idempotency key; drained {drained_after:?} after the kill",
         at_kill.0,
         at_kill.1,
         at_kill.2,
@@ -860,20 +883,24 @@ async fn two_instances_of_each_service_split_the_partitions_and_the_survivors_ta
         };
         let (after, took) = &handover[group];
         let partitions = &service.groups.iter().find(|(name, _)| name == group).expect("group").1;
+        let records: i64 = offsets_after[group].values().map(|(_, end)| end).sum();
         println!(
-            "  group {}: at the kill {}-0 owned {}, {}-1 owned {}; {}-1 owned {} {took:?} after the kill; \
-             assignments logged: {}-0 {}, {}-1 {}",
+            "  group {}: at the kill {}-{VICTIM} owned {}, {}-{SURVIVOR} owned {}; {}-{SURVIVOR} owned {} {took:?} after the kill; \
+             {} of the {records} records were consumed on {}-{VICTIM}'s partitions after the kill, every partition \
+             committed to its end; assignments logged: {}-{VICTIM} {}, {}-{SURVIVOR} {}",
             group.strip_prefix(&prefix).unwrap_or(group),
             service.name,
-            describe(&owned[0], &prefix),
+            describe(&owned[VICTIM], &prefix),
             service.name,
-            describe(&owned[1], &prefix),
+            describe(&owned[SURVIVOR], &prefix),
             service.name,
             describe(after, &prefix),
+            taken_over[group],
             service.name,
-            assignments_logged(&service.instances[0].log, partitions),
             service.name,
-            assignments_logged(&service.instances[1].log, partitions),
+            assignments_logged(&service.instances[VICTIM].log, partitions),
+            service.name,
+            assignments_logged(&service.instances[SURVIVOR].log, partitions),
         );
     }
     for service in [&payments_service, &tax_service, &ledger_service] {

@@ -1,97 +1,70 @@
-//! Who is in a consumer group and who owns which partition, and which outbox relays are alive:
+//! Who owns which partition of a consumer group, how far the group has committed, and which
+//! outbox relays are alive:
 //!
-//! - [`describe_group`]: the coordinator's answer (ListGroups + DescribeGroups): the members, by
-//!   member id, and the partitions the group's leader assigned each. Tansu 0.6 answers the
-//!   members but sends every assignment empty (`tansu-storage` builds `DescribedGroupMember` with
-//!   `member_assignment(Bytes::new())`); Apache Kafka sends them.
-//! - [`owned_partitions`]: what one consumer process was told by the group, replayed from the
-//!   "partitions assigned" / "partitions revoked" lines its rebalance callback logs
-//!   (`fintech_platform::kafka::consumer`), in `LOG_FORMAT=json`. On Tansu this is the only view
-//!   of the assignment per process; where the broker reports assignments a test can compare both.
+//! - [`owned_partitions`]: what one consumer process was told by its group (the SyncGroup answer),
+//!   replayed from the "partitions assigned" / "partitions revoked" lines its rebalance callback
+//!   logs (`fintech_platform::kafka::consumer`), in `LOG_FORMAT=json`. The broker cannot be asked
+//!   on Tansu 0.6: its DescribeGroups fails on the SQLite engine (`SerdeJson(invalid type:
+//!   string ...)` reading the group back, and the connection is dropped), and even where it
+//!   answers it sends every member's assignment empty (`tansu-storage` `DescribedGroupMember`).
+//! - [`group_offsets`]: the group's committed offset (OffsetFetch) and the end (high watermark) of
+//!   each partition: progress the group made on a partition, whoever made it.
 //! - [`live_relays`]: the relays holding their liveness lock in a database (ADR 0013).
-//!
-//! Every instance of a service has the same client id, so members are told apart by member id.
-//! librdkafka keeps its member id across rebalances, so a test that starts instances one at a time
-//! learns which id is whose from the member that appears with each start.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::topic_partition_list::Offset;
+use rdkafka::{ClientConfig, TopicPartitionList};
 use sqlx::PgPool;
 
-/// One member of a consumer group and the partitions the group's leader assigned it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupMember {
-    /// The member id the coordinator gave it.
-    pub member_id: String,
-    /// Its `client.id`.
-    pub client_id: String,
-    /// `(topic, partition)` it owns.
-    pub partitions: BTreeSet<(String, i32)>,
-}
+/// A partition: `(topic, partition)`.
+pub type Partition = (String, i32);
 
-/// A consumer group as the coordinator describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupState {
-    /// `Stable`, `PreparingRebalance`, `CompletingRebalance`, `Empty`, `Dead` (as the broker spells it).
-    pub state: String,
-    /// Its members, by member id.
-    pub members: BTreeMap<String, GroupMember>,
-}
-
-impl GroupState {
-    /// Every partition some member owns.
-    pub fn assigned(&self) -> BTreeSet<(String, i32)> {
-        self.members
-            .values()
-            .flat_map(|member| member.partitions.iter().cloned())
-            .collect()
-    }
-}
-
-/// Describes `group` on the broker at `bootstrap` (`None` when the broker does not know it).
-pub fn describe_group(bootstrap: &str, group: &str) -> Option<GroupState> {
+/// For each of `partitions`: the offset `group` committed on it (`None`: none yet) and its end
+/// (high watermark). Blocking (a client of its own, no group membership taken).
+pub fn group_offsets(
+    bootstrap: &str,
+    group: &str,
+    partitions: &BTreeSet<Partition>,
+) -> BTreeMap<Partition, (Option<i64>, i64)> {
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("broker.address.family", "v4")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
         .create()
-        .expect("admin consumer");
-    let list = match client.fetch_group_list(Some(group), Duration::from_secs(10)) {
-        Ok(list) => list,
-        Err(error) => {
-            tracing::warn!(%error, group, "describe group failed");
-            return None;
-        }
-    };
-    let info = list.groups().iter().find(|info| info.name() == group)?;
-    let members = info
-        .members()
+        .expect("offsets client");
+    let mut list = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        list.add_partition(topic, *partition);
+    }
+    let committed = client
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets");
+    partitions
         .iter()
-        .map(|member| {
-            let partitions = member.assignment().map(decode_assignment).unwrap_or_default();
-            (
-                member.id().to_owned(),
-                GroupMember {
-                    member_id: member.id().to_owned(),
-                    client_id: member.client_id().to_owned(),
-                    partitions,
-                },
-            )
+        .map(|(topic, partition)| {
+            let offset = committed
+                .find_partition(topic, *partition)
+                .and_then(|element| match element.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                });
+            let (_, high) = client
+                .fetch_watermarks(topic, *partition, Duration::from_secs(10))
+                .expect("watermarks");
+            ((topic.clone(), *partition), (offset, high))
         })
-        .collect();
-    Some(GroupState {
-        state: info.state().to_owned(),
-        members,
-    })
+        .collect()
 }
 
 /// The partitions a consumer process owns now, among `of`, replayed from the rebalance lines of
 /// its log `log` (JSON lines; see the [module](self) docs): an assignment adds its partitions, a
 /// revocation removes its own, which is right for eager and incremental rebalancing alike.
-pub fn owned_partitions(log: &Path, of: &BTreeSet<(String, i32)>) -> BTreeSet<(String, i32)> {
+pub fn owned_partitions(log: &Path, of: &BTreeSet<Partition>) -> BTreeSet<Partition> {
     let mut owned = BTreeSet::new();
     for (assigned, partitions) in rebalances(log) {
         for partition in partitions.into_iter().filter(|partition| of.contains(partition)) {
@@ -107,7 +80,7 @@ pub fn owned_partitions(log: &Path, of: &BTreeSet<(String, i32)>) -> BTreeSet<(S
 
 /// How many assignments among `of` the process logged (each rebalance it took part in that gave it
 /// some of them).
-pub fn assignments_logged(log: &Path, of: &BTreeSet<(String, i32)>) -> usize {
+pub fn assignments_logged(log: &Path, of: &BTreeSet<Partition>) -> usize {
     rebalances(log)
         .into_iter()
         .filter(|(assigned, partitions)| *assigned && partitions.iter().any(|partition| of.contains(partition)))
@@ -143,43 +116,6 @@ fn rebalances(log: &Path) -> Vec<(bool, Vec<(String, i32)>)> {
         events.push((assigned, partitions));
     }
     events
-}
-
-/// The partitions of a `ConsumerProtocolAssignment` (Kafka's consumer embedded protocol): version
-/// (int16), then an array of (topic string, array of int32 partitions), then user data, ignored.
-/// Malformed bytes yield what was read before them.
-pub fn decode_assignment(bytes: &[u8]) -> BTreeSet<(String, i32)> {
-    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if bytes.len() < n {
-            return None;
-        }
-        let (head, tail) = bytes.split_at(n);
-        *bytes = tail;
-        Some(head)
-    }
-    fn int16(bytes: &mut &[u8]) -> Option<i16> {
-        take(bytes, 2).map(|b| i16::from_be_bytes([b[0], b[1]]))
-    }
-    fn int32(bytes: &mut &[u8]) -> Option<i32> {
-        take(bytes, 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    let mut partitions = BTreeSet::new();
-    let mut rest = bytes;
-    let decode = |rest: &mut &[u8], partitions: &mut BTreeSet<(String, i32)>| -> Option<()> {
-        int16(rest)?;
-        let topics = int32(rest)?;
-        for _ in 0..topics.max(0) {
-            let length = usize::try_from(int16(rest)?).ok()?;
-            let topic = String::from_utf8_lossy(take(rest, length)?).into_owned();
-            let count = int32(rest)?;
-            for _ in 0..count.max(0) {
-                partitions.insert((topic.clone(), int32(rest)?));
-            }
-        }
-        Some(())
-    };
-    let _ = decode(&mut rest, &mut partitions);
-    partitions
 }
 
 /// The keys of the outbox relays' liveness locks held in the database of `pool` (ADR 0013: each
@@ -226,28 +162,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_assignment_decodes_to_its_partitions() {
-        let mut bytes = vec![0, 1, 0, 0, 0, 2];
-        for (topic, partitions) in [("a.b", vec![0, 2]), ("c", vec![1])] {
-            bytes.extend((topic.len() as i16).to_be_bytes());
-            bytes.extend(topic.as_bytes());
-            bytes.extend((partitions.len() as i32).to_be_bytes());
-            for partition in partitions {
-                bytes.extend((partition as i32).to_be_bytes());
-            }
-        }
-        bytes.extend((-1i32).to_be_bytes());
-        let decoded = decode_assignment(&bytes);
-        let expected: BTreeSet<(String, i32)> = [("a.b", 0), ("a.b", 2), ("c", 1)]
-            .into_iter()
-            .map(|(topic, partition)| (topic.to_owned(), partition))
-            .collect();
-        assert_eq!(decoded, expected);
-        assert!(decode_assignment(&[]).is_empty());
-        assert_eq!(decode_assignment(&bytes[..bytes.len() - 8]).len(), 2, "cut short");
-    }
-
-    #[test]
     fn the_log_replays_to_what_the_process_owns_now() {
         let line = |message: &str, names: &[&str]| {
             let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
@@ -272,7 +186,7 @@ mod tests {
             ),
         ];
         std::fs::write(log.path(), lines.join("\n")).expect("write log");
-        let of: BTreeSet<(String, i32)> = [("p.a", 0), ("p.a", 1), ("p.b", 0)]
+        let of: BTreeSet<Partition> = [("p.a", 0), ("p.a", 1), ("p.b", 0)]
             .into_iter()
             .map(|(topic, partition)| (topic.to_owned(), partition))
             .collect();
