@@ -15,7 +15,7 @@ use fintech_proto::ledger::ledger_service_client::LedgerServiceClient;
 use prost::Message as _;
 
 use crate::service::Channel;
-use crate::service::{ServiceHarness, unique_prefix};
+use crate::service::{ServiceHarness, platform_env, unique_prefix};
 use crate::{TestDb, kafka_bootstrap};
 
 /// A running ledger service.
@@ -28,6 +28,37 @@ pub fn config(platform: PlatformConfig, _db: &TestDb, prefix: &str) -> LedgerCon
         topic_prefix: prefix.to_owned(),
         ..platform
     })
+}
+
+/// `config` as the environment of a ledger process (see [`crate::process`]).
+pub fn env(config: &LedgerConfig) -> Vec<(&'static str, String)> {
+    // Destructured in full so that a new setting does not compile until it is written here too.
+    let LedgerConfig {
+        platform,
+        tax_consumer_enabled,
+        cash_consumer_enabled,
+        accounts_consumer_enabled,
+        interest_consumer_enabled,
+        hold_expiry_interval,
+        posting,
+    } = config;
+    let fintech_ledger::posting::PostingSettings {
+        max_attempts,
+        lock_streams,
+        lock_timeout,
+    } = posting;
+    let mut env = platform_env(platform);
+    env.extend([
+        ("TAX_CONSUMER_ENABLED", tax_consumer_enabled.to_string()),
+        ("CASH_CONSUMER_ENABLED", cash_consumer_enabled.to_string()),
+        ("ACCOUNTS_CONSUMER_ENABLED", accounts_consumer_enabled.to_string()),
+        ("INTEREST_CONSUMER_ENABLED", interest_consumer_enabled.to_string()),
+        ("HOLD_EXPIRY_INTERVAL_MS", hold_expiry_interval.as_millis().to_string()),
+        ("LEDGER_MAX_POST_ATTEMPTS", max_attempts.to_string()),
+        ("LEDGER_LOCK_STREAMS", lock_streams.to_string()),
+        ("LEDGER_LOCK_TIMEOUT_MS", lock_timeout.as_millis().to_string()),
+    ]);
+    env
 }
 
 impl LedgerHarness {

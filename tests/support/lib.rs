@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod gateway;
+pub mod groups;
 pub mod ledger;
 pub mod notifications;
 pub mod payments;

@@ -60,4 +60,9 @@ impl ServiceProcess {
     pub fn kill(&mut self) {
         self.process.kill();
     }
+
+    /// Fails, with the end of its log, if the process has exited (or was killed).
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        self.process.ensure_running()
+    }
 }

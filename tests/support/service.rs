@@ -9,7 +9,7 @@
 //!
 //! The same config runs a service as a process ([`crate::process`]): [`platform_env`] writes a
 //! [`PlatformConfig`] as the environment variables `PlatformConfig::from_env` reads back, and
-//! `payments::env` / `tax::env` / `accounts::env` add their service's own (the ledger is not run as a process yet).
+//! `payments::env` / `tax::env` / `accounts::env` / `ledger::env` add their service's own.
 
 use std::future::Future;
 use std::time::Duration;
