@@ -28,7 +28,7 @@ use fintech_proto::notifications as pb;
 use fintech_proto::notifications::notifications_service_client::NotificationsServiceClient;
 use fintech_proto::topics;
 use prost::{Message as _, Name as _};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 
 use crate::kafka;
@@ -440,39 +440,8 @@ fn record(log: &Mutex<Log>, webhook_id: &str, body: &str, at: Instant) {
 
 /// Reads one request; returns its `webhook-id` and body.
 async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, String)> {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let header_end = loop {
-        let read = socket.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-        if let Some(position) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
-            break position;
-        }
-    };
-    let head = String::from_utf8_lossy(&buffer[..header_end]).into_owned();
-    let header = |wanted: &str| {
-        head.lines()
-            .skip(1)
-            .filter_map(|line| line.split_once(':'))
-            .find(|(name, _)| name.trim().eq_ignore_ascii_case(wanted))
-            .map(|(_, value)| value.trim().to_owned())
-    };
-    let length: usize = header("content-length")
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0);
-    let webhook_id = header("webhook-id").unwrap_or_default();
-    let mut body = buffer[header_end + 4..].to_vec();
-    while body.len() < length {
-        let read = socket.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..read]);
-    }
-    Some((webhook_id, String::from_utf8_lossy(&body).into_owned()))
+    let request = fintech_devkit::http::read_request(socket).await?;
+    Some((request.header("webhook-id").to_owned(), request.body))
 }
 
 #[cfg(test)]

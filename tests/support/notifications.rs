@@ -21,7 +21,7 @@ use fintech_platform::telemetry::TraceHeaders;
 use fintech_proto::notifications as pb;
 use fintech_proto::notifications::notifications_service_client::NotificationsServiceClient;
 use fintech_proto::topics::Topic;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 
 use crate::service::{Channel, ServiceHarness, platform_env, unique_prefix};
@@ -444,41 +444,11 @@ impl Receiver {
 }
 
 async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Received> {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let header_end = loop {
-        let read = socket.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-        if let Some(position) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
-            break position;
-        }
-    };
-    let head = String::from_utf8_lossy(&buffer[..header_end]).into_owned();
-    let headers: HashMap<String, String> = head
-        .lines()
-        .skip(1)
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_lowercase(), value.trim().to_owned()))
-        .collect();
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0);
-    let mut body = buffer[header_end + 4..].to_vec();
-    while body.len() < length {
-        let read = socket.read(&mut chunk).await.ok()?;
-        if read == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..read]);
-    }
+    let request = fintech_devkit::http::read_request(socket).await?;
     Some(Received {
         at: Instant::now(),
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        headers: request.headers,
+        body: request.body,
     })
 }
 

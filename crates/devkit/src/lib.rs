@@ -5,6 +5,7 @@
 //!
 //! - this file: the Tansu binary and its storage preparation, free ports, topic creation
 //! - [`auth`]: development signing keys, their JWKS and tokens (tests, bench, `deploy/local/token`)
+//! - [`http`]: one HTTP/1.1 request read on the server side (the webhook receivers)
 //! - [`broker`]: a private broker (Tansu) that a test may kill, freeze and restart, and that the
 //!   benchmark runs on so that it neither measures nor disturbs its neighbours
 //! - [`postgres`]: a private PostgreSQL cluster that a test may stop, crash and restart
@@ -13,6 +14,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod http;
 pub mod postgres;
 pub mod temporal;
 
