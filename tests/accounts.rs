@@ -72,6 +72,27 @@ async fn count(harness: &AccountsHarness, sql: &str) -> i64 {
         .expect("count")
 }
 
+/// Waits until the balance history of `account_id` holds `versions` stream versions.
+async fn wait_for_history(harness: &AccountsHarness, account_id: &str, versions: i64) {
+    let account = uuid::Uuid::parse_str(account_id).expect("account id");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_balance_history WHERE account_id = $1")
+            .bind(account)
+            .fetch_one(&harness.db.pool)
+            .await
+            .expect("history");
+        if seen == versions {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the history of {account_id} holds {seen} versions, never {versions}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Decoded `Account` values of `records`, in order.
 fn accounts_of(records: &[rdkafka::message::OwnedMessage]) -> Vec<pb::Account> {
     records
@@ -868,6 +889,9 @@ async fn a_month_of_daily_accruals_posts_the_hand_computed_interest_once() {
         })
         .await;
     assert_eq!(read.balances.expect("balances").ledger_balance, 1_200_000);
+    // The entries and the holds come on different topics: version 6 (a hold) can be shown before
+    // versions 2 and 3 (entries) reached the history that interest reads.
+    wait_for_history(&harness, &id, 5).await;
 
     // Halfway through M: days 1-15 accrued and shown (floor), nothing posted.
     let postings = app.run_interest(month + chrono::Days::new(15)).await.expect("interest");

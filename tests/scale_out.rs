@@ -19,12 +19,13 @@
 //!   is counted, not failed), nothing reached a dead-letter topic, every outbox is drained, and
 //!   the trial balance nets to zero.
 //!
-//! The broker is a private Tansu (the local broker of `deploy/local`, same binary and storage):
-//! this load on the shared one could delay its neighbours' group heartbeats past their session
-//! timeout, and theirs ours (see `fintech_devkit::broker`). Members are dynamic (no
-//! `KAFKA_GROUP_INSTANCE_ID`): no instance is restarted, so the survivor should take the
-//! partitions once the dead member's session (10 s) expires. Tansu 0.6 does not (see [`VICTIM`]),
-//! so the test is ignored by default; `SCALE_OUT_KAFKA_BOOTSTRAP` runs it on another broker.
+//! The broker is a private librdkafka mock cluster (`fintech_devkit::mock`): this load on the
+//! shared broker could delay its neighbours' group heartbeats past their session timeout, and
+//! theirs ours; and Tansu 0.6, the local broker, never hands a killed member's partitions to the
+//! survivors (see [`VICTIM`], ADR 0007), which the mock cluster does as Apache Kafka does. Members
+//! are dynamic (no `KAFKA_GROUP_INSTANCE_ID`): no instance is restarted, so the survivor takes the
+//! partitions once the dead member's session (10 s) expires. `SCALE_OUT_KAFKA_BOOTSTRAP` runs it
+//! on another broker (an Apache Kafka cluster, say; its topics are created through the Admin API).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -33,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fintech_devkit::broker::PrivateBroker;
+use fintech_devkit::mock::MockBroker;
 use fintech_platform::telemetry;
 use fintech_proto::ledger::ledger_service_client::LedgerServiceClient;
 use fintech_proto::payments::payments_service_client::PaymentsServiceClient;
@@ -42,15 +43,15 @@ use fintech_tests::groups::{
     Partition, assignments_logged, group_offsets, live_relays, owned_partitions, wait_for_relays,
 };
 use fintech_tests::process::{ServiceProcess, service_binary};
-use fintech_tests::service::{Channel, connect, create_prefixed_topics, platform_config, unique_prefix};
+use fintech_tests::service::{Channel, connect, platform_config, unique_prefix};
 use fintech_tests::{TestDb, header, read_to_end, wait_outbox_drained};
 use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::message::OwnedMessage;
 use tonic::Request;
 
-/// A broker to run against instead of a private Tansu (Apache Kafka, say: on Tansu 0.6 the
-/// hand-over this test asserts never happens, see [`VICTIM`]).
+/// A broker to run against instead of the private mock cluster (Apache Kafka, say; not Tansu 0.6,
+/// on which the hand-over this test asserts never happens, see [`VICTIM`]).
 const EXTERNAL_BROKER: &str = "SCALE_OUT_KAFKA_BOOTSTRAP";
 /// Orders, one transaction each.
 const PAIRS: usize = 400;
@@ -73,7 +74,7 @@ const COUNTRIES: [&str; 5] = ["DE", "FR", "AT", "PT", "BE"];
 /// leads it: the member that computes the assignment, so a broker that gets this right needs no
 /// new leader).
 ///
-/// On Tansu 0.6 the hand-over never happens, whichever instance dies: the coordinator drops the
+/// On Tansu 0.6 (so the test runs on the mock cluster) the hand-over never happens, whichever instance dies: the coordinator drops the
 /// dead member once its session expired and answers the survivor's heartbeat with
 /// REBALANCE_IN_PROGRESS, but the survivor's rejoin (same member id, same subscription) leaves the
 /// group `Formed` in the same generation, so its SyncGroup gets its old share back and the dead
@@ -402,17 +403,12 @@ fn describe(partitions: &BTreeSet<Partition>, prefix: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "Tansu 0.6 never hands a SIGKILLed member's partitions to the survivors (ADR 0007); \
-            run with --ignored and SCALE_OUT_KAFKA_BOOTSTRAP=<a broker that does>"]
 #[allow(clippy::print_stdout)]
 async fn two_instances_of_each_service_split_the_partitions_and_the_survivors_take_over_after_a_kill() {
     let _telemetry = telemetry::init("test");
-    let external = std::env::var(EXTERNAL_BROKER).ok();
-    let private = match external {
-        Some(_) => None,
-        None => Some(PrivateBroker::start().await.expect("private broker starts")),
-    };
-    let bootstrap = external.unwrap_or_else(|| private.as_ref().expect("private broker").bootstrap().to_owned());
+    let logs = std::env::temp_dir().join(format!("fintech-scale-out-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&logs).expect("log folder");
+    println!("service logs in {} (removed when the test passes)", logs.display());
     let prefix = unique_prefix();
     let topics: BTreeSet<&str> = fintech_payments::events::TOPICS
         .iter()
@@ -421,11 +417,22 @@ async fn two_instances_of_each_service_split_the_partitions_and_the_survivors_ta
         .chain(&fintech_ledger::events::TOPICS)
         .copied()
         .collect();
-    create_prefixed_topics(&bootstrap, &prefix, &topics.iter().copied().collect::<Vec<_>>()).await;
     let topic = |name: &str| format!("{prefix}{name}");
-    let logs = std::env::temp_dir().join(format!("fintech-scale-out-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&logs).expect("log folder");
-    println!("service logs in {} (removed when the test passes)", logs.display());
+    let names: Vec<String> = topics.iter().map(|name| topic(name)).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    // Kept until the end of the test: the mock broker exits when dropped.
+    let (bootstrap, _mock) = match std::env::var(EXTERNAL_BROKER) {
+        Ok(external) => {
+            fintech_tests::create_topics(&external, &names, 3).await;
+            (external, None)
+        }
+        Err(_) => {
+            let binary = service_binary("fintech-devkit", "fintech-mock-broker");
+            let mock = MockBroker::start(&binary, 1, &logs.join("mock-broker.log")).expect("mock broker starts");
+            mock.create_topics(&names, 3).expect("topics on the mock broker");
+            (mock.bootstrap().to_owned(), Some(mock))
+        }
+    };
 
     let binaries = [
         service_binary("fintech-tax", "tax"),

@@ -17,9 +17,20 @@ const OPTIONAL_SETTINGS: [&str; 2] = ["REDIS_URL", "KAFKA_GROUP_INSTANCE_ID"];
 /// built in one invocation, as `scripts/test` and `bench/run` build them, so the features resolve
 /// the same way and this is a no-op after either ran (building one package alone resolves them
 /// differently and recompiles half the dependency tree).
+///
+/// The variables cargo sets for a test process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …) are
+/// removed from the build's environment: a build script that declares `rerun-if-env-changed` on
+/// one of them (ring does, on `CARGO_MANIFEST_DIR`) would otherwise see it change between this
+/// build and the next `cargo test`, and each would rebuild half the tree for the other.
 pub fn service_binary(package: &str, binary: &str) -> PathBuf {
     let _guard = BUILD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_for_tests) {
+            build.env_remove(&name);
+        }
+    }
+    let status = build
         .args(["build", "--quiet", "--workspace", "--bins"])
         .current_dir(crate::repo_root())
         .status()
@@ -29,6 +40,22 @@ pub fn service_binary(package: &str, binary: &str) -> PathBuf {
     let path = target.join("debug").join(binary);
     assert!(path.exists(), "{package} built no binary {}", path.display());
     path
+}
+
+/// Whether cargo sets `name` for the test process it runs (not for the build it was given).
+fn set_by_cargo_for_tests(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
 }
 
 /// A service process, SIGKILLed when dropped.

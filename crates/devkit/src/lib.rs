@@ -8,6 +8,9 @@
 //! - [`http`]: one HTTP/1.1 request read on the server side (the webhook receivers)
 //! - [`broker`]: a private broker (Tansu) that a test may kill, freeze and restart, and that the
 //!   benchmark runs on so that it neither measures nor disturbs its neighbours
+//! - [`mock`]: a private in-memory broker (librdkafka's mock cluster in the `fintech-mock-broker`
+//!   process) that rebalances consumer groups as Apache Kafka does, for the scale-out test and the
+//!   benchmark's second broker
 //! - [`postgres`]: a private PostgreSQL cluster that a test may stop, crash and restart
 //! - [`temporal`]: a private Temporal server (the CLI's dev server on SQLite) that a test may
 //!   kill and restart
@@ -15,6 +18,7 @@
 pub mod auth;
 pub mod broker;
 pub mod http;
+pub mod mock;
 pub mod postgres;
 pub mod temporal;
 
