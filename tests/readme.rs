@@ -35,7 +35,10 @@ fn readme_block_in(path: &str, name: &str) -> String {
 }
 
 fn run(command: &mut Command) -> String {
-    let output = command.output().expect("command runs");
+    // `deploy/local/token` builds with cargo: the same environment as the test build's.
+    let output = fintech_tests::process::without_cargo_test_env(command)
+        .output()
+        .expect("command runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),

@@ -25,12 +25,7 @@ const OPTIONAL_SETTINGS: [&str; 2] = ["REDIS_URL", "KAFKA_GROUP_INSTANCE_ID"];
 pub fn service_binary(package: &str, binary: &str) -> PathBuf {
     let _guard = BUILD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(set_by_cargo_for_tests) {
-            build.env_remove(&name);
-        }
-    }
-    let status = build
+    let status = without_cargo_test_env(&mut build)
         .args(["build", "--quiet", "--workspace", "--bins"])
         .current_dir(crate::repo_root())
         .status()
@@ -40,6 +35,18 @@ pub fn service_binary(package: &str, binary: &str) -> PathBuf {
     let path = target.join("debug").join(binary);
     assert!(path.exists(), "{package} built no binary {}", path.display());
     path
+}
+
+/// Removes from `command`'s environment what cargo sets for the test process it runs: anything
+/// that builds with cargo (a script calling `cargo build`, say) must see the environment of the
+/// `cargo test` that built this process, or builds alternate (see [`service_binary`]).
+pub fn without_cargo_test_env(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_for_tests) {
+            command.env_remove(&name);
+        }
+    }
+    command
 }
 
 /// Whether cargo sets `name` for the test process it runs (not for the build it was given).
