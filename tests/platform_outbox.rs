@@ -561,3 +561,69 @@ async fn rows_of_a_dead_relay_are_taken_over_at_once_and_a_live_relays_rows_are_
     assert_eq!(outcome.published, 1);
     assert_topic_once_and_in_key_order(&bootstrap, &topic, 2).await;
 }
+
+/// The backend pid of the relay's listener once it listens (its last statement is the LISTEN).
+async fn wait_for_listener(db: &TestDb, other_than: Option<i32>) -> i32 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+             AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid() AND pid IS DISTINCT FROM $1",
+        )
+        .bind(other_than)
+        .fetch_optional(&db.pool)
+        .await
+        .expect("pg_stat_activity");
+        if let Some(pid) = pid {
+            return pid;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the relay never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_relay_wakes_on_commit_and_listens_again_after_losing_its_connection() {
+    let _telemetry = telemetry::init("test");
+    let db = TestDb::with_platform_tables().await;
+    let bootstrap = kafka_bootstrap();
+    let topic = unique_topic("outbox-wake");
+    create_topics(&bootstrap, &[&topic], 1).await;
+    let consumer = reader(&bootstrap, &[&topic]);
+
+    // A poll of an hour: after its first empty claim only a notification makes this relay claim.
+    let shutdown = CancellationToken::new();
+    let settings = RelaySettings {
+        poll_interval: Duration::from_secs(3600),
+        ..RelaySettings::default()
+    };
+    let producer = EventProducer::new(&bootstrap, "test-relay-wake", Duration::from_secs(10)).expect("producer");
+    let relay = tokio::spawn(OutboxRelay::new(db.pool.clone(), producer, settings.clone()).run(shutdown.clone()));
+    let listener = wait_for_listener(&db, None).await;
+
+    // Each commit is published, one after the other.
+    for version in 1..=3 {
+        enqueue_versions(&db, &topic, 1, version..=version).await;
+        let records = read_records(&consumer, 1, Duration::from_secs(30)).await;
+        assert_eq!(records.len(), 1, "commit {version} woke the relay");
+    }
+
+    // The listener's connection dies (a database restart, say) and a commit lands meanwhile:
+    // the relay listens again and claims what it missed.
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(listener)
+        .fetch_one(&db.pool)
+        .await
+        .expect("terminate");
+    assert!(terminated);
+    enqueue_versions(&db, &topic, 1, 4..=4).await;
+    let records = read_records(&consumer, 1, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), 1, "the commit made while nobody listened is published");
+    let again = wait_for_listener(&db, Some(listener)).await;
+    assert_ne!(again, listener);
+    enqueue_versions(&db, &topic, 1, 5..=5).await;
+    assert_eq!(read_records(&consumer, 1, Duration::from_secs(30)).await.len(), 1);
+    shutdown.cancel();
+    relay.await.expect("relay task");
+    wait_for_empty_backlog(&db, Duration::from_secs(5)).await;
+}

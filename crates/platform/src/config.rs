@@ -22,6 +22,7 @@
 //! | `GRPC_REQUEST_TIMEOUT_MS` | `30000` | longest a request may run on the server, whatever the client's `grpc-timeout` (100-600000); then `CANCELLED` |
 //! | `OUTBOX_BATCH_SIZE` | `256` | rows one relay publishes per round |
 //! | `OUTBOX_POLL_INTERVAL_MS` | `100` | wait of the relay after a claim that found nothing |
+//! | `OUTBOX_WAKE_ON_COMMIT` | `true` | an idle relay waits for the commit of new outbox rows (`LISTEN fintech_outbox`, one connection per relay outside the pool) or the poll interval, whichever comes first; `false`: the poll alone (ADR 0029) |
 //! | `OUTBOX_GATHER_MS` | `0` | wait of the relay after a round that was not full, so that new rows gather into the next one (0-1000; 0 = claim again at once) |
 //! | `OUTBOX_ROUNDS_IN_FLIGHT` | `1` | rounds of one relay whose sends may await the broker at once (1-16; each holds a database connection meanwhile; ADR 0010) |
 //! | `TOPIC_PREFIX` | empty | prepended to every topic and consumer-group name (tests, shared brokers) |
@@ -183,6 +184,8 @@ pub struct PlatformConfig {
     pub outbox_poll_interval: Duration,
     /// Outbox relay wait after a round that was not full.
     pub outbox_gather: Duration,
+    /// Idle relays wake on the commit of new rows (LISTEN/NOTIFY), not only on the poll.
+    pub outbox_wake_on_commit: bool,
     /// Outbox relay rounds awaiting acknowledgements at once.
     pub outbox_rounds_in_flight: usize,
     /// Prefix of every topic and consumer-group name (isolated copies of the system on one broker).
@@ -240,6 +243,7 @@ impl PlatformConfig {
             outbox_batch_size: 256,
             outbox_poll_interval: Duration::from_millis(100),
             outbox_gather: Duration::ZERO,
+            outbox_wake_on_commit: true,
             outbox_rounds_in_flight: 1,
             topic_prefix: String::new(),
             outbox_relays: 1,
@@ -448,6 +452,7 @@ impl PlatformConfig {
             outbox_batch_size,
             outbox_poll_interval,
             outbox_gather: Duration::from_millis(outbox_gather_ms),
+            outbox_wake_on_commit: env_parse("OUTBOX_WAKE_ON_COMMIT", defaults.outbox_wake_on_commit)?,
             outbox_rounds_in_flight,
             topic_prefix: env_or("TOPIC_PREFIX", &defaults.topic_prefix),
             outbox_relays: env_parse("OUTBOX_RELAYS", defaults.outbox_relays)?,

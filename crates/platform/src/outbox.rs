@@ -25,6 +25,12 @@
 //!   topic, not authorized, …) counts an attempt, waits before its next one (exponential per row)
 //!   and after [`RelaySettings::max_attempts`] is parked (`parked_at`): never claimed again until
 //!   [`requeue_parked`]. Other keys keep flowing meanwhile, and the relay does not back off for it.
+//! - **Wakes on commit**: the outbox's insert trigger notifies `fintech_outbox` (delivered when
+//!   the writing transaction commits, migrations/platform/0006); an idle relay waits for that
+//!   notification or [`RelaySettings::poll_interval`], whichever comes first, so a lone command's
+//!   event leaves at once instead of after half a poll on average. The poll stays as the fallback:
+//!   rows whose lease or backoff ran out, a listener connection lost (reconnected later), or
+//!   [`RelaySettings::wake_on_commit`] off (ADR 0029).
 //! - **Trace context**: the `traceparent` of the request that wrote the row is stored with it; the
 //!   relay publishes inside a span that is a child of it, so consumers continue the same trace.
 
@@ -298,6 +304,8 @@ pub struct RelaySettings {
     pub lease: Duration,
     /// Wait before a rejected row's next attempt: doubles per attempt up to `max_backoff * 6`.
     pub row_backoff: Duration,
+    /// Listen for the commit of new rows (`LISTEN fintech_outbox`) instead of only polling.
+    pub wake_on_commit: bool,
     /// Where the relay reports whether it can publish (`NOT_SERVING` while the broker fails).
     pub health: Option<Component>,
     /// Label of the relay's metrics (the service name).
@@ -315,6 +323,7 @@ impl Default for RelaySettings {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             lease: RELAY_DELIVERY_TIMEOUT * 2,
             row_backoff: Duration::from_millis(500),
+            wake_on_commit: true,
             health: None,
             service: String::new(),
         }
@@ -427,6 +436,7 @@ impl OutboxRelay {
         let max_in_flight = self.settings.rounds_in_flight.max(1);
         let mut backoff = poll_interval;
         let mut failing = false;
+        let mut wake = Wake::new(&self.pool, self.settings.wake_on_commit);
         let health = self.settings.health.clone();
         let report = move |working: bool| {
             if let Some(health) = &health {
@@ -468,6 +478,9 @@ impl OutboxRelay {
                 }
                 continue;
             }
+            // Notifications of commits before this claim are answered by it.
+            wake.forget_pending();
+            let mut idle = false;
             let wait = match self.claim().await {
                 Ok(Some(round)) => {
                     let full = round.rows.len() as i64 >= self.settings.batch_size;
@@ -484,7 +497,10 @@ impl OutboxRelay {
                         self.settings.gather
                     }
                 }
-                Ok(None) => poll_interval,
+                Ok(None) => {
+                    idle = true;
+                    poll_interval
+                }
                 Err(error) => {
                     if let Some(health) = &self.settings.health {
                         health.report(false);
@@ -493,7 +509,12 @@ impl OutboxRelay {
                     next_backoff(&mut backoff, self.settings.max_backoff)
                 }
             };
-            if !wait.is_zero() && sleep_or_shutdown(wait, &shutdown).await {
+            let stop = if idle {
+                wake.wait(wait, &shutdown).await
+            } else {
+                !wait.is_zero() && sleep_or_shutdown(wait, &shutdown).await
+            };
+            if stop {
                 break;
             }
         }
@@ -799,6 +820,120 @@ fn settle(joined: std::result::Result<Result<RoundOutcome>, tokio::task::JoinErr
     }
 }
 
+/// The channel the outbox's insert trigger notifies (migrations/platform/0006_outbox_wake.sql).
+pub const WAKE_CHANNEL: &str = "fintech_outbox";
+
+/// Pause before a lost or refused listener connection is tried again (polling meanwhile).
+const WAKE_RETRY: Duration = Duration::from_secs(5);
+
+/// An idle relay's wait: the poll interval, cut short by a commit that wrote outbox rows.
+///
+/// The listener has a connection of its own, outside the service's pool (which it would
+/// otherwise hold a connection of for good), opened with the pool's settings. When it cannot
+/// connect or loses its connection the relay polls, and tries again after [`WAKE_RETRY`].
+struct Wake {
+    options: Option<sqlx::postgres::PgConnectOptions>,
+    listener: Option<sqlx::postgres::PgListener>,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Wake {
+    fn new(pool: &PgPool, enabled: bool) -> Self {
+        Self {
+            options: enabled.then(|| (*pool.connect_options()).clone()),
+            listener: None,
+            retry_at: None,
+        }
+    }
+
+    /// Drops the notifications already received.
+    fn forget_pending(&mut self) {
+        if let Some(listener) = self.listener.as_mut() {
+            while listener.next_buffered().is_some() {}
+        }
+    }
+
+    /// Waits `timeout` or until a commit notifies, whichever comes first; `true` if `shutdown`
+    /// fired. Returns early too when the listener has just (re)connected: commits made while it
+    /// was not listening notified nobody, so the relay claims once more before it waits.
+    async fn wait(&mut self, timeout: Duration, shutdown: &CancellationToken) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            if self.connect(deadline - now).await {
+                return false;
+            }
+            if let Some(listener) = self.listener.as_mut() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return true,
+                    _ = tokio::time::sleep_until(deadline) => return false,
+                    received = listener.try_recv() => match received {
+                        Ok(Some(_)) => return false,
+                        // The connection was lost (a database restart): poll until it is back.
+                        Ok(None) | Err(_) => {
+                            tracing::debug!("outbox listener lost its connection; polling meanwhile");
+                            self.listener = None;
+                            self.retry_at = Some(tokio::time::Instant::now() + WAKE_RETRY);
+                        }
+                    },
+                }
+            } else {
+                let until = match (&self.options, self.retry_at) {
+                    (Some(_), Some(retry_at)) => retry_at.min(deadline),
+                    _ => deadline,
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return true,
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+            }
+        }
+    }
+
+    /// Opens the listener if it is enabled, closed, and not waiting for its next attempt; `true`
+    /// if it opened one now.
+    async fn connect(&mut self, timeout: Duration) -> bool {
+        let Some(options) = &self.options else {
+            return false;
+        };
+        if self.listener.is_some() || self.retry_at.is_some_and(|at| tokio::time::Instant::now() < at) {
+            return false;
+        }
+        let listen = async {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .max_lifetime(None)
+                .idle_timeout(None)
+                .connect_lazy_with(options.clone());
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.ignore_pool_close_event(true);
+            listener.eager_reconnect(false);
+            listener.listen(WAKE_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match tokio::time::timeout(timeout.clamp(Duration::from_secs(1), WAKE_RETRY), listen).await {
+            Ok(Ok(listener)) => {
+                self.listener = Some(listener);
+                self.retry_at = None;
+                true
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "outbox listener cannot connect; polling meanwhile");
+                self.retry_at = Some(tokio::time::Instant::now() + WAKE_RETRY);
+                false
+            }
+            Err(_) => {
+                tracing::debug!("outbox listener timed out connecting; polling meanwhile");
+                self.retry_at = Some(tokio::time::Instant::now() + WAKE_RETRY);
+                false
+            }
+        }
+    }
+}
+
 /// Sleeps `wait`; `true` if `shutdown` fired first.
 async fn sleep_or_shutdown(wait: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -825,6 +960,7 @@ pub fn relay(
         poll_interval: config.outbox_poll_interval,
         gather: config.outbox_gather,
         rounds_in_flight: config.outbox_rounds_in_flight,
+        wake_on_commit: config.outbox_wake_on_commit,
         max_attempts: config.outbox_max_attempts,
         lease: config.outbox_delivery_timeout * 2,
         health,
