@@ -25,9 +25,9 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(240);
 pub(crate) enum Kind {
     /// SIGKILL of payments, restart after 0.5-3 s.
     KillPayments,
-    /// SIGKILL of tax, restart after 0.5-3 s.
+    /// SIGKILL of tax, restart after 11-14 s (0.5-3 s with `--quick-restarts`).
     KillTax,
-    /// SIGKILL of the ledger, restart after 0.5-3 s.
+    /// SIGKILL of the ledger, restart after 11-14 s (0.5-3 s with `--quick-restarts`).
     KillLedger,
     /// SIGKILL of the broker, restart after 1-3 s.
     BrokerKill,
@@ -112,7 +112,17 @@ pub(crate) async fn inject(platform: &mut Platform, rng: &mut StdRng, kind: Kind
                 Kind::KillTax => "tax",
                 _ => "ledger",
             };
-            let delay = pause(500, 3_000, rng);
+            // Tax and the ledger are consumers: on the local broker (Tansu 0.6) a member restarted
+            // under its static group instance id before the killed one's session expired (10 s)
+            // loses its partitions when that session expires and is not given them back (seen
+            // with seed 1: the ledger's transactions.created group stalled for minutes). They
+            // come back after the session timeout unless `--quick-restarts` asks for the fault
+            // that reproduces it.
+            let delay = if name == "payments" || platform.quick_restarts {
+                pause(500, 3_000, rng)
+            } else {
+                pause(11_000, 14_000, rng)
+            };
             platform.service_mut(name).kill();
             tokio::time::sleep(delay).await;
             platform.service_mut(name).restart()?;

@@ -22,7 +22,7 @@ use anyhow::{Context as _, bail};
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 
-const USAGE: &str = "usage: fintech-faults run [--seed N] [--duration SECONDS] [--faults K] [--clients C] [--short] \
+const USAGE: &str = "usage: fintech-faults run [--seed N] [--duration SECONDS] [--faults K] [--clients C] [--short] [--quick-restarts] \
                      [--bin-dir DIR] [--out DIR] [--work DIR]";
 
 /// A progress line on stderr, with the time.
@@ -41,6 +41,7 @@ pub(crate) struct Options {
     pub(crate) faults: usize,
     pub(crate) clients: usize,
     pub(crate) short: bool,
+    pub(crate) quick_restarts: bool,
     pub(crate) bin_dir: PathBuf,
     pub(crate) out: PathBuf,
     pub(crate) work: PathBuf,
@@ -63,6 +64,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         faults: 0,
         clients: 4,
         short: false,
+        quick_restarts: false,
         bin_dir: target.join("debug"),
         out: repo_root().join("bench/results/faults"),
         work: std::env::temp_dir().join(format!("fintech-faults-{}", std::process::id())),
@@ -76,6 +78,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--faults" => faults = Some(value()?.parse()?),
             "--clients" => options.clients = value()?.parse()?,
             "--short" => options.short = true,
+            "--quick-restarts" => options.quick_restarts = true,
             "--bin-dir" => options.bin_dir = PathBuf::from(value()?),
             "--out" => options.out = PathBuf::from(value()?),
             "--work" => options.work = PathBuf::from(value()?),
@@ -99,6 +102,7 @@ async fn campaign(options: &Options) -> anyhow::Result<report::Report> {
     ));
     let started = Instant::now();
     let mut platform = platform::Platform::start(&options.work, &options.bin_dir).await?;
+    platform.quick_restarts = options.quick_restarts;
     say(format!(
         "platform up in {:.1}s: PostgreSQL on {}, broker {}, {}",
         started.elapsed().as_secs_f64(),
@@ -170,6 +174,7 @@ async fn campaign(options: &Options) -> anyhow::Result<report::Report> {
         started_at: chrono::Utc::now() - chrono::Duration::from_std(started.elapsed())?,
         load_seconds: load_took.as_secs_f64(),
         clients: options.clients,
+        quick_restarts: options.quick_restarts,
         orders: acknowledged.orders.len(),
         transactions: acknowledged.transactions.len(),
         retries: load.counters.retries.load(Ordering::Relaxed),
@@ -191,7 +196,20 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match campaign(&options).await {
+    // On SIGINT or SIGTERM the campaign is dropped: every process it started is killed, the
+    // PostgreSQL cluster stopped and its folder removed (nothing is left behind).
+    let interrupted = async {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(()) = async { terminate.as_mut()?.recv().await } => {}
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = campaign(&options) => outcome,
+        () = interrupted => Err(anyhow::anyhow!("interrupted")),
+    };
+    match outcome {
         Ok(report) => {
             if let Err(error) = report.write(&options.out) {
                 say(format!("could not write the report: {error:#}"));

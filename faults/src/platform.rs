@@ -138,6 +138,8 @@ pub(crate) struct Platform {
     pub(crate) broker: PrivateBroker,
     /// Payments, tax, the ledger.
     pub(crate) services: Vec<Service>,
+    /// Restart killed consumers within the broker's session timeout (see `faults::inject`).
+    pub(crate) quick_restarts: bool,
     key: SigningKey,
 }
 
@@ -226,6 +228,7 @@ impl Platform {
             postgres,
             broker,
             services,
+            quick_restarts: false,
             key,
         };
         for service in &mut platform.services {
