@@ -62,21 +62,21 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         seed: chrono::Utc::now().timestamp() as u64,
         duration: Duration::ZERO,
         faults: 0,
-        clients: 4,
+        clients: 0,
         short: false,
         quick_restarts: false,
         bin_dir: target.join("debug"),
         out: repo_root().join("bench/results/faults"),
         work: std::env::temp_dir().join(format!("fintech-faults-{}", std::process::id())),
     };
-    let (mut duration, mut faults) = (None, None);
+    let (mut duration, mut faults, mut clients) = (None, None, None);
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value; {USAGE}"));
         match flag.as_str() {
             "--seed" => options.seed = value()?.parse()?,
             "--duration" => duration = Some(Duration::from_secs(value()?.parse()?)),
             "--faults" => faults = Some(value()?.parse()?),
-            "--clients" => options.clients = value()?.parse()?,
+            "--clients" => clients = Some(value()?.parse()?),
             "--short" => options.short = true,
             "--quick-restarts" => options.quick_restarts = true,
             "--bin-dir" => options.bin_dir = PathBuf::from(value()?),
@@ -85,9 +85,12 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             _ => bail!("unknown option {flag}; {USAGE}"),
         }
     }
-    let (default_duration, default_faults) = if options.short { (90, 10) } else { (600, 100) };
+    // The short mode runs a lighter load (2 clients): a smaller backlog per fault, so its ten
+    // faults recover within a few minutes.
+    let (default_duration, default_faults, default_clients) = if options.short { (90, 10, 2) } else { (600, 100, 4) };
     options.duration = duration.unwrap_or(Duration::from_secs(default_duration));
     options.faults = faults.unwrap_or(default_faults);
+    options.clients = clients.unwrap_or(default_clients);
     Ok(options)
 }
 
