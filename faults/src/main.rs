@@ -22,7 +22,7 @@ use anyhow::{Context as _, bail};
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 
-const USAGE: &str = "usage: fintech-faults run [--seed N] [--duration SECONDS] [--faults K] [--clients C] [--short] [--quick-restarts] \
+const USAGE: &str = "usage: fintech-faults run [--seed N] [--duration SECONDS] [--faults K] [--clients C] [--short] [--quick-restarts] [--static-membership] \
                      [--bin-dir DIR] [--out DIR] [--work DIR]";
 
 /// A progress line on stderr, with the time.
@@ -42,6 +42,7 @@ pub(crate) struct Options {
     pub(crate) clients: usize,
     pub(crate) short: bool,
     pub(crate) quick_restarts: bool,
+    pub(crate) static_membership: bool,
     pub(crate) bin_dir: PathBuf,
     pub(crate) out: PathBuf,
     pub(crate) work: PathBuf,
@@ -65,6 +66,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         clients: 0,
         short: false,
         quick_restarts: false,
+        static_membership: false,
         bin_dir: target.join("debug"),
         out: repo_root().join("bench/results/faults"),
         work: std::env::temp_dir().join(format!("fintech-faults-{}", std::process::id())),
@@ -79,6 +81,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--clients" => clients = Some(value()?.parse()?),
             "--short" => options.short = true,
             "--quick-restarts" => options.quick_restarts = true,
+            "--static-membership" => options.static_membership = true,
             "--bin-dir" => options.bin_dir = PathBuf::from(value()?),
             "--out" => options.out = PathBuf::from(value()?),
             "--work" => options.work = PathBuf::from(value()?),
@@ -104,7 +107,7 @@ async fn campaign(options: &Options) -> anyhow::Result<report::Report> {
         options.work.display()
     ));
     let started = Instant::now();
-    let mut platform = platform::Platform::start(&options.work, &options.bin_dir).await?;
+    let mut platform = platform::Platform::start(&options.work, &options.bin_dir, options.static_membership).await?;
     platform.quick_restarts = options.quick_restarts;
     say(format!(
         "platform up in {:.1}s: PostgreSQL on {}, broker {}, {}",
@@ -178,6 +181,7 @@ async fn campaign(options: &Options) -> anyhow::Result<report::Report> {
         load_seconds: load_took.as_secs_f64(),
         clients: options.clients,
         quick_restarts: options.quick_restarts,
+        static_membership: options.static_membership,
         orders: acknowledged.orders.len(),
         transactions: acknowledged.transactions.len(),
         retries: load.counters.retries.load(Ordering::Relaxed),

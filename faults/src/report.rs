@@ -19,6 +19,7 @@ pub(crate) struct Report {
     pub(crate) load_seconds: f64,
     pub(crate) clients: usize,
     pub(crate) quick_restarts: bool,
+    pub(crate) static_membership: bool,
     pub(crate) orders: usize,
     pub(crate) transactions: usize,
     pub(crate) retries: u64,
@@ -79,11 +80,16 @@ impl Report {
         let _ = writeln!(text, "# Fault campaign ({} mode), seed {}\n", self.mode, self.seed);
         let _ = writeln!(
             text,
-            "Started {} · replay with `fintech-faults run --seed {}{}{} --faults {}` · verdict: **{}**\n",
+            "Started {} · replay with `fintech-faults run --seed {}{}{}{} --faults {}` · verdict: **{}**\n",
             self.started_at.format("%Y-%m-%d %H:%M UTC"),
             self.seed,
             if self.mode == "short" { " --short" } else { "" },
             if self.quick_restarts { " --quick-restarts" } else { "" },
+            if self.static_membership {
+                " --static-membership"
+            } else {
+                ""
+            },
             self.faults.len(),
             if self.holds() {
                 "every invariant holds"
