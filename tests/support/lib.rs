@@ -171,69 +171,12 @@ pub async fn read_extra(consumer: &StreamConsumer, quiet: Duration) -> Vec<Owned
 }
 
 /// Every record of `topic`, from the first offset of each partition up to the high watermark read
-/// when the call starts: the whole topic, so a duplicate anywhere in it is seen (a reader that
-/// stops after the count it expects cannot see one). Panics when the end is not reached within
-/// `timeout`.
+/// when the call starts (see [`fintech_devkit::read_to_end`]). Panics when the end is not reached
+/// within `timeout`.
 pub async fn read_to_end(bootstrap: &str, topic: &str, timeout: Duration) -> Vec<OwnedMessage> {
-    use rdkafka::TopicPartitionList;
-    use rdkafka::topic_partition_list::Offset;
-
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("broker.address.family", "v4")
-        .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4().simple()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("topic metadata");
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|entry| entry.partitions().iter().map(|partition| partition.id()))
-        .collect();
-    assert!(!partitions.is_empty(), "topic {topic} has no partitions");
-    let mut ends = std::collections::HashMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for &partition in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .expect("watermarks");
-        if high > low {
-            ends.insert(partition, high);
-            assignment
-                .add_partition_offset(topic, partition, Offset::Offset(low))
-                .expect("assign offset");
-        }
-    }
-    let mut records = Vec::new();
-    if ends.is_empty() {
-        return records;
-    }
-    consumer.assign(&assignment).expect("assign");
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !ends.is_empty() {
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let message = match tokio::time::timeout(remaining, consumer.recv()).await {
-            Ok(Ok(message)) => message,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "reader error");
-                continue;
-            }
-            Err(_) => panic!(
-                "{topic}: the end was not reached within {timeout:?} ({} partitions left)",
-                ends.len()
-            ),
-        };
-        let partition = message.partition();
-        let next = message.offset() + 1;
-        records.push(message.detach());
-        if ends.get(&partition).is_some_and(|&end| next >= end) {
-            ends.remove(&partition);
-        }
-    }
-    records
+    fintech_devkit::read_to_end(bootstrap, topic, timeout)
+        .await
+        .unwrap_or_else(|error| panic!("{error:#}"))
 }
 
 /// Waits until every outbox row of the database at `pool` is published (parked rows count as not

@@ -105,3 +105,74 @@ pub async fn create_topics(bootstrap: &str, topics: &[&str], partitions: i32) ->
 }
 
 pub use process::log_tail;
+
+/// Every record of `topic`, from the first offset of each partition up to the high watermark read
+/// when the call starts: the whole topic, so a duplicate anywhere in it is seen (a reader that
+/// stops after the count it expects cannot see one). Fails when the end is not reached within
+/// `timeout`. The integration tests and the fault campaign read their topics with it.
+pub async fn read_to_end(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>> {
+    use rdkafka::Message as _;
+    use rdkafka::TopicPartitionList;
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    use rdkafka::topic_partition_list::Offset;
+
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("group.id", format!("reader-{}-{nonce}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("reader consumer")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("metadata of {topic}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|entry| entry.partitions().iter().map(|partition| partition.id()))
+        .collect();
+    anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
+    let mut ends = std::collections::HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for &partition in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .with_context(|| format!("watermarks of {topic}/{partition}"))?;
+        if high > low {
+            ends.insert(partition, high);
+            assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        }
+    }
+    let mut records = Vec::new();
+    if ends.is_empty() {
+        return Ok(records);
+    }
+    consumer.assign(&assignment)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !ends.is_empty() {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let message = match tokio::time::timeout(remaining, consumer.recv()).await {
+            Ok(Ok(message)) => message,
+            Ok(Err(_)) => continue,
+            Err(_) => bail!(
+                "{topic}: the end was not reached within {timeout:?} ({} partitions left)",
+                ends.len()
+            ),
+        };
+        let partition = message.partition();
+        let next = message.offset() + 1;
+        records.push(message.detach());
+        if ends.get(&partition).is_some_and(|&end| next >= end) {
+            ends.remove(&partition);
+        }
+    }
+    Ok(records)
+}
