@@ -387,7 +387,7 @@ mod tests {
     #[test]
     fn text_the_entry_cannot_carry_is_refused_when_read() {
         let error = TaxResultInput {
-            customer_id: "cust\01".to_owned(),
+            customer_id: "cust\0one".to_owned(),
             ..input()
         }
         .validate()
