@@ -159,11 +159,14 @@ impl TraceHeaders {
     }
 
     /// The OpenTelemetry context these headers describe (empty when there is no valid
-    /// `traceparent`).
+    /// `traceparent`, [`is_valid_traceparent`]).
     pub fn to_context(&self) -> opentelemetry::Context {
         let mut carrier: HashMap<String, String> = HashMap::new();
-        if let Some(traceparent) = &self.traceparent {
-            carrier.insert("traceparent".to_owned(), traceparent.clone());
+        match &self.traceparent {
+            Some(traceparent) if is_valid_traceparent(traceparent) => {
+                carrier.insert("traceparent".to_owned(), traceparent.clone());
+            }
+            _ => return opentelemetry::Context::new(),
         }
         if let Some(tracestate) = &self.tracestate {
             carrier.insert("tracestate".to_owned(), tracestate.clone());
@@ -175,6 +178,28 @@ impl TraceHeaders {
     pub fn trace_id(&self) -> Option<&str> {
         trace_id_of(self.traceparent.as_deref()?)
     }
+}
+
+/// Whether `traceparent` has the W3C shape: `<version>-<trace id>-<span id>-<flags>` in lower-case
+/// hex of 2, 32, 16 and 2 digits, neither id all zeros, version not `ff`, nothing more after
+/// version `00`. The propagator alone also takes shorter ids (padding them with zeros), which
+/// would continue a trace under an id that is not the caller's.
+pub fn is_valid_traceparent(traceparent: &str) -> bool {
+    let hex = |part: &str, len: usize| {
+        part.len() == len && part.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let [version, trace_id, span_id, flags, rest @ ..] = parts.as_slice() else {
+        return false;
+    };
+    hex(version, 2)
+        && *version != "ff"
+        && (rest.is_empty() || *version != "00")
+        && hex(trace_id, 32)
+        && trace_id.bytes().any(|byte| byte != b'0')
+        && hex(span_id, 16)
+        && span_id.bytes().any(|byte| byte != b'0')
+        && hex(flags, 2)
 }
 
 /// The trace id field of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
@@ -203,6 +228,34 @@ pub fn current_trace_id() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `trace_headers` fuzz target: a `traceparent` with a 21-digit trace id was
+    /// accepted by the propagator (zero-padded), so the span continued a trace nobody sent and
+    /// `trace_id_of` disagreed with it.
+    #[test]
+    fn only_well_formed_traceparents_make_a_parent() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(is_valid_traceparent(valid));
+        assert!(is_valid_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"
+        ));
+        for bad in [
+            "00-4bf92f3577b3577b340e6-00f067aa0ba902b7-00",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "",
+        ] {
+            assert!(!is_valid_traceparent(bad), "{bad}");
+            let headers = TraceHeaders {
+                traceparent: Some(bad.to_owned()),
+                tracestate: None,
+            };
+            assert!(!headers.to_context().span().span_context().is_valid(), "{bad}");
+        }
+    }
 
     #[test]
     fn trace_id_is_read_from_a_traceparent() {

@@ -26,7 +26,10 @@ impl Cursor {
         hex::encode(format!("v1|{}|{}", self.created_at.timestamp_micros(), self.id))
     }
 
-    /// Reads a token produced by [`Cursor::token`].
+    /// Reads a token produced by [`Cursor::token`], and only such a token: one that re-encodes
+    /// to itself (so upper-case hex, `+1` or a braced UUID are refused rather than aliased) and
+    /// whose time lies in [`CURSOR_RANGE`] (one outside PostgreSQL's `timestamptz` range would
+    /// fail the query as an internal error instead of the request as invalid).
     pub fn from_token(token: &str) -> Option<Self> {
         let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
         let mut parts = text.split('|');
@@ -35,12 +38,18 @@ impl Cursor {
         }
         let micros: i64 = parts.next()?.parse().ok()?;
         let id = Uuid::parse_str(parts.next()?).ok()?;
-        Some(Self {
+        let cursor = Self {
             created_at: DateTime::from_timestamp_micros(micros)?,
             id,
-        })
+        };
+        (CURSOR_RANGE.contains(&micros) && cursor.token() == token).then_some(cursor)
     }
 }
+
+/// The sort times a page token may carry, in microseconds since the epoch: 0001-01-01 to
+/// 9999-12-31 (inside PostgreSQL's `timestamptz` range, and [`PageRequest::descending_bound`]'s
+/// upper end).
+pub const CURSOR_RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800_000_000..=253_402_300_799_999_999;
 
 /// A validated page request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +139,36 @@ mod tests {
         assert_eq!(PageRequest::parse(501, "").unwrap_err().fields(), ["page_size"]);
         assert_eq!(PageRequest::parse(-1, "").unwrap_err().fields(), ["page_size"]);
         assert_eq!(PageRequest::parse(0, "").unwrap().size, DEFAULT_PAGE_SIZE);
+    }
+
+    /// Found by the `page_token` fuzz target: tokens that decoded to a cursor but were not the
+    /// token of that cursor (aliases), or named a time PostgreSQL cannot compare with.
+    #[test]
+    fn only_canonical_tokens_in_range_are_accepted() {
+        let id = Uuid::parse_str("0191d1c2-8f5e-7c3a-9b1d-3e5f7a9c1b2d").unwrap();
+        let cursor = Cursor {
+            created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            id,
+        };
+        let token = cursor.token();
+        assert_eq!(Cursor::from_token(&token), Some(cursor));
+        // the same bytes in upper-case hex
+        assert_eq!(Cursor::from_token(&token.to_uppercase()), None);
+        for alias in [
+            format!("v1|+1700000000123456|{id}"),
+            format!("v1|01700000000123456|{id}"),
+            format!("v1|1700000000123456|{}", id.simple()),
+            format!("v1|1700000000123456|{{{id}}}"),
+            format!("v1|1700000000123456|{id}|more"),
+        ] {
+            assert_eq!(Cursor::from_token(&hex::encode(&alias)), None, "{alias}");
+        }
+        let at = |micros: i64| hex::encode(format!("v1|{micros}|{id}"));
+        assert!(Cursor::from_token(&at(*CURSOR_RANGE.start())).is_some());
+        assert!(Cursor::from_token(&at(*CURSOR_RANGE.end())).is_some());
+        // year -1000: chrono has it, PostgreSQL's timestamptz does not
+        assert_eq!(Cursor::from_token(&at(-93_706_495_622_000_000)), None);
+        assert_eq!(Cursor::from_token(&at(*CURSOR_RANGE.end() + 1)), None);
     }
 
     #[test]

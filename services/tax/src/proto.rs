@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use fintech_proto::{payments, tax as pb};
+use fintech_types::fields::{check_customer_id, check_product_type};
 use fintech_types::{Country, Currency};
 use uuid::Uuid;
 
@@ -16,6 +17,19 @@ pub fn from_timestamp(timestamp: Option<&prost_types::Timestamp>) -> Option<Date
     fintech_proto::time::from_timestamp(timestamp?)
 }
 
+/// Applies a field rule of `fintech_types::fields` (the one payments checked before publishing),
+/// so an event payments could never have sent, or whose text PostgreSQL cannot store, is refused
+/// when read instead of failing in the database.
+fn rule(field: &str, value: &str, check: fn(&str, &str, &mut fintech_types::Violations)) -> Result<(), String> {
+    let mut violations = fintech_types::Violations::default();
+    check(field, value, &mut violations);
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(violations.to_string())
+    }
+}
+
 fn uuid(field: &str, value: &str) -> Result<Uuid, String> {
     Uuid::parse_str(value).map_err(|_| format!("{field} is not a UUID: {value:?}"))
 }
@@ -25,6 +39,8 @@ pub fn cached_order(order: &payments::Order) -> Result<CachedOrder, String> {
     if order.version < 1 {
         return Err(format!("order version must be >= 1, got {}", order.version));
     }
+    rule("order customer_id", &order.customer_id, check_customer_id)?;
+    rule("order product_type", &order.product_type, check_product_type)?;
     Ok(CachedOrder {
         order_id: uuid("order_id", &order.order_id)?,
         customer_id: order.customer_id.clone(),
@@ -49,6 +65,7 @@ pub fn taxable_transaction(transaction: &payments::Transaction) -> Result<Taxabl
             transaction.order_version
         ));
     }
+    rule("transaction customer_id", &transaction.customer_id, check_customer_id)?;
     let status = payments::TransactionStatus::try_from(transaction.status)
         .map_err(|_| format!("unknown transaction status {}", transaction.status))?;
     Ok(TaxableTransaction {
@@ -159,5 +176,56 @@ pub fn reversal(
         rule_version: taxed.rule_version.clone(),
         reversed_at: Some(timestamp(reversed_at)),
         transaction_version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order() -> payments::Order {
+        payments::Order {
+            order_id: "0191d1c2-8f5e-7c3a-9b1d-3e5f7a9c1b2d".to_owned(),
+            customer_id: "cust-42".to_owned(),
+            country: "DE".to_owned(),
+            currency: "EUR".to_owned(),
+            amount: 11_900,
+            product_type: "standard".to_owned(),
+            created_at: Some(timestamp(chrono::DateTime::UNIX_EPOCH)),
+            updated_at: Some(timestamp(chrono::DateTime::UNIX_EPOCH)),
+            version: 1,
+        }
+    }
+
+    /// Found by the `tax_events` fuzz target: a customer id or product type with a NUL byte (or
+    /// anything payments never publishes) was cached and failed in PostgreSQL.
+    #[test]
+    fn text_payments_never_publishes_is_refused_when_read() {
+        assert!(cached_order(&order()).is_ok());
+        for (customer_id, product_type) in [
+            ("cust\0", "standard"),
+            ("", "standard"),
+            ("cust-42", "std\0"),
+            ("cust-42", "Books"),
+        ] {
+            let bad = payments::Order {
+                customer_id: customer_id.to_owned(),
+                product_type: product_type.to_owned(),
+                ..order()
+            };
+            assert!(cached_order(&bad).is_err(), "{customer_id:?} {product_type:?}");
+        }
+        let transaction = payments::Transaction {
+            transaction_id: "0191d1c3-1a2b-7c3d-8e4f-5a6b7c8d9e0f".to_owned(),
+            order_id: "0191d1c2-8f5e-7c3a-9b1d-3e5f7a9c1b2d".to_owned(),
+            customer_id: "cust\u{1}".to_owned(),
+            amount: 100,
+            status: payments::TransactionStatus::Pending as i32,
+            currency: "EUR".to_owned(),
+            created_at: Some(timestamp(chrono::DateTime::UNIX_EPOCH)),
+            ..payments::Transaction::default()
+        };
+        let error = taxable_transaction(&transaction).unwrap_err();
+        assert!(error.contains("customer_id"), "{error}");
     }
 }

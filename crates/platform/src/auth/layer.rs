@@ -78,8 +78,9 @@ impl Authenticator {
     }
 }
 
-/// The token of `authorization: Bearer <token>`.
-fn bearer(headers: &http::HeaderMap) -> Result<&str, TokenError> {
+/// The token of `authorization: Bearer <token>`: sent once, at most [`MAX_TOKEN_BYTES`] of
+/// visible ASCII without spaces.
+pub fn bearer(headers: &http::HeaderMap) -> Result<&str, TokenError> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let value = values.next().ok_or(TokenError::Missing)?;
     if values.next().is_some() {

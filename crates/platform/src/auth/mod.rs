@@ -45,7 +45,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 pub use keys::{KeySet, TokenError};
-pub use layer::{AuthLayer, AuthService, Authenticator};
+pub use layer::{AuthLayer, AuthService, Authenticator, bearer};
 pub use policy::{AUTHORIZATION_OPTION, MethodRules, Policy, PolicyError, Rule, every_rule};
 
 /// Longest accepted bearer token, in bytes.

@@ -127,19 +127,17 @@ pub struct ConsumedEvent {
 }
 
 impl ConsumedEvent {
-    /// Copies a record out of the consumer's buffer and reads its CloudEvents attributes.
+    /// Copies a record out of the consumer's buffer and reads its CloudEvents attributes. A
+    /// header whose key is not UTF-8 is left out and makes the attributes invalid (the record is
+    /// dead-lettered as `invalid`, without that header).
     pub fn from_message(message: &impl Message) -> Self {
-        let headers = message.headers().map(|headers| {
-            headers
-                .iter()
-                .fold(OwnedHeaders::new_with_capacity(headers.count()), |owned, header| {
-                    owned.insert(Header {
-                        key: header.key,
-                        value: header.value,
-                    })
-                })
-        });
-        let metadata = EventMetadata::from_headers(headers.as_ref());
+        let (headers, unreadable) = message.headers().map(copy_headers).unzip();
+        let unreadable = unreadable.unwrap_or_default();
+        let metadata = if unreadable > 0 {
+            Err(format!("{unreadable} header key(s) are not UTF-8"))
+        } else {
+            EventMetadata::from_headers(headers.as_ref())
+        };
         Self {
             topic: message.topic().to_owned(),
             partition: message.partition(),
@@ -183,6 +181,29 @@ impl ConsumedEvent {
             tracestate: get("tracestate"),
         }
     }
+}
+
+/// A copy of `headers` and how many were left out because their key is not UTF-8. rdkafka's
+/// `Headers::try_get` panics on such a key (`CStr::to_str().unwrap()`), which any producer can
+/// send: without this, one such record would end the consumer, and again after every restart (a
+/// poison record). The panic is caught here, in safe code; its message still reaches the panic
+/// hook (stderr).
+fn copy_headers<H: Headers + ?Sized>(headers: &H) -> (OwnedHeaders, usize) {
+    let mut owned = OwnedHeaders::new_with_capacity(headers.count());
+    let mut unreadable = 0;
+    for index in 0..headers.count() {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| headers.try_get(index))) {
+            Ok(Some(header)) => {
+                owned = owned.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                });
+            }
+            Ok(None) => {}
+            Err(_) => unreadable += 1,
+        }
+    }
+    (owned, unreadable)
 }
 
 /// Why a handler could not process an event; decides between dead-lettering and retrying.
@@ -1153,6 +1174,39 @@ mod tests {
                 tracestate: None,
             },
         }
+    }
+
+    /// Headers as rdkafka reads a record whose second header key is not UTF-8: its `try_get`
+    /// panics there (`CStr::to_str().unwrap()`), as `BorrowedHeaders` does.
+    struct NonUtf8Key;
+
+    impl Headers for NonUtf8Key {
+        fn count(&self) -> usize {
+            3
+        }
+
+        fn try_get(&self, index: usize) -> Option<Header<'_, &[u8]>> {
+            let key = match index {
+                0 => "ce_id",
+                // rdkafka's unwrap of an invalid key, at run time (black_box: not a lint on a literal)
+                1 => std::str::from_utf8(std::hint::black_box(b"\xff".as_slice())).unwrap(),
+                _ => "ce_type",
+            };
+            Some(Header {
+                key,
+                value: Some(b"value".as_slice()),
+            })
+        }
+    }
+
+    /// Found while writing the `cloudevents_headers` fuzz target (the fuzzer cannot make such a
+    /// key through rdkafka's safe API): one header key that is not UTF-8 panicked the consumer.
+    #[test]
+    fn a_header_key_that_is_not_utf8_is_left_out_not_a_panic() {
+        let (copied, unreadable) = copy_headers(&NonUtf8Key);
+        assert_eq!(unreadable, 1);
+        let keys: Vec<&str> = copied.iter().map(|header| header.key).collect();
+        assert_eq!(keys, ["ce_id", "ce_type"]);
     }
 
     fn event(payload: Option<Vec<u8>>, headers: Option<OwnedHeaders>) -> ConsumedEvent {

@@ -2,7 +2,7 @@
 //! headers, the protobuf payload is the record value, and W3C trace context rides along as
 //! `traceparent` / `tracestate`.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
 use crate::telemetry::TraceHeaders;
@@ -115,9 +115,12 @@ impl EventMetadata {
         if spec != SPEC_VERSION {
             return Err(format!("unsupported ce_specversion {spec:?}"));
         }
+        // At the precision events are written with (and PostgreSQL stores): a finer `ce_time`
+        // would read back as another time once written again.
         let time = DateTime::parse_from_rfc3339(&required("ce_time")?)
             .map_err(|error| format!("invalid ce_time: {error}"))?
-            .with_timezone(&Utc);
+            .with_timezone(&Utc)
+            .trunc_subsecs(6);
         let payload_type = get("ce_dataschema")
             .map(|schema| schema.trim_start_matches("type.googleapis.com/").to_owned())
             .unwrap_or_default();
@@ -209,6 +212,24 @@ mod tests {
         assert!(error.contains("invalid ce_id"), "{error}");
         metadata.id = "ok-id".to_owned();
         assert!(EventMetadata::from_headers(Some(&metadata.to_headers())).is_ok());
+    }
+
+    /// Found by the `cloudevents_headers` fuzz target: a `ce_time` with nanoseconds was kept at
+    /// nanoseconds, so the attributes did not survive being written back (at microseconds).
+    #[test]
+    fn times_are_read_at_microseconds() {
+        let headers = OwnedHeaders::new()
+            .insert(header("ce_specversion", "1.0"))
+            .insert(header("ce_time", "2026-11-22T10:00:00.123456789Z"))
+            .insert(header("ce_id", "id-1"))
+            .insert(header("ce_type", "t"))
+            .insert(header("ce_source", "s"));
+        let metadata = EventMetadata::from_headers(Some(&headers)).unwrap();
+        assert_eq!(metadata.time.timestamp_subsec_nanos(), 123_456_000);
+        assert_eq!(
+            EventMetadata::from_headers(Some(&metadata.to_headers())).unwrap(),
+            metadata
+        );
     }
 
     #[test]

@@ -86,6 +86,106 @@ pub fn interest_event(names: &Topics, posting: &pb::InterestPosting, at: chrono:
     )
 }
 
+/// What one `ledger.entry_posted` means to the projection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryPoints {
+    /// One stream version per account of ours (UUID ids; `system:*` accounts are left out), in
+    /// account id order (the order the locks are taken in).
+    pub points: Vec<LedgerPoint>,
+    /// Whether the entry books interest (`metadata.kind = interest`).
+    pub interest: bool,
+    /// When the entry was posted.
+    pub posted_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Reads an entry event: the error is permanent (the event can never be applied).
+pub fn entry_points(entry: &ledger::Entry) -> Result<EntryPoints, HandlerError> {
+    let posted_at = occurred(entry.posted_at.as_ref(), "entry.posted_at")?;
+    let interest = entry.metadata.get("kind").map(String::as_str) == Some("interest");
+    let mut appends: Vec<&ledger::StreamAppend> = entry.appends.iter().collect();
+    appends.sort_by(|left, right| left.account_id.cmp(&right.account_id));
+    let mut points = Vec::with_capacity(appends.len());
+    for append in appends {
+        // System accounts (`system:*` ids) and anything else that is not ours are ignored.
+        let Ok(account_id) = append.account_id.parse::<Uuid>() else {
+            continue;
+        };
+        // A stream's versions start at 1 (the history's CHECK); refused here, not by the database.
+        if append.version < 1 {
+            return Err(HandlerError::permanent(format!(
+                "entry.appends[{account_id}].version must be >= 1, got {}",
+                append.version
+            )));
+        }
+        points.push(LedgerPoint {
+            account_id,
+            version: append.version,
+            balance: append.balance_after,
+            held: append.held_after,
+            available: append.available_after,
+            occurred_at: posted_at,
+            // Interest is not the customer's doing (the contract's rule of customer movement).
+            movement: !interest,
+        });
+    }
+    Ok(EntryPoints {
+        points,
+        interest,
+        posted_at,
+    })
+}
+
+/// Reads a hold event (`placed`: `ledger.hold_placed`): the account's stream version and the
+/// hold's change, `None` for a hold on an account that is not ours; the error is permanent.
+pub fn hold_point(hold: &ledger::Hold, placed: bool) -> Result<Option<(LedgerPoint, HoldChange<'_>)>, HandlerError> {
+    let Ok(account_id) = hold.account_id.parse::<Uuid>() else {
+        return Ok(None);
+    };
+    let balance = hold
+        .balance
+        .as_ref()
+        .ok_or_else(|| HandlerError::permanent("hold.balance is missing"))?;
+    let status = match ledger::HoldStatus::try_from(hold.status) {
+        Ok(ledger::HoldStatus::Active) => "active",
+        Ok(ledger::HoldStatus::Captured) => "captured",
+        Ok(ledger::HoldStatus::Released) => "released",
+        Ok(ledger::HoldStatus::Expired) => "expired",
+        _ => {
+            return Err(HandlerError::permanent(format!(
+                "hold.status {} is not a state",
+                hold.status
+            )));
+        }
+    };
+    if hold.hold_id.is_empty() || hold.version < 1 || balance.version < 1 {
+        return Err(HandlerError::permanent(
+            "hold.hold_id, hold.version and balance.version are required",
+        ));
+    }
+    // The ledger's hold-id rule: 1-128 visible ASCII characters (a NUL byte cannot be stored).
+    if hold.hold_id.len() > 128 || !hold.hold_id.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(HandlerError::permanent(
+            "hold.hold_id must be 1-128 visible ASCII characters",
+        ));
+    }
+    let point = LedgerPoint {
+        account_id,
+        version: balance.version,
+        balance: balance.balance,
+        held: balance.held,
+        available: balance.available,
+        occurred_at: occurred(balance.updated_at.as_ref(), "hold.balance.updated_at")?,
+        movement: placed,
+    };
+    let change = HoldChange {
+        hold_id: &hold.hold_id,
+        status,
+        held: hold.held.max(0),
+        version: hold.version,
+    };
+    Ok(Some((point, change)))
+}
+
 /// The projection consumer: decodes ledger events and applies them through
 /// [`crate::app::projection`].
 #[derive(Debug, Clone)]
@@ -110,31 +210,14 @@ impl ProjectionHandler {
 
     async fn on_entry(&self, conn: &mut PgConnection, event: &ConsumedEvent) -> Result<(), HandlerError> {
         let entry: ledger::Entry = event.decode()?;
-        let posted_at = occurred(entry.posted_at.as_ref(), "entry.posted_at")?;
-        let interest = entry.metadata.get("kind").map(String::as_str) == Some("interest");
-        let mut appends: Vec<&ledger::StreamAppend> = entry.appends.iter().collect();
-        appends.sort_by(|left, right| left.account_id.cmp(&right.account_id));
-        for append in appends {
-            // System accounts (`system:*` ids) and anything else that is not ours are ignored.
-            let Ok(account_id) = append.account_id.parse::<Uuid>() else {
-                continue;
-            };
-            let point = LedgerPoint {
-                account_id,
-                version: append.version,
-                balance: append.balance_after,
-                held: append.held_after,
-                available: append.available_after,
-                occurred_at: posted_at,
-                // Interest is not the customer's doing (the contract's rule of customer movement).
-                movement: !interest,
-            };
-            projection::apply_point(conn, &self.topics, &point, None)
+        let points = entry_points(&entry)?;
+        for point in &points.points {
+            projection::apply_point(conn, &self.topics, point, None)
                 .await
                 .map_err(HandlerError::classified)?;
         }
-        if interest {
-            projection::interest_booked(conn, &entry.entry_id, posted_at)
+        if points.interest {
+            projection::interest_booked(conn, &entry.entry_id, points.posted_at)
                 .await
                 .map_err(HandlerError::classified)?;
         }
@@ -143,44 +226,8 @@ impl ProjectionHandler {
 
     async fn on_hold(&self, conn: &mut PgConnection, event: &ConsumedEvent, placed: bool) -> Result<(), HandlerError> {
         let hold: ledger::Hold = event.decode()?;
-        let Ok(account_id) = hold.account_id.parse::<Uuid>() else {
+        let Some((point, change)) = hold_point(&hold, placed)? else {
             return Ok(());
-        };
-        let balance = hold
-            .balance
-            .as_ref()
-            .ok_or_else(|| HandlerError::permanent("hold.balance is missing"))?;
-        let status = match ledger::HoldStatus::try_from(hold.status) {
-            Ok(ledger::HoldStatus::Active) => "active",
-            Ok(ledger::HoldStatus::Captured) => "captured",
-            Ok(ledger::HoldStatus::Released) => "released",
-            Ok(ledger::HoldStatus::Expired) => "expired",
-            _ => {
-                return Err(HandlerError::permanent(format!(
-                    "hold.status {} is not a state",
-                    hold.status
-                )));
-            }
-        };
-        if hold.hold_id.is_empty() || hold.version < 1 || balance.version < 1 {
-            return Err(HandlerError::permanent(
-                "hold.hold_id, hold.version and balance.version are required",
-            ));
-        }
-        let point = LedgerPoint {
-            account_id,
-            version: balance.version,
-            balance: balance.balance,
-            held: balance.held,
-            available: balance.available,
-            occurred_at: occurred(balance.updated_at.as_ref(), "hold.balance.updated_at")?,
-            movement: placed,
-        };
-        let change = HoldChange {
-            hold_id: &hold.hold_id,
-            status,
-            held: hold.held.max(0),
-            version: hold.version,
         };
         projection::apply_point(conn, &self.topics, &point, Some(&change))
             .await
@@ -244,4 +291,57 @@ impl TransactionalHandler for ProjectionHandler {
 /// The handler as the platform consumer wants it.
 pub fn handler(pool: PgPool, topics: Topics) -> Arc<dyn EventHandler> {
     Arc::new(InTransaction::new(pool, ProjectionHandler::new(topics)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp {
+            seconds: 1_790_000_000,
+            nanos: 0,
+        })
+    }
+
+    fn hold(hold_id: &str) -> ledger::Hold {
+        ledger::Hold {
+            hold_id: hold_id.to_owned(),
+            account_id: "0191d1c4-0000-7000-8000-000000000001".to_owned(),
+            status: ledger::HoldStatus::Active as i32,
+            held: 2_000,
+            version: 1,
+            balance: Some(ledger::Balance {
+                version: 3,
+                updated_at: at(),
+                ..ledger::Balance::default()
+            }),
+            ..ledger::Hold::default()
+        }
+    }
+
+    /// Found by the `accounts_events` fuzz target: a hold id with a NUL byte was accepted and
+    /// failed in PostgreSQL; a stream version below 1 broke the history's CHECK.
+    #[test]
+    fn what_the_tables_refuse_is_refused_when_read() {
+        assert!(hold_point(&hold("transfer:1"), true).unwrap().is_some());
+        for bad in ["transfer:\0", "with space", &"h".repeat(129)] {
+            assert!(
+                matches!(hold_point(&hold(bad), true), Err(HandlerError::Permanent(_))),
+                "{bad:?}"
+            );
+        }
+        let append = |version| ledger::StreamAppend {
+            account_id: "0191d1c4-0000-7000-8000-000000000001".to_owned(),
+            version,
+            ..ledger::StreamAppend::default()
+        };
+        let entry = |version| ledger::Entry {
+            posted_at: at(),
+            appends: vec![append(version)],
+            ..ledger::Entry::default()
+        };
+        assert_eq!(entry_points(&entry(1)).unwrap().points.len(), 1);
+        assert!(matches!(entry_points(&entry(0)), Err(HandlerError::Permanent(_))));
+    }
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use fintech_types::Currency;
 
-use super::entry::{EntryInput, LineInput, NewEntry, Side};
+use super::entry::{EntryInput, LineInput, MAX_METADATA_VALUE_LEN, NewEntry, Side, is_metadata_value};
 use super::tax::{MAX_TRANSACTION_ID_LEN, SystemAccount};
 
 /// A payments transaction's state as far as cash is concerned.
@@ -61,6 +61,11 @@ impl CashMovement {
         {
             return Err(format!(
                 "transaction_id must be 1-{MAX_TRANSACTION_ID_LEN} visible ASCII characters, got {transaction_id:?}"
+            ));
+        }
+        if !is_metadata_value(order_id) {
+            return Err(format!(
+                "order_id must be at most {MAX_METADATA_VALUE_LEN} characters without NUL"
             ));
         }
         if amount <= 0 {
@@ -142,6 +147,19 @@ mod tests {
 
     fn movement(status: CashStatus) -> CashMovement {
         CashMovement::parse("7d3b1c9e-3f4f-4a53-9f57-2f5d1b0b4c11", "order-1", 1_190, "EUR", status).unwrap()
+    }
+
+    /// Found by the `ledger_events` fuzz target: an order id the entry's metadata refuses (NUL,
+    /// over 500 characters) passed the parse and failed only when the entry was built.
+    #[test]
+    fn an_order_id_the_entry_cannot_carry_is_refused_when_read() {
+        let long = "o".repeat(501);
+        for order_id in ["order\0one", long.as_str()] {
+            let error = CashMovement::parse("t-1", order_id, 1_190, "EUR", CashStatus::Captured).unwrap_err();
+            assert!(error.contains("order_id"), "{error}");
+        }
+        let movement = CashMovement::parse("t-1", &"o".repeat(500), 1_190, "EUR", CashStatus::Captured).unwrap();
+        assert_eq!(movement.entries(&ids(&movement)).unwrap().len(), 1);
     }
 
     #[test]

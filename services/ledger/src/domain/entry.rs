@@ -152,6 +152,13 @@ pub struct NewEntry {
     pub lines: Vec<Line>,
 }
 
+/// Whether `value` may be a metadata value: at most [`MAX_METADATA_VALUE_LEN`] characters, no NUL.
+/// Event handlers check what they copy into an entry's metadata with it, so an event the entry
+/// would refuse is refused (and named) when it is read.
+pub fn is_metadata_value(value: &str) -> bool {
+    value.chars().count() <= MAX_METADATA_VALUE_LEN && !value.contains('\0')
+}
+
 /// Checks an entry id: 1-128 visible ASCII characters (the same rule as idempotency keys, since
 /// the entry id is the idempotency key of PostEntry).
 pub fn check_entry_id(entry_id: &str, violations: &mut Violations) {
@@ -189,7 +196,7 @@ impl EntryInput {
                     format!("keys must be 1-{MAX_METADATA_KEY_LEN} characters without control characters"),
                 );
             }
-            if value.chars().count() > MAX_METADATA_VALUE_LEN || value.contains('\0') {
+            if !is_metadata_value(value) {
                 violations.add(
                     format!("metadata[{key:?}]"),
                     format!("values must be at most {MAX_METADATA_VALUE_LEN} characters without NUL"),

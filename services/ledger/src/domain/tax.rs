@@ -13,7 +13,7 @@ use fintech_types::{Country, Currency};
 use uuid::Uuid;
 
 use super::account::{Account, AccountType, OverdraftPolicy, SYSTEM_PREFIX};
-use super::entry::{EntryInput, LineInput, NewEntry, PostedEntry, Side};
+use super::entry::{EntryInput, LineInput, MAX_METADATA_VALUE_LEN, NewEntry, PostedEntry, Side, is_metadata_value};
 
 /// Longest transaction id accepted (the entry id `tax:<id>` must fit 128 characters).
 pub const MAX_TRANSACTION_ID_LEN: usize = 100;
@@ -97,6 +97,19 @@ impl TaxResultInput {
                 "transaction_id must be 1-{MAX_TRANSACTION_ID_LEN} visible ASCII characters, got {:?}",
                 self.transaction_id
             ));
+        }
+        // Copied into the entry's metadata: refused here, naming the field, rather than by the entry.
+        for (field, value) in [
+            ("order_id", &self.order_id),
+            ("customer_id", &self.customer_id),
+            ("product_type", &self.product_type),
+            ("rule_version", &self.rule_version),
+        ] {
+            if !is_metadata_value(value) {
+                return Err(format!(
+                    "{field} must be at most {MAX_METADATA_VALUE_LEN} characters without NUL"
+                ));
+            }
         }
         if self.base_amount < 0 || self.tax_applied < 0 {
             return Err(format!(
@@ -367,6 +380,26 @@ mod tests {
             rule_version: "2026-01".to_owned(),
             direction: Direction::Sale,
         }
+    }
+
+    /// The `ledger_events` fuzz target's finding for cash movements holds here too: text copied
+    /// into the entry's metadata is checked when the result is read, naming the field.
+    #[test]
+    fn text_the_entry_cannot_carry_is_refused_when_read() {
+        let error = TaxResultInput {
+            customer_id: "cust\0one".to_owned(),
+            ..input()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(error.contains("customer_id"), "{error}");
+        let error = TaxResultInput {
+            order_id: "o".repeat(501),
+            ..input()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(error.contains("order_id"), "{error}");
     }
 
     #[test]

@@ -154,7 +154,8 @@ pub fn hold_changed(names: &Topics, hold: &Hold, change: HoldChange) -> OutboxEv
 }
 
 /// The accounts service's account as the ledger reads it.
-fn customer_account_of(account: &accounts::Account) -> CustomerAccountInput {
+/// The cache input of an `accounts.opened` / `accounts.updated` event (validated by the caller).
+pub fn customer_account_of(account: &accounts::Account) -> CustomerAccountInput {
     let state = match accounts::AccountState::try_from(account.state) {
         Ok(accounts::AccountState::Active) => Some(CustomerState::Active),
         Ok(accounts::AccountState::Dormant) => Some(CustomerState::Dormant),
@@ -240,15 +241,7 @@ impl EventHandler for InterestHandler {
     async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
         let posting: accounts::InterestPosting = event.decode()?;
         tracing::Span::current().record("posting_id", posting.posting_id.as_str());
-        let interest = InterestInput {
-            posting_id: posting.posting_id,
-            account_id: posting.account_id,
-            currency: posting.currency,
-            period: posting.period,
-            amount: posting.amount,
-        }
-        .validate()
-        .map_err(HandlerError::Permanent)?;
+        let interest = interest_input(posting).validate().map_err(HandlerError::Permanent)?;
         // Not known yet: its accounts.opened may still be on its way (another topic).
         let known = {
             let mut conn = self
@@ -308,7 +301,32 @@ impl TaxPostingHandler {
     }
 }
 
-fn reversal_input_of(reversal: TaxReversal) -> TaxResultInput {
+/// The posting input of an `accounts.interest_posted` event (validated by the caller).
+pub fn interest_input(posting: accounts::InterestPosting) -> InterestInput {
+    InterestInput {
+        posting_id: posting.posting_id,
+        account_id: posting.account_id,
+        currency: posting.currency,
+        period: posting.period,
+        amount: posting.amount,
+    }
+}
+
+/// The input of a tax event: a `TaxedTransaction` (a sale) or a `TaxReversal`, as its
+/// `ce_dataschema` says (none: a sale); not validated yet.
+pub fn tax_input(event: &ConsumedEvent) -> Result<TaxResultInput, HandlerError> {
+    let metadata = event.valid_metadata()?;
+    match metadata.payload_type.as_str() {
+        TAXED_TRANSACTION | "" => Ok(input_of(event.decode::<TaxedTransaction>()?)),
+        TAX_REVERSAL => Ok(reversal_input_of(event.decode::<TaxReversal>()?)),
+        other => Err(HandlerError::Permanent(format!(
+            "expected a {TAXED_TRANSACTION} or {TAX_REVERSAL}, the event carries a {other}"
+        ))),
+    }
+}
+
+/// The posting input of a `tax.reversed` event.
+pub fn reversal_input_of(reversal: TaxReversal) -> TaxResultInput {
     TaxResultInput {
         transaction_id: reversal.transaction_id,
         order_id: reversal.order_id,
@@ -325,7 +343,8 @@ fn reversal_input_of(reversal: TaxReversal) -> TaxResultInput {
     }
 }
 
-fn input_of(taxed: TaxedTransaction) -> TaxResultInput {
+/// The posting input of a `tax.calculated` event.
+pub fn input_of(taxed: TaxedTransaction) -> TaxResultInput {
     TaxResultInput {
         direction: Direction::Sale,
         transaction_id: taxed.transaction_id,
@@ -345,16 +364,7 @@ fn input_of(taxed: TaxedTransaction) -> TaxResultInput {
 impl TaxPostingHandler {
     /// The entry a tax event asks for, with the system accounts it needs opened.
     async fn entry_of(&self, event: &ConsumedEvent) -> Result<NewEntry, HandlerError> {
-        let metadata = event.valid_metadata()?;
-        let input = match metadata.payload_type.as_str() {
-            TAXED_TRANSACTION | "" => input_of(event.decode::<TaxedTransaction>()?),
-            TAX_REVERSAL => reversal_input_of(event.decode::<TaxReversal>()?),
-            other => {
-                return Err(HandlerError::Permanent(format!(
-                    "expected a {TAXED_TRANSACTION} or {TAX_REVERSAL}, the event carries a {other}"
-                )));
-            }
-        };
+        let input = tax_input(event)?;
         tracing::Span::current().record("transaction_id", input.transaction_id.as_str());
         let result = input.validate().map_err(HandlerError::Permanent)?;
         if result.direction == Direction::Reversal {
@@ -421,6 +431,29 @@ fn posted(
     }
 }
 
+/// The cash a payments transaction event says moved; the error is permanent.
+pub fn cash_movement(transaction: &payments::Transaction) -> Result<CashMovement, HandlerError> {
+    let status = match payments::TransactionStatus::try_from(transaction.status) {
+        Ok(payments::TransactionStatus::Succeeded) => CashStatus::Captured,
+        Ok(payments::TransactionStatus::Refunded) => CashStatus::Refunded,
+        Ok(payments::TransactionStatus::Pending | payments::TransactionStatus::Failed) => CashStatus::NotMoved,
+        Ok(payments::TransactionStatus::Unspecified) | Err(_) => {
+            return Err(HandlerError::permanent(format!(
+                "transaction status {} is not a lifecycle state",
+                transaction.status
+            )));
+        }
+    };
+    CashMovement::parse(
+        &transaction.transaction_id,
+        &transaction.order_id,
+        transaction.amount,
+        &transaction.currency,
+        status,
+    )
+    .map_err(HandlerError::Permanent)
+}
+
 /// Posts the cash of every payments transaction event: captures and refunds.
 #[derive(Debug, Clone)]
 pub struct CashPostingHandler {
@@ -440,25 +473,7 @@ impl EventHandler for CashPostingHandler {
     async fn handle(&self, event: &ConsumedEvent) -> Result<(), HandlerError> {
         let transaction: payments::Transaction = event.decode()?;
         tracing::Span::current().record("transaction_id", transaction.transaction_id.as_str());
-        let status = match payments::TransactionStatus::try_from(transaction.status) {
-            Ok(payments::TransactionStatus::Succeeded) => CashStatus::Captured,
-            Ok(payments::TransactionStatus::Refunded) => CashStatus::Refunded,
-            Ok(payments::TransactionStatus::Pending | payments::TransactionStatus::Failed) => CashStatus::NotMoved,
-            Ok(payments::TransactionStatus::Unspecified) | Err(_) => {
-                return Err(HandlerError::permanent(format!(
-                    "transaction status {} is not a lifecycle state",
-                    transaction.status
-                )));
-            }
-        };
-        let movement = CashMovement::parse(
-            &transaction.transaction_id,
-            &transaction.order_id,
-            transaction.amount,
-            &transaction.currency,
-            status,
-        )
-        .map_err(HandlerError::Permanent)?;
+        let movement = cash_movement(&transaction)?;
         if movement.status == CashStatus::NotMoved {
             return Ok(());
         }

@@ -160,15 +160,28 @@ fn hold_status(error: PostError) -> Status {
 
 /// Encodes a ListHolds keyset position.
 fn hold_token(hold: &Hold) -> String {
-    hex::encode(format!("{}|{}", hold.placed_at.timestamp_micros(), hold.hold_id))
+    hold_page_token(hold.placed_at, &hold.hold_id)
 }
 
-/// Decodes a ListHolds keyset position.
-fn parse_hold_token(token: &str) -> Option<(chrono::DateTime<chrono::Utc>, String)> {
+/// The ListHolds page token of the position after the hold `hold_id` placed at `placed_at`.
+pub fn hold_page_token(placed_at: chrono::DateTime<chrono::Utc>, hold_id: &str) -> String {
+    hex::encode(format!("{}|{}", placed_at.timestamp_micros(), hold_id))
+}
+
+/// Decodes a ListHolds keyset position, accepting only what [`hold_page_token`] issues for a
+/// stored hold: the canonical encoding (no aliases), a time in PostgreSQL's range and a hold id
+/// that passes the hold-id rule (a NUL byte would fail the query as an internal error).
+pub fn parse_hold_token(token: &str) -> Option<(chrono::DateTime<chrono::Utc>, String)> {
     let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
     let (micros, hold_id) = text.split_once('|')?;
-    let at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-    Some((at, hold_id.to_owned()))
+    let micros: i64 = micros.parse().ok()?;
+    let at = chrono::DateTime::from_timestamp_micros(micros)?;
+    let mut violations = Violations::default();
+    check_hold_id(hold_id, &mut violations);
+    let canonical = fintech_types::paging::CURSOR_RANGE.contains(&micros)
+        && violations.is_empty()
+        && hold_page_token(at, hold_id) == token;
+    canonical.then(|| (at, hold_id.to_owned()))
 }
 
 fn internal(reason: String) -> LedgerError {
@@ -755,5 +768,30 @@ impl LedgerService for LedgerGrpc {
             reason: verification.reason,
             head_hash: verification.head_hash,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `page_token` fuzz target: a ListHolds token naming a hold id with a NUL
+    /// byte, a time outside PostgreSQL's range or a non-canonical encoding was accepted, and the
+    /// first two failed the query as an internal error.
+    #[test]
+    fn hold_tokens_are_only_what_the_service_issues() {
+        let at = chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let token = hold_page_token(at, "hold-1");
+        assert_eq!(parse_hold_token(&token), Some((at, "hold-1".to_owned())));
+        assert_eq!(parse_hold_token(&token.to_uppercase()), None);
+        for bad in [
+            "1700000000123456|hold\0one",
+            "1700000000123456|",
+            "+1700000000123456|hold-1",
+            "-93706495622000000|hold-1",
+            "1700000000123456|hold one",
+        ] {
+            assert_eq!(parse_hold_token(&hex::encode(bad)), None, "{bad:?}");
+        }
     }
 }

@@ -146,8 +146,11 @@ impl EndpointSpec {
         for (index, event_type) in event_types.iter().enumerate() {
             check_event_type(&format!("event_types[{index}]"), event_type, &mut violations);
         }
-        if description.chars().count() > MAX_TEXT {
-            violations.add("description", format!("must be at most {MAX_TEXT} characters"));
+        if description.chars().count() > MAX_TEXT || description.contains('\0') {
+            violations.add(
+                "description",
+                format!("must be at most {MAX_TEXT} characters without NUL"),
+            );
         }
         if !(0..=MAX_RATE).contains(&rate_limit_per_second) {
             violations.add(
@@ -250,6 +253,16 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(spec.event_types, ["a.y", "b.x"]);
+    }
+
+    /// Found by the `grpc_requests` fuzz target: a description with a NUL byte was accepted and
+    /// failed in PostgreSQL (an internal error instead of INVALID_ARGUMENT).
+    #[test]
+    fn a_description_with_nul_is_refused() {
+        let policy = ssrf::SsrfPolicy::default();
+        let error = EndpointSpec::parse("https://hooks.example.com/", &[], "ops\0", 0, &policy).expect_err("NUL");
+        assert_eq!(error.fields(), ["description"]);
+        assert!(EndpointSpec::parse("https://hooks.example.com/", &[], "ops\nteam", 0, &policy).is_ok());
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub fn transfer_event(names: &Topics, transfer: &Transfer) -> Option<OutboxEvent
 #[derive(Debug, Clone, Default)]
 pub struct AccountsCache;
 
-fn cached(account: &apb::Account) -> Result<CachedAccount, HandlerError> {
+/// The cache row of an `accounts.*` event; the error is permanent (the event can never apply).
+pub fn cached(account: &apb::Account) -> Result<CachedAccount, HandlerError> {
     let account_id = account
         .account_id
         .parse()
@@ -88,6 +89,14 @@ fn cached(account: &apb::Account) -> Result<CachedAccount, HandlerError> {
         return Err(HandlerError::permanent(
             "account.version, account.customer_id and account.currency are required",
         ));
+    }
+    // The rules accounts checked before publishing: what it could never send (or PostgreSQL
+    // cannot store, a NUL byte) is refused here rather than by the database.
+    let mut violations = crate::domain::Violations::default();
+    fintech_types::fields::check_customer_id("account.customer_id", &account.customer_id, &mut violations);
+    fintech_types::fields::parse_currency("account.currency", &account.currency, &mut violations);
+    if !violations.is_empty() {
+        return Err(HandlerError::permanent(violations));
     }
     let state = match apb::AccountState::try_from(account.state) {
         Ok(apb::AccountState::Active) => "active",
@@ -144,4 +153,38 @@ impl TransactionalHandler for AccountsCache {
 /// The handler as the platform consumer wants it.
 pub fn handler(pool: PgPool) -> Arc<dyn EventHandler> {
     Arc::new(InTransaction::new(pool, AccountsCache))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account() -> apb::Account {
+        apb::Account {
+            account_id: "0191d1c4-0000-7000-8000-000000000001".to_owned(),
+            customer_id: "cust-42".to_owned(),
+            currency: "EUR".to_owned(),
+            state: apb::AccountState::Active as i32,
+            version: 1,
+            ..apb::Account::default()
+        }
+    }
+
+    /// Found by the `transfers_events` fuzz target: a customer id with a NUL byte was accepted
+    /// and failed in PostgreSQL.
+    #[test]
+    fn what_accounts_never_publishes_is_refused_when_read() {
+        assert!(cached(&account()).is_ok());
+        for (customer_id, currency) in [("cust\0", "EUR"), ("cust-42", "E\0R"), ("cust-42", "ZZZ")] {
+            let bad = apb::Account {
+                customer_id: customer_id.to_owned(),
+                currency: currency.to_owned(),
+                ..account()
+            };
+            assert!(
+                matches!(cached(&bad), Err(HandlerError::Permanent(_))),
+                "{customer_id:?} {currency:?}"
+            );
+        }
+    }
 }
