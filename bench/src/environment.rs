@@ -185,7 +185,9 @@ impl Environment {
         if needs.flow || needs.payments_only {
             topics.extend(fintech_payments::events::TOPICS.iter().chain(&TAX_TOPICS));
         }
-        if needs.transfers || needs.notifications {
+        // The ledger also follows the accounts topics (its account cache, interest postings): without
+        // them its consumers log UnknownTopicOrPartition every few seconds.
+        if needs.transfers || needs.notifications || with_ledger {
             topics.extend(fintech_proto::topics::ALL.iter().map(|topic| topic.name));
         }
         if with_ledger {
