@@ -27,8 +27,9 @@ use crate::procstat::{Sampler, Selector, Usage};
 use crate::progress::say;
 use crate::report::LogSummary;
 use crate::services::ServiceProcess;
-use crate::suite::Options;
+use crate::suite::{BrokerKind, Options};
 use fintech_devkit::broker::PrivateBroker;
+use fintech_devkit::mock::MockBroker;
 use fintech_devkit::temporal::TemporalServer;
 
 /// Topics tax reads and writes besides payments' (the benchmark does not link the tax crate: it
@@ -122,7 +123,7 @@ pub struct Environment {
     /// Work files of this environment.
     pub dir: PathBuf,
     /// The private broker (none with `--shared-broker`).
-    pub broker: Option<PrivateBroker>,
+    pub broker: Option<Broker>,
     /// Payments (with the flow, or alone).
     pub payments: Option<Service>,
     /// Tax (with the flow).
@@ -174,7 +175,7 @@ impl Environment {
         if options.shared_broker {
             context.sampler.track("broker", Selector::Comm("tansu".to_owned()));
         } else {
-            let broker = private_broker(context, &self.dir.join("broker")).await?;
+            let broker = Broker::start(context, &self.dir.join("broker")).await?;
             self.bootstrap = broker.bootstrap().to_owned();
             self.broker = Some(broker);
         }
@@ -184,7 +185,9 @@ impl Environment {
         if needs.flow || needs.payments_only {
             topics.extend(fintech_payments::events::TOPICS.iter().chain(&TAX_TOPICS));
         }
-        if needs.transfers || needs.notifications {
+        // The ledger also follows the accounts topics (its account cache, interest postings): without
+        // them its consumers log UnknownTopicOrPartition every few seconds.
+        if needs.transfers || needs.notifications || with_ledger {
             topics.extend(fintech_proto::topics::ALL.iter().map(|topic| topic.name));
         }
         if with_ledger {
@@ -193,7 +196,10 @@ impl Environment {
         topics.sort_unstable();
         topics.dedup();
         let topics: Vec<String> = topics.iter().map(|topic| format!("{}{topic}", self.prefix)).collect();
-        kafka::create_topics(&self.bootstrap, &topics).await?;
+        match &self.broker {
+            Some(broker) => broker.create_topics(&topics).await?,
+            None => kafka::create_topics(&self.bootstrap, &topics).await?,
+        }
 
         if needs.pgbench {
             let name = self.database_name(context, "pgbench");
@@ -444,7 +450,7 @@ impl Environment {
         let lifetime = context.sampler.usage(0.0, context.sampler.now());
         let mut report = EnvironmentReport::default();
         if let Some(broker) = &self.broker {
-            report.broker_data_mb = broker.data_bytes() as f64 / 1e6;
+            report.broker_data_mb = broker.data_bytes().map(|bytes| bytes as f64 / 1e6);
             report.broker_panic = broker.panic();
         }
         let services = [
@@ -489,19 +495,102 @@ pub struct EnvironmentReport {
     pub logs: BTreeMap<String, LogSummary>,
     /// Lifetime peak RSS per service, MiB.
     pub peak_rss_mb: BTreeMap<String, f64>,
-    /// Size of the private broker's data at the end, MB.
-    pub broker_data_mb: f64,
+    /// Size of the private broker's data at the end, MB (`None`: shared broker, or the in-memory
+    /// mock, which has no data folder).
+    pub broker_data_mb: Option<f64>,
     /// The broker's panic, if it had one.
     pub broker_panic: Option<String>,
 }
 
-/// A fresh private broker in `dir`, its process sampled as `broker`.
-pub async fn private_broker(context: &RunContext<'_>, dir: &Path) -> anyhow::Result<PrivateBroker> {
-    let broker = PrivateBroker::start_in(dir).await?;
-    if let Some(pid) = broker.pid() {
-        context.sampler.track("broker", Selector::Pid(pid));
+/// A scenario's private broker: a Tansu with SQLite storage in a folder of its own, or
+/// librdkafka's mock cluster in a process of its own (in memory). Either is sampled as `broker`.
+#[derive(Debug)]
+pub enum Broker {
+    /// `tansu broker` (fintech-devkit's `PrivateBroker`, as in `deploy/local`).
+    Tansu(PrivateBroker),
+    /// `fintech-mock-broker` (fintech-devkit's `MockBroker`), with its log file.
+    Mock(MockBroker, PathBuf),
+}
+
+impl Broker {
+    /// Starts the run's kind of broker (`--broker`) in `dir` and tracks its process as `broker`.
+    pub async fn start(context: &RunContext<'_>, dir: &Path) -> anyhow::Result<Self> {
+        let broker = match context.options.broker {
+            BrokerKind::Tansu => Self::Tansu(PrivateBroker::start_in(dir).await?),
+            BrokerKind::Mock => {
+                std::fs::create_dir_all(dir)?;
+                let binary = context.options.bin_dir.join("fintech-mock-broker");
+                let log = dir.join("mock-broker.log");
+                let mock = MockBroker::start(&binary, 1, &log)
+                    .with_context(|| format!("start the mock broker {}", binary.display()))?;
+                Self::Mock(mock, log)
+            }
+        };
+        if let Some(pid) = broker.pid() {
+            context.sampler.track("broker", Selector::Pid(pid));
+        }
+        Ok(broker)
     }
-    Ok(broker)
+
+    /// `bootstrap.servers` of the broker.
+    pub fn bootstrap(&self) -> &str {
+        match self {
+            Self::Tansu(tansu) => tansu.bootstrap(),
+            Self::Mock(mock, _) => mock.bootstrap(),
+        }
+    }
+
+    /// The broker's process.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Tansu(tansu) => tansu.pid(),
+            Self::Mock(mock, _) => Some(mock.pid()),
+        }
+    }
+
+    /// Creates `topics` with [`kafka::PARTITIONS`] partitions: through the Admin API on Tansu,
+    /// through the process that owns the cluster on the mock (it has no CreateTopics).
+    pub async fn create_topics(&self, topics: &[String]) -> anyhow::Result<()> {
+        match self {
+            Self::Tansu(tansu) => kafka::create_topics(tansu.bootstrap(), topics).await,
+            Self::Mock(mock, _) => {
+                let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+                // A line per topic over a pipe to the mock's process: milliseconds in all.
+                tokio::task::block_in_place(|| mock.create_topics(&topics, kafka::PARTITIONS))
+            }
+        }
+    }
+
+    /// Why the broker is gone, if it is: Tansu's first panic in its log; the mock's exit.
+    pub fn panic(&self) -> Option<String> {
+        match self {
+            Self::Tansu(tansu) => tansu.panic(),
+            Self::Mock(mock, _) => {
+                let process = procfs::process::Process::new(i32::try_from(mock.pid()).ok()?);
+                let gone = match process.and_then(|process| process.stat()) {
+                    Ok(stat) => stat.state == 'Z' || stat.state == 'X',
+                    Err(_) => true,
+                };
+                gone.then(|| "the mock broker's process exited".to_owned())
+            }
+        }
+    }
+
+    /// The broker's log.
+    pub fn log_file(&self) -> PathBuf {
+        match self {
+            Self::Tansu(tansu) => tansu.log_file(),
+            Self::Mock(_, log) => log.clone(),
+        }
+    }
+
+    /// Bytes of data it holds on disk; `None` for the mock (in memory: no data folder).
+    pub fn data_bytes(&self) -> Option<u64> {
+        match self {
+            Self::Tansu(tansu) => Some(tansu.data_bytes()),
+            Self::Mock(..) => None,
+        }
+    }
 }
 
 /// A small pool for the benchmark's own reads.

@@ -7,7 +7,8 @@
 //! scenario means.
 //!
 //! # Layout
-//! - [`suite`]: the scenario order, their results and the targets;
+//! - [`suite`]: the scenario order, their results and the targets, once per broker (`--broker`);
+//! - [`compare`]: the runs of several brokers side by side (`comparison.md`);
 //! - [`environment`]: a fresh environment per scenario (databases, broker, topics, services);
 //! - [`load`]: gRPC connections, idempotency keys and the closed loop;
 //! - [`payments`]: closed-loop gRPC load on payments (CreateOrder + CreateTransaction);
@@ -22,11 +23,14 @@
 //! - [`procstat`]: CPU and RSS per process from `/proc`;
 //! - [`profile`]: `perf` profiles of a process during a scenario;
 //! - [`services`]: the service processes (spawned through `fintech_devkit::process`);
-//! - the run's private Tansu broker is `fintech_devkit::broker::PrivateBroker`, shared with the tests;
+//! - each scenario's private broker is `fintech_devkit::broker::PrivateBroker` (Tansu) or
+//!   `fintech_devkit::mock::MockBroker` (librdkafka's mock cluster), shared with the tests
+//!   ([`environment::Broker`] holds either);
 //! - [`db`]: the run's databases and SQL probes;
 //! - [`stats`], [`progress`], [`report`]: latency histograms (HdrHistogram), progress lines,
 //!   JSON/Markdown and the SVG plot (plotters).
 
+pub mod compare;
 pub mod db;
 pub mod e2e;
 pub mod environment;

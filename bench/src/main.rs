@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use fintech_bench::compare;
 use fintech_bench::progress::say;
-use fintech_bench::report::{Report, SCHEMA_VERSION};
-use fintech_bench::suite::{self, Options};
+use fintech_bench::suite::{self, BrokerKind, Options};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,9 +31,9 @@ fn main() -> ExitCode {
 async fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
     match args.first().map(String::as_str) {
         Some("suite") => {
-            let options = suite_options(&args[1..])?;
+            let (options, brokers) = suite_options(&args[1..])?;
             let strict = options.strict;
-            let (_, problems) = suite::run(options).await?;
+            let (_, problems) = suite::run_brokers(options, &brokers).await?;
             if problems.is_empty() {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -52,15 +52,15 @@ async fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
                     .map(PathBuf::from)
                     .unwrap_or_else(|| PathBuf::from(".")),
             };
-            let text = std::fs::read_to_string(json).with_context(|| format!("read {json}"))?;
-            let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parse {json}"))?;
-            let layout = value["schema_version"].as_u64().unwrap_or(0);
-            anyhow::ensure!(
-                layout == u64::from(SCHEMA_VERSION),
-                "{json} has layout {layout}; render reads layout {SCHEMA_VERSION} only"
-            );
-            let report: Report = serde_json::from_value(value).with_context(|| format!("read {json}"))?;
+            let report = compare::read(std::path::Path::new(json))?;
             suite::write_report(&report, &out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("compare") => {
+            let dir = args
+                .get(1)
+                .context("compare needs the results folder (with tansu/ and mock/)")?;
+            compare::rebuild(std::path::Path::new(dir))?;
             Ok(ExitCode::SUCCESS)
         }
         Some("-h" | "--help") | None => {
@@ -92,7 +92,9 @@ fn levels(value: &str, flag: &str) -> anyhow::Result<Vec<usize>> {
     Ok(levels)
 }
 
-fn suite_options(args: &[String]) -> anyhow::Result<Options> {
+/// The suite's options and the brokers to run it on (`--broker`; default both, or the shared
+/// Tansu with `--shared-broker`).
+fn suite_options(args: &[String]) -> anyhow::Result<(Options, Vec<BrokerKind>)> {
     let mut options = if args.iter().any(|arg| arg == "--smoke") {
         Options::smoke()
     } else {
@@ -104,6 +106,7 @@ fn suite_options(args: &[String]) -> anyhow::Result<Options> {
     if let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
         options.bootstrap = bootstrap;
     }
+    let mut brokers: Option<Vec<BrokerKind>> = None;
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
         let mut value = || rest.next().with_context(|| format!("{flag} needs a value"));
@@ -112,6 +115,7 @@ fn suite_options(args: &[String]) -> anyhow::Result<Options> {
             "--strict" => options.strict = true,
             "--keep-databases" => options.keep_databases = true,
             "--shared-broker" => options.shared_broker = true,
+            "--broker" => brokers = Some(BrokerKind::parse_list(value()?)?),
             "--scenarios" => {
                 options.scenarios = value()?.split(',').map(|name| name.trim().to_owned()).collect();
                 for name in &options.scenarios {
@@ -167,5 +171,16 @@ fn suite_options(args: &[String]) -> anyhow::Result<Options> {
             other => bail!("unknown flag {other:?} (try --help)"),
         }
     }
-    Ok(options)
+    let brokers = match brokers {
+        Some(brokers) => {
+            anyhow::ensure!(
+                !options.shared_broker || brokers == [BrokerKind::Tansu],
+                "--shared-broker is Tansu only: drop --broker or give --broker tansu"
+            );
+            brokers
+        }
+        None if options.shared_broker => vec![BrokerKind::Tansu],
+        None => BrokerKind::ALL.to_vec(),
+    };
+    Ok((options, brokers))
 }

@@ -15,9 +15,17 @@ use crate::monitor::Point;
 use crate::procstat::Usage;
 use crate::stats::{Latency, Samples};
 
-/// Version of the JSON layout; `render` reads this one only. (1 had `payments_alone` as one
-/// level or null; 2 has a list, one per client count.)
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version of the JSON layout; `render` reads this one and [`OLDEST_READABLE`]. (1 had
+/// `payments_alone` as one level or null; 2 has a list, one per client count; 3 adds `broker`
+/// and `broker_data_mb`, absent in 2, whose runs were all on Tansu.)
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// The oldest layout `render` still reads (2: the same as 3 without the broker fields).
+pub const OLDEST_READABLE: u32 = 2;
+
+fn tansu() -> String {
+    "tansu".to_owned()
+}
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -28,6 +36,13 @@ pub struct Report {
     pub run_id: String,
     /// `full` or `smoke` (smoke timings mean nothing).
     pub mode: String,
+    /// The kind of private broker every scenario ran on: `tansu` or `mock` (layout 2: Tansu).
+    #[serde(default = "tansu")]
+    pub broker: String,
+    /// The largest private broker's data at a scenario's end, MB; `None` for the in-memory mock
+    /// (nothing on disk) and the shared broker (not ours to measure).
+    #[serde(default)]
+    pub broker_data_mb: Option<f64>,
     /// When the run started (UTC, RFC 3339).
     pub started_at: String,
     /// Wall time of the whole suite, seconds.
@@ -573,7 +588,11 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let (machine, config) = (&self.machine, &self.config);
-        let _ = writeln!(out, "# Benchmark results ({} run `{}`)\n", self.mode, self.run_id);
+        let _ = writeln!(
+            out,
+            "# Benchmark results ({} run `{}`, broker: {})\n",
+            self.mode, self.run_id, self.broker
+        );
         if self.mode == "smoke" {
             out.push_str(
                 "> Smoke run: a few seconds per scenario, debug binaries possible. It proves the harness and \

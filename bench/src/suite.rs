@@ -26,7 +26,7 @@ use anyhow::Context as _;
 use procfs::Current as _;
 
 use crate::db::{self, Admin, redact};
-use crate::environment::{Environment, EnvironmentReport, Needs, RunContext, active, private_broker};
+use crate::environment::{Broker, Environment, EnvironmentReport, Needs, RunContext, active};
 use crate::pgbench::{self, PayloadSizes};
 use crate::procstat::{Sampler, Selector, Usage};
 use crate::progress::{say, step};
@@ -35,13 +35,45 @@ use crate::report::{
     RunConfig, Target, joined,
 };
 use crate::{e2e, kafka, ledger, notifications, payments, transfers};
-use fintech_devkit::broker::PrivateBroker;
 
 /// The scenarios `--scenarios` can pick.
 pub const SCENARIOS: [&str; 6] = ["payments", "kafka", "e2e", "ledger", "transfers", "notifications"];
 
 /// Records the raw producer keeps in flight: the relay's default batch size.
 const PRODUCE_WINDOW: usize = 256;
+
+/// The kind of private broker every scenario of a run gets (`--broker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BrokerKind {
+    /// Tansu 0.6 with SQLite storage, as `deploy/local` runs it (fintech-devkit's `PrivateBroker`).
+    #[default]
+    Tansu,
+    /// librdkafka's mock cluster in a process of its own (`fintech-mock-broker`, in memory).
+    Mock,
+}
+
+impl BrokerKind {
+    /// Both, in the order a full run measures them.
+    pub const ALL: [Self; 2] = [Self::Tansu, Self::Mock];
+
+    /// Its name in flags, folders and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tansu => "tansu",
+            Self::Mock => "mock",
+        }
+    }
+
+    /// `tansu`, `mock` or `both` (`--broker`).
+    pub fn parse_list(value: &str) -> anyhow::Result<Vec<Self>> {
+        match value {
+            "tansu" => Ok(vec![Self::Tansu]),
+            "mock" => Ok(vec![Self::Mock]),
+            "both" => Ok(Self::ALL.to_vec()),
+            other => anyhow::bail!("--broker: {other:?} is not tansu, mock or both"),
+        }
+    }
+}
 
 /// How the suite runs.
 #[derive(Debug, Clone)]
@@ -86,8 +118,10 @@ pub struct Options {
     pub database_url: String,
     /// The shared broker (with `shared_broker`).
     pub bootstrap: String,
-    /// Run on the shared broker at `bootstrap` instead of a private one (see [`crate::broker`]).
+    /// Run on the shared broker at `bootstrap` instead of a private one (Tansu only).
     pub shared_broker: bool,
+    /// The kind of private broker of this run's scenarios.
+    pub broker: BrokerKind,
     /// The pgbench binary.
     pub pgbench: PathBuf,
     /// `RUST_LOG` of the services.
@@ -136,6 +170,7 @@ impl Options {
             database_url: "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
             bootstrap: "127.0.0.1:9092".to_owned(),
             shared_broker: false,
+            broker: BrokerKind::Tansu,
             pgbench: PathBuf::from("/usr/bin/pgbench"),
             service_log: "info".to_owned(),
             redis_url: None,
@@ -191,7 +226,7 @@ struct SuiteState {
     peak_rss_mb: BTreeMap<String, f64>,
     sizes: Option<PayloadSizes>,
     service_env: Vec<(&'static str, String)>,
-    broker_data_mb: f64,
+    broker_data_mb: Option<f64>,
     profiles: Vec<crate::profile::Profile>,
 }
 
@@ -215,7 +250,9 @@ impl SuiteState {
             }
         }
         self.peak_rss(environment.peak_rss_mb);
-        self.broker_data_mb = self.broker_data_mb.max(environment.broker_data_mb);
+        if let Some(megabytes) = environment.broker_data_mb {
+            self.broker_data_mb = Some(self.broker_data_mb.unwrap_or(0.0).max(megabytes));
+        }
         if let Some(panic) = environment.broker_panic {
             self.noted(format!("the broker of {tag} panicked: {panic}"));
         }
@@ -295,6 +332,7 @@ pub async fn run(options: Options) -> anyhow::Result<(Report, Vec<String>)> {
         schema_version: report::SCHEMA_VERSION,
         run_id: run_id.clone(),
         mode: mode.to_owned(),
+        broker: options.broker.name().to_owned(),
         started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         machine: machine(&admin, &options).await,
         ..Report::default()
@@ -384,11 +422,17 @@ pub async fn run(options: Options) -> anyhow::Result<(Report, Vec<String>)> {
 
     report.config = run_config(&options, &state, &admin);
     report.targets = targets(&report, &state.peak_rss_mb);
+    report.broker_data_mb = state.broker_data_mb;
     if !options.shared_broker {
-        state.notes.push(format!(
-            "each scenario ran on a fresh private broker; the largest held {:.0} MB of data at its end (removed with it)",
-            state.broker_data_mb
-        ));
+        state.notes.push(match (options.broker, state.broker_data_mb) {
+            (BrokerKind::Mock, _) => "each scenario ran on a fresh mock broker (librdkafka's mock cluster, in memory: \
+                 no data on disk, so no data size to report)"
+                .to_owned(),
+            (BrokerKind::Tansu, Some(megabytes)) => format!(
+                "each scenario ran on a fresh private broker; the largest held {megabytes:.0} MB of data at its end (removed with it)"
+            ),
+            (BrokerKind::Tansu, None) => "each scenario ran on a fresh private broker".to_owned(),
+        });
     }
     report.service_logs = std::mem::take(&mut state.logs);
     report.profiles = std::mem::take(&mut state.profiles);
@@ -396,6 +440,36 @@ pub async fn run(options: Options) -> anyhow::Result<(Report, Vec<String>)> {
     report.wall_seconds = started.elapsed().as_secs_f64();
     write_report(&report, &options.out_dir)?;
     Ok((report, state.problems))
+}
+
+/// Runs the suite once per broker of `brokers` (`--broker`), each into `<out>/<broker>/`, and with
+/// more than one writes `<out>/comparison.md` beside them; returns the reports and every run's
+/// problems, each prefixed with its broker.
+pub async fn run_brokers(options: Options, brokers: &[BrokerKind]) -> anyhow::Result<(Vec<Report>, Vec<String>)> {
+    anyhow::ensure!(!brokers.is_empty(), "no broker to run on");
+    anyhow::ensure!(
+        !options.shared_broker || brokers == [BrokerKind::Tansu],
+        "--shared-broker runs on the shared Tansu only (with --broker tansu)"
+    );
+    let out_root = options.out_dir.clone();
+    let (mut reports, mut problems) = (Vec::new(), Vec::new());
+    for &broker in brokers {
+        step(format!("the suite on the {} broker", broker.name()));
+        let mut run_options = options.clone();
+        run_options.broker = broker;
+        run_options.out_dir = out_root.join(broker.name());
+        let (report, run_problems) = run(run_options).await?;
+        problems.extend(
+            run_problems
+                .into_iter()
+                .map(|problem| format!("[{}] {problem}", broker.name())),
+        );
+        reports.push(report);
+    }
+    if reports.len() > 1 {
+        crate::compare::write(&reports, &out_root)?;
+    }
+    Ok((reports, problems))
 }
 
 /// Payments at `clients` in a fresh environment: with the whole flow, or `alone` (no outbox
@@ -413,7 +487,7 @@ async fn payments_level(
         (format!("alone{clients}"), ("payments", "payments alone"))
     } else {
         step(format!("payments at {clients} clients"));
-        (format!("c{clients}"), ("broker", "the broker (tansu)"))
+        (format!("c{clients}"), ("broker", "the broker"))
     };
     let needs = Needs {
         flow: !alone,
@@ -465,8 +539,13 @@ async fn measure_level(
     let load_from = sampler.now() + options.warmup.as_secs_f64();
     let pid = |process: &str| match process {
         "payments" => environment.payments.as_ref().map(|payments| payments.process.pid()),
-        _ => environment.broker.as_ref().and_then(PrivateBroker::pid),
+        _ => environment.broker.as_ref().and_then(Broker::pid),
     };
+    let broker_name = options.broker.name();
+    let profile = profile.map(|(process, title)| match process {
+        "broker" => (process, format!("{title} ({broker_name})")),
+        _ => (process, title.to_owned()),
+    });
     let perf = match profile.and_then(|(process, title)| Some((pid(process)?, title))) {
         Some((pid, title)) if !options.smoke => {
             // The measured window, after the warm-up, minus a second at each end.
@@ -920,12 +999,12 @@ async fn fresh_broker(
     environment: &Environment,
     name: &str,
     topic: &str,
-) -> anyhow::Result<(Option<PrivateBroker>, String)> {
+) -> anyhow::Result<(Option<Broker>, String)> {
     if context.options.shared_broker {
         return Ok((None, environment.bootstrap.clone()));
     }
-    let broker = private_broker(context, &environment.dir.join(name)).await?;
-    kafka::create_topics(broker.bootstrap(), &[topic.to_owned()]).await?;
+    let broker = Broker::start(context, &environment.dir.join(name)).await?;
+    broker.create_topics(&[topic.to_owned()]).await?;
     let bootstrap = broker.bootstrap().to_owned();
     Ok((Some(broker), bootstrap))
 }
@@ -948,7 +1027,7 @@ fn run_config(options: &Options, state: &SuiteState, admin: &Admin) -> RunConfig
     let bootstrap = if options.shared_broker {
         options.bootstrap.clone()
     } else {
-        "the scenario's private broker".to_owned()
+        format!("the scenario's private broker ({})", options.broker.name())
     };
     service_env.insert("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap);
     service_env.insert("TOPIC_PREFIX".to_owned(), "bench.<run>.<scenario>.".to_owned());
@@ -1024,6 +1103,11 @@ async fn machine(admin: &Admin, options: &Options) -> Machine {
             }
             None => format!("Kafka-protocol broker at {bootstrap}"),
         }
+    } else if options.broker == BrokerKind::Mock {
+        let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+        format!(
+            "librdkafka {librdkafka} mock cluster (fintech-mock-broker, one broker, in memory, a fresh one per scenario)"
+        )
     } else {
         format!("{version} (sqlite storage, a fresh one per scenario)")
     };
