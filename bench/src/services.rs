@@ -4,15 +4,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::Context as _;
 use fintech_devkit::process::Process;
 pub use fintech_devkit::{free_port, process::log_tail};
-use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
+use tonic::transport::Channel;
 
 use crate::report::LogSummary;
 
@@ -47,37 +44,17 @@ impl ServiceProcess {
     /// Waits until `grpc.health.v1` reports `service` as SERVING (database and broker reachable)
     /// and returns a channel to it; fails early with the end of the log if the process exits.
     pub async fn wait_serving(&mut self, service: &str, timeout: Duration) -> anyhow::Result<Channel> {
-        let deadline = Instant::now() + timeout;
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.address))?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(2));
-        loop {
-            self.ensure_running()?;
-            let state = match endpoint.connect().await {
-                Ok(channel) => {
-                    let request = HealthCheckRequest {
-                        service: service.to_owned(),
-                    };
-                    match HealthClient::new(channel.clone()).check(request).await {
-                        Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => {
-                            return Ok(channel);
-                        }
-                        Ok(response) => format!("health status {}", response.get_ref().status),
-                        Err(status) => format!("health check failed: {}", status.message()),
-                    }
-                }
-                Err(error) => format!("not accepting connections: {error}"),
-            };
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} did not become SERVING within {timeout:?} ({state}); end of {}:\n{}",
+        let process = &mut self.process;
+        fintech_devkit::process::wait_serving(&self.address, service, timeout, || process.ensure_running())
+            .await
+            .with_context(|| {
+                format!(
+                    "{} is not serving; end of {}:\n{}",
                     self.name,
                     self.process.log().display(),
                     log_tail(self.process.log(), 20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+                )
+            })
     }
 
     /// Fails (with the end of its log) if the process has exited.

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use fintech_devkit::auth::{Claims, SigningKey};
@@ -19,9 +19,6 @@ use sqlx::PgPool;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// The topic prefix of a campaign (its broker is private, the prefix only names the run).
 pub(crate) const PREFIX: &str = "faults.";
@@ -83,35 +80,22 @@ impl Service {
 
     /// Waits until its health service reports SERVING.
     pub(crate) async fn wait_serving(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.address))?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(2));
-        loop {
-            self.ensure_running()?;
-            let state = match endpoint.connect().await {
-                Ok(channel) => {
-                    let request = HealthCheckRequest {
-                        service: self.health.to_owned(),
-                    };
-                    match HealthClient::new(channel).check(request).await {
-                        Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => return Ok(()),
-                        Ok(response) => format!("health status {}", response.get_ref().status),
-                        Err(status) => format!("health check failed: {}", status.message()),
-                    }
-                }
-                Err(error) => format!("not accepting connections: {error}"),
-            };
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} did not become SERVING within {timeout:?} ({state}); end of {}:\n{}",
+        let process = &mut self.process;
+        let alive = || match process.as_mut() {
+            Some(process) => process.ensure_running(),
+            None => Ok(()),
+        };
+        fintech_devkit::process::wait_serving(&self.address, self.health, timeout, alive)
+            .await
+            .with_context(|| {
+                format!(
+                    "{} is not serving; end of {}:\n{}",
                     self.name,
                     self.log.display(),
                     log_tail(&self.log, 20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+                )
+            })?;
+        Ok(())
     }
 }
 

@@ -124,6 +124,46 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Waits until the gRPC server at `address` (`host:port`) reports `service` as SERVING on
+/// `grpc.health.v1` (its database and broker reachable) and returns a channel to it. `alive` is
+/// asked before every attempt, so a process that exited fails at once (its error is returned);
+/// after `timeout` the error says what the last attempt saw.
+pub async fn wait_serving(
+    address: &str,
+    service: &str,
+    timeout: Duration,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<tonic::transport::Channel> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let deadline = Instant::now() + timeout;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2));
+    loop {
+        alive()?;
+        let state = match endpoint.connect().await {
+            Ok(channel) => {
+                let request = HealthCheckRequest {
+                    service: service.to_owned(),
+                };
+                match HealthClient::new(channel.clone()).check(request).await {
+                    Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => return Ok(channel),
+                    Ok(response) => format!("health status {}", response.get_ref().status),
+                    Err(status) => format!("health check failed: {}", status.message()),
+                }
+            }
+            Err(error) => format!("not accepting connections: {error}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("{address} did not report {service:?} SERVING within {timeout:?} ({state})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
