@@ -35,6 +35,10 @@ fn member(bootstrap: &str, group: &str) -> StreamConsumer {
         .set("enable.auto.commit", "false")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
+        // The group's rebalance timeout: how long the coordinator waits for every member to
+        // rejoin before it assigns without the late ones (default 300 s, longer than any wait here;
+        // seen once in CI: a join rebalance that had not finished after 30 s).
+        .set("max.poll.interval.ms", "10000")
         .create()
         .expect("group member")
 }
