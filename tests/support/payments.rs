@@ -24,8 +24,12 @@ pub fn config(platform: PlatformConfig, _db: &TestDb, prefix: &str) -> PaymentsC
 
 /// `config` as the environment of a payments process (see [`crate::process`]).
 pub fn env(config: &PaymentsConfig) -> Vec<(&'static str, String)> {
-    let PaymentsConfig { platform } = config;
-    platform_env(platform)
+    let PaymentsConfig { platform, group_commit } = config;
+    let mut env = platform_env(platform);
+    env.push(("PAYMENTS_GROUP_COMMIT", group_commit.enabled.to_string()));
+    env.push(("PAYMENTS_GROUP_COMMIT_WORKERS", group_commit.workers.to_string()));
+    env.push(("PAYMENTS_GROUP_COMMIT_MAX_BATCH", group_commit.max_batch.to_string()));
+    env
 }
 
 impl PaymentsHarness {

@@ -559,19 +559,40 @@ impl IdempotencyStore {
             return Ok(response);
         };
         let fingerprint = fingerprint(request);
+        self.guarded(scope, &key, &fingerprint, async || {
+            self.execute_in_postgres(pool, scope, &key, &fingerprint, completion, body)
+                .await
+        })
+        .await
+    }
+
+    /// The Redis fast path (when configured) around an authoritative execution that the caller
+    /// runs itself: `authoritative` must claim `(scope, key)` with `fingerprint` in PostgreSQL,
+    /// run the command and commit, and return the response with its encoding, exactly as
+    /// [`execute_folded`](Self::execute_folded) does; payments' group commit
+    /// ([`crate::batch`]) applies many such commands in one transaction. A cached response is
+    /// replayed without calling `authoritative`; a concurrent attempt's marker is waited for.
+    pub async fn guarded<Resp, E>(
+        &self,
+        scope: &str,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        authoritative: impl AsyncFnOnce() -> Result<(Resp, Vec<u8>), E>,
+    ) -> Result<Resp, E>
+    where
+        E: From<IdempotencyError>,
+        Resp: Message + Default,
+    {
         let stored_scope = key.stored_scope(scope);
         let redis = self.redis.as_ref().filter(|_| !stored_scope.contains(':'));
         let Some(redis) = redis else {
-            return self
-                .execute_in_postgres(pool, scope, &key, &fingerprint, completion, body)
-                .await
-                .map(|(response, _)| response);
+            return authoritative().await.map(|(response, _)| response);
         };
 
         let cache_key = format!("idem:{stored_scope}:{key}");
         let marker_key = format!("idem-lock:{stored_scope}:{key}");
-        if let Some(cached) = redis.lookup(&cache_key, &fingerprint).await {
-            return replay_cached(cached, &key).map_err(E::from);
+        if let Some(cached) = redis.lookup(&cache_key, fingerprint).await {
+            return replay_cached(cached, key).map_err(E::from);
         }
         let marker = uuid::Uuid::new_v4().to_string();
         let owns_marker = match redis.mark_in_flight(&marker_key, &marker).await {
@@ -579,20 +600,18 @@ impl IdempotencyStore {
             Some(false) => {
                 let deadline = Instant::now() + self.lock_wait;
                 if let Some(cached) = redis
-                    .wait_for_response(&cache_key, &marker_key, &fingerprint, deadline)
+                    .wait_for_response(&cache_key, &marker_key, fingerprint, deadline)
                     .await
                 {
-                    return replay_cached(cached, &key).map_err(E::from);
+                    return replay_cached(cached, key).map_err(E::from);
                 }
                 false
             }
             None => false,
         };
-        let outcome = self
-            .execute_in_postgres(pool, scope, &key, &fingerprint, completion, body)
-            .await;
+        let outcome = authoritative().await;
         if let Ok((_, encoded)) = &outcome {
-            redis.store(&cache_key, &fingerprint, encoded).await;
+            redis.store(&cache_key, fingerprint, encoded).await;
         }
         if owns_marker {
             redis.release(&marker_key, &marker).await;
@@ -600,6 +619,117 @@ impl IdempotencyStore {
         outcome.map(|(response, _)| response)
     }
 
+    /// The PostgreSQL part of [`execute_folded`](Self::execute_folded) alone (no Redis): for a
+    /// caller inside [`guarded`](Self::guarded) that runs a command on its own after all (a
+    /// group commit falling back to one transaction per command). Returns the response and its
+    /// encoding.
+    pub async fn execute_folded_in_postgres<Resp, E, F>(
+        &self,
+        pool: &PgPool,
+        scope: &str,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        body: F,
+    ) -> Result<(Resp, Vec<u8>), E>
+    where
+        E: From<IdempotencyError>,
+        Resp: Message + Default,
+        F: AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, E>,
+    {
+        self.execute_in_postgres(pool, scope, key, fingerprint, Completion::ByBody, body)
+            .await
+    }
+
+    /// Claims many keys in one round trip inside the caller's open transaction (READ
+    /// COMMITTED): for each `(stored scope, key, fingerprint)` of `claims` (at most one per
+    /// scope and key; see [`IdempotencyKey::stored_scope`]), in that order, `Ok(Claim::New)`,
+    /// `Ok(Claim::Replay)` or `Err(Conflict)` exactly as [`claim`](Self::claim) decides. The keys
+    /// are claimed in sorted order, so two batches never deadlock on each other's keys. A
+    /// concurrent claim of one of the keys is waited for at most `lock_wait`; then, like any
+    /// database error, the outer `Err`, and the transaction is aborted: run the commands one by
+    /// one instead. A claim whose row was purged under it is an outer `InProgress` too.
+    pub async fn claim_batch(
+        &self,
+        conn: &mut PgConnection,
+        claims: &[(String, String, String)],
+        lock_wait: Duration,
+    ) -> Result<Vec<Result<Claim, IdempotencyError>>, IdempotencyError> {
+        let mut order: Vec<usize> = (0..claims.len()).collect();
+        order.sort_by(|a, b| (&claims[*a].0, &claims[*a].1).cmp(&(&claims[*b].0, &claims[*b].1)));
+        if order
+            .windows(2)
+            .any(|pair| (&claims[pair[0]].0, &claims[pair[0]].1) == (&claims[pair[1]].0, &claims[pair[1]].1))
+        {
+            let key = claims[order[0]].1.clone();
+            return Err(IdempotencyError::InProgress {
+                key: IdempotencyKey(key, None),
+            });
+        }
+        let column = |pick: fn(&(String, String, String)) -> &String| -> Vec<&str> {
+            order.iter().map(|index| pick(&claims[*index]).as_str()).collect()
+        };
+        let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_BATCH)
+            .bind(column(|claim| &claim.0))
+            .bind(column(|claim| &claim.1))
+            .bind(column(|claim| &claim.2))
+            .bind(format!("{}ms", lock_wait.as_millis().max(1)))
+            .fetch_all(&mut *conn)
+            .await?;
+        if rows.len() != claims.len() {
+            return Err(IdempotencyError::Database(sqlx::Error::Protocol(format!(
+                "{} claims answered for {} keys",
+                rows.len(),
+                claims.len()
+            ))));
+        }
+        let mut outcomes: Vec<Option<Result<Claim, IdempotencyError>>> = (0..claims.len()).map(|_| None).collect();
+        for (position, row) in order.iter().zip(rows) {
+            let (_, key, fingerprint) = &claims[*position];
+            let outcome = match row {
+                (Some(true), _, _) => Ok(Claim::New),
+                (Some(false), Some(stored), Some(response)) if &stored == fingerprint => Ok(Claim::Replay(response)),
+                (Some(false), _, _) => Err(IdempotencyError::Conflict {
+                    key: IdempotencyKey(key.clone(), None),
+                }),
+                (None, _, _) => {
+                    return Err(IdempotencyError::InProgress {
+                        key: IdempotencyKey(key.clone(), None),
+                    });
+                }
+            };
+            outcomes[*position] = Some(outcome);
+        }
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+}
+
+/// Stores the responses of many claimed keys in one statement: `$1` stored scopes, `$2` keys,
+/// `$3` encoded responses (arrays of one length). Like [`COMPLETE`], a part of a larger
+/// [`Statement`](crate::sql::Statement) that runs after [`IdempotencyStore::claim_batch`] in
+/// its transaction.
+pub const COMPLETE_MANY: &str = "UPDATE idempotency_keys AS k SET response = r.response \
+     FROM unnest($1::text[], $2::text[], $3::bytea[]) AS r(scope, idempotency_key, response) \
+     WHERE k.scope = r.scope AND k.idempotency_key = r.idempotency_key";
+
+/// Removes claims made by [`IdempotencyStore::claim_batch`] in the open transaction for commands
+/// that failed (so the claim leaves no trace, as if the command had rolled back on its own):
+/// `$1` stored scopes, `$2` keys.
+pub const RELEASE_CLAIMS: &str = "DELETE FROM idempotency_keys AS k \
+     USING unnest($1::text[], $2::text[]) AS r(scope, idempotency_key) \
+     WHERE k.scope = r.scope AND k.idempotency_key = r.idempotency_key";
+
+/// A row of [`CLAIM_BATCH`]: claimed (NULL: no row), stored fingerprint, stored response.
+type ClaimRow = (Option<bool>, Option<String>, Option<Vec<u8>>);
+
+/// The claim of many keys in one statement: [`CLAIM`]'s function once per row, in the order of
+/// the arrays (`$1` scopes, `$2` keys, `$3` fingerprints, `$4` lock wait); no function row (the
+/// conflicting row was purged) comes back as NULLs.
+const CLAIM_BATCH: &str = "SELECT c.claimed, c.stored_fingerprint, c.stored_response \
+     FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(scope, idempotency_key, fingerprint, position) \
+     LEFT JOIN LATERAL idempotency_claim(k.scope, k.idempotency_key, k.fingerprint, $4) AS c ON true \
+     ORDER BY k.position";
+
+impl IdempotencyStore {
     /// The authoritative path: claim, run, complete and commit in one transaction. Returns the
     /// response and its encoding (for the cache).
     async fn execute_in_postgres<Resp, E, F>(

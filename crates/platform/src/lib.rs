@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`auth`]: bearer-token authentication and the contract's scopes, one layer for every service;
+//! - [`batch`]: adaptive batching of concurrent work (the group commit of payments' commands);
 //! - [`config`]: settings from environment variables with documented defaults;
 //! - [`telemetry`]: `tracing` + OpenTelemetry, W3C trace-context helpers;
 //! - [`db`]: PostgreSQL pool and migrations (platform tables + the service's own);
@@ -19,6 +20,7 @@
 //! - [`retention`]: the jobs that delete what is no longer needed (outbox, keys, inbox).
 
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod db;
 pub mod error;

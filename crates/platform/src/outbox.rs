@@ -127,6 +127,37 @@ pub fn insert_statement() -> String {
     )
 }
 
+/// The insert of many outbox rows in one statement, `$1..$10` arrays in [`COLUMNS`] order
+/// ([`bind_many`]): a part of a larger [`Statement`](crate::sql::Statement). The rows get their
+/// `id`s (the relay's order per key) in the order of the arrays.
+pub fn insert_many_statement() -> String {
+    format!(
+        "INSERT INTO outbox ({COLUMNS}) SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], \
+         $5::text[], $6::text[], $7::bytea[], $8::text[], $9::text[], $10::timestamptz[])"
+    )
+}
+
+/// Binds `rows` to `query` as the ten arrays of [`insert_many_statement`].
+pub fn bind_many<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    rows: &[OutboxRow<'_>],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn column<T>(rows: &[OutboxRow<'_>], value: impl Fn(&OutboxRow<'_>) -> T) -> Vec<T> {
+        rows.iter().map(value).collect()
+    }
+    query
+        .bind(column(rows, |row| row.event_id))
+        .bind(column(rows, |row| row.event.topic.clone()))
+        .bind(column(rows, |row| row.event.key.clone()))
+        .bind(column(rows, |row| row.event.event_type.clone()))
+        .bind(column(rows, |row| row.source.to_owned()))
+        .bind(column(rows, |row| row.event.payload_type.clone()))
+        .bind(column(rows, |row| row.event.payload.clone()))
+        .bind(column(rows, |row| row.trace.traceparent.clone()))
+        .bind(column(rows, |row| row.trace.tracestate.clone()))
+        .bind(column(rows, |row| row.event.occurred_at))
+}
+
 /// An outbox row about to be written: the event with its id and the trace context of the current
 /// span. [`enqueue`] writes one on its own; a service that folds the insert into a larger statement
 /// (to save round trips while it holds locks) uses [`insert_statement`] (or [`COLUMNS`]) as a part of a
@@ -148,6 +179,18 @@ impl<'a> OutboxRow<'a> {
             source,
             event,
             trace: TraceHeaders::current(),
+        }
+    }
+
+    /// The row of `event` from `source`, with a new id and the trace context `trace` (captured
+    /// where the request's span was current: a command applied by a group commit is written by
+    /// another task, [`crate::batch`]).
+    pub fn traced(source: &'a str, event: &'a OutboxEvent, trace: TraceHeaders) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            source,
+            event,
+            trace,
         }
     }
 

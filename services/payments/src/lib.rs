@@ -41,7 +41,14 @@ impl Service for Payments {
     type Config = PaymentsConfig;
 
     fn config(platform: PlatformConfig) -> PaymentsConfig {
-        PaymentsConfig { platform }
+        PaymentsConfig {
+            platform,
+            group_commit: config::GroupCommitSettings::default(),
+        }
+    }
+
+    fn config_from_env() -> fintech_platform::Result<PaymentsConfig> {
+        PaymentsConfig::from_env()
     }
 
     /// Runs payments on `listener` until `shutdown` fires: the gRPC service and the outbox relays.
@@ -51,6 +58,7 @@ impl Service for Payments {
             kit.pool().clone(),
             kit.idempotency()?,
             events::Topics::with_prefix(&config.platform.topic_prefix),
+            config.group_commit,
         ));
         kit.grpc(PaymentsServiceServer::new(service))
             .serve(listener, shutdown)

@@ -4,26 +4,35 @@
 //! ([`write_change`]). Reads run on a pooled connection. The gRPC layer only decodes, calls these
 //! and encodes; the answer of a command is its protobuf response because that is what a retry
 //! with the same idempotency key gets back, byte for byte.
+//!
+//! `CreateOrder` and `CreateTransaction` go through the group commit ([`group`], ADR 0030) when
+//! it is on: concurrent ones share a transaction, each failing alone; whatever a group cannot
+//! decide runs here, one transaction per command.
 
-use fintech_platform::idempotency::{IdempotencyKey, IdempotencyStore, ResponseSlot};
+pub mod group;
+
+use fintech_platform::idempotency::{IdempotencyKey, IdempotencyStore, ResponseSlot, fingerprint};
 use fintech_platform::outbox::{OutboxEvent, OutboxRow};
 use fintech_proto::payments as pb;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::config::GroupCommitSettings;
 use crate::domain::{
     self, CreateOrder, CreateTransaction, Order, OrderChanges, PageRequest, PaymentsError, Transaction,
     TransactionStatus,
 };
 use crate::events::{self, Change, SOURCE, Topics};
 use crate::storage;
+use group::{Command, GroupCommit, Outcome};
 
-/// The payments application: its pool, idempotency store and topics.
+/// The payments application: its pool, idempotency store and topics, and the group commit.
 #[derive(Debug, Clone)]
 pub struct PaymentsApp {
     pool: PgPool,
     idempotency: IdempotencyStore,
     topics: Topics,
+    group: Option<GroupCommit>,
 }
 
 fn scope(method: &str) -> String {
@@ -31,13 +40,65 @@ fn scope(method: &str) -> String {
 }
 
 impl PaymentsApp {
-    /// The application over `pool`, publishing on `topics`.
-    pub fn new(pool: PgPool, idempotency: IdempotencyStore, topics: Topics) -> Self {
+    /// The application over `pool`, publishing on `topics`; with `group_commit` on, its workers
+    /// start (on the current Tokio runtime).
+    pub fn new(pool: PgPool, idempotency: IdempotencyStore, topics: Topics, group_commit: GroupCommitSettings) -> Self {
+        let group = group_commit
+            .enabled
+            .then(|| GroupCommit::start(pool.clone(), idempotency.clone(), topics.clone(), group_commit));
         Self {
             pool,
             idempotency,
             topics,
+            group,
         }
+    }
+
+    /// Runs a create command through the group commit when it is on, else (and when the group
+    /// answers [`Outcome::Alone`]) by itself with `alone`, under the idempotency protocol either
+    /// way (the Redis fast path included).
+    async fn create<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        method: &str,
+        key: Option<IdempotencyKey>,
+        request: &Req,
+        command: Command,
+        alone: impl AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, PaymentsError>,
+    ) -> Result<Resp, PaymentsError> {
+        let scope = scope(method);
+        let Some(group) = &self.group else {
+            return self
+                .idempotency
+                .execute_folded(&self.pool, &scope, key, request, alone)
+                .await;
+        };
+        let Some(key) = key else {
+            return match group.submit(command, None).await {
+                Outcome::Done(encoded) => decode(&encoded?),
+                Outcome::Alone => {
+                    self.idempotency
+                        .execute_folded(&self.pool, &scope, None, request, alone)
+                        .await
+                }
+            };
+        };
+        let fingerprint = fingerprint(request);
+        let claim = (key.stored_scope(&scope), key.as_str().to_owned(), fingerprint.clone());
+        self.idempotency
+            .guarded(&scope, &key, &fingerprint, async || {
+                match group.submit(command, Some(claim)).await {
+                    Outcome::Done(encoded) => {
+                        let encoded = encoded?;
+                        Ok((decode(&encoded)?, encoded))
+                    }
+                    Outcome::Alone => {
+                        self.idempotency
+                            .execute_folded_in_postgres(&self.pool, &scope, &key, &fingerprint, alone)
+                            .await
+                    }
+                }
+            })
+            .await
     }
 
     async fn read<T>(
@@ -63,17 +124,22 @@ impl PaymentsApp {
         };
         let order = command.into_order(domain::now())?;
         let response = self
-            .idempotency
-            .execute_folded(&self.pool, &scope("CreateOrder"), key, request, async |conn, slot| {
-                let response = pb::CreateOrderResponse {
-                    order: Some(pb::Order::from(&order)),
-                };
-                let event = events::order_event(&self.topics, &order, Change::Created);
-                write_change(conn, slot, &event, response, async |conn, effects| {
-                    storage::insert_order(conn, &order, effects).await
-                })
-                .await
-            })
+            .create(
+                "CreateOrder",
+                key,
+                request,
+                Command::CreateOrder(order.clone()),
+                async |conn, slot| {
+                    let response = pb::CreateOrderResponse {
+                        order: Some(pb::Order::from(&order)),
+                    };
+                    let event = events::order_event(&self.topics, &order, Change::Created);
+                    write_change(conn, slot, &event, response, async |conn, effects| {
+                        storage::insert_order(conn, &order, effects).await
+                    })
+                    .await
+                },
+            )
             .await?;
         tracing::info!(
             order_id = response.order.as_ref().map(|order| order.order_id.as_str()),
@@ -149,29 +215,27 @@ impl PaymentsApp {
         owner: Option<&str>,
     ) -> Result<pb::CreateTransactionResponse, PaymentsError> {
         let command = CreateTransaction::parse(&request.order_id, request.amount, &request.currency, status)?;
+        let grouped = Command::CreateTransaction {
+            command: command.clone(),
+            order_id: request.order_id.clone(),
+            owner: owner.map(str::to_owned),
+        };
         let response = self
-            .idempotency
-            .execute_folded(
-                &self.pool,
-                &scope("CreateTransaction"),
-                key,
-                request,
-                async |conn, slot| {
-                    let order = storage::get_order(conn, command.order_id, true)
-                        .await?
-                        .filter(|order| owns(owner, &order.customer_id))
-                        .ok_or_else(|| PaymentsError::OrderNotFound(request.order_id.clone()))?;
-                    let transaction = command.on_order(&order, domain::now())?;
-                    let response = pb::CreateTransactionResponse {
-                        transaction: Some(pb::Transaction::from(&transaction)),
-                    };
-                    let event = events::transaction_event(&self.topics, &transaction, Change::Created);
-                    write_change(conn, slot, &event, response, async |conn, effects| {
-                        storage::insert_transaction(conn, &transaction, effects).await
-                    })
-                    .await
-                },
-            )
+            .create("CreateTransaction", key, request, grouped, async |conn, slot| {
+                let order = storage::get_order(conn, command.order_id, true)
+                    .await?
+                    .filter(|order| owns(owner, &order.customer_id))
+                    .ok_or_else(|| PaymentsError::OrderNotFound(request.order_id.clone()))?;
+                let transaction = command.clone().on_order(&order, domain::now())?;
+                let response = pb::CreateTransactionResponse {
+                    transaction: Some(pb::Transaction::from(&transaction)),
+                };
+                let event = events::transaction_event(&self.topics, &transaction, Change::Created);
+                write_change(conn, slot, &event, response, async |conn, effects| {
+                    storage::insert_transaction(conn, &transaction, effects).await
+                })
+                .await
+            })
             .await?;
         tracing::info!(
             transaction_id = response
@@ -241,6 +305,11 @@ impl PaymentsApp {
 /// `customer_id`.
 pub fn owns(owner: Option<&str>, customer_id: &str) -> bool {
     owner.is_none_or(|owner| owner == customer_id)
+}
+
+/// A response a group committed (or replayed), decoded.
+fn decode<Resp: prost::Message + Default>(encoded: &[u8]) -> Result<Resp, PaymentsError> {
+    Resp::decode(encoded).map_err(|error| PaymentsError::Internal(anyhow::Error::from(error).context("group response")))
 }
 
 /// Writes a command's change with `write`: its rows, the outbox row of `event` and (with a key)

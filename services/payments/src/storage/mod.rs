@@ -339,3 +339,133 @@ pub async fn list_transactions(
     });
     Ok((transactions, next))
 }
+
+/// Reads and locks the orders `order_ids` (those that exist), in id order so that concurrent
+/// group transactions take the row locks in one order and never deadlock on each other.
+#[tracing::instrument(skip_all, fields(orders = order_ids.len()))]
+pub async fn lock_orders(conn: &mut PgConnection, order_ids: &[Uuid]) -> anyhow::Result<Vec<Order>> {
+    if order_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
+    ))
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await
+    .context("lock orders")?;
+    rows.iter().map(order_from_row).collect()
+}
+
+/// What one group transaction writes (ADR 0030): new orders and transactions, their outbox rows
+/// (in the order given: the relay's order per key), the stored responses of keyed commands, and
+/// the release of the claims of commands that failed.
+#[derive(Debug, Default)]
+pub struct GroupWrites<'a> {
+    /// New orders.
+    pub orders: Vec<&'a Order>,
+    /// New transactions.
+    pub transactions: Vec<Transaction>,
+    /// One outbox row per order and transaction.
+    pub outbox: Vec<OutboxRow<'a>>,
+    /// `(stored scope, key, encoded response)` of the keyed commands that succeeded.
+    pub responses: Vec<(String, String, Vec<u8>)>,
+    /// `(stored scope, key)` of keyed commands that failed after their claim.
+    pub released: Vec<(String, String)>,
+}
+
+/// The statement of [`write_group`]: every write of a group transaction as data-modifying CTEs
+/// in one round trip. Parameters: the order arrays (`ORDER_COLUMNS` order), the transaction
+/// arrays, the outbox arrays, the responses, the released claims.
+pub fn group_statement() -> String {
+    Statement::new()
+        .text("WITH new_orders AS (INSERT INTO orders (")
+        .text(ORDER_COLUMNS)
+        .text(") ")
+        .part(
+            "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], \
+             $7::timestamptz[], $8::timestamptz[], $9::bigint[])",
+        )
+        .text(" RETURNING 1), new_transactions AS (INSERT INTO transactions (")
+        .text(TRANSACTION_COLUMNS)
+        .text(") ")
+        .part(
+            "SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
+             $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bigint[])",
+        )
+        .text(" RETURNING 1), queued AS (")
+        .part(&outbox::insert_many_statement())
+        .text(" RETURNING 1), completed AS (")
+        .part(idempotency::COMPLETE_MANY)
+        .text(" RETURNING 1), released AS (")
+        .part(idempotency::RELEASE_CLAIMS)
+        .text(
+            " RETURNING 1) SELECT (SELECT count(*) FROM new_orders) AS orders, \
+             (SELECT count(*) FROM new_transactions) AS transactions, (SELECT count(*) FROM queued) AS queued, \
+             (SELECT count(*) FROM completed) AS completed, (SELECT count(*) FROM released) AS released",
+        )
+        .into_sql()
+}
+
+/// Writes everything of a group transaction in one statement ([`group_statement`]); an error
+/// (and the caller rolls back) unless every row was written and every response and release found
+/// its claim.
+#[tracing::instrument(skip_all, fields(orders = writes.orders.len(), transactions = writes.transactions.len()))]
+pub async fn write_group(conn: &mut PgConnection, writes: &GroupWrites<'_>) -> anyhow::Result<()> {
+    fn column<T, U>(items: &[T], value: impl Fn(&T) -> U) -> Vec<U> {
+        items.iter().map(value).collect()
+    }
+    let sql = group_statement();
+    let orders = &writes.orders;
+    let transactions = &writes.transactions;
+    let query = sqlx::query(&sql)
+        .bind(column(orders, |order| order.order_id))
+        .bind(column(orders, |order| order.customer_id.clone()))
+        .bind(column(orders, |order| order.country.as_str().to_owned()))
+        .bind(column(orders, |order| order.currency.as_str().to_owned()))
+        .bind(column(orders, |order| order.amount))
+        .bind(column(orders, |order| order.product_type.clone()))
+        .bind(column(orders, |order| order.created_at))
+        .bind(column(orders, |order| order.updated_at))
+        .bind(column(orders, |order| order.version))
+        .bind(column(transactions, |transaction| transaction.transaction_id))
+        .bind(column(transactions, |transaction| transaction.order_id))
+        .bind(column(transactions, |transaction| transaction.customer_id.clone()))
+        .bind(column(transactions, |transaction| transaction.amount))
+        .bind(column(transactions, |transaction| {
+            transaction.currency.as_str().to_owned()
+        }))
+        .bind(column(transactions, |transaction| {
+            transaction.status.as_str().to_owned()
+        }))
+        .bind(column(transactions, |transaction| transaction.created_at))
+        .bind(column(transactions, |transaction| transaction.updated_at))
+        .bind(column(transactions, |transaction| transaction.version))
+        .bind(column(transactions, |transaction| transaction.order_version));
+    let query = outbox::bind_many(query, &writes.outbox)
+        .bind(column(&writes.responses, |response| response.0.clone()))
+        .bind(column(&writes.responses, |response| response.1.clone()))
+        .bind(column(&writes.responses, |response| response.2.clone()))
+        .bind(column(&writes.released, |released| released.0.clone()))
+        .bind(column(&writes.released, |released| released.1.clone()));
+    let row = query.fetch_one(conn).await.context("write the group's rows")?;
+    let counts = (
+        row.try_get::<i64, _>("orders")?,
+        row.try_get::<i64, _>("transactions")?,
+        row.try_get::<i64, _>("queued")?,
+        row.try_get::<i64, _>("completed")?,
+        row.try_get::<i64, _>("released")?,
+    );
+    let expected = (
+        orders.len() as i64,
+        transactions.len() as i64,
+        writes.outbox.len() as i64,
+        writes.responses.len() as i64,
+        writes.released.len() as i64,
+    );
+    anyhow::ensure!(
+        counts == expected,
+        "group write: (orders, transactions, outbox, responses, released) {counts:?}, expected {expected:?}"
+    );
+    Ok(())
+}
