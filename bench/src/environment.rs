@@ -79,6 +79,8 @@ pub struct RunContext<'a> {
     pub work_dir: PathBuf,
     /// CPU and RSS sampling.
     pub sampler: Sampler,
+    /// PostgreSQL's connections and the services' pool per scenario (`headroom`).
+    pub connections: crate::suite::Connections,
 }
 
 /// A running service of an environment.
@@ -385,6 +387,9 @@ impl Environment {
         let database_url = context.admin.url_for(&database);
         let mut env = self.service_env.clone();
         env.push(("DATABASE_URL", database_url.clone()));
+        // The pool the headroom check chose for this scenario (the default, or smaller to fit).
+        let pool = context.connections.plan.pool_for(&self.tag);
+        env.push(("DATABASE_MAX_CONNECTIONS", pool.to_string()));
         env.extend(extra.iter().map(|(variable, value)| (*variable, (*value).to_owned())));
         let process = ServiceProcess::spawn(name, binary, &env, &self.dir.join(format!("{name}.log")))?;
         context.sampler.track(name, Selector::Pid(process.pid()));

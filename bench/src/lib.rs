@@ -10,6 +10,8 @@
 //! - [`suite`]: the scenario order, their results and the targets, once per broker (`--broker`);
 //! - [`compare`]: the runs of several brokers side by side (`comparison.md`);
 //! - [`environment`]: a fresh environment per scenario (databases, broker, topics, services);
+//! - [`headroom`]: PostgreSQL's free connections against what each scenario needs, before any
+//!   starts (fit, smaller service pools, or a refusal that says what to change);
 //! - [`load`]: gRPC connections, idempotency keys and the closed loop;
 //! - [`payments`]: closed-loop gRPC load on payments (CreateOrder + CreateTransaction);
 //! - [`e2e`]: open-loop load and the time until the `TaxedTransaction` exists;
@@ -34,6 +36,7 @@ pub mod compare;
 pub mod db;
 pub mod e2e;
 pub mod environment;
+pub mod headroom;
 pub mod kafka;
 pub mod ledger;
 pub mod load;

@@ -49,6 +49,10 @@ pub struct Report {
     pub wall_seconds: f64,
     /// Where it ran.
     pub machine: Machine,
+    /// PostgreSQL's connections when the run started and what the run needed of them (absent
+    /// before the check existed).
+    #[serde(default)]
+    pub connections: Option<crate::headroom::ConnectionBudget>,
     /// How it ran.
     pub config: RunConfig,
     /// Payments scenario with its pgbench baseline, one entry per concurrency.
@@ -624,6 +628,9 @@ impl Report {
             machine.rustc
         );
 
+        if let Some(connections) = &self.connections {
+            let _ = writeln!(out, "PostgreSQL connections: {}\n", connections.summary);
+        }
         out.push_str("## Targets\n\n| target | measured | verdict |\n|---|---|---|\n");
         for Target { target, measured, met } in &self.targets {
             let _ = writeln!(out, "| {target} | {measured} | {} |", verdict(*met));

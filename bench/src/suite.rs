@@ -34,7 +34,7 @@ use crate::report::{
     self, BacklogSummary, Baseline, EndToEnd, KafkaBaselines, LogSummary, Machine, Measured, PaymentsLevel, Report,
     RunConfig, Target, joined,
 };
-use crate::{e2e, kafka, ledger, notifications, payments, transfers};
+use crate::{e2e, headroom, kafka, ledger, notifications, payments, transfers};
 
 /// The scenarios `--scenarios` can pick.
 pub const SCENARIOS: [&str; 6] = ["payments", "kafka", "e2e", "ledger", "transfers", "notifications"];
@@ -317,6 +317,9 @@ pub async fn run(options: Options) -> anyhow::Result<(Report, Vec<String>)> {
         Err(error) => say(format!("    could not look for stale databases: {error:#}")),
     }
 
+    // Before any scenario: does PostgreSQL have the connections every scenario needs?
+    let (footprints, connections) = check_headroom(&options).await?;
+
     let sampler = Sampler::start();
     sampler.track("postgres", Selector::Comm("postgres".to_owned()));
     sampler.track("pgbench", Selector::Comm("pgbench".to_owned()));
@@ -327,6 +330,7 @@ pub async fn run(options: Options) -> anyhow::Result<(Report, Vec<String>)> {
         run_id: run_id.clone(),
         work_dir,
         sampler,
+        connections: connections.clone(),
     };
     let mut report = Report {
         schema_version: report::SCHEMA_VERSION,
@@ -337,7 +341,21 @@ pub async fn run(options: Options) -> anyhow::Result<(Report, Vec<String>)> {
         machine: machine(&admin, &options).await,
         ..Report::default()
     };
+    report.connections = Some(headroom::ConnectionBudget::of(
+        &connections.plan,
+        &connections.capacity,
+        &footprints,
+    ));
     let mut state = SuiteState::default();
+    if let headroom::Verdict::Shrink(pools) = &connections.plan.verdict {
+        state.notes.push(format!(
+            "the services' pools were shrunk from {} to fit PostgreSQL's free connections ({} free) in: {} \
+             (PostgreSQL connections, above)",
+            connections.plan.requested,
+            connections.plan.free,
+            headroom::shrunk_text(pools, &footprints),
+        ));
+    }
     if report.machine.load_average_at_start > 0.7 {
         state.notes.push(format!(
             "load average was {:.2} when the suite started: other work on this {}-core machine competed with the benchmark",
@@ -420,7 +438,7 @@ pub async fn run(options: Options) -> anyhow::Result<(Report, Vec<String>)> {
         }
     }
 
-    report.config = run_config(&options, &state, &admin);
+    report.config = run_config(&options, &state, &admin, &connections.plan, &footprints);
     report.targets = targets(&report, &state.peak_rss_mb);
     report.broker_data_mb = state.broker_data_mb;
     if !options.shared_broker {
@@ -763,7 +781,7 @@ async fn ledger_scenario(context: &RunContext<'_>, state: &mut SuiteState) -> an
 }
 
 /// Why the transfers scenario cannot run, if it cannot.
-fn transfers_missing(options: &Options) -> Option<String> {
+pub(crate) fn transfers_missing(options: &Options) -> Option<String> {
     if options.ledger_bin.is_none() {
         return Some(format!(
             "it needs the ledger: {}",
@@ -1020,7 +1038,58 @@ fn check(problems: &mut Vec<String>, what: &str, measured: &Measured) {
     }
 }
 
-fn run_config(options: &Options, state: &SuiteState, admin: &Admin) -> RunConfig {
+/// The PostgreSQL connection check of a run (`headroom`): what the server has and the pools each
+/// scenario's services get.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    /// `max_connections`, the reserved ones and what others held when the run started.
+    pub capacity: headroom::Capacity,
+    /// The decision and the pool per scenario.
+    pub plan: headroom::Plan,
+}
+
+/// Reads what PostgreSQL has free and fits every selected scenario into it, shrinking the
+/// services' pools where needed; fails with what to change when something cannot fit. Says what
+/// it decided in the run log.
+async fn check_headroom(options: &Options) -> anyhow::Result<(Vec<headroom::Footprint>, Connections)> {
+    let (requested, fixed) = headroom::requested_pool(std::env::var("DATABASE_MAX_CONNECTIONS").ok().as_deref())?;
+    let relays: usize = match std::env::var("OUTBOX_RELAYS") {
+        Ok(value) if !value.trim().is_empty() => value.trim().parse().context("OUTBOX_RELAYS: a number")?,
+        _ => 1,
+    };
+    let wake = match std::env::var("OUTBOX_WAKE_ON_COMMIT") {
+        Ok(value) if !value.trim().is_empty() => {
+            value.trim().parse().context("OUTBOX_WAKE_ON_COMMIT: true or false")?
+        }
+        _ => true,
+    };
+    let footprints = headroom::footprints(options, relays, wake);
+    let capacity = headroom::Capacity::read(&options.database_url).await?;
+    let plan = headroom::plan(&footprints, requested, fixed, capacity.free());
+    if let headroom::Verdict::Refuse(_) = plan.verdict {
+        let levels = &options.levels;
+        anyhow::bail!(headroom::refusal(
+            &plan,
+            &capacity,
+            &footprints,
+            levels,
+            &options.database_url
+        ));
+    }
+    say(format!(
+        "    PostgreSQL connections: {}",
+        headroom::summary(&plan, &capacity, &footprints)
+    ));
+    Ok((footprints, Connections { capacity, plan }))
+}
+
+fn run_config(
+    options: &Options,
+    state: &SuiteState,
+    admin: &Admin,
+    plan: &headroom::Plan,
+    footprints: &[headroom::Footprint],
+) -> RunConfig {
     let mut service_env: BTreeMap<String, String> = (state.service_env.iter())
         .map(|(name, value)| ((*name).to_owned(), redact(value)))
         .collect();
@@ -1034,9 +1103,22 @@ fn run_config(options: &Options, state: &SuiteState, admin: &Admin) -> RunConfig
     let database_url = admin.url_for("fintech_bench_<run>_<scenario>_<service>");
     service_env.insert("DATABASE_URL".to_owned(), redact(&database_url));
     // Settings the services read that shape the results: inherited when set, else the default.
+    // The pool the benchmark passes (DATABASE_MAX_CONNECTIONS), and where it had to be smaller.
+    let mut pool = if plan.fixed {
+        plan.requested.to_string()
+    } else {
+        format!("{} (default)", plan.requested)
+    };
+    if let headroom::Verdict::Shrink(pools) = &plan.verdict {
+        pool.push_str(&format!(
+            "; shrunk to fit PostgreSQL's free connections in {}",
+            headroom::shrunk_text(pools, footprints)
+        ));
+    }
+    service_env.insert("DATABASE_MAX_CONNECTIONS".to_owned(), pool);
     for (name, default) in [
-        ("DATABASE_MAX_CONNECTIONS", "16"),
         ("OUTBOX_RELAYS", "1"),
+        ("OUTBOX_WAKE_ON_COMMIT", "true"),
         ("OUTBOX_BATCH_SIZE", "256"),
         ("OUTBOX_POLL_INTERVAL_MS", "100"),
         ("OUTBOX_GATHER_MS", "0"),

@@ -12,6 +12,11 @@ DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 STOP_TIMEOUT="${STOP_TIMEOUT:-15}"          # seconds between SIGTERM and SIGKILL in `down`
+# Pool size of every service (crates/platform/src/config.rs). Each service process holds up to this many
+# connections + 2 outside the pool (its outbox relay's liveness lock and LISTEN connection), so the six services
+# hold up to 6 x (16 + 2) = 108 of PostgreSQL's max_connections (100 by default; idle, they hold about 50).
+# Lower it to leave room for other clients, e.g. the benchmark: DATABASE_MAX_CONNECTIONS=4 deploy/local/up
+DATABASE_MAX_CONNECTIONS="${DATABASE_MAX_CONNECTIONS:-16}"
 export DATABASE_URL KAFKA_BOOTSTRAP_SERVERS REDIS_URL
 
 # Pinned broker used locally and in CI (see docs: DESIGN.md "Running it").

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `GRPC_LISTEN_ADDR` | per service (payments `127.0.0.1:50051`, …) | gRPC listen address |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/fintech_<service>` | the service's own database |
-//! | `DATABASE_MAX_CONNECTIONS` | `16` | pool size |
+//! | `DATABASE_MAX_CONNECTIONS` | `16` | pool size. A process holds up to this many connections + 1 per outbox relay (its liveness lock) + 1 more per relay when `OUTBOX_WAKE_ON_COMMIT` (its `LISTEN`): 16 + 2 = 18 with the defaults. Size PostgreSQL's `max_connections` for the sum over every process (README, "Connections to PostgreSQL") |
 //! | `DATABASE_STATEMENT_TIMEOUT_MS` | `30000` | `statement_timeout` of every pooled session: longest one statement may run (1-3600000); a request's `grpc-timeout` lowers it for that request's transaction |
 //! | `DATABASE_LOCK_TIMEOUT_MS` | `10000` | `lock_timeout`: longest one statement waits for a row or advisory lock (1-3600000; a wait that runs out answers ABORTED) |
 //! | `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS` | `60000` | `idle_in_transaction_session_timeout`: longest a session may sit idle in an open transaction before PostgreSQL ends it (1-3600000) |
