@@ -1117,6 +1117,9 @@ fn run_config(
     }
     service_env.insert("DATABASE_MAX_CONNECTIONS".to_owned(), pool);
     for (name, default) in [
+        ("PAYMENTS_GROUP_COMMIT", "true"),
+        ("PAYMENTS_GROUP_COMMIT_WORKERS", "4"),
+        ("PAYMENTS_GROUP_COMMIT_MAX_BATCH", "64"),
         ("OUTBOX_RELAYS", "1"),
         ("OUTBOX_WAKE_ON_COMMIT", "true"),
         ("OUTBOX_BATCH_SIZE", "256"),

@@ -1,11 +1,12 @@
 //! The notifications consumer: any platform topic, its payload rendered generically through the
 //! descriptor set (`ce_dataschema` names the message) into the webhook body. A payload that
 //! renders is a JSON object; the body is valid JSON naming the public event type and stays within
-//! `MAX_BODY` (or leaves the entity out and says so).
+//! `MAX_BODY` (or leaves the entity out and says so); a subject that reaches storage holds no NUL
+//! and no more than `MAX_SUBJECT` bytes.
 #![no_main]
 
 use fintech_notifications::domain::MAX_BODY;
-use fintech_notifications::sources::{body, input_topics, payload_json, public_type};
+use fintech_notifications::sources::{MAX_SUBJECT, body, input_topics, payload_json, public_type, subject};
 use fintech_proto::topics::Topic;
 use libfuzzer_sys::fuzz_target;
 
@@ -31,11 +32,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(data.is_object(), "{data}");
-    let subject = metadata
-        .subject
-        .clone()
-        .or_else(|| event.key_str().map(str::to_owned))
-        .unwrap_or_default();
+    let Ok(subject) = subject(metadata.subject.as_deref(), event.key_str()) else {
+        return;
+    };
+    assert!(!subject.contains('\0') && subject.len() <= MAX_SUBJECT, "{subject:?}");
     let text = body(event_type, metadata.time, &subject, data.clone());
     let parsed: serde_json::Value = serde_json::from_str(&text).expect("the body is JSON");
     assert_eq!(parsed["type"], event_type);

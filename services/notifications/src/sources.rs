@@ -137,6 +137,31 @@ pub fn body(
 }
 
 /// Stores each consumed event and creates its messages, in the inbox transaction.
+/// Longest subject (an entity id) notifications stores.
+pub const MAX_SUBJECT: usize = 256;
+
+/// The subject of an event: `ce_subject`, else the record key, else empty; refused (a permanent
+/// failure: the record is dead-lettered with this reason) when it holds a control character such
+/// as NUL (which PostgreSQL text cannot store) or is longer than [`MAX_SUBJECT`] bytes. The
+/// platform's producers only ever send entity ids here.
+pub fn subject(ce_subject: Option<&str>, key: Option<&str>) -> Result<String, String> {
+    let (subject, field) = match (ce_subject, key) {
+        (Some(subject), _) => (subject, "ce_subject"),
+        (None, Some(key)) => (key, "the record key"),
+        (None, None) => return Ok(String::new()),
+    };
+    if subject.len() > MAX_SUBJECT {
+        return Err(format!(
+            "{field} is {} bytes long, more than {MAX_SUBJECT}",
+            subject.len()
+        ));
+    }
+    if let Some(bad) = subject.chars().find(|character| character.is_control()) {
+        return Err(format!("{field} holds the control character {:?}", bad));
+    }
+    Ok(subject.to_owned())
+}
+
 #[derive(Debug, Clone)]
 pub struct SourceHandler {
     topics: TopicNames,
@@ -158,11 +183,7 @@ impl TransactionalHandler for SourceHandler {
             .as_deref()
             .ok_or_else(|| HandlerError::permanent("record has no value"))?;
         let data = payload_json(&metadata.payload_type, payload).map_err(HandlerError::permanent)?;
-        let subject = metadata
-            .subject
-            .clone()
-            .or_else(|| event.key_str().map(str::to_owned))
-            .unwrap_or_default();
+        let subject = subject(metadata.subject.as_deref(), event.key_str()).map_err(HandlerError::permanent)?;
         let body = body(event_type, metadata.time, &subject, data);
         let event_id = uuid::Uuid::new_v4();
         let (sequence, messages) =
@@ -215,6 +236,20 @@ impl EventHandler for Sources {
 mod tests {
     use super::*;
     use prost::Message as _;
+
+    #[test]
+    fn the_subject_is_ce_subject_else_the_key_and_refuses_control_characters_and_overlong_ids() {
+        assert_eq!(subject(Some("order-1"), Some("key-1")), Ok("order-1".to_owned()));
+        assert_eq!(subject(None, Some("key-1")), Ok("key-1".to_owned()));
+        assert_eq!(subject(None, None), Ok(String::new()));
+        let nul = subject(Some("order\u{0}1"), None).expect_err("NUL");
+        assert!(nul.contains("ce_subject") && nul.contains("control"), "{nul}");
+        let key = subject(None, Some("key\n1")).expect_err("newline");
+        assert!(key.contains("record key"), "{key}");
+        let long = "x".repeat(MAX_SUBJECT + 1);
+        assert!(subject(Some(&long), None).expect_err("too long").contains("257 bytes"));
+        assert!(subject(Some(&"x".repeat(MAX_SUBJECT)), None).is_ok());
+    }
 
     #[test]
     fn every_existing_source_topic_is_subscribed_and_only_those() {

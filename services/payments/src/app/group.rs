@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fintech_platform::batch::Batcher;
-use fintech_platform::idempotency::{Claim, IdempotencyError, IdempotencyStore};
+use fintech_platform::idempotency::{Claim, IdempotencyError, IdempotencyKey, IdempotencyStore, ResponseSlot};
 use fintech_platform::outbox::{OutboxEvent, OutboxRow};
 use fintech_platform::telemetry::TraceHeaders;
 use fintech_proto::payments as pb;
@@ -64,8 +64,27 @@ pub enum Command {
     },
 }
 
-/// The idempotency claim of a command: stored scope, key, request fingerprint.
-pub type ClaimOf = (String, String, String);
+/// The idempotency key of a command, with its method's scope and the request's fingerprint.
+#[derive(Debug, Clone)]
+pub struct ClaimOf {
+    /// The method's scope (`/fintech.payments.v1.PaymentsService/CreateOrder`).
+    pub scope: String,
+    /// The key, bound to its caller.
+    pub key: IdempotencyKey,
+    /// The request's fingerprint.
+    pub fingerprint: String,
+}
+
+impl ClaimOf {
+    /// `(stored scope, key, fingerprint)`, as [`IdempotencyStore::claim_batch`] takes it.
+    fn stored(&self) -> (String, String, String) {
+        (
+            self.key.stored_scope(&self.scope),
+            self.key.as_str().to_owned(),
+            self.fingerprint.clone(),
+        )
+    }
+}
 
 /// What a command gets back from its group.
 #[derive(Debug)]
@@ -157,10 +176,10 @@ impl Writer {
         let mut group = Vec::with_capacity(jobs.len());
         let mut later = Vec::new();
         for job in jobs {
-            let duplicate = job
-                .claim
-                .as_ref()
-                .is_some_and(|(scope, key, _)| !seen.insert((scope.clone(), key.clone())));
+            let duplicate = job.claim.as_ref().is_some_and(|claim| {
+                let (scope, key, _) = claim.stored();
+                !seen.insert((scope, key))
+            });
             if duplicate {
                 later.push(job);
             } else if job.deadline.is_some_and(|deadline| deadline <= Instant::now()) {
@@ -169,10 +188,91 @@ impl Writer {
                 group.push(job);
             }
         }
-        if !group.is_empty() {
+        if group.len() == 1 {
+            // A group of one: the single path's statements, cheaper for one command than the
+            // group's array statements; the worker stays busy meanwhile, so what arrives queues.
+            if let Some(job) = group.pop() {
+                let outcome = self.alone(&job).await;
+                let _ = job.answer.send(Outcome::Done(outcome));
+            }
+        } else if !group.is_empty() {
             self.commit(group).await;
         }
         answer_all(later, |_| Outcome::Alone);
+    }
+
+    /// Runs one command on the single path (its own transaction, its key claimed alone), with
+    /// its request's deadline; the encoded response.
+    async fn alone(&self, job: &Job) -> Result<Vec<u8>, PaymentsError> {
+        let run = async {
+            match &job.command {
+                Command::CreateOrder(order) => {
+                    let body = async |conn: &mut PgConnection, slot| {
+                        let response = pb::CreateOrderResponse {
+                            order: Some(pb::Order::from(order)),
+                        };
+                        let event = events::order_event(&self.topics, order, Change::Created);
+                        let row = OutboxRow::traced(SOURCE, &event, job.trace.clone());
+                        super::write_row(conn, slot, row, response, async |conn, effects| {
+                            storage::insert_order(conn, order, effects).await
+                        })
+                        .await
+                    };
+                    self.run_alone(job, body).await
+                }
+                Command::CreateTransaction {
+                    command,
+                    order_id,
+                    owner,
+                } => {
+                    let body = async |conn: &mut PgConnection, slot| {
+                        let order = storage::get_order(conn, command.order_id, true)
+                            .await?
+                            .filter(|order| super::owns(owner.as_deref(), &order.customer_id))
+                            .ok_or_else(|| PaymentsError::OrderNotFound(order_id.clone()))?;
+                        let transaction = command.clone().on_order(&order, domain::now())?;
+                        let response = pb::CreateTransactionResponse {
+                            transaction: Some(pb::Transaction::from(&transaction)),
+                        };
+                        let event = events::transaction_event(&self.topics, &transaction, Change::Created);
+                        let row = OutboxRow::traced(SOURCE, &event, job.trace.clone());
+                        super::write_row(conn, slot, row, response, async |conn, effects| {
+                            storage::insert_transaction(conn, &transaction, effects).await
+                        })
+                        .await
+                    };
+                    self.run_alone(job, body).await
+                }
+            }
+        };
+        match job.deadline {
+            Some(deadline) => fintech_platform::grpc::deadline::with_deadline(deadline, run).await,
+            None => run.await,
+        }
+    }
+
+    /// `body` in a transaction of its own, under the job's key when it has one.
+    async fn run_alone<Resp: Message + Default>(
+        &self,
+        job: &Job,
+        body: impl AsyncFnOnce(&mut PgConnection, Option<ResponseSlot>) -> Result<Resp, PaymentsError>,
+    ) -> Result<Vec<u8>, PaymentsError> {
+        match &job.claim {
+            Some(claim) => self
+                .idempotency
+                .execute_folded_in_postgres(&self.pool, &claim.scope, &claim.key, &claim.fingerprint, body)
+                .await
+                .map(|(_, encoded)| encoded),
+            None => {
+                let mut transaction = self.pool.begin().await.map_err(IdempotencyError::Database)?;
+                fintech_platform::db::bound_by_deadline(&mut transaction)
+                    .await
+                    .map_err(IdempotencyError::Database)?;
+                let response = body(&mut transaction, None).await?;
+                transaction.commit().await.map_err(IdempotencyError::Database)?;
+                Ok(response.encode_to_vec())
+            }
+        }
     }
 
     /// Runs one group transaction; answers every job of `group`.
@@ -224,20 +324,31 @@ impl Writer {
     /// commands to answer after the commit (the others are answered already), or, on any
     /// database error, the commands not answered yet with the error (the caller rolls back).
     async fn write(&self, conn: &mut PgConnection, group: Vec<Job>) -> Result<Vec<Pending>, (Vec<Job>, anyhow::Error)> {
-        // The group waits no longer than its most urgent command may.
-        let nearest = group.iter().filter_map(|job| job.deadline).min();
-        if let Some(deadline) = nearest {
-            let millis = deadline.saturating_duration_since(Instant::now()).as_millis().max(1);
-            if let Err(error) = sqlx::query(&format!("SET LOCAL statement_timeout = {millis}"))
-                .execute(&mut *conn)
-                .await
-            {
-                return Err((group, error.into()));
-            }
+        // The group waits no longer than its most urgent command may. Generic plans: the
+        // group's statements take arrays, whose custom plans (re-planned on every execution)
+        // PostgreSQL keeps preferring for the short arrays of small groups.
+        let statement_timeout = group.iter().filter_map(|job| job.deadline).min().map(|deadline| {
+            format!(
+                "{}ms",
+                deadline.saturating_duration_since(Instant::now()).as_millis().max(1)
+            )
+        });
+        if let Err(error) = sqlx::query(
+            "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), \
+             CASE WHEN $1::text IS NOT NULL THEN set_config('statement_timeout', $1, true) END",
+        )
+        .bind(statement_timeout)
+        .execute(&mut *conn)
+        .await
+        {
+            return Err((group, error.into()));
         }
 
         // 1. Claims.
-        let claims: Vec<ClaimOf> = group.iter().filter_map(|job| job.claim.clone()).collect();
+        let claims: Vec<(String, String, String)> = group
+            .iter()
+            .filter_map(|job| job.claim.as_ref().map(ClaimOf::stored))
+            .collect();
         let mut claimed = match self.idempotency.claim_batch(conn, &claims, GROUP_CLAIM_WAIT).await {
             Ok(claimed) => claimed.into_iter(),
             Err(error) => return Err((group, error.into())),
@@ -318,8 +429,9 @@ impl Writer {
                     accepted.push((job, response));
                 }
                 Err(error) => {
-                    if let Some((scope, key, _)) = &job.claim {
-                        released.push((scope.clone(), key.clone()));
+                    if let Some(claim) = &job.claim {
+                        let (scope, key, _) = claim.stored();
+                        released.push((scope, key));
                     }
                     let _ = job.answer.send(Outcome::Done(Err(error)));
                 }
@@ -347,9 +459,10 @@ impl Writer {
             responses: accepted
                 .iter()
                 .filter_map(|(job, response)| {
-                    job.claim
-                        .as_ref()
-                        .map(|(scope, key, _)| (scope.clone(), key.clone(), response.clone()))
+                    job.claim.as_ref().map(|claim| {
+                        let (scope, key, _) = claim.stored();
+                        (scope, key, response.clone())
+                    })
                 })
                 .collect(),
             released,

@@ -83,7 +83,11 @@ impl PaymentsApp {
             };
         };
         let fingerprint = fingerprint(request);
-        let claim = (key.stored_scope(&scope), key.as_str().to_owned(), fingerprint.clone());
+        let claim = group::ClaimOf {
+            scope: scope.clone(),
+            key: key.clone(),
+            fingerprint: fingerprint.clone(),
+        };
         self.idempotency
             .guarded(&scope, &key, &fingerprint, async || {
                 match group.submit(command, Some(claim)).await {
@@ -321,9 +325,20 @@ async fn write_change<R: prost::Message>(
     response: R,
     write: impl AsyncFnOnce(&mut PgConnection, &storage::Effects<'_>) -> anyhow::Result<()>,
 ) -> Result<R, PaymentsError> {
+    write_row(conn, slot, OutboxRow::new(SOURCE, event), response, write).await
+}
+
+/// [`write_change`] with the outbox row given (its trace context captured elsewhere).
+async fn write_row<R: prost::Message>(
+    conn: &mut PgConnection,
+    slot: Option<ResponseSlot>,
+    outbox: OutboxRow<'_>,
+    response: R,
+    write: impl AsyncFnOnce(&mut PgConnection, &storage::Effects<'_>) -> anyhow::Result<()>,
+) -> Result<R, PaymentsError> {
     let encoded = response.encode_to_vec();
     let effects = storage::Effects {
-        outbox: OutboxRow::new(SOURCE, event),
+        outbox,
         response: slot.as_ref().map(|slot| (slot, encoded.as_slice())),
     };
     write(conn, &effects).await?;
