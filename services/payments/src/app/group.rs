@@ -208,15 +208,7 @@ impl Writer {
             match &job.command {
                 Command::CreateOrder(order) => {
                     let body = async |conn: &mut PgConnection, slot| {
-                        let response = pb::CreateOrderResponse {
-                            order: Some(pb::Order::from(order)),
-                        };
-                        let event = events::order_event(&self.topics, order, Change::Created);
-                        let row = OutboxRow::traced(SOURCE, &event, job.trace.clone());
-                        super::write_row(conn, slot, row, response, async |conn, effects| {
-                            storage::insert_order(conn, order, effects).await
-                        })
-                        .await
+                        super::insert_order(&self.topics, conn, slot, order, job.trace.clone()).await
                     };
                     self.run_alone(job, body).await
                 }
@@ -226,20 +218,9 @@ impl Writer {
                     owner,
                 } => {
                     let body = async |conn: &mut PgConnection, slot| {
-                        let order = storage::get_order(conn, command.order_id, true)
-                            .await?
-                            .filter(|order| super::owns(owner.as_deref(), &order.customer_id))
-                            .ok_or_else(|| PaymentsError::OrderNotFound(order_id.clone()))?;
-                        let transaction = command.clone().on_order(&order, domain::now())?;
-                        let response = pb::CreateTransactionResponse {
-                            transaction: Some(pb::Transaction::from(&transaction)),
-                        };
-                        let event = events::transaction_event(&self.topics, &transaction, Change::Created);
-                        let row = OutboxRow::traced(SOURCE, &event, job.trace.clone());
-                        super::write_row(conn, slot, row, response, async |conn, effects| {
-                            storage::insert_transaction(conn, &transaction, effects).await
-                        })
-                        .await
+                        let trace = job.trace.clone();
+                        super::insert_transaction(&self.topics, conn, slot, command, order_id, owner.as_deref(), trace)
+                            .await
                     };
                     self.run_alone(job, body).await
                 }

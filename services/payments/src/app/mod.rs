@@ -13,6 +13,7 @@ pub mod group;
 
 use fintech_platform::idempotency::{IdempotencyKey, IdempotencyStore, ResponseSlot, fingerprint};
 use fintech_platform::outbox::{OutboxEvent, OutboxRow};
+use fintech_platform::telemetry::TraceHeaders;
 use fintech_proto::payments as pb;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -133,16 +134,7 @@ impl PaymentsApp {
                 key,
                 request,
                 Command::CreateOrder(order.clone()),
-                async |conn, slot| {
-                    let response = pb::CreateOrderResponse {
-                        order: Some(pb::Order::from(&order)),
-                    };
-                    let event = events::order_event(&self.topics, &order, Change::Created);
-                    write_change(conn, slot, &event, response, async |conn, effects| {
-                        storage::insert_order(conn, &order, effects).await
-                    })
-                    .await
-                },
+                async |conn, slot| insert_order(&self.topics, conn, slot, &order, TraceHeaders::current()).await,
             )
             .await?;
         tracing::info!(
@@ -226,19 +218,8 @@ impl PaymentsApp {
         };
         let response = self
             .create("CreateTransaction", key, request, grouped, async |conn, slot| {
-                let order = storage::get_order(conn, command.order_id, true)
-                    .await?
-                    .filter(|order| owns(owner, &order.customer_id))
-                    .ok_or_else(|| PaymentsError::OrderNotFound(request.order_id.clone()))?;
-                let transaction = command.clone().on_order(&order, domain::now())?;
-                let response = pb::CreateTransactionResponse {
-                    transaction: Some(pb::Transaction::from(&transaction)),
-                };
-                let event = events::transaction_event(&self.topics, &transaction, Change::Created);
-                write_change(conn, slot, &event, response, async |conn, effects| {
-                    storage::insert_transaction(conn, &transaction, effects).await
-                })
-                .await
+                let trace = TraceHeaders::current();
+                insert_transaction(&self.topics, conn, slot, &command, &request.order_id, owner, trace).await
             })
             .await?;
         tracing::info!(
@@ -314,6 +295,60 @@ pub fn owns(owner: Option<&str>, customer_id: &str) -> bool {
 /// A response a group committed (or replayed), decoded.
 fn decode<Resp: prost::Message + Default>(encoded: &[u8]) -> Result<Resp, PaymentsError> {
     Resp::decode(encoded).map_err(|error| PaymentsError::Internal(anyhow::Error::from(error).context("group response")))
+}
+
+/// CreateOrder's write in the open transaction `conn` (the single path: its own transaction, or
+/// a group of one): the order, its event (with the request's `trace`) and the stored response.
+pub(crate) async fn insert_order(
+    topics: &Topics,
+    conn: &mut PgConnection,
+    slot: Option<ResponseSlot>,
+    order: &Order,
+    trace: TraceHeaders,
+) -> Result<pb::CreateOrderResponse, PaymentsError> {
+    let response = pb::CreateOrderResponse {
+        order: Some(pb::Order::from(order)),
+    };
+    let event = events::order_event(topics, order, Change::Created);
+    write_row(
+        conn,
+        slot,
+        OutboxRow::traced(SOURCE, &event, trace),
+        response,
+        async |conn, effects| storage::insert_order(conn, order, effects).await,
+    )
+    .await
+}
+
+/// CreateTransaction's write in the open transaction `conn` (the single path): locks the order,
+/// checks it (`owner`: the customer a customer token is limited to; `order_id` as sent, for
+/// NOT_FOUND), writes the transaction, its event (with `trace`) and the stored response.
+pub(crate) async fn insert_transaction(
+    topics: &Topics,
+    conn: &mut PgConnection,
+    slot: Option<ResponseSlot>,
+    command: &CreateTransaction,
+    order_id: &str,
+    owner: Option<&str>,
+    trace: TraceHeaders,
+) -> Result<pb::CreateTransactionResponse, PaymentsError> {
+    let order = storage::get_order(conn, command.order_id, true)
+        .await?
+        .filter(|order| owns(owner, &order.customer_id))
+        .ok_or_else(|| PaymentsError::OrderNotFound(order_id.to_owned()))?;
+    let transaction = command.clone().on_order(&order, domain::now())?;
+    let response = pb::CreateTransactionResponse {
+        transaction: Some(pb::Transaction::from(&transaction)),
+    };
+    let event = events::transaction_event(topics, &transaction, Change::Created);
+    write_row(
+        conn,
+        slot,
+        OutboxRow::traced(SOURCE, &event, trace),
+        response,
+        async |conn, effects| storage::insert_transaction(conn, &transaction, effects).await,
+    )
+    .await
 }
 
 /// Writes a command's change with `write`: its rows, the outbox row of `event` and (with a key)
